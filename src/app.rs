@@ -1,0 +1,65 @@
+//! Wiring: the configuration becomes a store, a KMS, a service and a router, once.
+
+use std::sync::Arc;
+
+use crate::auth::token::TokenCodec;
+use crate::auth::{Authenticator, LocalTokens};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::domain::{Error, Result, Service};
+use crate::keys::{self, RootKey};
+use crate::kms::cache::KeyStateCache;
+use crate::kms::local::LocalKms;
+use crate::kms::Kms;
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+
+pub struct App {
+    pub config: Config,
+    pub clock: Arc<dyn Clock>,
+    pub store: Arc<dyn Store>,
+    pub kms: Arc<dyn Kms>,
+    pub service: Arc<Service>,
+    pub tokens: TokenCodec,
+}
+
+impl App {
+    /// Open the data directory, the database (migrating it) and the KMS.
+    pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<App> {
+        keys::create_private_dir(&config.data_dir)?;
+        let root = RootKey::load_or_create(&config.data_dir, config.root_key.as_deref())?;
+        let store: Arc<dyn Store> = if config.database_url.starts_with("sqlite:") {
+            Arc::new(SqliteStore::connect(&config.database_url, clock.clone()).await?)
+        } else {
+            return Err(Error::InvalidArgument(format!(
+                "unsupported database URL `{}`: use sqlite://PATH",
+                crate::config::redact_url(&config.database_url)
+            )));
+        };
+        let kms: Arc<dyn Kms> = Arc::new(LocalKms::new(store.clone(), &root, clock.clone()));
+        let cache = KeyStateCache::new(config.key_state_cache_ttl, config.key_state_cache_capacity);
+        let service = Arc::new(Service::new(
+            store.clone(),
+            kms.clone(),
+            cache,
+            config.region.clone(),
+            config.region_type.clone(),
+        ));
+        Ok(App {
+            tokens: TokenCodec::new(&root),
+            config,
+            clock,
+            store,
+            kms,
+            service,
+        })
+    }
+
+    pub fn authenticator(&self) -> Arc<dyn Authenticator> {
+        Arc::new(LocalTokens::new(self.tokens.clone(), self.clock.clone()))
+    }
+
+    pub fn router(&self) -> axum::Router {
+        crate::http::router(self.service.clone(), self.authenticator())
+    }
+}

@@ -1,0 +1,386 @@
+//! The `repocrypt` command line: `serve` and the admin commands. Every command takes the
+//! same configuration flags, so admin commands work on the data a running server uses.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::app::App;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, ConfigArgs};
+use crate::domain::{Actor, Error, Identity, PermitPublic, Result, Role, TenantId};
+use crate::kms::KeyOrigin;
+
+#[derive(Debug, Parser)]
+#[command(name = "repocrypt", version, about = "CodeArts Repo V4 tenant repository-encryption service")]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API.
+    Serve,
+    /// Issue tokens for X-Auth-Token.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Manage keys of the local KMS.
+    #[command(subcommand)]
+    Kms(KmsCommand),
+    /// Manage projects and their members.
+    #[command(subcommand)]
+    Project(ProjectCommand),
+    /// Manage tenant settings.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Read the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a new token (and nothing else).
+    Issue {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        user: String,
+        /// Display name [default: the user id].
+        #[arg(long)]
+        user_name: Option<String>,
+        #[arg(long, value_enum, default_value_t = Role::Member)]
+        role: Role,
+        /// Lifetime, e.g. `3600s`, `12h` (at most 365 days).
+        #[arg(long, default_value = "3600s", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KmsCommand {
+    /// Create a key; prints {"key_id","key_name","key_state"}.
+    CreateKey {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        alias: String,
+        #[arg(long, value_enum, default_value_t = KeyOrigin::Kms)]
+        origin: KeyOrigin,
+        /// Create the key in state 1 (to be activated); `enable-key` activates it.
+        #[arg(long)]
+        inactive: bool,
+    },
+    /// List a tenant's keys as a JSON array.
+    ListKeys {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Enable a key (from states 1, 2 or 3).
+    EnableKey(KeyRef),
+    /// Disable a key (from states 2 or 3).
+    DisableKey(KeyRef),
+    /// Schedule deletion after 7 to 1096 days (state 4).
+    ScheduleKeyDeletion {
+        #[command(flatten)]
+        key: KeyRef,
+        #[arg(long)]
+        pending_days: u32,
+    },
+    /// Cancel a scheduled deletion (back to 3, or 5 for a key without material).
+    CancelKeyDeletion(KeyRef),
+    /// Import 32 bytes of material into an external key (5 to 2); generated if no file.
+    ImportKeyMaterial {
+        #[command(flatten)]
+        key: KeyRef,
+        #[arg(long, value_name = "FILE")]
+        material_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KeyRef {
+    #[arg(long)]
+    tenant: String,
+    #[arg(long)]
+    key_id: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectCommand {
+    /// Register a project owned by a tenant.
+    Add {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        project_id: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Make a user of a (possibly other) tenant a member of a project.
+    AddMember {
+        #[arg(long)]
+        project_id: String,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        user: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Change a tenant's settings.
+    Set {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_enum)]
+        permit_public: PermitPublic,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print a tenant's audit records as JSON lines, oldest first.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+/// Longest token lifetime `token issue` accepts.
+const MAX_TTL: Duration = Duration::from_secs(365 * 86_400);
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", describe(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn describe(e: &Error) -> String {
+    match e.internal_detail() {
+        Some(detail) => format!("{e}: {detail}"),
+        None => e.to_string(),
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let config = Config::load(&cli.config)?;
+    let default_log = match cli.command {
+        Command::Serve => "info",
+        _ => "warn",
+    };
+    crate::telemetry::init(config.log.as_deref(), default_log, config.log_format);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+
+    // `token issue` needs only the root key, not the database.
+    if let Command::Token(TokenCommand::Issue {
+        tenant,
+        user,
+        user_name,
+        role,
+        ttl,
+    }) = &cli.command
+    {
+        if ttl.is_zero() || *ttl > MAX_TTL {
+            return Err(Error::InvalidArgument(
+                "--ttl must be between 1s and 365 days".into(),
+            ));
+        }
+        crate::keys::create_private_dir(&config.data_dir)?;
+        let root =
+            crate::keys::RootKey::load_or_create(&config.data_dir, config.root_key.as_deref())?;
+        let codec = crate::auth::token::TokenCodec::new(&root);
+        let now = clock.unix_seconds();
+        let identity = Identity {
+            tenant_id: TenantId::parse(tenant.as_str())?,
+            user_id: nonempty("--user", user)?,
+            user_name: nonempty("--user-name", user_name.as_ref().unwrap_or(user))?,
+            role: *role,
+            expires_at: now + ttl.as_secs(),
+        };
+        return print_line(&codec.issue(&identity, now)?);
+    }
+
+    let app = App::open(config, clock).await?;
+    let actor = Actor::cli();
+    match cli.command {
+        Command::Serve => serve(app).await,
+        Command::Token(_) => Ok(()),
+        Command::Kms(cmd) => kms(&app, &actor, cmd).await,
+        Command::Project(ProjectCommand::Add {
+            tenant,
+            project_id,
+            name,
+        }) => {
+            let tenant = TenantId::parse(tenant)?;
+            let p = app.service.add_project(&actor, &tenant, &project_id, &name).await?;
+            print_json(&p)
+        }
+        Command::Project(ProjectCommand::AddMember {
+            project_id,
+            tenant,
+            user,
+        }) => {
+            let tenant = TenantId::parse(tenant)?;
+            app.service
+                .add_project_member(&actor, &project_id, &tenant, &user)
+                .await?;
+            print_json(&serde_json::json!({
+                "project_id": project_id, "tenant_id": tenant.as_str(), "user_id": user
+            }))
+        }
+        Command::Tenant(TenantCommand::Set {
+            tenant,
+            permit_public,
+        }) => {
+            let tenant = TenantId::parse(tenant)?;
+            app.service
+                .set_permit_public(&actor, &tenant, permit_public)
+                .await?;
+            print_json(&serde_json::json!({
+                "tenant_id": tenant.as_str(), "permit_public": permit_public.as_str()
+            }))
+        }
+        Command::Audit(AuditCommand::List { tenant }) => {
+            let tenant = TenantId::parse(tenant)?;
+            for record in app.store.list_audit(&tenant).await? {
+                print_json(&record)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn nonempty(flag: &str, value: &str) -> Result<String> {
+    if value.is_empty() || value.chars().count() > 1000 {
+        Err(Error::InvalidArgument(format!(
+            "{flag} must be 1 to 1000 characters"
+        )))
+    } else {
+        Ok(value.to_owned())
+    }
+}
+
+async fn kms(app: &App, actor: &Actor, cmd: KmsCommand) -> Result<()> {
+    let tenant = |t: &str| TenantId::parse(t);
+    let k = &app.kms;
+    match cmd {
+        KmsCommand::CreateKey {
+            tenant: t,
+            alias,
+            origin,
+            inactive,
+        } => print_json(&k.create_key(&tenant(&t)?, &alias, origin, inactive, actor).await?),
+        KmsCommand::ListKeys { tenant: t } => print_json(&k.list_keys(&tenant(&t)?).await?),
+        KmsCommand::EnableKey(r) => {
+            print_json(&k.enable_key(&tenant(&r.tenant)?, &r.key_id, actor).await?)
+        }
+        KmsCommand::DisableKey(r) => {
+            print_json(&k.disable_key(&tenant(&r.tenant)?, &r.key_id, actor).await?)
+        }
+        KmsCommand::ScheduleKeyDeletion { key: r, pending_days } => print_json(
+            &k.schedule_key_deletion(&tenant(&r.tenant)?, &r.key_id, pending_days, actor)
+                .await?,
+        ),
+        KmsCommand::CancelKeyDeletion(r) => {
+            print_json(&k.cancel_key_deletion(&tenant(&r.tenant)?, &r.key_id, actor).await?)
+        }
+        KmsCommand::ImportKeyMaterial {
+            key: r,
+            material_file,
+        } => {
+            let material = match material_file {
+                Some(path) => Some(std::fs::read(&path).map_err(|e| {
+                    Error::InvalidArgument(format!("cannot read {}: {e}", path.display()))
+                })?),
+                None => None,
+            };
+            print_json(
+                &k.import_key_material(&tenant(&r.tenant)?, &r.key_id, material, actor)
+                    .await?,
+            )
+        }
+    }
+}
+
+async fn serve(app: App) -> Result<()> {
+    let addr = app.config.listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::InvalidArgument(format!("cannot listen on {addr}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(format!("local address: {e}")))?;
+    tracing::info!(
+        listen = %local,
+        database = %crate::config::redact_url(&app.config.database_url),
+        data_dir = %app.config.data_dir.display(),
+        "repocrypt started"
+    );
+    print_line(&format!("repocrypt listening on http://{local}"))?;
+    crate::http::serve(listener, app.router(), shutdown_signal())
+        .await
+        .map_err(|e| Error::Internal(format!("server: {e}")))?;
+    tracing::info!("repocrypt stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received: finishing in-flight requests");
+}
+
+fn print_line(s: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{s}").and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        // The reader went away (`| head`): stop quietly, like other command-line tools.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(Error::Internal(format!("stdout: {e}"))),
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    let s = serde_json::to_string(value).map_err(|e| Error::Internal(format!("json: {e}")))?;
+    print_line(&s)
+}

@@ -1,0 +1,253 @@
+//! Layered configuration: flags > environment (`REPOCRYPT_*`) > TOML file > defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::domain::Error;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "./repocrypt-data";
+pub const DEFAULT_REGION: &str = "local";
+pub const DEFAULT_REGION_TYPE: &str = "primary";
+pub const DEFAULT_KEY_STATE_CACHE_TTL: Duration = Duration::from_secs(10);
+pub const DEFAULT_KEY_STATE_CACHE_CAPACITY: usize = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The configuration flags every subcommand takes (with their environment variables).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "REPOCRYPT_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "REPOCRYPT_LISTEN", global = true, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the SQLite database and the root key [default: ./repocrypt-data].
+    #[arg(long, env = "REPOCRYPT_DATA_DIR", global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL [default: sqlite://DATA_DIR/repocrypt.db].
+    #[arg(
+        long = "database",
+        env = "REPOCRYPT_DATABASE_URL",
+        global = true,
+        value_name = "URL"
+    )]
+    pub database_url: Option<String>,
+    /// Region reported in settings [default: local].
+    #[arg(long, env = "REPOCRYPT_REGION", global = true)]
+    pub region: Option<String>,
+    /// Region type reported in settings [default: primary].
+    #[arg(long, env = "REPOCRYPT_REGION_TYPE", global = true)]
+    pub region_type: Option<String>,
+    /// How long a key state read from the KMS is reused, e.g. `10s`; `0` turns the cache off [default: 10s].
+    #[arg(long, env = "REPOCRYPT_KEY_STATE_CACHE_TTL", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub key_state_cache_ttl: Option<Duration>,
+    /// Log filter, e.g. `info` or `repocrypt=debug` [default: info for serve, warn otherwise].
+    #[arg(long, env = "REPOCRYPT_LOG", global = true, value_name = "FILTER")]
+    pub log: Option<String>,
+    /// Log format [default: text].
+    #[arg(long, env = "REPOCRYPT_LOG_FORMAT", global = true)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The TOML file: the same settings, snake_case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    region: Option<String>,
+    region_type: Option<String>,
+    key_state_cache_ttl: Option<String>,
+    key_state_cache_capacity: Option<usize>,
+    log: Option<String>,
+    log_format: Option<LogFormat>,
+}
+
+/// The resolved configuration.
+#[derive(Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub region: String,
+    pub region_type: String,
+    pub key_state_cache_ttl: Duration,
+    pub key_state_cache_capacity: usize,
+    pub log: Option<String>,
+    pub log_format: LogFormat,
+    /// Base64 root key from `REPOCRYPT_ROOT_KEY` (never a flag: argv is visible to all).
+    pub root_key: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("region", &self.region)
+            .field("key_state_cache_ttl", &self.key_state_cache_ttl)
+            .field("root_key", &self.root_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// A database URL with any password replaced, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn nonempty(name: &str, value: String) -> Result<String, Error> {
+    if value.trim().is_empty() || value.chars().count() > 1000 {
+        Err(Error::InvalidArgument(format!(
+            "{name} must be 1 to 1000 characters"
+        )))
+    } else {
+        Ok(value)
+    }
+}
+
+impl Config {
+    /// Resolve flags/env (already merged by clap) over the file over the defaults.
+    pub fn load(args: &ConfigArgs) -> Result<Self, Error> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let ttl = match (args.key_state_cache_ttl, file.key_state_cache_ttl.as_deref()) {
+            (Some(d), _) => d,
+            (None, Some(s)) => humantime::parse_duration(s).map_err(|e| {
+                Error::InvalidArgument(format!("key_state_cache_ttl `{s}`: {e}"))
+            })?,
+            (None, None) => DEFAULT_KEY_STATE_CACHE_TTL,
+        };
+        let listen = match args.listen.or(file.listen) {
+            Some(l) => l,
+            None => DEFAULT_LISTEN
+                .parse()
+                .map_err(|_| Error::Internal("bad default listen address".into()))?,
+        };
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let database_url = args
+            .database_url
+            .clone()
+            .or(file.database_url)
+            .unwrap_or_else(|| default_database_url(&data_dir));
+        Ok(Config {
+            listen,
+            database_url,
+            region: nonempty(
+                "region",
+                args.region.clone().or(file.region).unwrap_or_else(|| DEFAULT_REGION.into()),
+            )?,
+            region_type: nonempty(
+                "region_type",
+                args.region_type
+                    .clone()
+                    .or(file.region_type)
+                    .unwrap_or_else(|| DEFAULT_REGION_TYPE.into()),
+            )?,
+            key_state_cache_ttl: ttl,
+            key_state_cache_capacity: file
+                .key_state_cache_capacity
+                .unwrap_or(DEFAULT_KEY_STATE_CACHE_CAPACITY),
+            log: args.log.clone().or(file.log),
+            log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            root_key: std::env::var(crate::keys::ROOT_KEY_ENV).ok(),
+            data_dir,
+        })
+    }
+}
+
+pub fn default_database_url(data_dir: &Path) -> String {
+    format!("sqlite://{}", data_dir.join("repocrypt.db").display())
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::InvalidArgument(format!("cannot read config file {}: {e}", path.display()))
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        Error::InvalidArgument(format!("config file {}: {e}", path.display()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = Config::load(&ConfigArgs::default()).expect("defaults load");
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(c.database_url, "sqlite://./repocrypt-data/repocrypt.db");
+        assert_eq!(c.key_state_cache_ttl, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn flags_beat_file_beat_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nregion = \"file-region\"\nkey_state_cache_ttl = \"0\"\n",
+        )
+        .expect("write");
+        let args = ConfigArgs {
+            config: Some(file),
+            region: Some("flag-region".into()),
+            ..Default::default()
+        };
+        let c = Config::load(&args).expect("load");
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.region, "flag-region");
+        assert_eq!(c.key_state_cache_ttl, Duration::ZERO);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "lisen = \"x\"\n").expect("write");
+        let args = ConfigArgs {
+            config: Some(file),
+            ..Default::default()
+        };
+        let err = Config::load(&args).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}

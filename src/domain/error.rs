@@ -1,0 +1,144 @@
+//! The one error type of the service. Every failure a client can see has a stable
+//! `error_code`; the mapping to HTTP status lives in `http::error`, in one `match`.
+
+use std::fmt;
+
+/// Every error the core can return. Internal detail (`Internal`, `Store`) is logged,
+/// never sent to the client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // ---- 400: bad input -------------------------------------------------------------
+    #[error("{0}")]
+    BadRequestBody(String),
+    #[error("field `{field}`: {reason}")]
+    InvalidField { field: &'static str, reason: String },
+    #[error("body tenant_id `{body}` does not match the tenant in the path")]
+    TenantMismatch { body: String },
+    #[error("project_id must be a string of exactly 32 letters or digits")]
+    InvalidProjectId,
+    #[error("invalid query string: {0}")]
+    InvalidQuery(String),
+    #[error("encryption_type KMS needs a cmk_key_id: send one, or configure one first")]
+    MissingCmkKeyId,
+    #[error("the tenant has not granted KMS use to this service: call POST /v4/tenants/{tenant}/repo-encryption/kms-grant first")]
+    KmsGrantMissing { tenant: String },
+    #[error("key {key_id} was not found in this tenant's KMS")]
+    KeyNotFound { key_id: String },
+    #[error("key {key_id} is {state} in KMS (state {code}); enable it in KMS first")]
+    KeyNotEnabled {
+        key_id: String,
+        state: &'static str,
+        code: u8,
+    },
+    #[error("cmk_key_name `{given}` does not match the name of key {key_id} in KMS (`{actual}`); omit cmk_key_name or send the right one")]
+    KeyNameMismatch {
+        given: String,
+        key_id: String,
+        actual: String,
+    },
+    #[error("default_encryption_enabled=true needs encryption_type KMS")]
+    DefaultNeedsKms,
+
+    // ---- 401 / 403: identity ---------------------------------------------------------
+    #[error("missing credentials: send an X-Auth-Token header")]
+    MissingToken,
+    #[error("invalid token: {0}")]
+    InvalidToken(&'static str),
+    #[error("Authentication information expired.")]
+    TokenExpired,
+    #[error("Insufficient permissions. Apply for the required permissions and try again.")]
+    ForeignTenant,
+    #[error("Insufficient permissions: this operation needs the tenant admin role.")]
+    AdminRequired,
+    #[error("Insufficient permissions. Apply for the required permissions and try again.")]
+    NotProjectMember,
+
+    // ---- 404 / 405 / 409 / 413 / 415 -------------------------------------------------
+    #[error("project {0} does not exist")]
+    ProjectNotFound(String),
+    #[error("no such resource")]
+    RouteNotFound,
+    #[error("method not allowed on this resource")]
+    MethodNotAllowed,
+    #[error("the setting was changed concurrently too many times; retry the request")]
+    Conflict,
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+
+    // ---- 503 / 500 -------------------------------------------------------------------
+    #[error("the KMS is unavailable; retry later")]
+    KmsUnavailable(String),
+    #[error("internal error")]
+    Store(String),
+    #[error("internal error")]
+    Internal(String),
+
+    // ---- administrative (CLI) errors -----------------------------------------------
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("key {key_id} is {state}: cannot {op}")]
+    KeyInvalidState {
+        key_id: String,
+        state: &'static str,
+        op: &'static str,
+    },
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+}
+
+impl Error {
+    /// The stable code clients see in `error_code`.
+    pub fn code(&self) -> &'static str {
+        use Error::*;
+        match self {
+            BadRequestBody(_) => "RC.400001",
+            InvalidField { .. } => "RC.400002",
+            TenantMismatch { .. } => "RC.400003",
+            InvalidProjectId => "RC.400004",
+            InvalidQuery(_) => "RC.400005",
+            MissingCmkKeyId => "RC.400006",
+            KmsGrantMissing { .. } => "RC.400007",
+            KeyNotFound { .. } => "RC.400008",
+            KeyNotEnabled { .. } => "RC.400009",
+            KeyNameMismatch { .. } => "RC.400010",
+            DefaultNeedsKms => "RC.400011",
+            InvalidArgument(_) => "RC.400012",
+            KeyInvalidState { .. } => "RC.400013",
+            MissingToken => "RC.401001",
+            InvalidToken(_) => "RC.401002",
+            TokenExpired => "DEV.00000003",
+            ForeignTenant => "CH.004403",
+            AdminRequired => "RC.403001",
+            NotProjectMember => "DEV-23-50804",
+            ProjectNotFound(_) => "RC.404001",
+            RouteNotFound => "RC.404000",
+            MethodNotAllowed => "RC.405000",
+            Conflict => "RC.409001",
+            AlreadyExists(_) => "RC.409002",
+            PayloadTooLarge { .. } => "RC.413001",
+            UnsupportedMediaType => "RC.415001",
+            KmsUnavailable(_) => "RC.503001",
+            Store(_) => "RC.503002",
+            Internal(_) => "RC.500000",
+        }
+    }
+
+    /// Detail that must be logged but never shown to a client.
+    pub fn internal_detail(&self) -> Option<&str> {
+        match self {
+            Error::Store(d) | Error::Internal(d) | Error::KmsUnavailable(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    pub fn invalid(field: &'static str, reason: impl fmt::Display) -> Self {
+        Error::InvalidField {
+            field,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,381 @@
+//! The operations of the API and of the admin commands, on top of the store and KMS traits.
+
+use std::sync::Arc;
+
+use super::error::{Error, Result};
+use super::model::*;
+use super::types::*;
+use crate::kms::cache::{KeyStateCache, Lookup};
+use crate::kms::{KeyInfo, Kms};
+use crate::store::Store;
+
+/// How often an update is retried when the key id changed under it.
+const MAX_UPDATE_ATTEMPTS: usize = 8;
+
+pub struct Service {
+    store: Arc<dyn Store>,
+    kms: Arc<dyn Kms>,
+    cache: KeyStateCache,
+    region: String,
+    region_type: String,
+    default_permit_public: PermitPublic,
+}
+
+/// The KMS answer for the key a PUT will store, fetched before the transaction.
+struct KeyLookup {
+    key_id: String,
+    info: Option<KeyInfo>,
+}
+
+impl Service {
+    pub fn new(
+        store: Arc<dyn Store>,
+        kms: Arc<dyn Kms>,
+        cache: KeyStateCache,
+        region: String,
+        region_type: String,
+    ) -> Self {
+        Service {
+            store,
+            kms,
+            cache,
+            region,
+            region_type,
+            default_permit_public: PermitPublic::Deny,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn kms(&self) -> &Arc<dyn Kms> {
+        &self.kms
+    }
+
+    // ---- GET setting -------------------------------------------------------------------
+
+    pub async fn show_setting(&self, tenant: &TenantId) -> Result<SettingView> {
+        let setting = self.store.get_setting(tenant).await?;
+        let key_state = match setting.as_ref().and_then(|s| s.cmk_key_id.as_deref()) {
+            Some(key_id) => self.current_key_state(tenant, key_id).await,
+            None => None,
+        };
+        Ok(self.view(tenant, setting.as_ref(), key_state))
+    }
+
+    /// The key's state now: from the cache within its TTL, else from the KMS, else (KMS
+    /// unreachable) the last known state.
+    async fn current_key_state(&self, tenant: &TenantId, key_id: &str) -> Option<KeyState> {
+        let stale = match self.cache.lookup(tenant.as_str(), key_id) {
+            Lookup::Fresh(info) => return info.map(|i| i.key_state),
+            Lookup::Stale(info) => Some(info),
+            Lookup::Unknown => None,
+        };
+        match self.kms.describe_key(tenant, key_id).await {
+            Ok(info) => {
+                let state = info.as_ref().map(|i| i.key_state);
+                self.cache.put(tenant.as_str(), key_id, info);
+                state
+            }
+            Err(e) => {
+                tracing::warn!(
+                    tenant = %tenant,
+                    key_id,
+                    error = %e.internal_detail().unwrap_or("unknown"),
+                    known = stale.is_some(),
+                    "KMS unreachable: answering with the last known key state"
+                );
+                stale.flatten().map(|i| i.key_state)
+            }
+        }
+    }
+
+    fn view(
+        &self,
+        tenant: &TenantId,
+        setting: Option<&Setting>,
+        key_state: Option<KeyState>,
+    ) -> SettingView {
+        SettingView {
+            id: setting.map(|s| s.id),
+            tenant_id: tenant.as_str().to_owned(),
+            encryption_type: setting.and_then(|s| s.encryption_type),
+            default_encryption_enabled: setting.is_some_and(|s| s.default_encryption_enabled),
+            cmk_key_name: setting.and_then(|s| s.cmk_key_name.clone()),
+            cmk_key_id: setting.and_then(|s| s.cmk_key_id.clone()),
+            key_state: setting
+                .and_then(|s| s.cmk_key_id.as_ref())
+                .and(key_state),
+            region: self.region.clone(),
+            region_type: self.region_type.clone(),
+        }
+    }
+
+    // ---- PUT setting -------------------------------------------------------------------
+
+    pub async fn update_setting(
+        &self,
+        actor: &Actor,
+        tenant: &TenantId,
+        patch: SettingPatch,
+    ) -> Result<SettingView> {
+        if let Some(body_tenant) = &patch.tenant_id {
+            if body_tenant != tenant.as_str() {
+                return Err(Error::TenantMismatch {
+                    body: truncate(body_tenant, 64),
+                });
+            }
+        }
+        for _ in 0..MAX_UPDATE_ATTEMPTS {
+            let current = self.store.get_setting(tenant).await?;
+            let lookup = match key_to_look_up(&patch, current.as_ref()) {
+                Some(key_id) => {
+                    // A write decides on the KMS's answer now, not on the cache.
+                    let info = self.kms.describe_key(tenant, &key_id).await?;
+                    self.cache.put(tenant.as_str(), &key_id, info.clone());
+                    Some(KeyLookup { key_id, info })
+                }
+                None => None,
+            };
+            let plan = |cur: Option<&Setting>, granted: bool| {
+                plan_update(tenant, &patch, cur, granted, lookup.as_ref())
+            };
+            match self.store.update_setting(tenant, actor, &plan).await {
+                Err(Error::Conflict) => continue,
+                Err(e) => return Err(e),
+                Ok(saved) => {
+                    let key_state = match (&lookup, saved.cmk_key_id.as_deref()) {
+                        (Some(l), Some(k)) if l.key_id == k => {
+                            l.info.as_ref().map(|i| i.key_state)
+                        }
+                        (_, Some(k)) => self.current_key_state(tenant, k).await,
+                        (_, None) => None,
+                    };
+                    return Ok(self.view(tenant, Some(&saved), key_state));
+                }
+            }
+        }
+        Err(Error::Conflict)
+    }
+
+    // ---- KMS grant -----------------------------------------------------------------------
+
+    pub async fn create_grant(&self, actor: &Actor, tenant: &TenantId) -> Result<GrantView> {
+        self.kms.check_access(tenant).await?;
+        self.store.put_grant(tenant, actor).await?;
+        Ok(GrantView {
+            tenant_id: tenant.as_str().to_owned(),
+            assumed: true,
+        })
+    }
+
+    pub async fn show_grant(&self, tenant: &TenantId) -> Result<GrantView> {
+        let grant = self.store.get_grant(tenant).await?;
+        Ok(GrantView {
+            tenant_id: tenant.as_str().to_owned(),
+            assumed: grant.is_some(),
+        })
+    }
+
+    // ---- GET /v4/tenant/setting -------------------------------------------------------
+
+    pub async fn show_tenant_setting(
+        &self,
+        caller: &Identity,
+        project_id: Option<&str>,
+    ) -> Result<TenantSettingView> {
+        let owner = match project_id {
+            None => caller.tenant_id.clone(),
+            Some(raw) => {
+                let project_id = ProjectId::parse(raw)?;
+                let project = self
+                    .store
+                    .get_project(&project_id)
+                    .await?
+                    .ok_or_else(|| Error::ProjectNotFound(project_id.as_str().to_owned()))?;
+                let owner = TenantId::parse(project.tenant_id)?;
+                if owner != caller.tenant_id
+                    && !self
+                        .store
+                        .is_project_member(&project_id, &caller.tenant_id, &caller.user_id)
+                        .await?
+                {
+                    return Err(Error::NotProjectMember);
+                }
+                owner
+            }
+        };
+        let setting = self.store.get_setting(&owner).await?;
+        let permit_public = self
+            .store
+            .get_permit_public(&owner)
+            .await?
+            .unwrap_or(self.default_permit_public);
+        Ok(TenantSettingView {
+            default_encryption_enabled: setting
+                .as_ref()
+                .is_some_and(|s| s.default_encryption_enabled),
+            encryption_type: setting.and_then(|s| s.encryption_type),
+            permit_public,
+        })
+    }
+
+    // ---- admin (CLI) -------------------------------------------------------------------
+
+    pub async fn add_project(
+        &self,
+        actor: &Actor,
+        tenant: &TenantId,
+        project_id: &str,
+        name: &str,
+    ) -> Result<Project> {
+        let project_id = ProjectId::parse(project_id)?;
+        let name = CmkText::parse("name", name)?;
+        let project = Project {
+            project_id: project_id.as_str().to_owned(),
+            tenant_id: tenant.as_str().to_owned(),
+            name: name.into_string(),
+        };
+        self.store.add_project(&project, actor).await?;
+        Ok(project)
+    }
+
+    pub async fn add_project_member(
+        &self,
+        actor: &Actor,
+        project_id: &str,
+        tenant: &TenantId,
+        user_id: &str,
+    ) -> Result<()> {
+        let project_id = ProjectId::parse(project_id)?;
+        let user = CmkText::parse("user", user_id)?;
+        self.store
+            .add_project_member(&project_id, tenant, user.as_str(), actor)
+            .await
+    }
+
+    pub async fn set_permit_public(
+        &self,
+        actor: &Actor,
+        tenant: &TenantId,
+        value: PermitPublic,
+    ) -> Result<()> {
+        self.store.set_permit_public(tenant, value, actor).await
+    }
+}
+
+/// Which key (if any) a PUT must ask the KMS about.
+fn key_to_look_up(patch: &SettingPatch, current: Option<&Setting>) -> Option<String> {
+    if !needs_key_lookup(patch, current) {
+        return None;
+    }
+    patch
+        .cmk_key_id
+        .clone()
+        .or_else(|| current.and_then(|c| c.cmk_key_id.clone()))
+}
+
+fn resulting_type(patch: &SettingPatch, current: Option<&Setting>) -> Option<EncryptionType> {
+    patch
+        .encryption_type
+        .or_else(|| current.and_then(|c| c.encryption_type))
+}
+
+/// The KMS rules apply when the result is KMS and the request asks for something that
+/// depends on the key: choosing KMS, choosing a key, or turning default encryption on.
+/// A request that only turns things off never needs the KMS.
+fn kms_rules_apply(patch: &SettingPatch, current: Option<&Setting>) -> bool {
+    resulting_type(patch, current) == Some(EncryptionType::Kms)
+        && (patch.encryption_type.is_some()
+            || patch.cmk_key_id.is_some()
+            || patch.cmk_key_name.is_some()
+            || patch.default_encryption_enabled == Some(true))
+}
+
+fn needs_key_lookup(patch: &SettingPatch, current: Option<&Setting>) -> bool {
+    patch.cmk_key_id.is_some() || patch.cmk_key_name.is_some() || kms_rules_apply(patch, current)
+}
+
+/// The pure decision: the stored setting, the grant and the KMS's answer in, the new
+/// setting (or the reason to refuse) out.
+fn plan_update(
+    tenant: &TenantId,
+    patch: &SettingPatch,
+    current: Option<&Setting>,
+    granted: bool,
+    lookup: Option<&KeyLookup>,
+) -> Result<SettingDraft> {
+    let encryption_type = resulting_type(patch, current);
+    let key_id = patch
+        .cmk_key_id
+        .clone()
+        .or_else(|| current.and_then(|c| c.cmk_key_id.clone()));
+
+    // The key the KMS was asked about must still be the key we are about to store.
+    if needs_key_lookup(patch, current) {
+        match (&key_id, lookup) {
+            (Some(k), Some(l)) if &l.key_id == k => {}
+            (Some(_), _) => return Err(Error::Conflict),
+            (None, _) => {}
+        }
+    }
+
+    let mut default_on = patch
+        .default_encryption_enabled
+        .unwrap_or_else(|| current.is_some_and(|c| c.default_encryption_enabled));
+    if patch.encryption_type == Some(EncryptionType::Normal)
+        && patch.default_encryption_enabled.is_none()
+    {
+        default_on = false; // switching to normal turns default encryption off
+    }
+    if default_on && encryption_type != Some(EncryptionType::Kms) {
+        return Err(Error::DefaultNeedsKms);
+    }
+
+    let kms_rules = kms_rules_apply(patch, current);
+    if (kms_rules || patch.cmk_key_name.is_some()) && key_id.is_none() {
+        return Err(Error::MissingCmkKeyId);
+    }
+    if kms_rules && !granted {
+        return Err(Error::KmsGrantMissing {
+            tenant: tenant.as_str().to_owned(),
+        });
+    }
+
+    // Keep the stored name unless a lookup tells us the key's name now.
+    let mut key_name = match (current, &patch.cmk_key_id) {
+        (Some(c), Some(new_id)) if c.cmk_key_id.as_ref() != Some(new_id) => None,
+        (Some(c), _) => c.cmk_key_name.clone(),
+        (None, _) => None,
+    };
+    if let (Some(k), Some(l)) = (&key_id, lookup) {
+        let info = l.info.as_ref().ok_or_else(|| Error::KeyNotFound {
+            key_id: truncate(k, 64),
+        })?;
+        if let Some(given) = &patch.cmk_key_name {
+            if given != &info.key_name {
+                return Err(Error::KeyNameMismatch {
+                    given: truncate(given, 64),
+                    key_id: info.key_id.clone(),
+                    actual: info.key_name.clone(),
+                });
+            }
+        }
+        if kms_rules && info.key_state != KeyState::Enabled {
+            return Err(Error::KeyNotEnabled {
+                key_id: info.key_id.clone(),
+                state: info.key_state.describe(),
+                code: info.key_state.code(),
+            });
+        }
+        key_name = Some(info.key_name.clone());
+    }
+
+    Ok(SettingDraft {
+        encryption_type,
+        default_encryption_enabled: default_on,
+        cmk_key_id: key_id,
+        cmk_key_name: key_name,
+    })
+}

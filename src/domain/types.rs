@@ -1,0 +1,301 @@
+//! Validated domain types: request input becomes these at the edge, so the core never
+//! re-checks raw strings.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use super::error::Error;
+
+/// Shortest and longest string the seeds allow for tenant ids and CMK fields.
+pub const MIN_LEN: usize = 1;
+pub const MAX_LEN: usize = 1000;
+
+fn check_len(field: &'static str, value: &str) -> Result<(), Error> {
+    let n = value.chars().count();
+    if n < MIN_LEN {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if n > MAX_LEN {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_LEN} characters, got {n}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A tenant (domain) id: 1..=1000 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TenantId(String);
+
+impl TenantId {
+    pub fn parse(value: impl Into<String>) -> Result<Self, Error> {
+        let value = value.into();
+        check_len("tenant_id", &value)?;
+        if value.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "tenant_id",
+                "must not contain control characters",
+            ));
+        }
+        Ok(TenantId(value))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A project id: exactly 32 ASCII letters or digits (the seeds' 32-character UUID).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ProjectId(String);
+
+impl ProjectId {
+    pub fn parse(value: &str) -> Result<Self, Error> {
+        if value.len() == 32 && value.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            Ok(ProjectId(value.to_owned()))
+        } else {
+            Err(Error::InvalidProjectId)
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A CMK id or name as sent by a client: 1..=1000 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CmkText(String);
+
+impl CmkText {
+    pub fn parse(field: &'static str, value: &str) -> Result<Self, Error> {
+        check_len(field, value)?;
+        Ok(CmkText(value.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// `encryption_type`: read case-insensitively, always written as `KMS` or `normal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncryptionType {
+    Kms,
+    Normal,
+}
+
+impl EncryptionType {
+    pub fn parse(value: &str) -> Result<Self, Error> {
+        if value.eq_ignore_ascii_case("kms") {
+            Ok(EncryptionType::Kms)
+        } else if value.eq_ignore_ascii_case("normal") {
+            Ok(EncryptionType::Normal)
+        } else {
+            Err(Error::invalid(
+                "encryption_type",
+                format!("unknown value `{}`: expected KMS or normal", truncate(value, 64)),
+            ))
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EncryptionType::Kms => "KMS",
+            EncryptionType::Normal => "normal",
+        }
+    }
+}
+
+impl Serialize for EncryptionType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EncryptionType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        EncryptionType::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// State of a customer master key, with the seeds' integer codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyState {
+    /// 1: to be activated (created, not yet usable).
+    ToBeActivated = 1,
+    /// 2: enabled.
+    Enabled = 2,
+    /// 3: disabled.
+    Disabled = 3,
+    /// 4: pending deletion.
+    PendingDeletion = 4,
+    /// 5: pending import (external key without material).
+    PendingImport = 5,
+}
+
+impl KeyState {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+    pub fn from_code(code: i64) -> Option<Self> {
+        Some(match code {
+            1 => KeyState::ToBeActivated,
+            2 => KeyState::Enabled,
+            3 => KeyState::Disabled,
+            4 => KeyState::PendingDeletion,
+            5 => KeyState::PendingImport,
+            _ => return None,
+        })
+    }
+    pub fn describe(self) -> &'static str {
+        match self {
+            KeyState::ToBeActivated => "to be activated",
+            KeyState::Enabled => "enabled",
+            KeyState::Disabled => "disabled",
+            KeyState::PendingDeletion => "pending deletion",
+            KeyState::PendingImport => "pending import",
+        }
+    }
+}
+
+impl Serialize for KeyState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(self.code())
+    }
+}
+
+/// A caller's role within its tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Member,
+}
+
+/// `permit_public` of a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PermitPublic {
+    Allow,
+    Deny,
+}
+
+impl PermitPublic {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PermitPublic::Allow => "allow",
+            PermitPublic::Deny => "deny",
+        }
+    }
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "allow" => Some(PermitPublic::Allow),
+            "deny" => Some(PermitPublic::Deny),
+            _ => None,
+        }
+    }
+}
+
+/// Who is calling: the result of authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub tenant_id: TenantId,
+    pub user_id: String,
+    pub user_name: String,
+    pub role: Role,
+    /// Unix seconds after which the credential is no longer valid.
+    pub expires_at: u64,
+}
+
+impl Identity {
+    /// Reading a tenant's data needs any role in that tenant.
+    pub fn authorize_read(&self, tenant: &str) -> Result<(), Error> {
+        if self.tenant_id.as_str() == tenant {
+            Ok(())
+        } else {
+            Err(Error::ForeignTenant)
+        }
+    }
+    /// Changing a tenant's data needs the admin role in that tenant.
+    pub fn authorize_write(&self, tenant: &str) -> Result<(), Error> {
+        self.authorize_read(tenant)?;
+        if self.role == Role::Admin {
+            Ok(())
+        } else {
+            Err(Error::AdminRequired)
+        }
+    }
+}
+
+/// Where a change came from, for the audit record.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// `user_id` of the API caller, or `cli` for the command line.
+    pub actor: String,
+    pub request_id: Option<String>,
+}
+
+impl Actor {
+    pub fn cli() -> Self {
+        Actor {
+            actor: "cli".into(),
+            request_id: None,
+        }
+    }
+}
+
+pub(crate) fn truncate(s: &str, max_chars: usize) -> String {
+    if s.chars().count() <= max_chars {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(max_chars).collect();
+        t.push('…');
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encryption_type_is_case_insensitive_and_canonical() {
+        for s in ["KMS", "kms", "Kms"] {
+            assert_eq!(EncryptionType::parse(s).ok(), Some(EncryptionType::Kms));
+        }
+        for s in ["Normal", "normal", "NORMAL"] {
+            assert_eq!(EncryptionType::parse(s).ok(), Some(EncryptionType::Normal));
+        }
+        assert!(EncryptionType::parse("aes").is_err());
+        assert_eq!(EncryptionType::Kms.as_str(), "KMS");
+        assert_eq!(EncryptionType::Normal.as_str(), "normal");
+    }
+
+    #[test]
+    fn lengths_are_bounded() {
+        assert!(CmkText::parse("cmk_key_id", "").is_err());
+        assert!(CmkText::parse("cmk_key_id", &"x".repeat(1000)).is_ok());
+        assert!(CmkText::parse("cmk_key_id", &"x".repeat(1001)).is_err());
+        // characters, not bytes
+        assert!(CmkText::parse("cmk_key_id", &"é".repeat(1000)).is_ok());
+    }
+
+    #[test]
+    fn project_ids_are_32_alphanumerics() {
+        assert!(ProjectId::parse(&"a".repeat(32)).is_ok());
+        assert!(ProjectId::parse(&"a".repeat(31)).is_err());
+        assert!(ProjectId::parse(&"a".repeat(33)).is_err());
+        assert!(ProjectId::parse(&format!("{}-", "a".repeat(31))).is_err());
+    }
+}

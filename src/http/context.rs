@@ -1,0 +1,58 @@
+//! Per-request context: the request id (echoed or generated) and one log line per request.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The id of the current request, as sent back in `X-Request-Id`.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// A caller's id is echoed when it is 1..=128 visible ASCII characters; otherwise (or
+/// when absent) a new one is generated.
+fn usable(value: &HeaderValue) -> Option<&str> {
+    let s = value.to_str().ok()?;
+    let ok = !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic());
+    ok.then_some(s)
+}
+
+pub fn new_request_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+pub async fn request_context(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(usable)
+        .map(str::to_owned)
+        .unwrap_or_else(new_request_id);
+    let header = HeaderValue::from_str(&id).ok();
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %req.method(),
+        route = %route,
+    );
+    let start = Instant::now();
+    let mut response = next.run(req).instrument(span.clone()).await;
+    if let Some(h) = header {
+        response.headers_mut().insert(REQUEST_ID_HEADER, h);
+    }
+    let status = response.status().as_u16();
+    let micros = start.elapsed().as_micros() as u64;
+    span.in_scope(|| tracing::info!(status, latency_us = micros, "request"));
+    response
+}

@@ -1,0 +1,72 @@
+//! The one place where service errors become HTTP responses.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::domain::Error;
+
+/// Every error body: `{"error_code": "...", "error_msg": "..."}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable error code (see the README's error-code reference).
+    pub error_code: String,
+    /// What went wrong and what to do about it.
+    pub error_msg: String,
+}
+
+/// An [`Error`] on its way to the client.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+/// HTTP status of each error.
+pub fn status_of(e: &Error) -> StatusCode {
+    use Error::*;
+    match e {
+        BadRequestBody(_)
+        | InvalidField { .. }
+        | TenantMismatch { .. }
+        | InvalidProjectId
+        | InvalidQuery(_)
+        | MissingCmkKeyId
+        | KmsGrantMissing { .. }
+        | KeyNotFound { .. }
+        | KeyNotEnabled { .. }
+        | KeyNameMismatch { .. }
+        | DefaultNeedsKms
+        | InvalidArgument(_)
+        | KeyInvalidState { .. } => StatusCode::BAD_REQUEST,
+        MissingToken | InvalidToken(_) | TokenExpired => StatusCode::UNAUTHORIZED,
+        ForeignTenant | AdminRequired | NotProjectMember => StatusCode::FORBIDDEN,
+        ProjectNotFound(_) | RouteNotFound => StatusCode::NOT_FOUND,
+        MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        Conflict | AlreadyExists(_) => StatusCode::CONFLICT,
+        PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        KmsUnavailable(_) | Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = status_of(&self.0);
+        if let Some(detail) = self.0.internal_detail() {
+            // Logged inside the request's span, so the request id is on the line.
+            tracing::error!(error_code = self.0.code(), detail, "request failed");
+        }
+        let body = ErrorBody {
+            error_code: self.0.code().to_owned(),
+            error_msg: self.0.to_string(),
+        };
+        (status, Json(body)).into_response()
+    }
+}

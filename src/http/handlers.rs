@@ -1,0 +1,273 @@
+//! Thin handlers: authenticate, authorize, parse into domain types, call the service.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::{Extension, Json};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+use super::context::RequestId;
+use super::error::{ApiError, ErrorBody};
+use super::extract::Caller;
+use super::AppState;
+use crate::domain::{
+    parse_setting_patch, Actor, Error, GrantView, Identity, SettingView, TenantSettingView,
+    MAX_BODY_BYTES,
+};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Body of UpdateTenantRepoEncryptionSetting. Every field is optional: an absent (or
+/// null) field keeps its stored value.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct UpdateSettingBody {
+    /// Must equal the tenant in the path when present.
+    #[schema(min_length = 1, max_length = 1000)]
+    tenant_id: Option<String>,
+    /// `KMS` or `Normal`, case-insensitive.
+    #[schema(pattern = "^([Kk][Mm][Ss]|[Nn][Oo][Rr][Mm][Aa][Ll])$", example = "KMS")]
+    encryption_type: Option<String>,
+    /// Needs encryption_type KMS when true.
+    default_encryption_enabled: Option<bool>,
+    /// Must match the key's name in KMS when present; filled in from KMS otherwise.
+    #[schema(min_length = 1, max_length = 1000)]
+    cmk_key_name: Option<String>,
+    /// Id of a key in this tenant's KMS.
+    #[schema(min_length = 1, max_length = 1000)]
+    cmk_key_id: Option<String>,
+}
+
+/// Query of ShowProjectTenantSettings.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TenantSettingQuery {
+    /// 32-character id of a project; the settings of the tenant that owns it are returned.
+    #[param(min_length = 32, max_length = 32, pattern = "^[0-9A-Za-z]{32}$")]
+    project_id: Option<String>,
+}
+
+fn actor(caller: &Identity, request_id: &RequestId) -> Actor {
+    Actor {
+        actor: caller.user_id.clone(),
+        request_id: Some(request_id.0.clone()),
+    }
+}
+
+/// The tenant in the path, which must be the caller's own.
+fn path_tenant(path: Result<Path<String>, PathRejection>) -> Result<String, Error> {
+    path.map(|Path(t)| t)
+        .map_err(|e| Error::invalid("tenant_id", format!("invalid path parameter: {}", e.body_text())))
+}
+
+fn require_json(headers: &HeaderMap) -> Result<(), Error> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json")
+        || (essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case("+json"))
+    {
+        Ok(())
+    } else {
+        Err(Error::UnsupportedMediaType)
+    }
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Error> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::PayloadTooLarge {
+                limit: MAX_BODY_BYTES,
+            }
+        } else {
+            Error::BadRequestBody(format!("cannot read the request body: {}", e.body_text()))
+        }
+    })
+}
+
+/// Modify the repository encryption configuration of the current tenant.
+#[utoipa::path(
+    put,
+    path = "/v4/tenants/{tenant_id}/repo-encryption/setting",
+    operation_id = "UpdateTenantRepoEncryptionSetting",
+    tag = "Tenant",
+    params(("tenant_id" = String, Path, description = "Tenant ID.")),
+    request_body(content = UpdateSettingBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "OK", body = SettingView),
+        (status = 400, description = "Invalid body or a KMS rule refused the change", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Another tenant, or not a tenant admin", body = ErrorBody),
+        (status = 409, description = "Concurrent changes; retry", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 503, description = "KMS or database unavailable", body = ErrorBody),
+    ),
+    security(("X-Auth-Token" = []))
+)]
+pub async fn update_setting(
+    State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
+    Caller(caller): Caller,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<SettingView>> {
+    let tenant = path_tenant(path)?;
+    caller.authorize_write(&tenant)?;
+    require_json(&headers)?;
+    let patch = parse_setting_patch(&body_bytes(body)?)?;
+    let view = state
+        .service
+        .update_setting(&actor(&caller, &request_id), &caller.tenant_id, patch)
+        .await?;
+    Ok(Json(view))
+}
+
+/// Obtain the repository encryption configuration of the current tenant.
+#[utoipa::path(
+    get,
+    path = "/v4/tenants/{tenant_id}/repo-encryption/setting",
+    operation_id = "ShowTenantRepoEncryptionSetting",
+    tag = "Tenant",
+    params(("tenant_id" = String, Path, description = "Tenant ID.")),
+    responses(
+        (status = 202, description = "The repository encryption configuration of the tenant", body = SettingView),
+        (status = 400, description = "Bad request", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Another tenant's setting", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ),
+    security(("X-Auth-Token" = []))
+)]
+pub async fn show_setting(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let tenant = path_tenant(path)?;
+    caller.authorize_read(&tenant)?;
+    let view = state.service.show_setting(&caller.tenant_id).await?;
+    Ok((StatusCode::ACCEPTED, Json(view)))
+}
+
+/// Create the KMS authorization the current tenant delegates to this service.
+#[utoipa::path(
+    post,
+    path = "/v4/tenants/{tenant_id}/repo-encryption/kms-grant",
+    operation_id = "CreateTenantKmsGrant",
+    tag = "Tenant",
+    params(("tenant_id" = String, Path, description = "Tenant ID.")),
+    responses(
+        (status = 200, description = "OK", body = GrantView),
+        (status = 400, description = "Bad request", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Another tenant, or not a tenant admin", body = ErrorBody),
+        (status = 503, description = "The service cannot reach the tenant's KMS, or the database", body = ErrorBody),
+    ),
+    security(("X-Auth-Token" = []))
+)]
+pub async fn create_grant(
+    State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
+    Caller(caller): Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<GrantView>> {
+    // Any body (the SDK sends an empty one with Content-Type: application/json) is ignored.
+    let tenant = path_tenant(path)?;
+    caller.authorize_write(&tenant)?;
+    let view = state
+        .service
+        .create_grant(&actor(&caller, &request_id), &caller.tenant_id)
+        .await?;
+    Ok(Json(view))
+}
+
+/// Obtain the KMS authorization status of the current tenant.
+#[utoipa::path(
+    get,
+    path = "/v4/tenants/{tenant_id}/repo-encryption/kms-grant",
+    operation_id = "ShowTenantKmsGrant",
+    tag = "Tenant",
+    params(("tenant_id" = String, Path, description = "Tenant ID.")),
+    responses(
+        (status = 202, description = "The KMS authorization status of the tenant", body = GrantView),
+        (status = 400, description = "Bad request", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Another tenant's grant", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ),
+    security(("X-Auth-Token" = []))
+)]
+pub async fn show_grant(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let tenant = path_tenant(path)?;
+    caller.authorize_read(&tenant)?;
+    let view = state.service.show_grant(&caller.tenant_id).await?;
+    Ok((StatusCode::ACCEPTED, Json(view)))
+}
+
+/// Obtain tenant settings: the caller's own tenant, or the owner of `project_id`.
+#[utoipa::path(
+    get,
+    path = "/v4/tenant/setting",
+    operation_id = "ShowProjectTenantSettings",
+    tag = "Tenant",
+    params(TenantSettingQuery),
+    responses(
+        (status = 200, description = "OK", body = TenantSettingView),
+        (status = 400, description = "project_id is not 32 letters or digits", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Not a member of the project nor of its tenant", body = ErrorBody),
+        (status = 404, description = "No such project", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ),
+    security(("X-Auth-Token" = []))
+)]
+pub async fn show_tenant_setting(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    query: Result<Query<TenantSettingQuery>, QueryRejection>,
+) -> ApiResult<Json<TenantSettingView>> {
+    let Query(query) = query.map_err(|e| Error::InvalidQuery(e.body_text()))?;
+    let view = state
+        .service
+        .show_tenant_setting(&caller, query.project_id.as_deref())
+        .await?;
+    Ok(Json(view))
+}
+
+/// Liveness: the process answers.
+pub async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Readiness: the database answers.
+pub async fn readyz(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
+    state.service.store().ping().await?;
+    Ok(Json(serde_json::json!({ "status": "ready" })))
+}
+
+pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.openapi.clone(),
+    )
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError(Error::RouteNotFound)
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError(Error::MethodNotAllowed)
+}

@@ -1,0 +1,94 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations.
+
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::openapi::{ObjectBuilder, RefOr, Type};
+use utoipa::{Modify, OpenApi};
+
+use super::error::ErrorBody;
+use super::handlers;
+use crate::domain::{
+    EncryptionTypeOut, GrantView, KeyStateCode, PermitPublicOut, SettingView, TenantSettingView,
+};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "repocrypt: CodeArts Repo V4 tenant repository encryption",
+        description = "Per-tenant repository encryption settings, KMS grants and tenant settings."
+    ),
+    paths(
+        handlers::update_setting,
+        handlers::show_setting,
+        handlers::create_grant,
+        handlers::show_grant,
+        handlers::show_tenant_setting,
+    ),
+    components(schemas(
+        SettingView,
+        GrantView,
+        TenantSettingView,
+        ErrorBody,
+        handlers::UpdateSettingBody,
+        EncryptionTypeOut,
+        PermitPublicOut,
+        KeyStateCode
+    )),
+    modifiers(&Security, &RequestIdHeader),
+    tags((name = "Tenant", description = "V4 tenant operations"))
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "X-Auth-Token",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-Auth-Token",
+                "Token from `repocrypt token issue` (1 to 100,000 characters).",
+            ))),
+        );
+    }
+}
+
+/// Every response carries `X-Request-Id`.
+struct RequestIdHeader;
+
+impl Modify for RequestIdHeader {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let header = HeaderBuilder::new()
+            .schema(ObjectBuilder::new().schema_type(Type::String))
+            .description(Some(
+                "The caller's X-Request-Id when it sent a usable one, else a generated id.",
+            ))
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for response in op.responses.responses.values_mut() {
+                    if let RefOr::T(r) = response {
+                        r.headers.insert("X-Request-Id".into(), header.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The document as JSON text.
+pub fn document() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|_| "{}".to_owned())
+}

@@ -1,0 +1,161 @@
+//! The root secret. One 32-byte key, created on first start in the data directory (mode
+//! 0600) or given by `REPOCRYPT_ROOT_KEY`; the local KMS's wrapping key and the token
+//! signing key are derived from it with HMAC-SHA256 under distinct labels, so replicas
+//! share exactly one secret.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::domain::Error;
+
+pub const ROOT_KEY_FILE: &str = "root.key";
+pub const ROOT_KEY_ENV: &str = "REPOCRYPT_ROOT_KEY";
+
+/// Labels of the derived keys. Changing one invalidates everything made with it.
+pub const LABEL_KMS_WRAP: &str = "repocrypt/local-kms/wrap/v1";
+pub const LABEL_TOKEN: &str = "repocrypt/token/hmac/v1";
+pub const LABEL_CREDENTIAL: &str = "repocrypt/credential/wrap/v1";
+
+#[derive(Clone)]
+pub struct RootKey([u8; 32]);
+
+impl std::fmt::Debug for RootKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RootKey(<redacted>)")
+    }
+}
+
+impl RootKey {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        RootKey(bytes)
+    }
+
+    /// Parse the base64 text form (what the file and the environment variable hold).
+    pub fn from_base64(text: &str) -> Result<Self, Error> {
+        let bytes = B64.decode(text.trim()).map_err(|_| {
+            Error::InvalidArgument("root key is not valid base64".into())
+        })?;
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| {
+            Error::InvalidArgument("root key must be 32 bytes (44 base64 characters)".into())
+        })?;
+        Ok(RootKey(arr))
+    }
+
+    pub fn to_base64(&self) -> String {
+        B64.encode(self.0)
+    }
+
+    /// Load the key: the environment's if given, else the data directory's file,
+    /// creating it (0600) on first start.
+    pub fn load_or_create(data_dir: &Path, env_value: Option<&str>) -> Result<Self, Error> {
+        if let Some(v) = env_value {
+            return Self::from_base64(v)
+                .map_err(|e| Error::InvalidArgument(format!("{ROOT_KEY_ENV}: {e}")));
+        }
+        let path = data_dir.join(ROOT_KEY_FILE);
+        let io = |what: &str, e: std::io::Error| {
+            Error::InvalidArgument(format!("{what} {}: {e}", path.display()))
+        };
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                return Self::from_base64(&text)
+                    .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("cannot read", e)),
+        }
+        create_private_dir(data_dir)?;
+        let mut bytes = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+        let key = RootKey(bytes);
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        match options.open(&path) {
+            Ok(mut f) => {
+                f.write_all(key.to_base64().as_bytes())
+                    .and_then(|_| f.write_all(b"\n"))
+                    .and_then(|_| f.sync_all())
+                    .map_err(|e| io("cannot write", e))?;
+                tracing::info!(path = %path.display(), "created a new root key");
+                Ok(key)
+            }
+            // Another process created it first: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let text = fs::read_to_string(&path).map_err(|e| io("cannot read", e))?;
+                Self::from_base64(&text)
+            }
+            Err(e) => Err(io("cannot create", e)),
+        }
+    }
+
+    /// A sub-key for one purpose.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        #[allow(clippy::expect_used)] // HMAC takes keys of any length
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+/// Create the data directory (0700 on Unix) if it is missing.
+pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|e| {
+        Error::InvalidArgument(format!("cannot create data directory {}: {e}", dir.display()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_once_with_0600_and_reloaded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let a = RootKey::load_or_create(&data, None).expect("create");
+        let b = RootKey::load_or_create(&data, None).expect("reload");
+        assert_eq!(a.0, b.0);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(data.join(ROOT_KEY_FILE))
+                .expect("stat")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn env_wins_and_is_validated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let k = RootKey::from_bytes([7; 32]);
+        let got = RootKey::load_or_create(dir.path(), Some(&k.to_base64())).expect("env key");
+        assert_eq!(got.0, [7; 32]);
+        assert!(RootKey::load_or_create(dir.path(), Some("short")).is_err());
+        assert!(!dir.path().join(ROOT_KEY_FILE).exists());
+    }
+
+    #[test]
+    fn derived_keys_differ_by_label() {
+        let k = RootKey::from_bytes([1; 32]);
+        assert_ne!(k.derive(LABEL_TOKEN), k.derive(LABEL_KMS_WRAP));
+        assert_eq!(format!("{k:?}"), "RootKey(<redacted>)");
+    }
+}

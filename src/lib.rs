@@ -1,0 +1,17 @@
+//! repocrypt: the CodeArts Repo V4 tenant repository-encryption API.
+//!
+//! Layers: `http` (routing, extractors, error mapping) over `domain` (the rules) over
+//! `store` (SQLite) and `kms` (local), with `auth` (identity), `config`, `cli` and
+//! `telemetry` beside them.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod keys;
+pub mod kms;
+pub mod store;
+pub mod telemetry;

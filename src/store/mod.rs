@@ -1,0 +1,115 @@
+//! Persistence: one trait, one implementation per database, each with its own migrations.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::domain::{
+    Actor, AuditRecord, Error, Grant, KeyState, PermitPublic, Project, ProjectId, Result,
+    Setting, SettingDraft, TenantId,
+};
+
+/// A pure function from the stored setting (if any) and whether the tenant has granted
+/// KMS use, to the new setting. The store runs it inside the write transaction, so the
+/// decision and the write see the same data.
+pub type SettingPlan<'a> =
+    &'a (dyn Fn(Option<&Setting>, bool) -> Result<SettingDraft> + Send + Sync);
+
+/// A change to a local-KMS key, run inside the write transaction.
+pub type KeyChange<'a> = &'a (dyn Fn(&StoredKey) -> Result<StoredKey> + Send + Sync);
+
+/// A key of the local KMS as the store keeps it. `material` is encrypted under the root
+/// key; it never leaves the `kms::local` module in clear.
+#[derive(Clone, PartialEq, Serialize)]
+pub struct StoredKey {
+    pub key_id: String,
+    pub tenant_id: String,
+    pub alias: String,
+    pub origin: String,
+    pub state: KeyState,
+    #[serde(skip)]
+    pub material: Option<Vec<u8>>,
+    /// Unix seconds at which a key pending deletion is deleted.
+    pub deletion_at: Option<i64>,
+    pub created_at: String,
+}
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("key_id", &self.key_id)
+            .field("tenant_id", &self.tenant_id)
+            .field("alias", &self.alias)
+            .field("state", &self.state)
+            .field("material", &self.material.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap round trip, for readiness checks.
+    async fn ping(&self) -> Result<()>;
+
+    async fn get_setting(&self, tenant: &TenantId) -> Result<Option<Setting>>;
+    /// Read the setting and the grant, run `plan`, write the result and its audit record,
+    /// all in one transaction. The id is assigned on first write and kept afterwards.
+    async fn update_setting(
+        &self,
+        tenant: &TenantId,
+        actor: &Actor,
+        plan: SettingPlan<'_>,
+    ) -> Result<Setting>;
+
+    async fn get_grant(&self, tenant: &TenantId) -> Result<Option<Grant>>;
+    /// Record the grant (idempotent: the first grant's who and when are kept) and audit it.
+    async fn put_grant(&self, tenant: &TenantId, actor: &Actor) -> Result<Grant>;
+
+    async fn get_permit_public(&self, tenant: &TenantId) -> Result<Option<PermitPublic>>;
+    async fn set_permit_public(
+        &self,
+        tenant: &TenantId,
+        value: PermitPublic,
+        actor: &Actor,
+    ) -> Result<()>;
+
+    /// Fails with [`Error::AlreadyExists`] when the project id is taken.
+    async fn add_project(&self, project: &Project, actor: &Actor) -> Result<()>;
+    async fn get_project(&self, project_id: &ProjectId) -> Result<Option<Project>>;
+    /// Fails with [`Error::ProjectNotFound`] when the project does not exist.
+    async fn add_project_member(
+        &self,
+        project_id: &ProjectId,
+        tenant: &TenantId,
+        user_id: &str,
+        actor: &Actor,
+    ) -> Result<()>;
+    async fn is_project_member(
+        &self,
+        project_id: &ProjectId,
+        tenant: &TenantId,
+        user_id: &str,
+    ) -> Result<bool>;
+
+    async fn list_audit(&self, tenant: &TenantId) -> Result<Vec<AuditRecord>>;
+
+    async fn kms_insert_key(&self, key: &StoredKey, actor: &Actor) -> Result<()>;
+    async fn kms_get_key(&self, tenant: &TenantId, key_id: &str) -> Result<Option<StoredKey>>;
+    async fn kms_list_keys(&self, tenant: &TenantId) -> Result<Vec<StoredKey>>;
+    /// Apply `change` to a key of `tenant` in one transaction, with an audit record
+    /// named `action`. Fails with [`Error::KeyNotFound`] for an unknown key.
+    async fn kms_update_key(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        action: &str,
+        actor: &Actor,
+        change: KeyChange<'_>,
+    ) -> Result<StoredKey>;
+}
+
+/// Map a driver error to the service's error, keeping the detail for the log only.
+pub(crate) fn db_error(context: &str, e: impl std::fmt::Display) -> Error {
+    Error::Store(format!("{context}: {e}"))
+}

@@ -1,0 +1,557 @@
+//! SQLite: the embedded default. WAL journal, `synchronous=FULL` (an acknowledged write
+//! survives power loss), writes in `BEGIN IMMEDIATE` transactions so a read-then-write
+//! never fails to upgrade its lock.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, SqliteConnection};
+
+use super::{db_error, KeyChange, SettingPlan, Store, StoredKey};
+use crate::clock::Clock;
+use crate::domain::{
+    Actor, AuditRecord, EncryptionType, Error, Grant, KeyState, PermitPublic, Project, ProjectId,
+    Result, Setting, TenantId,
+};
+
+/// Forward-only migrations, applied in order on start.
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+)];
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    clock: Arc<dyn Clock>,
+}
+
+impl SqliteStore {
+    /// Open (creating if missing) the database at a `sqlite://PATH` URL and migrate it.
+    pub async fn connect(url: &str, clock: Arc<dyn Clock>) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| Error::InvalidArgument(format!("invalid database URL: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(|e| db_error("cannot open the SQLite database", e))?;
+        let store = SqliteStore { pool, clock };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error("migrations table", e))?;
+        let current: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| db_error("read schema version", e))?;
+        let newest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+        if current > newest {
+            return Err(Error::Store(format!(
+                "the database is at schema version {current}, newer than this binary's {newest}: upgrade repocrypt"
+            )));
+        }
+        for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+            sqlx::raw_sql(sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error(&format!("migration {version} ({name})"), e))?;
+            sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)")
+                .bind(version)
+                .bind(name)
+                .bind(self.clock.rfc3339())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error("record migration", e))?;
+        }
+        tx.commit().await.map_err(|e| db_error("commit migrations", e))
+    }
+
+    /// The schema version the database is at.
+    pub async fn schema_version(&self) -> Result<i64> {
+        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error("read schema version", e))
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| db_error("begin write transaction", e))
+    }
+
+    async fn audit(
+        &self,
+        conn: &mut SqliteConnection,
+        tenant: &str,
+        actor: &Actor,
+        action: &str,
+        before: Option<Value>,
+        after: Option<Value>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, tenant_id, actor, request_id, action, before, after)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(self.clock.rfc3339())
+        .bind(tenant)
+        .bind(&actor.actor)
+        .bind(actor.request_id.as_deref())
+        .bind(action)
+        .bind(before.map(|v| v.to_string()))
+        .bind(after.map(|v| v.to_string()))
+        .execute(conn)
+        .await
+        .map_err(|e| db_error("write audit record", e))?;
+        Ok(())
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Option<Value> {
+    serde_json::to_value(value).ok()
+}
+
+fn setting_from_row(row: &SqliteRow) -> Result<Setting> {
+    let get = |e: sqlx::Error| db_error("decode setting", e);
+    let tenant: String = row.try_get("tenant_id").map_err(get)?;
+    let encryption_type: Option<String> = row.try_get("encryption_type").map_err(get)?;
+    Ok(Setting {
+        id: row.try_get("id").map_err(get)?,
+        tenant_id: TenantId::parse(tenant)?,
+        encryption_type: encryption_type
+            .as_deref()
+            .map(EncryptionType::parse)
+            .transpose()?,
+        default_encryption_enabled: row.try_get("default_encryption_enabled").map_err(get)?,
+        cmk_key_id: row.try_get("cmk_key_id").map_err(get)?,
+        cmk_key_name: row.try_get("cmk_key_name").map_err(get)?,
+    })
+}
+
+fn key_from_row(row: &SqliteRow) -> Result<StoredKey> {
+    let get = |e: sqlx::Error| db_error("decode key", e);
+    let code: i64 = row.try_get("key_state").map_err(get)?;
+    Ok(StoredKey {
+        key_id: row.try_get("key_id").map_err(get)?,
+        tenant_id: row.try_get("tenant_id").map_err(get)?,
+        alias: row.try_get("alias").map_err(get)?,
+        origin: row.try_get("origin").map_err(get)?,
+        state: KeyState::from_code(code)
+            .ok_or_else(|| Error::Store(format!("invalid key_state {code} in database")))?,
+        material: row.try_get("material").map_err(get)?,
+        deletion_at: row.try_get("deletion_at").map_err(get)?,
+        created_at: row.try_get("created_at").map_err(get)?,
+    })
+}
+
+const SETTING_COLUMNS: &str =
+    "id, tenant_id, encryption_type, default_encryption_enabled, cmk_key_id, cmk_key_name";
+const KEY_COLUMNS: &str =
+    "key_id, tenant_id, alias, origin, key_state, material, deletion_at, created_at";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| db_error("ping", e))
+    }
+
+    async fn get_setting(&self, tenant: &TenantId) -> Result<Option<Setting>> {
+        let row = sqlx::query(&format!(
+            "SELECT {SETTING_COLUMNS} FROM encryption_settings WHERE tenant_id = ?"
+        ))
+        .bind(tenant.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("read setting", e))?;
+        row.as_ref().map(setting_from_row).transpose()
+    }
+
+    async fn update_setting(
+        &self,
+        tenant: &TenantId,
+        actor: &Actor,
+        plan: SettingPlan<'_>,
+    ) -> Result<Setting> {
+        let mut tx = self.begin_write().await?;
+        let current = sqlx::query(&format!(
+            "SELECT {SETTING_COLUMNS} FROM encryption_settings WHERE tenant_id = ?"
+        ))
+        .bind(tenant.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| db_error("read setting", e))?
+        .as_ref()
+        .map(setting_from_row)
+        .transpose()?;
+        let granted: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM kms_grants WHERE tenant_id = ?)")
+                .bind(tenant.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| db_error("read grant", e))?;
+        // A refusal returns here: the transaction is dropped and rolled back.
+        let draft = plan(current.as_ref(), granted)?;
+        let now = self.clock.rfc3339();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO encryption_settings
+                 (tenant_id, encryption_type, default_encryption_enabled, cmk_key_id, cmk_key_name, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (tenant_id) DO UPDATE SET
+                 encryption_type = excluded.encryption_type,
+                 default_encryption_enabled = excluded.default_encryption_enabled,
+                 cmk_key_id = excluded.cmk_key_id,
+                 cmk_key_name = excluded.cmk_key_name,
+                 updated_at = excluded.updated_at
+             RETURNING id",
+        )
+        .bind(tenant.as_str())
+        .bind(draft.encryption_type.map(EncryptionType::as_str))
+        .bind(draft.default_encryption_enabled)
+        .bind(draft.cmk_key_id.as_deref())
+        .bind(draft.cmk_key_name.as_deref())
+        .bind(&now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| db_error("write setting", e))?;
+        let saved = Setting {
+            id,
+            tenant_id: tenant.clone(),
+            encryption_type: draft.encryption_type,
+            default_encryption_enabled: draft.default_encryption_enabled,
+            cmk_key_id: draft.cmk_key_id,
+            cmk_key_name: draft.cmk_key_name,
+        };
+        let before = current.as_ref().and_then(to_json);
+        self.audit(&mut tx, tenant.as_str(), actor, "setting.update", before, to_json(&saved))
+            .await?;
+        tx.commit().await.map_err(|e| db_error("commit setting", e))?;
+        Ok(saved)
+    }
+
+    async fn get_grant(&self, tenant: &TenantId) -> Result<Option<Grant>> {
+        let row = sqlx::query("SELECT granted_by, granted_at FROM kms_grants WHERE tenant_id = ?")
+            .bind(tenant.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error("read grant", e))?;
+        row.map(|r| {
+            Ok(Grant {
+                tenant_id: tenant.clone(),
+                granted_by: r.try_get("granted_by").map_err(|e| db_error("decode grant", e))?,
+                granted_at: r.try_get("granted_at").map_err(|e| db_error("decode grant", e))?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn put_grant(&self, tenant: &TenantId, actor: &Actor) -> Result<Grant> {
+        let mut tx = self.begin_write().await?;
+        let now = self.clock.rfc3339();
+        let row = sqlx::query(
+            "INSERT INTO kms_grants (tenant_id, granted_by, granted_at) VALUES (?, ?, ?)
+             ON CONFLICT (tenant_id) DO UPDATE SET tenant_id = excluded.tenant_id
+             RETURNING granted_by, granted_at",
+        )
+        .bind(tenant.as_str())
+        .bind(&actor.actor)
+        .bind(&now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| db_error("write grant", e))?;
+        let grant = Grant {
+            tenant_id: tenant.clone(),
+            granted_by: row.try_get("granted_by").map_err(|e| db_error("decode grant", e))?,
+            granted_at: row.try_get("granted_at").map_err(|e| db_error("decode grant", e))?,
+        };
+        let after = serde_json::json!({
+            "assumed": true, "granted_by": grant.granted_by, "granted_at": grant.granted_at
+        });
+        self.audit(&mut tx, tenant.as_str(), actor, "kms_grant.create", None, Some(after))
+            .await?;
+        tx.commit().await.map_err(|e| db_error("commit grant", e))?;
+        Ok(grant)
+    }
+
+    async fn get_permit_public(&self, tenant: &TenantId) -> Result<Option<PermitPublic>> {
+        let value: Option<String> =
+            sqlx::query_scalar("SELECT permit_public FROM tenants WHERE tenant_id = ?")
+                .bind(tenant.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| db_error("read tenant", e))?;
+        Ok(value.as_deref().and_then(PermitPublic::parse))
+    }
+
+    async fn set_permit_public(
+        &self,
+        tenant: &TenantId,
+        value: PermitPublic,
+        actor: &Actor,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let before: Option<String> =
+            sqlx::query_scalar("SELECT permit_public FROM tenants WHERE tenant_id = ?")
+                .bind(tenant.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| db_error("read tenant", e))?;
+        sqlx::query(
+            "INSERT INTO tenants (tenant_id, permit_public, updated_at) VALUES (?, ?, ?)
+             ON CONFLICT (tenant_id) DO UPDATE SET
+                 permit_public = excluded.permit_public, updated_at = excluded.updated_at",
+        )
+        .bind(tenant.as_str())
+        .bind(value.as_str())
+        .bind(self.clock.rfc3339())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error("write tenant", e))?;
+        self.audit(
+            &mut tx,
+            tenant.as_str(),
+            actor,
+            "tenant.set_permit_public",
+            before.map(|b| serde_json::json!({ "permit_public": b })),
+            Some(serde_json::json!({ "permit_public": value.as_str() })),
+        )
+        .await?;
+        tx.commit().await.map_err(|e| db_error("commit tenant", e))
+    }
+
+    async fn add_project(&self, project: &Project, actor: &Actor) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO projects (project_id, tenant_id, name, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&project.project_id)
+        .bind(&project.tenant_id)
+        .bind(&project.name)
+        .bind(self.clock.rfc3339())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match e.as_database_error() {
+            Some(d) if d.is_unique_violation() => {
+                Error::AlreadyExists(format!("project {}", project.project_id))
+            }
+            _ => db_error("write project", e),
+        })?;
+        self.audit(&mut tx, &project.tenant_id, actor, "project.add", None, to_json(project))
+            .await?;
+        tx.commit().await.map_err(|e| db_error("commit project", e))
+    }
+
+    async fn get_project(&self, project_id: &ProjectId) -> Result<Option<Project>> {
+        let row = sqlx::query("SELECT project_id, tenant_id, name FROM projects WHERE project_id = ?")
+            .bind(project_id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error("read project", e))?;
+        row.map(|r| {
+            let get = |e: sqlx::Error| db_error("decode project", e);
+            Ok(Project {
+                project_id: r.try_get("project_id").map_err(get)?,
+                tenant_id: r.try_get("tenant_id").map_err(get)?,
+                name: r.try_get("name").map_err(get)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn add_project_member(
+        &self,
+        project_id: &ProjectId,
+        tenant: &TenantId,
+        user_id: &str,
+        actor: &Actor,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let owner: Option<String> =
+            sqlx::query_scalar("SELECT tenant_id FROM projects WHERE project_id = ?")
+                .bind(project_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| db_error("read project", e))?;
+        let owner = owner.ok_or_else(|| Error::ProjectNotFound(project_id.as_str().to_owned()))?;
+        sqlx::query(
+            "INSERT INTO project_members (project_id, tenant_id, user_id, added_at)
+             VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(project_id.as_str())
+        .bind(tenant.as_str())
+        .bind(user_id)
+        .bind(self.clock.rfc3339())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error("write project member", e))?;
+        let after = serde_json::json!({
+            "project_id": project_id.as_str(), "member_tenant_id": tenant.as_str(), "user_id": user_id
+        });
+        self.audit(&mut tx, &owner, actor, "project.add_member", None, Some(after))
+            .await?;
+        tx.commit().await.map_err(|e| db_error("commit project member", e))
+    }
+
+    async fn is_project_member(
+        &self,
+        project_id: &ProjectId,
+        tenant: &TenantId,
+        user_id: &str,
+    ) -> Result<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM project_members
+                            WHERE project_id = ? AND tenant_id = ? AND user_id = ?)",
+        )
+        .bind(project_id.as_str())
+        .bind(tenant.as_str())
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| db_error("read project member", e))
+    }
+
+    async fn list_audit(&self, tenant: &TenantId) -> Result<Vec<AuditRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, at, tenant_id, actor, request_id, action, before, after
+             FROM audit_log WHERE tenant_id = ? ORDER BY id",
+        )
+        .bind(tenant.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("read audit log", e))?;
+        rows.iter()
+            .map(|r| {
+                let get = |e: sqlx::Error| db_error("decode audit record", e);
+                let json = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
+                Ok(AuditRecord {
+                    id: r.try_get("id").map_err(get)?,
+                    at: r.try_get("at").map_err(get)?,
+                    tenant_id: r.try_get("tenant_id").map_err(get)?,
+                    actor: r.try_get("actor").map_err(get)?,
+                    request_id: r.try_get("request_id").map_err(get)?,
+                    action: r.try_get("action").map_err(get)?,
+                    before: json(r.try_get("before").map_err(get)?),
+                    after: json(r.try_get("after").map_err(get)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn kms_insert_key(&self, key: &StoredKey, actor: &Actor) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(&format!(
+            "INSERT INTO kms_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&key.key_id)
+        .bind(&key.tenant_id)
+        .bind(&key.alias)
+        .bind(&key.origin)
+        .bind(i64::from(key.state.code()))
+        .bind(key.material.as_deref())
+        .bind(key.deletion_at)
+        .bind(&key.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match e.as_database_error() {
+            Some(d) if d.is_unique_violation() => {
+                Error::AlreadyExists(format!("a key with alias {}", key.alias))
+            }
+            _ => db_error("write key", e),
+        })?;
+        self.audit(&mut tx, &key.tenant_id, actor, "kms.create_key", None, to_json(key))
+            .await?;
+        tx.commit().await.map_err(|e| db_error("commit key", e))
+    }
+
+    async fn kms_get_key(&self, tenant: &TenantId, key_id: &str) -> Result<Option<StoredKey>> {
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM kms_keys WHERE tenant_id = ? AND key_id = ?"
+        ))
+        .bind(tenant.as_str())
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("read key", e))?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn kms_list_keys(&self, tenant: &TenantId) -> Result<Vec<StoredKey>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM kms_keys WHERE tenant_id = ? ORDER BY created_at, key_id"
+        ))
+        .bind(tenant.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("list keys", e))?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn kms_update_key(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        action: &str,
+        actor: &Actor,
+        change: KeyChange<'_>,
+    ) -> Result<StoredKey> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM kms_keys WHERE tenant_id = ? AND key_id = ?"
+        ))
+        .bind(tenant.as_str())
+        .bind(key_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| db_error("read key", e))?;
+        let before = row.as_ref().map(key_from_row).transpose()?.ok_or_else(|| {
+            Error::KeyNotFound {
+                key_id: key_id.to_owned(),
+            }
+        })?;
+        let after = change(&before)?;
+        sqlx::query(
+            "UPDATE kms_keys SET key_state = ?, material = ?, deletion_at = ?
+             WHERE tenant_id = ? AND key_id = ?",
+        )
+        .bind(i64::from(after.state.code()))
+        .bind(after.material.as_deref())
+        .bind(after.deletion_at)
+        .bind(tenant.as_str())
+        .bind(key_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error("write key", e))?;
+        self.audit(&mut tx, tenant.as_str(), actor, action, to_json(&before), to_json(&after))
+            .await?;
+        tx.commit().await.map_err(|e| db_error("commit key", e))?;
+        Ok(after)
+    }
+}
