@@ -1,0 +1,81 @@
+//! Starts the real binary on a free port and runs the README's walkthrough block against it,
+//! so the README cannot drift from what the service does.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod binary;
+
+use std::process::Command;
+
+use binary::Server;
+
+/// The first ```sh block after the `## Walkthrough` heading.
+fn walkthrough_block() -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("\n## Walkthrough")
+        .nth(1)
+        .expect("README has a ## Walkthrough section");
+    let start = section.find("```sh\n").expect("walkthrough has a ```sh block") + 6;
+    let end = section[start..].find("```").expect("block is closed") + start;
+    section[start..end].to_owned()
+}
+
+fn substitute(script: &str, from: &str, to: &str) -> String {
+    assert!(
+        script.contains(from),
+        "the README walkthrough no longer contains `{from}`: update this test with it"
+    );
+    script.replace(from, to)
+}
+
+#[test]
+fn readme_walkthrough_runs_against_the_real_binary() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: the walkthrough needs curl, which is not installed");
+        return;
+    }
+    // A 1 s key-state cache so the walkthrough's `sleep 10` can be shortened.
+    let server = Server::start(&[("REPOCRYPT_KEY_STATE_CACHE_TTL", "1s")]);
+    let mut script = walkthrough_block();
+    script = substitute(&script, "./target/release/repocrypt", binary::BIN);
+    script = substitute(&script, "127.0.0.1:8080", &server.addr);
+    script = substitute(&script, "sleep 10", "sleep 1.5");
+
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(server.dir.path())
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "walkthrough failed:\n{stdout}\n{stderr}");
+
+    assert!(stdout.contains(r#"{"tenant_id":"t1","assumed":true}"#), "{stdout}");
+    assert!(stdout.contains("HTTP/1.1 202"), "GET setting answers 202:\n{stdout}");
+    assert!(stdout.to_ascii_lowercase().contains("x-request-id:"), "{stdout}");
+    // Setting answers are the lines with a region (audit lines have none).
+    let settings: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with(r#"{"id":"#) && l.contains(r#""region":"#))
+        .collect();
+    assert_eq!(settings.len(), 3, "PUT, GET, GET:\n{stdout}");
+    let put = settings[0];
+    for field in [
+        r#""encryption_type":"KMS""#,
+        r#""default_encryption_enabled":true"#,
+        r#""cmk_key_name":"repo-key""#,
+        r#""key_state":2"#,
+        r#""region":"local""#,
+    ] {
+        assert!(put.contains(field), "PUT answer lacks {field}: {put}");
+    }
+    assert!(settings[1].contains(r#""key_state":2"#), "{}", settings[1]);
+    let last_get = settings[2];
+    assert!(last_get.contains(r#""key_state":3"#), "{last_get}");
+    // The audit log lists the key's creation, the grant, the PUT and the disable.
+    for action in ["kms.create_key", "kms_grant.create", "setting.update", "kms.disable_key"] {
+        assert!(stdout.contains(action), "audit lacks {action}:\n{stdout}");
+    }
+    assert_eq!(server.stop(), Some(0), "SIGTERM exits 0");
+}
