@@ -17,7 +17,11 @@ use crate::domain::{Actor, Error, Identity, PermitPublic, Result, Role, TenantId
 use crate::kms::KeyOrigin;
 
 #[derive(Debug, Parser)]
-#[command(name = "repocrypt", version, about = "CodeArts Repo V4 tenant repository-encryption service")]
+#[command(
+    name = "repocrypt",
+    version,
+    about = "CodeArts Repo V4 tenant repository-encryption service"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub config: ConfigArgs,
@@ -162,7 +166,10 @@ const MAX_TTL: Duration = Duration::from_secs(365 * 86_400);
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -235,7 +242,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             name,
         }) => {
             let tenant = TenantId::parse(tenant)?;
-            let p = app.service.add_project(&actor, &tenant, &project_id, &name).await?;
+            let p = app
+                .service
+                .add_project(&actor, &tenant, &project_id, &name)
+                .await?;
             print_json(&p)
         }
         Command::Project(ProjectCommand::AddMember {
@@ -292,7 +302,10 @@ async fn kms(app: &App, actor: &Actor, cmd: KmsCommand) -> Result<()> {
             alias,
             origin,
             inactive,
-        } => print_json(&k.create_key(&tenant(&t)?, &alias, origin, inactive, actor).await?),
+        } => print_json(
+            &k.create_key(&tenant(&t)?, &alias, origin, inactive, actor)
+                .await?,
+        ),
         KmsCommand::ListKeys { tenant: t } => print_json(&k.list_keys(&tenant(&t)?).await?),
         KmsCommand::EnableKey(r) => {
             print_json(&k.enable_key(&tenant(&r.tenant)?, &r.key_id, actor).await?)
@@ -300,13 +313,17 @@ async fn kms(app: &App, actor: &Actor, cmd: KmsCommand) -> Result<()> {
         KmsCommand::DisableKey(r) => {
             print_json(&k.disable_key(&tenant(&r.tenant)?, &r.key_id, actor).await?)
         }
-        KmsCommand::ScheduleKeyDeletion { key: r, pending_days } => print_json(
+        KmsCommand::ScheduleKeyDeletion {
+            key: r,
+            pending_days,
+        } => print_json(
             &k.schedule_key_deletion(&tenant(&r.tenant)?, &r.key_id, pending_days, actor)
                 .await?,
         ),
-        KmsCommand::CancelKeyDeletion(r) => {
-            print_json(&k.cancel_key_deletion(&tenant(&r.tenant)?, &r.key_id, actor).await?)
-        }
+        KmsCommand::CancelKeyDeletion(r) => print_json(
+            &k.cancel_key_deletion(&tenant(&r.tenant)?, &r.key_id, actor)
+                .await?,
+        ),
         KmsCommand::ImportKeyMaterial {
             key: r,
             material_file,

@@ -134,11 +134,13 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let ttl = match (args.key_state_cache_ttl, file.key_state_cache_ttl.as_deref()) {
+        let ttl = match (
+            args.key_state_cache_ttl,
+            file.key_state_cache_ttl.as_deref(),
+        ) {
             (Some(d), _) => d,
-            (None, Some(s)) => humantime::parse_duration(s).map_err(|e| {
-                Error::InvalidArgument(format!("key_state_cache_ttl `{s}`: {e}"))
-            })?,
+            (None, Some(s)) => humantime::parse_duration(s)
+                .map_err(|e| Error::InvalidArgument(format!("key_state_cache_ttl `{s}`: {e}")))?,
             (None, None) => DEFAULT_KEY_STATE_CACHE_TTL,
         };
         let listen = match args.listen.or(file.listen) {
@@ -162,7 +164,10 @@ impl Config {
             database_url,
             region: nonempty(
                 "region",
-                args.region.clone().or(file.region).unwrap_or_else(|| DEFAULT_REGION.into()),
+                args.region
+                    .clone()
+                    .or(file.region)
+                    .unwrap_or_else(|| DEFAULT_REGION.into()),
             )?,
             region_type: nonempty(
                 "region_type",
@@ -176,7 +181,10 @@ impl Config {
                 .key_state_cache_capacity
                 .unwrap_or(DEFAULT_KEY_STATE_CACHE_CAPACITY),
             log: args.log.clone().or(file.log),
-            log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
             root_key: std::env::var(crate::keys::ROOT_KEY_ENV).ok(),
             data_dir,
         })
@@ -191,9 +199,8 @@ fn read_file(path: &Path) -> Result<FileConfig, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Error::InvalidArgument(format!("cannot read config file {}: {e}", path.display()))
     })?;
-    toml::from_str(&text).map_err(|e| {
-        Error::InvalidArgument(format!("config file {}: {e}", path.display()))
-    })
+    toml::from_str(&text)
+        .map_err(|e| Error::InvalidArgument(format!("config file {}: {e}", path.display())))
 }
 
 #[cfg(test)]
@@ -238,7 +245,10 @@ mod tests {
             config: Some(file),
             ..Default::default()
         };
-        let err = Config::load(&args).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = Config::load(&args)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("lisen"), "{err}");
     }
 

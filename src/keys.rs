@@ -38,9 +38,9 @@ impl RootKey {
 
     /// Parse the base64 text form (what the file and the environment variable hold).
     pub fn from_base64(text: &str) -> Result<Self, Error> {
-        let bytes = B64.decode(text.trim()).map_err(|_| {
-            Error::InvalidArgument("root key is not valid base64".into())
-        })?;
+        let bytes = B64
+            .decode(text.trim())
+            .map_err(|_| Error::InvalidArgument("root key is not valid base64".into()))?;
         let arr: [u8; 32] = bytes.try_into().map_err(|_| {
             Error::InvalidArgument("root key must be 32 bytes (44 base64 characters)".into())
         })?;
@@ -116,7 +116,10 @@ pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(dir).map_err(|e| {
-        Error::InvalidArgument(format!("cannot create data directory {}: {e}", dir.display()))
+        Error::InvalidArgument(format!(
+            "cannot create data directory {}: {e}",
+            dir.display()
+        ))
     })
 }
 

@@ -6,8 +6,8 @@ use crate::config::LogFormat;
 
 /// Install the global subscriber. `filter` falls back to `default` when unset.
 pub fn init(filter: Option<&str>, default: &str, format: LogFormat) {
-    let filter = EnvFilter::try_new(filter.unwrap_or(default))
-        .unwrap_or_else(|_| EnvFilter::new(default));
+    let filter =
+        EnvFilter::try_new(filter.unwrap_or(default)).unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -20,9 +20,17 @@ fn ok_json(dir: &Path, args: &[&str]) -> Value {
 /// Runs a command that must fail with exit status 1 and a message containing `needle`.
 fn refused(dir: &Path, args: &[&str], needle: &str) {
     let out = cli_in(dir, args);
-    assert_eq!(out.status.code(), Some(1), "{args:?} should fail: {}", stdout(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{args:?} should fail: {}",
+        stdout(&out)
+    );
     let err = stderr(&out);
-    assert!(err.contains(needle), "{args:?}: message {err:?} lacks {needle:?}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: message {err:?} lacks {needle:?}"
+    );
     assert!(stdout(&out).is_empty(), "nothing on stdout on failure");
 }
 
@@ -35,7 +43,9 @@ fn token_issue_prints_only_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let out = cli_in(
         dir.path(),
-        &["token", "issue", "--tenant", "t1", "--user", "u1", "--role", "admin", "--ttl", "60s"],
+        &[
+            "token", "issue", "--tenant", "t1", "--user", "u1", "--role", "admin", "--ttl", "60s",
+        ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
@@ -51,11 +61,20 @@ fn token_issue_prints_only_the_token() {
     }
     refused(
         dir.path(),
-        &["token", "issue", "--tenant", "t1", "--user", "u1", "--ttl", "0s"],
+        &[
+            "token", "issue", "--tenant", "t1", "--user", "u1", "--ttl", "0s",
+        ],
         "--ttl",
     );
-    refused(dir.path(), &["token", "issue", "--tenant", "", "--user", "u1"], "tenant_id");
-    let usage = cli_in(dir.path(), &["token", "issue", "--tenant", "t1", "--role", "root"]);
+    refused(
+        dir.path(),
+        &["token", "issue", "--tenant", "", "--user", "u1"],
+        "tenant_id",
+    );
+    let usage = cli_in(
+        dir.path(),
+        &["token", "issue", "--tenant", "t1", "--role", "root"],
+    );
     assert_eq!(usage.status.code(), Some(2), "usage errors exit 2");
 }
 
@@ -63,7 +82,18 @@ fn token_issue_prints_only_the_token() {
 fn kms_reaches_all_five_key_states() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let k = ok_json(d, &["kms", "create-key", "--tenant", "t1", "--alias", "a1", "--inactive"]);
+    let k = ok_json(
+        d,
+        &[
+            "kms",
+            "create-key",
+            "--tenant",
+            "t1",
+            "--alias",
+            "a1",
+            "--inactive",
+        ],
+    );
     assert_eq!(k["key_name"], "a1");
     assert_eq!(state(&k), 1, "to be activated");
     let id = k["key_id"].as_str().unwrap().to_owned();
@@ -72,20 +102,49 @@ fn kms_reaches_all_five_key_states() {
     assert_eq!(state(&key("disable-key")), 3);
     let sched = ok_json(
         d,
-        &["kms", "schedule-key-deletion", "--tenant", "t1", "--key-id", &id, "--pending-days", "7"],
+        &[
+            "kms",
+            "schedule-key-deletion",
+            "--tenant",
+            "t1",
+            "--key-id",
+            &id,
+            "--pending-days",
+            "7",
+        ],
     );
     assert_eq!(state(&sched), 4);
-    assert_eq!(state(&key("cancel-key-deletion")), 3, "cancelled keys come back disabled");
+    assert_eq!(
+        state(&key("cancel-key-deletion")),
+        3,
+        "cancelled keys come back disabled"
+    );
 
     let ext = ok_json(
         d,
-        &["kms", "create-key", "--tenant", "t1", "--alias", "ext", "--origin", "external"],
+        &[
+            "kms",
+            "create-key",
+            "--tenant",
+            "t1",
+            "--alias",
+            "ext",
+            "--origin",
+            "external",
+        ],
     );
     assert_eq!(state(&ext), 5, "external keys wait for material");
     let ext_id = ext["key_id"].as_str().unwrap();
     let imported = ok_json(
         d,
-        &["kms", "import-key-material", "--tenant", "t1", "--key-id", ext_id],
+        &[
+            "kms",
+            "import-key-material",
+            "--tenant",
+            "t1",
+            "--key-id",
+            ext_id,
+        ],
     );
     assert_eq!(state(&imported), 2);
 
@@ -128,12 +187,28 @@ fn kms_refuses_what_a_real_kms_forbids() {
     );
     refused(
         d,
-        &["kms", "create-key", "--tenant", "t1", "--alias", "bad alias!"],
+        &[
+            "kms",
+            "create-key",
+            "--tenant",
+            "t1",
+            "--alias",
+            "bad alias!",
+        ],
         "alias",
     );
     let ext = ok_json(
         d,
-        &["kms", "create-key", "--tenant", "t1", "--alias", "x", "--origin", "external"],
+        &[
+            "kms",
+            "create-key",
+            "--tenant",
+            "t1",
+            "--alias",
+            "x",
+            "--origin",
+            "external",
+        ],
     );
     let ext_id = ext["key_id"].as_str().unwrap();
     refused(
@@ -146,8 +221,14 @@ fn kms_refuses_what_a_real_kms_forbids() {
     refused(
         d,
         &[
-            "kms", "import-key-material", "--tenant", "t1", "--key-id", ext_id,
-            "--material-file", short.to_str().unwrap(),
+            "kms",
+            "import-key-material",
+            "--tenant",
+            "t1",
+            "--key-id",
+            ext_id,
+            "--material-file",
+            short.to_str().unwrap(),
         ],
         "exactly 32 bytes",
     );
@@ -157,28 +238,50 @@ fn kms_refuses_what_a_real_kms_forbids() {
 fn key_material_is_stored_only_encrypted() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let material: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect();
+    let material: Vec<u8> = (0..32u8)
+        .map(|i| i.wrapping_mul(37).wrapping_add(11))
+        .collect();
     let file = d.join("material.bin");
     std::fs::write(&file, &material).unwrap();
     let ext = ok_json(
         d,
-        &["kms", "create-key", "--tenant", "t1", "--alias", "x", "--origin", "external"],
+        &[
+            "kms",
+            "create-key",
+            "--tenant",
+            "t1",
+            "--alias",
+            "x",
+            "--origin",
+            "external",
+        ],
     );
     ok_json(
         d,
         &[
-            "kms", "import-key-material", "--tenant", "t1", "--key-id",
-            ext["key_id"].as_str().unwrap(), "--material-file", file.to_str().unwrap(),
+            "kms",
+            "import-key-material",
+            "--tenant",
+            "t1",
+            "--key-id",
+            ext["key_id"].as_str().unwrap(),
+            "--material-file",
+            file.to_str().unwrap(),
         ],
     );
     let data = d.join("repocrypt-data");
     for entry in std::fs::read_dir(&data).unwrap() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
         assert!(
-            !bytes.windows(material.len()).any(|w| w == material.as_slice()),
+            !bytes
+                .windows(material.len())
+                .any(|w| w == material.as_slice()),
             "clear key material found on disk"
         );
-        let hex_material = material.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let hex_material = material
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
         assert!(!String::from_utf8_lossy(&bytes).contains(&hex_material));
     }
 }
@@ -188,28 +291,86 @@ fn project_tenant_and_audit_commands() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let pid = "0123456789abcdef0123456789abcdef";
-    let p = ok_json(d, &["project", "add", "--tenant", "t1", "--project-id", pid, "--name", "web"]);
+    let p = ok_json(
+        d,
+        &[
+            "project",
+            "add",
+            "--tenant",
+            "t1",
+            "--project-id",
+            pid,
+            "--name",
+            "web",
+        ],
+    );
     assert_eq!(p["tenant_id"], "t1");
     refused(
         d,
-        &["project", "add", "--tenant", "t1", "--project-id", pid, "--name", "web"],
+        &[
+            "project",
+            "add",
+            "--tenant",
+            "t1",
+            "--project-id",
+            pid,
+            "--name",
+            "web",
+        ],
         "already exists",
     );
     refused(
         d,
-        &["project", "add", "--tenant", "t1", "--project-id", "short", "--name", "x"],
+        &[
+            "project",
+            "add",
+            "--tenant",
+            "t1",
+            "--project-id",
+            "short",
+            "--name",
+            "x",
+        ],
         "32",
     );
-    ok_json(d, &["project", "add-member", "--project-id", pid, "--tenant", "t2", "--user", "bob"]);
+    ok_json(
+        d,
+        &[
+            "project",
+            "add-member",
+            "--project-id",
+            pid,
+            "--tenant",
+            "t2",
+            "--user",
+            "bob",
+        ],
+    );
     refused(
         d,
         &[
-            "project", "add-member", "--project-id", "ffffffffffffffffffffffffffffffff",
-            "--tenant", "t2", "--user", "bob",
+            "project",
+            "add-member",
+            "--project-id",
+            "ffffffffffffffffffffffffffffffff",
+            "--tenant",
+            "t2",
+            "--user",
+            "bob",
         ],
         "does not exist",
     );
-    let t = ok_json(d, &["tenant", "set", "--tenant", "t1", "--permit-public", "allow"]);
+    let t = ok_json(
+        d,
+        &[
+            "tenant",
+            "set",
+            "--tenant",
+            "t1",
+            "--permit-public",
+            "allow",
+        ],
+    );
     assert_eq!(t["permit_public"], "allow");
 
     let out = cli_in(d, &["audit", "list", "--tenant", "t1"]);
@@ -218,10 +379,17 @@ fn project_tenant_and_audit_commands() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
         .collect();
-    let actions: Vec<&str> = records.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    let actions: Vec<&str> = records
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
     assert_eq!(
         actions,
-        ["project.add", "project.add_member", "tenant.set_permit_public"]
+        [
+            "project.add",
+            "project.add_member",
+            "tenant.set_permit_public"
+        ]
     );
     assert!(records.iter().all(|r| r["actor"] == "cli"));
     assert_eq!(records[2]["after"]["permit_public"], "allow");
@@ -232,7 +400,9 @@ fn project_tenant_and_audit_commands() {
 #[test]
 fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     let server = Server::start(&[]);
-    let token = stdout(&server.cli(&["token", "issue", "--tenant", "t1", "--user", "u", "--role", "admin"]));
+    let token = stdout(&server.cli(&[
+        "token", "issue", "--tenant", "t1", "--user", "u", "--role", "admin",
+    ]));
     let body = br#"{"encryption_type":"normal"}"#;
     let head = format!(
         "PUT /v4/tenants/t1/repo-encryption/setting HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {}\r\n\
@@ -241,7 +411,8 @@ fn sigterm_finishes_in_flight_requests_and_exits_zero() {
         body.len()
     );
     let mut conn = TcpStream::connect(&server.addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     conn.write_all(head.as_bytes()).unwrap();
     conn.write_all(&body[..10]).unwrap();
     std::thread::sleep(Duration::from_millis(300));
@@ -251,7 +422,10 @@ fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     let mut response = String::new();
     conn.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(response.contains(r#""encryption_type":"normal""#), "{response}");
+    assert!(
+        response.contains(r#""encryption_type":"normal""#),
+        "{response}"
+    );
     assert_eq!(server.stop(), Some(0));
 }
 
@@ -260,8 +434,16 @@ fn bad_configuration_is_reported_not_panicked() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("bad.toml"), "listen = 5\n").unwrap();
-    refused(d, &["--config", "bad.toml", "audit", "list", "--tenant", "t"], "bad.toml");
-    refused(d, &["--config", "missing.toml", "audit", "list", "--tenant", "t"], "missing.toml");
+    refused(
+        d,
+        &["--config", "bad.toml", "audit", "list", "--tenant", "t"],
+        "bad.toml",
+    );
+    refused(
+        d,
+        &["--config", "missing.toml", "audit", "list", "--tenant", "t"],
+        "missing.toml",
+    );
     refused(
         d,
         &["--database", "mysql://x", "audit", "list", "--tenant", "t"],

@@ -16,7 +16,10 @@ fn walkthrough_block() -> String {
         .split("\n## Walkthrough")
         .nth(1)
         .expect("README has a ## Walkthrough section");
-    let start = section.find("```sh\n").expect("walkthrough has a ```sh block") + 6;
+    let start = section
+        .find("```sh\n")
+        .expect("walkthrough has a ```sh block")
+        + 6;
     let end = section[start..].find("```").expect("block is closed") + start;
     section[start..end].to_owned()
 }
@@ -49,11 +52,23 @@ fn readme_walkthrough_runs_against_the_real_binary() {
         .expect("bash runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "walkthrough failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "walkthrough failed:\n{stdout}\n{stderr}"
+    );
 
-    assert!(stdout.contains(r#"{"tenant_id":"t1","assumed":true}"#), "{stdout}");
-    assert!(stdout.contains("HTTP/1.1 202"), "GET setting answers 202:\n{stdout}");
-    assert!(stdout.to_ascii_lowercase().contains("x-request-id:"), "{stdout}");
+    assert!(
+        stdout.contains(r#"{"tenant_id":"t1","assumed":true}"#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("HTTP/1.1 202"),
+        "GET setting answers 202:\n{stdout}"
+    );
+    assert!(
+        stdout.to_ascii_lowercase().contains("x-request-id:"),
+        "{stdout}"
+    );
     // Setting answers are the lines with a region (audit lines have none).
     let settings: Vec<&str> = stdout
         .lines()
@@ -74,7 +89,12 @@ fn readme_walkthrough_runs_against_the_real_binary() {
     let last_get = settings[2];
     assert!(last_get.contains(r#""key_state":3"#), "{last_get}");
     // The audit log lists the key's creation, the grant, the PUT and the disable.
-    for action in ["kms.create_key", "kms_grant.create", "setting.update", "kms.disable_key"] {
+    for action in [
+        "kms.create_key",
+        "kms_grant.create",
+        "setting.update",
+        "kms.disable_key",
+    ] {
         assert!(stdout.contains(action), "audit lacks {action}:\n{stdout}");
     }
     assert_eq!(server.stop(), Some(0), "SIGTERM exits 0");

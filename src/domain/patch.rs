@@ -29,9 +29,8 @@ pub fn parse_setting_patch(body: &[u8]) -> Result<SettingPatch, Error> {
             "request body is empty: send a JSON object".into(),
         ));
     }
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        Error::BadRequestBody(format!("request body is not valid JSON: {e}"))
-    })?;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Error::BadRequestBody(format!("request body is not valid JSON: {e}")))?;
     let Value::Object(map) = value else {
         return Err(Error::BadRequestBody(format!(
             "request body must be a JSON object, got {}",

@@ -104,9 +104,7 @@ impl Service {
             default_encryption_enabled: setting.is_some_and(|s| s.default_encryption_enabled),
             cmk_key_name: setting.and_then(|s| s.cmk_key_name.clone()),
             cmk_key_id: setting.and_then(|s| s.cmk_key_id.clone()),
-            key_state: setting
-                .and_then(|s| s.cmk_key_id.as_ref())
-                .and(key_state),
+            key_state: setting.and_then(|s| s.cmk_key_id.as_ref()).and(key_state),
             region: self.region.clone(),
             region_type: self.region_type.clone(),
         }
@@ -146,9 +144,7 @@ impl Service {
                 Err(e) => return Err(e),
                 Ok(saved) => {
                     let key_state = match (&lookup, saved.cmk_key_id.as_deref()) {
-                        (Some(l), Some(k)) if l.key_id == k => {
-                            l.info.as_ref().map(|i| i.key_state)
-                        }
+                        (Some(l), Some(k)) if l.key_id == k => l.info.as_ref().map(|i| i.key_state),
                         (_, Some(k)) => self.current_key_state(tenant, k).await,
                         (_, None) => None,
                     };

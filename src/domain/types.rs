@@ -104,7 +104,10 @@ impl EncryptionType {
         } else {
             Err(Error::invalid(
                 "encryption_type",
-                format!("unknown value `{}`: expected KMS or normal", truncate(value, 64)),
+                format!(
+                    "unknown value `{}`: expected KMS or normal",
+                    truncate(value, 64)
+                ),
             ))
         }
     }

@@ -60,8 +60,12 @@ fn actor(caller: &Identity, request_id: &RequestId) -> Actor {
 
 /// The tenant in the path, which must be the caller's own.
 fn path_tenant(path: Result<Path<String>, PathRejection>) -> Result<String, Error> {
-    path.map(|Path(t)| t)
-        .map_err(|e| Error::invalid("tenant_id", format!("invalid path parameter: {}", e.body_text())))
+    path.map(|Path(t)| t).map_err(|e| {
+        Error::invalid(
+            "tenant_id",
+            format!("invalid path parameter: {}", e.body_text()),
+        )
+    })
 }
 
 fn require_json(headers: &HeaderMap) -> Result<(), Error> {

@@ -62,8 +62,7 @@ impl KeyStateCache {
             map.retain(|_, e| e.at.elapsed() < ttl);
             if map.len() >= self.capacity {
                 // Still full of fresh entries: drop the oldest.
-                if let Some(oldest) = map.iter().min_by_key(|(_, e)| e.at).map(|(k, _)| k.clone())
-                {
+                if let Some(oldest) = map.iter().min_by_key(|(_, e)| e.at).map(|(k, _)| k.clone()) {
                     map.remove(&oldest);
                 }
             }

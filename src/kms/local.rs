@@ -64,7 +64,9 @@ impl LocalKms {
                     aad: key_id.as_bytes(),
                 },
             )
-            .map_err(|_| Error::Internal("key material does not decrypt under this root key".into()))
+            .map_err(|_| {
+                Error::Internal("key material does not decrypt under this root key".into())
+            })
     }
 
     /// A key pending deletion whose window has passed is deleted.
@@ -141,7 +143,10 @@ impl Kms for LocalKms {
 
     async fn describe_key(&self, tenant: &TenantId, key_id: &str) -> Result<Option<KeyInfo>> {
         let key = self.store.kms_get_key(tenant, key_id).await.map_err(|e| {
-            Error::KmsUnavailable(format!("local KMS store: {}", e.internal_detail().unwrap_or("")))
+            Error::KmsUnavailable(format!(
+                "local KMS store: {}",
+                e.internal_detail().unwrap_or("")
+            ))
         })?;
         Ok(key.and_then(|k| self.live(k)).map(|k| info(&k)))
     }
@@ -198,29 +203,36 @@ impl Kms for LocalKms {
     }
 
     async fn enable_key(&self, tenant: &TenantId, key_id: &str, actor: &Actor) -> Result<KeyInfo> {
-        self.transition(tenant, key_id, "kms.enable_key", actor, &|k| match k.state {
-            KeyState::ToBeActivated | KeyState::Enabled | KeyState::Disabled => Ok(StoredKey {
-                state: KeyState::Enabled,
-                ..k.clone()
-            }),
-            _ => Err(invalid_state(k, "enable it")),
-        })
+        self.transition(
+            tenant,
+            key_id,
+            "kms.enable_key",
+            actor,
+            &|k| match k.state {
+                KeyState::ToBeActivated | KeyState::Enabled | KeyState::Disabled => Ok(StoredKey {
+                    state: KeyState::Enabled,
+                    ..k.clone()
+                }),
+                _ => Err(invalid_state(k, "enable it")),
+            },
+        )
         .await
     }
 
-    async fn disable_key(
-        &self,
-        tenant: &TenantId,
-        key_id: &str,
-        actor: &Actor,
-    ) -> Result<KeyInfo> {
-        self.transition(tenant, key_id, "kms.disable_key", actor, &|k| match k.state {
-            KeyState::Enabled | KeyState::Disabled => Ok(StoredKey {
-                state: KeyState::Disabled,
-                ..k.clone()
-            }),
-            _ => Err(invalid_state(k, "disable it")),
-        })
+    async fn disable_key(&self, tenant: &TenantId, key_id: &str, actor: &Actor) -> Result<KeyInfo> {
+        self.transition(
+            tenant,
+            key_id,
+            "kms.disable_key",
+            actor,
+            &|k| match k.state {
+                KeyState::Enabled | KeyState::Disabled => Ok(StoredKey {
+                    state: KeyState::Disabled,
+                    ..k.clone()
+                }),
+                _ => Err(invalid_state(k, "disable it")),
+            },
+        )
         .await
     }
 
@@ -237,16 +249,20 @@ impl Kms for LocalKms {
             )));
         }
         let at = self.clock.unix_seconds() as i64 + i64::from(pending_days) * 86_400;
-        self.transition(tenant, key_id, "kms.schedule_key_deletion", actor, &|k| {
-            match k.state {
+        self.transition(
+            tenant,
+            key_id,
+            "kms.schedule_key_deletion",
+            actor,
+            &|k| match k.state {
                 KeyState::PendingDeletion => Err(invalid_state(k, "schedule its deletion again")),
                 _ => Ok(StoredKey {
                     state: KeyState::PendingDeletion,
                     deletion_at: Some(at),
                     ..k.clone()
                 }),
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -310,7 +326,10 @@ impl Kms for LocalKms {
                     material: Some(sealed.clone()),
                     ..k.clone()
                 }),
-                _ => Err(invalid_state(k, "import material (it is not pending import)")),
+                _ => Err(invalid_state(
+                    k,
+                    "import material (it is not pending import)",
+                )),
             }
         })
         .await

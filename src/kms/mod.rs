@@ -53,8 +53,7 @@ pub trait Kms: Send + Sync + 'static {
     ) -> Result<KeyInfo>;
     async fn list_keys(&self, tenant: &TenantId) -> Result<Vec<KeyInfo>>;
     async fn enable_key(&self, tenant: &TenantId, key_id: &str, actor: &Actor) -> Result<KeyInfo>;
-    async fn disable_key(&self, tenant: &TenantId, key_id: &str, actor: &Actor)
-        -> Result<KeyInfo>;
+    async fn disable_key(&self, tenant: &TenantId, key_id: &str, actor: &Actor) -> Result<KeyInfo>;
     async fn schedule_key_deletion(
         &self,
         tenant: &TenantId,

@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::domain::{
-    Actor, AuditRecord, Error, Grant, KeyState, PermitPublic, Project, ProjectId, Result,
-    Setting, SettingDraft, TenantId,
+    Actor, AuditRecord, Error, Grant, KeyState, PermitPublic, Project, ProjectId, Result, Setting,
+    SettingDraft, TenantId,
 };
 
 /// A pure function from the stored setting (if any) and whether the tenant has granted

@@ -79,15 +79,19 @@ impl SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| db_error(&format!("migration {version} ({name})"), e))?;
-            sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)")
-                .bind(version)
-                .bind(name)
-                .bind(self.clock.rfc3339())
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| db_error("record migration", e))?;
+            sqlx::query(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+            )
+            .bind(version)
+            .bind(name)
+            .bind(self.clock.rfc3339())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error("record migration", e))?;
         }
-        tx.commit().await.map_err(|e| db_error("commit migrations", e))
+        tx.commit()
+            .await
+            .map_err(|e| db_error("commit migrations", e))
     }
 
     /// The schema version the database is at.
@@ -251,9 +255,18 @@ impl Store for SqliteStore {
             cmk_key_name: draft.cmk_key_name,
         };
         let before = current.as_ref().and_then(to_json);
-        self.audit(&mut tx, tenant.as_str(), actor, "setting.update", before, to_json(&saved))
-            .await?;
-        tx.commit().await.map_err(|e| db_error("commit setting", e))?;
+        self.audit(
+            &mut tx,
+            tenant.as_str(),
+            actor,
+            "setting.update",
+            before,
+            to_json(&saved),
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(|e| db_error("commit setting", e))?;
         Ok(saved)
     }
 
@@ -266,8 +279,12 @@ impl Store for SqliteStore {
         row.map(|r| {
             Ok(Grant {
                 tenant_id: tenant.clone(),
-                granted_by: r.try_get("granted_by").map_err(|e| db_error("decode grant", e))?,
-                granted_at: r.try_get("granted_at").map_err(|e| db_error("decode grant", e))?,
+                granted_by: r
+                    .try_get("granted_by")
+                    .map_err(|e| db_error("decode grant", e))?,
+                granted_at: r
+                    .try_get("granted_at")
+                    .map_err(|e| db_error("decode grant", e))?,
             })
         })
         .transpose()
@@ -289,14 +306,25 @@ impl Store for SqliteStore {
         .map_err(|e| db_error("write grant", e))?;
         let grant = Grant {
             tenant_id: tenant.clone(),
-            granted_by: row.try_get("granted_by").map_err(|e| db_error("decode grant", e))?,
-            granted_at: row.try_get("granted_at").map_err(|e| db_error("decode grant", e))?,
+            granted_by: row
+                .try_get("granted_by")
+                .map_err(|e| db_error("decode grant", e))?,
+            granted_at: row
+                .try_get("granted_at")
+                .map_err(|e| db_error("decode grant", e))?,
         };
         let after = serde_json::json!({
             "assumed": true, "granted_by": grant.granted_by, "granted_at": grant.granted_at
         });
-        self.audit(&mut tx, tenant.as_str(), actor, "kms_grant.create", None, Some(after))
-            .await?;
+        self.audit(
+            &mut tx,
+            tenant.as_str(),
+            actor,
+            "kms_grant.create",
+            None,
+            Some(after),
+        )
+        .await?;
         tx.commit().await.map_err(|e| db_error("commit grant", e))?;
         Ok(grant)
     }
@@ -364,17 +392,25 @@ impl Store for SqliteStore {
             }
             _ => db_error("write project", e),
         })?;
-        self.audit(&mut tx, &project.tenant_id, actor, "project.add", None, to_json(project))
-            .await?;
+        self.audit(
+            &mut tx,
+            &project.tenant_id,
+            actor,
+            "project.add",
+            None,
+            to_json(project),
+        )
+        .await?;
         tx.commit().await.map_err(|e| db_error("commit project", e))
     }
 
     async fn get_project(&self, project_id: &ProjectId) -> Result<Option<Project>> {
-        let row = sqlx::query("SELECT project_id, tenant_id, name FROM projects WHERE project_id = ?")
-            .bind(project_id.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| db_error("read project", e))?;
+        let row =
+            sqlx::query("SELECT project_id, tenant_id, name FROM projects WHERE project_id = ?")
+                .bind(project_id.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| db_error("read project", e))?;
         row.map(|r| {
             let get = |e: sqlx::Error| db_error("decode project", e);
             Ok(Project {
@@ -415,9 +451,18 @@ impl Store for SqliteStore {
         let after = serde_json::json!({
             "project_id": project_id.as_str(), "member_tenant_id": tenant.as_str(), "user_id": user_id
         });
-        self.audit(&mut tx, &owner, actor, "project.add_member", None, Some(after))
-            .await?;
-        tx.commit().await.map_err(|e| db_error("commit project member", e))
+        self.audit(
+            &mut tx,
+            &owner,
+            actor,
+            "project.add_member",
+            None,
+            Some(after),
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(|e| db_error("commit project member", e))
     }
 
     async fn is_project_member(
@@ -486,8 +531,15 @@ impl Store for SqliteStore {
             }
             _ => db_error("write key", e),
         })?;
-        self.audit(&mut tx, &key.tenant_id, actor, "kms.create_key", None, to_json(key))
-            .await?;
+        self.audit(
+            &mut tx,
+            &key.tenant_id,
+            actor,
+            "kms.create_key",
+            None,
+            to_json(key),
+        )
+        .await?;
         tx.commit().await.map_err(|e| db_error("commit key", e))
     }
 
@@ -531,11 +583,13 @@ impl Store for SqliteStore {
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| db_error("read key", e))?;
-        let before = row.as_ref().map(key_from_row).transpose()?.ok_or_else(|| {
-            Error::KeyNotFound {
-                key_id: key_id.to_owned(),
-            }
-        })?;
+        let before =
+            row.as_ref()
+                .map(key_from_row)
+                .transpose()?
+                .ok_or_else(|| Error::KeyNotFound {
+                    key_id: key_id.to_owned(),
+                })?;
         let after = change(&before)?;
         sqlx::query(
             "UPDATE kms_keys SET key_state = ?, material = ?, deletion_at = ?
@@ -549,8 +603,15 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(|e| db_error("write key", e))?;
-        self.audit(&mut tx, tenant.as_str(), actor, action, to_json(&before), to_json(&after))
-            .await?;
+        self.audit(
+            &mut tx,
+            tenant.as_str(),
+            actor,
+            action,
+            to_json(&before),
+            to_json(&after),
+        )
+        .await?;
         tx.commit().await.map_err(|e| db_error("commit key", e))?;
         Ok(after)
     }

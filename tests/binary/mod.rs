@@ -33,7 +33,9 @@ impl Server {
         let mut child = cmd.spawn().expect("start repocrypt serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
         let addr = line
             .trim()
             .strip_prefix("repocrypt listening on http://")

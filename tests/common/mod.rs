@@ -1,0 +1,434 @@
+//! Helpers for the in-process API tests: a fresh app per test (own temp dir, own SQLite
+//! database, own root key), a manual clock, tokens, and a `send` that drives the router.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tempfile::TempDir;
+use tower::ServiceExt;
+
+use repocrypt::app::App;
+use repocrypt::clock::{Clock, ManualClock};
+use repocrypt::config::{Config, ConfigArgs};
+use repocrypt::domain::{Actor, AuditRecord, Identity, PermitPublic, Role, TenantId};
+use repocrypt::kms::{KeyInfo, KeyOrigin};
+
+/// 2026-01-01T00:00:00Z.
+pub const START_UNIX: u64 = 1_767_225_600;
+/// Lifetime of the tokens `token()` issues.
+pub const TOKEN_TTL_SECS: u64 = 3600;
+
+pub const TENANT_A: &str = "159b65b41ead484d8ddff250a4731781";
+pub const TENANT_B: &str = "28c4e7f1a0b94d2e9c3b5a6d7e8f9012";
+
+pub const REGION: &str = "cn-north-7";
+pub const REGION_TYPE: &str = "primary";
+
+/// Status, headers and JSON body of a response (`Null` for an empty body, a JSON string
+/// holding the raw text when the body is not JSON).
+pub type Resp = (StatusCode, HeaderMap, Value);
+
+pub struct TestApp {
+    pub app: App,
+    pub clock: Arc<ManualClock>,
+    pub router: Router,
+    _dir: TempDir,
+}
+
+/// What a request may have changed: the stored row, the grant and the audit log.
+#[derive(Debug, PartialEq)]
+pub struct Snapshot {
+    pub setting: Option<Value>,
+    pub granted: bool,
+    pub audit_len: usize,
+}
+
+/// An app with the key-state cache off (every GET asks the KMS).
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// An app whose configuration `adjust` may change before it opens.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config::load(&ConfigArgs {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    })
+    .expect("config loads");
+    config.root_key = None; // a fresh root key per app, whatever the environment says
+    config.key_state_cache_ttl = Duration::ZERO;
+    config.region = REGION.into();
+    config.region_type = REGION_TYPE.into();
+    adjust(&mut config);
+    let clock = Arc::new(ManualClock::at_unix(START_UNIX));
+    let app = App::open(config, clock.clone()).await.expect("app opens");
+    let router = app.router();
+    TestApp {
+        app,
+        clock,
+        router,
+        _dir: dir,
+    }
+}
+
+pub fn tid(tenant: &str) -> TenantId {
+    TenantId::parse(tenant).expect("valid tenant id")
+}
+
+pub fn setting_path(tenant: &str) -> String {
+    format!("/v4/tenants/{tenant}/repo-encryption/setting")
+}
+
+pub fn grant_path(tenant: &str) -> String {
+    format!("/v4/tenants/{tenant}/repo-encryption/kms-grant")
+}
+
+/// Drive `router` with one request.
+pub async fn send_to(
+    router: Router,
+    method: Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Body>,
+) -> Resp {
+    let mut builder = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder.body(body.into()).expect("request builds");
+    let response = router.oneshot(request).await.expect("router is infallible");
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("body reads").to_bytes();
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    (parts.status, parts.headers, value)
+}
+
+impl TestApp {
+    pub async fn send(
+        &self,
+        method: Method,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Body>,
+    ) -> Resp {
+        send_to(self.router.clone(), method, uri, headers, body).await
+    }
+
+    // ---- tokens ------------------------------------------------------------------------
+
+    /// A token valid for `TOKEN_TTL_SECS` from the clock's now.
+    pub fn token(&self, tenant: &str, user: &str, role: Role) -> String {
+        let now = self.clock.unix_seconds();
+        let identity = Identity {
+            tenant_id: tid(tenant),
+            user_id: user.to_owned(),
+            user_name: format!("{user} (test)"),
+            role,
+            expires_at: now + TOKEN_TTL_SECS,
+        };
+        self.app.tokens.issue(&identity, now).expect("token issues")
+    }
+
+    /// Token of the tenant's admin, user `admin-<first 8 chars of tenant>`.
+    pub fn admin(&self, tenant: &str) -> String {
+        self.token(tenant, &admin_user(tenant), Role::Admin)
+    }
+
+    /// Token of a plain member of the tenant.
+    pub fn member(&self, tenant: &str) -> String {
+        self.token(tenant, &format!("member-{}", short(tenant)), Role::Member)
+    }
+
+    // ---- the five operations -----------------------------------------------------------
+
+    pub async fn put_setting(&self, tenant: &str, token: &str, body: &Value) -> Resp {
+        self.put_raw(tenant, token, Some("application/json"), body.to_string())
+            .await
+    }
+
+    pub async fn put_setting_with_id(
+        &self,
+        tenant: &str,
+        token: &str,
+        request_id: &str,
+        body: &Value,
+    ) -> Resp {
+        self.send(
+            Method::PUT,
+            &setting_path(tenant),
+            &[
+                ("x-auth-token", token),
+                ("content-type", "application/json"),
+                ("x-request-id", request_id),
+            ],
+            body.to_string(),
+        )
+        .await
+    }
+
+    pub async fn put_raw(
+        &self,
+        tenant: &str,
+        token: &str,
+        content_type: Option<&str>,
+        body: impl Into<Body>,
+    ) -> Resp {
+        let mut headers = vec![("x-auth-token", token)];
+        if let Some(ct) = content_type {
+            headers.push(("content-type", ct));
+        }
+        self.send(Method::PUT, &setting_path(tenant), &headers, body)
+            .await
+    }
+
+    pub async fn get_setting(&self, tenant: &str, token: &str) -> Resp {
+        self.send(
+            Method::GET,
+            &setting_path(tenant),
+            &[("x-auth-token", token)],
+            Body::empty(),
+        )
+        .await
+    }
+
+    pub async fn post_grant(&self, tenant: &str, token: &str) -> Resp {
+        self.send(
+            Method::POST,
+            &grant_path(tenant),
+            &[("x-auth-token", token)],
+            Body::empty(),
+        )
+        .await
+    }
+
+    pub async fn get_grant(&self, tenant: &str, token: &str) -> Resp {
+        self.send(
+            Method::GET,
+            &grant_path(tenant),
+            &[("x-auth-token", token)],
+            Body::empty(),
+        )
+        .await
+    }
+
+    /// `GET /v4/tenant/setting`, with `query` appended verbatim after `?` when given.
+    pub async fn tenant_setting(&self, token: &str, query: Option<&str>) -> Resp {
+        let uri = match query {
+            Some(q) => format!("/v4/tenant/setting?{q}"),
+            None => "/v4/tenant/setting".to_owned(),
+        };
+        self.send(Method::GET, &uri, &[("x-auth-token", token)], Body::empty())
+            .await
+    }
+
+    // ---- set-up through the service and the KMS -----------------------------------------
+
+    pub async fn grant(&self, tenant: &str) {
+        self.app
+            .service
+            .create_grant(&Actor::cli(), &tid(tenant))
+            .await
+            .expect("grant");
+    }
+
+    pub async fn create_key(&self, tenant: &str, alias: &str) -> KeyInfo {
+        self.create_key_with(tenant, alias, KeyOrigin::Kms, false)
+            .await
+    }
+
+    pub async fn create_key_with(
+        &self,
+        tenant: &str,
+        alias: &str,
+        origin: KeyOrigin,
+        inactive: bool,
+    ) -> KeyInfo {
+        self.app
+            .kms
+            .create_key(&tid(tenant), alias, origin, inactive, &Actor::cli())
+            .await
+            .expect("create key")
+    }
+
+    pub async fn disable_key(&self, tenant: &str, key_id: &str) -> KeyInfo {
+        self.app
+            .kms
+            .disable_key(&tid(tenant), key_id, &Actor::cli())
+            .await
+            .expect("disable key")
+    }
+
+    pub async fn enable_key(&self, tenant: &str, key_id: &str) -> KeyInfo {
+        self.app
+            .kms
+            .enable_key(&tid(tenant), key_id, &Actor::cli())
+            .await
+            .expect("enable key")
+    }
+
+    pub async fn schedule_deletion(&self, tenant: &str, key_id: &str, days: u32) -> KeyInfo {
+        self.app
+            .kms
+            .schedule_key_deletion(&tid(tenant), key_id, days, &Actor::cli())
+            .await
+            .expect("schedule key deletion")
+    }
+
+    pub async fn cancel_deletion(&self, tenant: &str, key_id: &str) -> KeyInfo {
+        self.app
+            .kms
+            .cancel_key_deletion(&tid(tenant), key_id, &Actor::cli())
+            .await
+            .expect("cancel key deletion")
+    }
+
+    /// Grant KMS use and create an enabled key named `repo-key`.
+    pub async fn kms_ready(&self, tenant: &str) -> KeyInfo {
+        self.grant(tenant).await;
+        self.create_key(tenant, "repo-key").await
+    }
+
+    /// `kms_ready`, then PUT encryption_type KMS with that key and default encryption on.
+    pub async fn configure_kms(&self, tenant: &str) -> KeyInfo {
+        let key = self.kms_ready(tenant).await;
+        let r = self
+            .put_setting(
+                tenant,
+                &self.admin(tenant),
+                &serde_json::json!({
+                    "encryption_type": "KMS",
+                    "cmk_key_id": key.key_id,
+                    "default_encryption_enabled": true,
+                }),
+            )
+            .await;
+        assert_eq!(r.0, StatusCode::OK, "configure_kms: {}", r.2);
+        key
+    }
+
+    pub async fn add_project(&self, tenant: &str, project_id: &str) {
+        self.app
+            .service
+            .add_project(&Actor::cli(), &tid(tenant), project_id, "demo")
+            .await
+            .expect("add project");
+    }
+
+    pub async fn add_member(&self, project_id: &str, tenant: &str, user: &str) {
+        self.app
+            .service
+            .add_project_member(&Actor::cli(), project_id, &tid(tenant), user)
+            .await
+            .expect("add project member");
+    }
+
+    pub async fn set_permit_public(&self, tenant: &str, value: PermitPublic) {
+        self.app
+            .service
+            .set_permit_public(&Actor::cli(), &tid(tenant), value)
+            .await
+            .expect("set permit_public");
+    }
+
+    // ---- inspection ----------------------------------------------------------------------
+
+    pub async fn audit(&self, tenant: &str) -> Vec<AuditRecord> {
+        self.app
+            .store
+            .list_audit(&tid(tenant))
+            .await
+            .expect("list audit")
+    }
+
+    pub async fn audit_of(&self, tenant: &str, action: &str) -> Vec<AuditRecord> {
+        self.audit(tenant)
+            .await
+            .into_iter()
+            .filter(|r| r.action == action)
+            .collect()
+    }
+
+    pub async fn snapshot(&self, tenant: &str) -> Snapshot {
+        let t = tid(tenant);
+        let setting = self
+            .app
+            .store
+            .get_setting(&t)
+            .await
+            .expect("get setting")
+            .map(|s| serde_json::to_value(s).expect("setting serializes"));
+        let granted = self
+            .app
+            .store
+            .get_grant(&t)
+            .await
+            .expect("get grant")
+            .is_some();
+        Snapshot {
+            setting,
+            granted,
+            audit_len: self.audit(tenant).await.len(),
+        }
+    }
+}
+
+pub fn short(tenant: &str) -> String {
+    tenant.chars().take(8).collect()
+}
+
+pub fn admin_user(tenant: &str) -> String {
+    format!("admin-{}", short(tenant))
+}
+
+/// Assert an error response: status, exact `error_code`, an `error_msg` containing every
+/// part of `msg_parts`, no other body field, and an `X-Request-Id` header.
+#[track_caller]
+pub fn assert_error(resp: &Resp, status: StatusCode, code: &str, msg_parts: &[&str]) {
+    let (got_status, headers, body) = resp;
+    assert_eq!(*got_status, status, "status; body: {body}");
+    let obj = body
+        .as_object()
+        .unwrap_or_else(|| panic!("error body is not a JSON object: {body}"));
+    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["error_code", "error_msg"], "error body: {body}");
+    assert_eq!(body["error_code"], code, "error_code; body: {body}");
+    let msg = body["error_msg"]
+        .as_str()
+        .unwrap_or_else(|| panic!("error_msg is not a string: {body}"));
+    for part in msg_parts {
+        assert!(
+            msg.contains(part),
+            "error_msg should mention `{part}`: {msg}"
+        );
+    }
+    let rid = headers
+        .get("x-request-id")
+        .unwrap_or_else(|| panic!("no X-Request-Id on an error response: {body}"));
+    assert!(!rid.is_empty(), "empty X-Request-Id");
+}
+
+/// The sorted keys of a JSON object.
+pub fn keys_of(value: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = value
+        .as_object()
+        .unwrap_or_else(|| panic!("not a JSON object: {value}"))
+        .keys()
+        .cloned()
+        .collect();
+    keys.sort_unstable();
+    keys
+}
