@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
+use crate::auth::credentials::Credentials;
+use crate::auth::signature::SignatureVerifier;
 use crate::auth::token::TokenCodec;
-use crate::auth::{Authenticator, LocalTokens};
+use crate::auth::{Authenticator, LocalAuth};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::{Error, Result, Service};
@@ -21,6 +23,8 @@ pub struct App {
     pub kms: Arc<dyn Kms>,
     pub service: Arc<Service>,
     pub tokens: TokenCodec,
+    pub credentials: Arc<Credentials>,
+    pub auth: Arc<dyn Authenticator>,
 }
 
 impl App {
@@ -45,8 +49,21 @@ impl App {
             config.region.clone(),
             config.region_type.clone(),
         ));
+        let tokens = TokenCodec::new(&root);
+        let credentials = Arc::new(Credentials::new(store.clone(), &root, clock.clone()));
+        let auth: Arc<dyn Authenticator> = Arc::new(LocalAuth::new(
+            tokens.clone(),
+            SignatureVerifier::new(
+                credentials.clone(),
+                clock.clone(),
+                config.signature_max_skew,
+            ),
+            clock.clone(),
+        ));
         Ok(App {
-            tokens: TokenCodec::new(&root),
+            tokens,
+            credentials,
+            auth,
             config,
             clock,
             store,
@@ -55,11 +72,7 @@ impl App {
         })
     }
 
-    pub fn authenticator(&self) -> Arc<dyn Authenticator> {
-        Arc::new(LocalTokens::new(self.tokens.clone(), self.clock.clone()))
-    }
-
     pub fn router(&self) -> axum::Router {
-        crate::http::router(self.service.clone(), self.authenticator())
+        crate::http::router(self.service.clone(), self.auth.clone())
     }
 }

@@ -36,6 +36,9 @@ pub enum Command {
     /// Issue tokens for X-Auth-Token.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage AK/SK credentials for SDK request signatures.
+    #[command(subcommand)]
+    Credential(CredentialCommand),
     /// Manage keys of the local KMS.
     #[command(subcommand)]
     Kms(KmsCommand),
@@ -66,6 +69,29 @@ pub enum TokenCommand {
         /// Lifetime, e.g. `3600s`, `12h` (at most 365 days).
         #[arg(long, default_value = "3600s", value_parser = humantime::parse_duration)]
         ttl: Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CredentialCommand {
+    /// Create an access key / secret key pair; prints {"access_key","secret_key"} (the secret is shown only here).
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long, value_enum, default_value_t = Role::Member)]
+        role: Role,
+    },
+    /// List a tenant's credentials (never their secrets) as a JSON array.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Delete a credential: requests signed with it are refused from then on.
+    Delete {
+        #[arg(long)]
+        access_key: String,
     },
 }
 
@@ -236,6 +262,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Serve => serve(app).await,
         Command::Token(_) => Ok(()),
         Command::Kms(cmd) => kms(&app, &actor, cmd).await,
+        Command::Credential(cmd) => credential(&app, &actor, cmd).await,
         Command::Project(ProjectCommand::Add {
             tenant,
             project_id,
@@ -290,6 +317,26 @@ fn nonempty(flag: &str, value: &str) -> Result<String> {
         )))
     } else {
         Ok(value.to_owned())
+    }
+}
+
+async fn credential(app: &App, actor: &Actor, cmd: CredentialCommand) -> Result<()> {
+    match cmd {
+        CredentialCommand::Create { tenant, user, role } => {
+            let tenant = TenantId::parse(tenant)?;
+            let (credential, secret) = app.credentials.create(&tenant, &user, role, actor).await?;
+            print_json(&serde_json::json!({
+                "access_key": credential.access_key,
+                "secret_key": secret.expose(),
+            }))
+        }
+        CredentialCommand::List { tenant } => {
+            print_json(&app.credentials.list(&TenantId::parse(tenant)?).await?)
+        }
+        CredentialCommand::Delete { access_key } => {
+            app.credentials.delete(&access_key, actor).await?;
+            print_json(&serde_json::json!({ "access_key": access_key, "deleted": true }))
+        }
     }
 }
 

@@ -14,6 +14,7 @@ pub const DEFAULT_REGION: &str = "local";
 pub const DEFAULT_REGION_TYPE: &str = "primary";
 pub const DEFAULT_KEY_STATE_CACHE_TTL: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEY_STATE_CACHE_CAPACITY: usize = 100_000;
+pub const DEFAULT_SIGNATURE_MAX_SKEW: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -51,6 +52,9 @@ pub struct ConfigArgs {
     /// How long a key state read from the KMS is reused, e.g. `10s`; `0` turns the cache off [default: 10s].
     #[arg(long, env = "REPOCRYPT_KEY_STATE_CACHE_TTL", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub key_state_cache_ttl: Option<Duration>,
+    /// Largest difference between a signed request's X-Sdk-Date and the server's clock [default: 15m].
+    #[arg(long, env = "REPOCRYPT_SIGNATURE_MAX_SKEW", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub signature_max_skew: Option<Duration>,
     /// Log filter, e.g. `info` or `repocrypt=debug` [default: info for serve, warn otherwise].
     #[arg(long, env = "REPOCRYPT_LOG", global = true, value_name = "FILTER")]
     pub log: Option<String>,
@@ -70,6 +74,7 @@ struct FileConfig {
     region_type: Option<String>,
     key_state_cache_ttl: Option<String>,
     key_state_cache_capacity: Option<usize>,
+    signature_max_skew: Option<String>,
     log: Option<String>,
     log_format: Option<LogFormat>,
 }
@@ -84,6 +89,7 @@ pub struct Config {
     pub region_type: String,
     pub key_state_cache_ttl: Duration,
     pub key_state_cache_capacity: usize,
+    pub signature_max_skew: Duration,
     pub log: Option<String>,
     pub log_format: LogFormat,
     /// Base64 root key from `REPOCRYPT_ROOT_KEY` (never a flag: argv is visible to all).
@@ -134,15 +140,23 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let ttl = match (
+        let ttl = duration(
+            "key_state_cache_ttl",
             args.key_state_cache_ttl,
             file.key_state_cache_ttl.as_deref(),
-        ) {
-            (Some(d), _) => d,
-            (None, Some(s)) => humantime::parse_duration(s)
-                .map_err(|e| Error::InvalidArgument(format!("key_state_cache_ttl `{s}`: {e}")))?,
-            (None, None) => DEFAULT_KEY_STATE_CACHE_TTL,
-        };
+            DEFAULT_KEY_STATE_CACHE_TTL,
+        )?;
+        let signature_max_skew = duration(
+            "signature_max_skew",
+            args.signature_max_skew,
+            file.signature_max_skew.as_deref(),
+            DEFAULT_SIGNATURE_MAX_SKEW,
+        )?;
+        if signature_max_skew.is_zero() {
+            return Err(Error::InvalidArgument(
+                "signature_max_skew must be positive".into(),
+            ));
+        }
         let listen = match args.listen.or(file.listen) {
             Some(l) => l,
             None => DEFAULT_LISTEN
@@ -177,6 +191,7 @@ impl Config {
                     .unwrap_or_else(|| DEFAULT_REGION_TYPE.into()),
             )?,
             key_state_cache_ttl: ttl,
+            signature_max_skew,
             key_state_cache_capacity: file
                 .key_state_cache_capacity
                 .unwrap_or(DEFAULT_KEY_STATE_CACHE_CAPACITY),
@@ -188,6 +203,21 @@ impl Config {
             root_key: std::env::var(crate::keys::ROOT_KEY_ENV).ok(),
             data_dir,
         })
+    }
+}
+
+/// A duration from a flag/env (already parsed), else the file (text), else the default.
+fn duration(
+    name: &str,
+    arg: Option<Duration>,
+    file: Option<&str>,
+    default: Duration,
+) -> Result<Duration, Error> {
+    match (arg, file) {
+        (Some(d), _) => Ok(d),
+        (None, Some(s)) => humantime::parse_duration(s)
+            .map_err(|e| Error::InvalidArgument(format!("{name} `{s}`: {e}"))),
+        (None, None) => Ok(default),
     }
 }
 

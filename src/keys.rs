@@ -7,6 +7,8 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -106,6 +108,57 @@ impl RootKey {
     }
 }
 
+/// AES-256-GCM under a key derived from the root key for one purpose. Sealed blobs are
+/// `nonce (12 bytes) || ciphertext+tag`; the associated data binds a blob to its owner
+/// (a key id, an access key), so a blob cannot be moved to another row.
+pub struct Sealer {
+    aead: Aes256Gcm,
+}
+
+const NONCE_LEN: usize = 12;
+
+impl Sealer {
+    pub fn new(root: &RootKey, label: &str) -> Self {
+        Sealer {
+            aead: Aes256Gcm::new(&root.derive(label).into()),
+        }
+    }
+
+    pub fn seal(&self, aad: &str, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+        let ct = self
+            .aead
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map_err(|_| Error::Internal("encryption failed".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    pub fn open(&self, aad: &str, sealed: &[u8]) -> Result<Vec<u8>, Error> {
+        if sealed.len() < NONCE_LEN {
+            return Err(Error::Internal("sealed blob is truncated".into()));
+        }
+        let (nonce, ct) = sealed.split_at(NONCE_LEN);
+        self.aead
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map_err(|_| Error::Internal("sealed blob does not decrypt under this root key".into()))
+    }
+}
+
 /// Create the data directory (0700 on Unix) if it is missing.
 pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
     if dir.is_dir() {
@@ -153,6 +206,23 @@ mod tests {
         assert_eq!(got.0, [7; 32]);
         assert!(RootKey::load_or_create(dir.path(), Some("short")).is_err());
         assert!(!dir.path().join(ROOT_KEY_FILE).exists());
+    }
+
+    #[test]
+    fn sealed_blobs_open_only_with_their_aad_and_root() {
+        let root = RootKey::from_bytes([5; 32]);
+        let s = Sealer::new(&root, LABEL_CREDENTIAL);
+        let blob = s.seal("ak1", b"secret").expect("seal");
+        assert!(!blob.windows(6).any(|w| w == b"secret"));
+        assert_eq!(s.open("ak1", &blob).expect("open"), b"secret");
+        assert!(s.open("ak2", &blob).is_err(), "bound to its AAD");
+        assert!(Sealer::new(&root, LABEL_KMS_WRAP)
+            .open("ak1", &blob)
+            .is_err());
+        assert!(Sealer::new(&RootKey::from_bytes([6; 32]), LABEL_CREDENTIAL)
+            .open("ak1", &blob)
+            .is_err());
+        assert!(s.open("ak1", &blob[..5]).is_err());
     }
 
     #[test]

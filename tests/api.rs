@@ -2012,7 +2012,11 @@ async fn openapi_lists_the_five_operations_with_every_documented_status() {
                 "{op_id} {status}: X-Request-Id header not documented"
             );
         }
-        assert_eq!(op["security"], json!([{"X-Auth-Token": []}]), "{op_id}");
+        assert_eq!(
+            op["security"],
+            json!([{"X-Auth-Token": []}, {"SDK-HMAC-SHA256": []}]),
+            "{op_id}: a token or an AK/SK signature"
+        );
     }
     assert_eq!(op_ids.len(), 5);
     // the path parameter and the query parameter
@@ -2042,6 +2046,10 @@ async fn openapi_declares_the_x_auth_token_security_scheme() {
     assert_eq!(scheme["type"], "apiKey", "{scheme}");
     assert_eq!(scheme["in"], "header");
     assert_eq!(scheme["name"], "X-Auth-Token");
+    let signature = &doc["components"]["securitySchemes"]["SDK-HMAC-SHA256"];
+    assert_eq!(signature["type"], "apiKey", "{signature}");
+    assert_eq!(signature["in"], "header");
+    assert_eq!(signature["name"], "Authorization");
 }
 
 #[tokio::test]

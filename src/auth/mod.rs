@@ -1,6 +1,9 @@
-//! Identity: who is calling. Built-in tokens now; the [`Authenticator`] trait is where an
-//! external IAM (Keystone v3 token validation) plugs in.
+//! Identity: who is calling. Built-in tokens and AK/SK request signatures; the
+//! [`Authenticator`] trait is where an external IAM (Keystone v3 token validation) plugs in.
 
+pub mod credentials;
+pub mod sdk_signature;
+pub mod signature;
 pub mod token;
 
 use std::sync::Arc;
@@ -9,29 +12,43 @@ use async_trait::async_trait;
 
 use crate::clock::Clock;
 use crate::domain::{Identity, Result};
+use signature::{SignatureVerifier, SignedRequest};
 use token::TokenCodec;
 
-/// Turns an `X-Auth-Token` into an identity.
+/// Turns a credential into an identity.
 #[async_trait]
 pub trait Authenticator: Send + Sync + 'static {
+    /// An `X-Auth-Token`.
     async fn authenticate_token(&self, token: &str) -> Result<Identity>;
+    /// A request signed with an access key / secret key (`Authorization: SDK-HMAC-SHA256 …`).
+    async fn authenticate_signature(&self, request: &SignedRequest<'_>) -> Result<Identity>;
 }
 
-/// The built-in token issuer's verifier.
-pub struct LocalTokens {
+/// The built-in identity provider: tokens from `repocrypt token issue`, credentials from
+/// `repocrypt credential create`.
+pub struct LocalAuth {
     codec: TokenCodec,
+    signatures: SignatureVerifier,
     clock: Arc<dyn Clock>,
 }
 
-impl LocalTokens {
-    pub fn new(codec: TokenCodec, clock: Arc<dyn Clock>) -> Self {
-        LocalTokens { codec, clock }
+impl LocalAuth {
+    pub fn new(codec: TokenCodec, signatures: SignatureVerifier, clock: Arc<dyn Clock>) -> Self {
+        LocalAuth {
+            codec,
+            signatures,
+            clock,
+        }
     }
 }
 
 #[async_trait]
-impl Authenticator for LocalTokens {
+impl Authenticator for LocalAuth {
     async fn authenticate_token(&self, token: &str) -> Result<Identity> {
         self.codec.verify(token, self.clock.unix_seconds())
+    }
+
+    async fn authenticate_signature(&self, request: &SignedRequest<'_>) -> Result<Identity> {
+        self.signatures.verify(request).await
     }
 }

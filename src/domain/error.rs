@@ -40,12 +40,26 @@ pub enum Error {
     DefaultNeedsKms,
 
     // ---- 401 / 403: identity ---------------------------------------------------------
-    #[error("missing credentials: send an X-Auth-Token header")]
+    #[error(
+        "missing credentials: send an X-Auth-Token header or sign the request (SDK-HMAC-SHA256)"
+    )]
     MissingToken,
     #[error("invalid token: {0}")]
     InvalidToken(&'static str),
     #[error("Authentication information expired.")]
     TokenExpired,
+    #[error("invalid request signature: {0}")]
+    SignatureMalformed(String),
+    #[error("unknown access key")]
+    UnknownAccessKey,
+    #[error("request signature is stale: {0}")]
+    SignatureStale(String),
+    #[error(
+        "request signature does not match: check the secret key and sign the exact request sent"
+    )]
+    SignatureMismatch,
+    #[error("X-Sdk-Nonce was already used: sign each request afresh")]
+    NonceReplayed,
     #[error("Insufficient permissions. Apply for the required permissions and try again.")]
     ForeignTenant,
     #[error("Insufficient permissions: this operation needs the tenant admin role.")]
@@ -109,6 +123,11 @@ impl Error {
             MissingToken => "RC.401001",
             InvalidToken(_) => "RC.401002",
             TokenExpired => "DEV.00000003",
+            SignatureMalformed(_) => "RC.401003",
+            UnknownAccessKey => "RC.401004",
+            SignatureStale(_) => "RC.401005",
+            SignatureMismatch => "RC.401006",
+            NonceReplayed => "RC.401007",
             ForeignTenant => "CH.004403",
             AdminRequired => "RC.403001",
             NotProjectMember => "DEV-23-50804",

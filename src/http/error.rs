@@ -44,7 +44,14 @@ pub fn status_of(e: &Error) -> StatusCode {
         | DefaultNeedsKms
         | InvalidArgument(_)
         | KeyInvalidState { .. } => StatusCode::BAD_REQUEST,
-        MissingToken | InvalidToken(_) | TokenExpired => StatusCode::UNAUTHORIZED,
+        MissingToken
+        | InvalidToken(_)
+        | TokenExpired
+        | SignatureMalformed(_)
+        | UnknownAccessKey
+        | SignatureStale(_)
+        | SignatureMismatch
+        | NonceReplayed => StatusCode::UNAUTHORIZED,
         ForeignTenant | AdminRequired | NotProjectMember => StatusCode::FORBIDDEN,
         ProjectNotFound(_) | RouteNotFound => StatusCode::NOT_FOUND,
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

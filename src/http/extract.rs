@@ -1,11 +1,18 @@
-//! Extractors: the authenticated caller. Never logs the credential itself.
+//! Authentication: the `X-Auth-Token` extractor and the middleware that verifies AK/SK
+//! request signatures. Never logs the credential itself.
 
-use axum::extract::FromRequestParts;
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::error::ApiError;
 use super::AppState;
-use crate::domain::{Error, Identity};
+use crate::auth::signature::SignedRequest;
+use crate::domain::{Error, Identity, MAX_BODY_BYTES};
 
 pub const AUTH_TOKEN_HEADER: &str = "x-auth-token";
 
@@ -17,7 +24,13 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let mut values = parts.headers.get_all(AUTH_TOKEN_HEADER).iter();
-        let value = values.next().ok_or(Error::MissingToken)?;
+        let Some(value) = values.next() else {
+            // No token: a verified signature (see `verify_signature`) or nothing.
+            return match parts.extensions.get::<SignedIdentity>() {
+                Some(SignedIdentity(identity)) => Ok(Caller(identity.clone())),
+                None => Err(Error::MissingToken.into()),
+            };
+        };
         if values.next().is_some() {
             return Err(Error::InvalidToken("more than one X-Auth-Token header").into());
         }
@@ -29,5 +42,60 @@ impl FromRequestParts<AppState> for Caller {
             return Err(Error::MissingToken.into());
         }
         Ok(Caller(state.auth.authenticate_token(token).await?))
+    }
+}
+
+/// The identity behind a verified request signature.
+#[derive(Clone)]
+struct SignedIdentity(Identity);
+
+/// Verifies `Authorization: SDK-HMAC-SHA256 …` on requests that carry no `X-Auth-Token`
+/// (a token takes precedence). The body (at most 64 KiB) is read to check its hash, then
+/// handed on unchanged.
+pub async fn verify_signature(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if req.headers().contains_key(AUTH_TOKEN_HEADER) || !req.headers().contains_key(AUTHORIZATION) {
+        return next.run(req).await;
+    }
+    let (mut parts, body) = req.into_parts();
+    let bytes = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return ApiError(Error::PayloadTooLarge {
+                limit: MAX_BODY_BYTES,
+            })
+            .into_response()
+        }
+        Err(_) => {
+            return ApiError(Error::BadRequestBody("cannot read the request body".into()))
+                .into_response()
+        }
+    };
+    let verified = {
+        let mut authorizations = parts.headers.get_all(AUTHORIZATION).iter();
+        let authorization = match (authorizations.next(), authorizations.next()) {
+            (Some(v), None) => v.to_str().unwrap_or(""),
+            _ => "",
+        };
+        let request = SignedRequest {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: parts
+                .headers
+                .iter()
+                .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v)))
+                .collect(),
+            authorization,
+            body: &bytes,
+        };
+        state.auth.authenticate_signature(&request).await
+    };
+    match verified {
+        Ok(identity) => {
+            parts.extensions.insert(SignedIdentity(identity));
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Err(e) => ApiError(e).into_response(),
     }
 }

@@ -113,7 +113,7 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Error> {
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 503, description = "KMS or database unavailable", body = ErrorBody),
     ),
-    security(("X-Auth-Token" = []))
+    security(("X-Auth-Token" = []), ("SDK-HMAC-SHA256" = []))
 )]
 pub async fn update_setting(
     State(state): State<AppState>,
@@ -148,7 +148,7 @@ pub async fn update_setting(
         (status = 403, description = "Another tenant's setting", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ),
-    security(("X-Auth-Token" = []))
+    security(("X-Auth-Token" = []), ("SDK-HMAC-SHA256" = []))
 )]
 pub async fn show_setting(
     State(state): State<AppState>,
@@ -175,7 +175,7 @@ pub async fn show_setting(
         (status = 403, description = "Another tenant, or not a tenant admin", body = ErrorBody),
         (status = 503, description = "The service cannot reach the tenant's KMS, or the database", body = ErrorBody),
     ),
-    security(("X-Auth-Token" = []))
+    security(("X-Auth-Token" = []), ("SDK-HMAC-SHA256" = []))
 )]
 pub async fn create_grant(
     State(state): State<AppState>,
@@ -207,7 +207,7 @@ pub async fn create_grant(
         (status = 403, description = "Another tenant's grant", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ),
-    security(("X-Auth-Token" = []))
+    security(("X-Auth-Token" = []), ("SDK-HMAC-SHA256" = []))
 )]
 pub async fn show_grant(
     State(state): State<AppState>,
@@ -235,7 +235,7 @@ pub async fn show_grant(
         (status = 404, description = "No such project", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ),
-    security(("X-Auth-Token" = []))
+    security(("X-Auth-Token" = []), ("SDK-HMAC-SHA256" = []))
 )]
 pub async fn show_tenant_setting(
     State(state): State<AppState>,

@@ -31,7 +31,7 @@ pub fn router(service: Arc<Service>, auth: Arc<dyn Authenticator>) -> Router {
         auth,
         openapi: openapi::document().into(),
     };
-    Router::new()
+    let v4 = Router::new()
         .route(
             "/v4/tenants/{tenant_id}/repo-encryption/setting",
             get(handlers::show_setting).put(handlers::update_setting),
@@ -41,6 +41,12 @@ pub fn router(service: Arc<Service>, auth: Arc<dyn Authenticator>) -> Router {
             get(handlers::show_grant).post(handlers::create_grant),
         )
         .route("/v4/tenant/setting", get(handlers::show_tenant_setting))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            extract::verify_signature,
+        ));
+    Router::new()
+        .merge(v4)
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/openapi.json", get(handlers::openapi))

@@ -48,7 +48,15 @@ impl Modify for Security {
             "X-Auth-Token",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "X-Auth-Token",
-                "Token from `repocrypt token issue` (1 to 100,000 characters).",
+                "Token from `repocrypt token issue` (1 to 100,000 characters). Takes precedence over a signature.",
+            ))),
+        );
+        components.add_security_scheme(
+            "SDK-HMAC-SHA256",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "Huawei Cloud SDK AK/SK signature: `SDK-HMAC-SHA256 Access=AK, SignedHeaders=…, Signature=…` \
+                 with a signed `X-Sdk-Date` (credentials from `repocrypt credential create`).",
             ))),
         );
     }

@@ -4,69 +4,32 @@
 
 use std::sync::Arc;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
 use async_trait::async_trait;
 use rand::RngCore;
 
 use super::{KeyInfo, KeyOrigin, Kms, MAX_PENDING_DAYS, MIN_PENDING_DAYS};
 use crate::clock::Clock;
 use crate::domain::{Actor, Error, KeyState, Result, TenantId};
-use crate::keys::{RootKey, LABEL_KMS_WRAP};
+use crate::keys::{RootKey, Sealer, LABEL_KMS_WRAP};
 use crate::store::{Store, StoredKey};
 
 /// Length of key material (AES-256).
 pub const MATERIAL_LEN: usize = 32;
-const NONCE_LEN: usize = 12;
 
 pub struct LocalKms {
     store: Arc<dyn Store>,
-    wrap: Aes256Gcm,
+    wrap: Sealer,
     clock: Arc<dyn Clock>,
 }
 
 impl LocalKms {
     pub fn new(store: Arc<dyn Store>, root: &RootKey, clock: Arc<dyn Clock>) -> Self {
-        let wrap = Aes256Gcm::new(&root.derive(LABEL_KMS_WRAP).into());
+        let wrap = Sealer::new(root, LABEL_KMS_WRAP);
         LocalKms { store, wrap, clock }
     }
 
     fn seal(&self, key_id: &str, material: &[u8]) -> Result<Vec<u8>> {
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let ct = self
-            .wrap
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: material,
-                    aad: key_id.as_bytes(),
-                },
-            )
-            .map_err(|_| Error::Internal("key material encryption failed".into()))?;
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&ct);
-        Ok(out)
-    }
-
-    /// Decrypt stored material (used to prove the wrapping round-trips; the service never
-    /// needs clear material to answer the API).
-    pub fn open(&self, key_id: &str, sealed: &[u8]) -> Result<Vec<u8>> {
-        if sealed.len() < NONCE_LEN {
-            return Err(Error::Internal("sealed key material is truncated".into()));
-        }
-        let (nonce, ct) = sealed.split_at(NONCE_LEN);
-        self.wrap
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: ct,
-                    aad: key_id.as_bytes(),
-                },
-            )
-            .map_err(|_| {
-                Error::Internal("key material does not decrypt under this root key".into())
-            })
+        self.wrap.seal(key_id, material)
     }
 
     /// A key pending deletion whose window has passed is deleted.

@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::domain::{
-    Actor, AuditRecord, Error, Grant, KeyState, PermitPublic, Project, ProjectId, Result, Setting,
-    SettingDraft, TenantId,
+    Actor, AuditRecord, Error, Grant, KeyState, PermitPublic, Project, ProjectId, Result, Role,
+    Setting, SettingDraft, TenantId,
 };
 
 /// A pure function from the stored setting (if any) and whether the tenant has granted
@@ -43,6 +43,30 @@ impl std::fmt::Debug for StoredKey {
             .field("alias", &self.alias)
             .field("state", &self.state)
             .field("material", &self.material.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// An AK/SK credential. `sealed_secret` is the secret key encrypted under the root key.
+#[derive(Clone, PartialEq, Serialize)]
+pub struct Credential {
+    pub access_key: String,
+    pub tenant_id: String,
+    pub user_id: String,
+    pub role: Role,
+    #[serde(skip)]
+    pub sealed_secret: Vec<u8>,
+    pub created_at: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("access_key", &self.access_key)
+            .field("tenant_id", &self.tenant_id)
+            .field("user_id", &self.user_id)
+            .field("role", &self.role)
+            .field("sealed_secret", &"<redacted>")
             .finish()
     }
 }
@@ -107,6 +131,12 @@ pub trait Store: Send + Sync + 'static {
         actor: &Actor,
         change: KeyChange<'_>,
     ) -> Result<StoredKey>;
+
+    async fn credential_insert(&self, credential: &Credential, actor: &Actor) -> Result<()>;
+    async fn credential_get(&self, access_key: &str) -> Result<Option<Credential>>;
+    async fn credential_list(&self, tenant: &TenantId) -> Result<Vec<Credential>>;
+    /// `false` when there was no such access key.
+    async fn credential_delete(&self, access_key: &str, actor: &Actor) -> Result<bool>;
 }
 
 /// Map a driver error to the service's error, keeping the detail for the log only.

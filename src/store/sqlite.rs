@@ -14,19 +14,26 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqliteConnection};
 
-use super::{db_error, KeyChange, SettingPlan, Store, StoredKey};
+use super::{db_error, Credential, KeyChange, SettingPlan, Store, StoredKey};
 use crate::clock::Clock;
 use crate::domain::{
     Actor, AuditRecord, EncryptionType, Error, Grant, KeyState, PermitPublic, Project, ProjectId,
-    Result, Setting, TenantId,
+    Result, Role, Setting, TenantId,
 };
 
 /// Forward-only migrations, applied in order on start.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "credentials",
+        include_str!("../../migrations/sqlite/0002_credentials.sql"),
+    ),
+];
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -172,6 +179,32 @@ fn key_from_row(row: &SqliteRow) -> Result<StoredKey> {
         created_at: row.try_get("created_at").map_err(get)?,
     })
 }
+
+fn credential_from_row(row: &SqliteRow) -> Result<Credential> {
+    let get = |e: sqlx::Error| db_error("decode credential", e);
+    let role: String = row.try_get("role").map_err(get)?;
+    Ok(Credential {
+        access_key: row.try_get("access_key").map_err(get)?,
+        tenant_id: row.try_get("tenant_id").map_err(get)?,
+        user_id: row.try_get("user_id").map_err(get)?,
+        role: match role.as_str() {
+            "admin" => Role::Admin,
+            "member" => Role::Member,
+            other => return Err(Error::Store(format!("invalid role {other} in database"))),
+        },
+        sealed_secret: row.try_get("secret").map_err(get)?,
+        created_at: row.try_get("created_at").map_err(get)?,
+    })
+}
+
+fn role_str(role: Role) -> &'static str {
+    match role {
+        Role::Admin => "admin",
+        Role::Member => "member",
+    }
+}
+
+const CREDENTIAL_COLUMNS: &str = "access_key, tenant_id, user_id, role, secret, created_at";
 
 const SETTING_COLUMNS: &str =
     "id, tenant_id, encryption_type, default_encryption_enabled, cmk_key_id, cmk_key_name";
@@ -614,5 +647,83 @@ impl Store for SqliteStore {
         .await?;
         tx.commit().await.map_err(|e| db_error("commit key", e))?;
         Ok(after)
+    }
+
+    async fn credential_insert(&self, credential: &Credential, actor: &Actor) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(&format!(
+            "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&credential.access_key)
+        .bind(&credential.tenant_id)
+        .bind(&credential.user_id)
+        .bind(role_str(credential.role))
+        .bind(&credential.sealed_secret)
+        .bind(&credential.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error("write credential", e))?;
+        self.audit(
+            &mut tx,
+            &credential.tenant_id,
+            actor,
+            "credential.create",
+            None,
+            to_json(credential),
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(|e| db_error("commit credential", e))
+    }
+
+    async fn credential_get(&self, access_key: &str) -> Result<Option<Credential>> {
+        let row = sqlx::query(&format!(
+            "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE access_key = ?"
+        ))
+        .bind(access_key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("read credential", e))?;
+        row.as_ref().map(credential_from_row).transpose()
+    }
+
+    async fn credential_list(&self, tenant: &TenantId) -> Result<Vec<Credential>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE tenant_id = ?
+             ORDER BY created_at, access_key"
+        ))
+        .bind(tenant.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("list credentials", e))?;
+        rows.iter().map(credential_from_row).collect()
+    }
+
+    async fn credential_delete(&self, access_key: &str, actor: &Actor) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(&format!(
+            "DELETE FROM credentials WHERE access_key = ? RETURNING {CREDENTIAL_COLUMNS}"
+        ))
+        .bind(access_key)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| db_error("delete credential", e))?;
+        let Some(deleted) = row.as_ref().map(credential_from_row).transpose()? else {
+            return Ok(false);
+        };
+        self.audit(
+            &mut tx,
+            &deleted.tenant_id,
+            actor,
+            "credential.delete",
+            to_json(&deleted),
+            None,
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(|e| db_error("commit credential", e))?;
+        Ok(true)
     }
 }

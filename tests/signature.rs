@@ -1,0 +1,404 @@
+//! AK/SK request signatures through the router: what verifies, what is refused, and
+//! token precedence. The canonicalisation itself is checked against vectors computed by
+//! the official SDK in `src/auth/sdk_signature.rs`; `tests/sdk/` drives the real SDK.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use axum::http::{Method, StatusCode};
+use common::*;
+use repocrypt::auth::sdk_signature::{
+    canonical_request, format_authorization, payload_sha256_hex, sign, string_to_sign,
+};
+use repocrypt::clock::Clock;
+use repocrypt::domain::{Actor, Role};
+use serde_json::Value;
+
+const HOST: &str = "repocrypt.test";
+
+struct Cred {
+    ak: String,
+    sk: String,
+}
+
+async fn credential(t: &TestApp, tenant: &str, role: Role) -> Cred {
+    let (c, secret) = t
+        .app
+        .credentials
+        .create(&tid(tenant), "sdk-user", role, &Actor::cli())
+        .await
+        .unwrap();
+    Cred {
+        ak: c.access_key,
+        sk: secret.expose().to_owned(),
+    }
+}
+
+fn sdk_date(unix: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .replace(['-', ':'], "")
+}
+
+/// Sign like the SDK: host, content-type, x-sdk-date (+ extra headers) signed.
+fn signed_headers(
+    cred: &Cred,
+    method: &str,
+    uri: &str,
+    body: &[u8],
+    date: &str,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let (path, query) = match uri.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (uri, None),
+    };
+    let mut headers: Vec<(&str, &str)> = vec![
+        ("content-type", "application/json"),
+        ("host", HOST),
+        ("x-sdk-date", date),
+    ];
+    headers.extend_from_slice(extra);
+    let mut names: Vec<&str> = headers.iter().map(|(n, _)| *n).collect();
+    names.sort_unstable();
+    let payload = payload_sha256_hex(body, &headers, &names, false).unwrap();
+    let canonical = canonical_request(method, path, query, &headers, &names, &payload).unwrap();
+    let signature = sign(cred.sk.as_bytes(), &string_to_sign(date, &canonical));
+    let mut out: Vec<(String, String)> = headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    out.push((
+        "authorization".into(),
+        format_authorization(&cred.ak, &names, &signature),
+    ));
+    out
+}
+
+async fn send_signed(
+    t: &TestApp,
+    method: Method,
+    uri: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Resp {
+    let h: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    t.send(method, uri, &h, body.to_vec()).await
+}
+
+fn now_date(t: &TestApp) -> String {
+    sdk_date(t.clock.unix_seconds())
+}
+
+#[tokio::test]
+async fn signed_requests_reach_all_five_operations() {
+    let t = spawn_app().await;
+    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let date = now_date(&t);
+    let body = br#"{"encryption_type":"normal"}"#;
+    let cases: [(Method, String, &[u8], StatusCode); 5] = [
+        (Method::POST, grant_path(TENANT_A), b"", StatusCode::OK),
+        (Method::GET, grant_path(TENANT_A), b"", StatusCode::ACCEPTED),
+        (Method::PUT, setting_path(TENANT_A), body, StatusCode::OK),
+        (
+            Method::GET,
+            setting_path(TENANT_A),
+            b"",
+            StatusCode::ACCEPTED,
+        ),
+        (
+            Method::GET,
+            "/v4/tenant/setting".into(),
+            b"",
+            StatusCode::OK,
+        ),
+    ];
+    for (method, uri, body, expected) in cases {
+        let headers = signed_headers(&cred, method.as_str(), &uri, body, &date, &[]);
+        let (status, h, v) = send_signed(&t, method.clone(), &uri, &headers, body).await;
+        assert_eq!(status, expected, "{method} {uri}: {v}");
+        assert!(h.contains_key("x-request-id"));
+    }
+    let (_, _, v) = send_signed(
+        &t,
+        Method::GET,
+        &setting_path(TENANT_A),
+        &signed_headers(&cred, "GET", &setting_path(TENANT_A), b"", &date, &[]),
+        b"",
+    )
+    .await;
+    assert_eq!(v["encryption_type"], "normal");
+    // The audit record names the credential's user.
+    let audit = t.app.store.list_audit(&tid(TENANT_A)).await.unwrap();
+    assert!(audit
+        .iter()
+        .any(|r| r.action == "setting.update" && r.actor == "sdk-user"));
+}
+
+#[tokio::test]
+async fn query_strings_are_part_of_the_signature() {
+    let t = spawn_app().await;
+    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let date = now_date(&t);
+    let project = "0123456789abcdef0123456789abcdef";
+    let uri = format!("/v4/tenant/setting?project_id={project}");
+    let headers = signed_headers(&cred, "GET", &uri, b"", &date, &[]);
+    let (status, _, v) = send_signed(&t, Method::GET, &uri, &headers, b"").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}"); // signed fine; the project is unknown
+    let other = "/v4/tenant/setting?project_id=ffffffffffffffffffffffffffffffff";
+    let (status, _, v) = send_signed(&t, Method::GET, other, &headers, b"").await;
+    assert_eq!(
+        (status, v["error_code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("RC.401006"))
+    );
+}
+
+async fn expect_401(
+    t: &TestApp,
+    method: Method,
+    uri: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    code: &str,
+) -> Value {
+    let (status, h, v) = send_signed(t, method, uri, headers, body).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+    assert_eq!(v["error_code"], code, "{v}");
+    assert!(h.contains_key("x-request-id"));
+    v
+}
+
+#[tokio::test]
+async fn unknown_access_key_is_401_rc401004() {
+    let t = spawn_app().await;
+    let fake = Cred {
+        ak: "AAAAAAAAAAAAAAAAAAAA".into(),
+        sk: "x".repeat(40),
+    };
+    let uri = grant_path(TENANT_A);
+    let h = signed_headers(&fake, "GET", &uri, b"", &now_date(&t), &[]);
+    expect_401(&t, Method::GET, &uri, &h, b"", "RC.401004").await;
+}
+
+#[tokio::test]
+async fn wrong_secret_key_is_401_rc401006() {
+    let t = spawn_app().await;
+    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let wrong = Cred {
+        ak: cred.ak.clone(),
+        sk: format!("{}x", &cred.sk[..39]),
+    };
+    let uri = grant_path(TENANT_A);
+    let h = signed_headers(&wrong, "GET", &uri, b"", &now_date(&t), &[]);
+    let v = expect_401(&t, Method::GET, &uri, &h, b"", "RC.401006").await;
+    assert!(
+        !v["error_msg"].as_str().unwrap().contains(&cred.sk),
+        "no secret in errors"
+    );
+}
+
+#[tokio::test]
+async fn a_body_changed_after_signing_is_401_and_writes_nothing() {
+    let t = spawn_app().await;
+    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let uri = setting_path(TENANT_A);
+    let signed_body = br#"{"encryption_type":"normal"}"#;
+    let h = signed_headers(&cred, "PUT", &uri, signed_body, &now_date(&t), &[]);
+    let sent = br#"{"encryption_type":"NORMAL"}"#;
+    expect_401(&t, Method::PUT, &uri, &h, sent, "RC.401006").await;
+    assert!(t
+        .app
+        .store
+        .get_setting(&tid(TENANT_A))
+        .await
+        .unwrap()
+        .is_none());
+    // A changed method or path fails too.
+    expect_401(&t, Method::GET, &uri, &h, signed_body, "RC.401006").await;
+    expect_401(
+        &t,
+        Method::PUT,
+        &setting_path(TENANT_B),
+        &h,
+        signed_body,
+        "RC.401006",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn stale_or_future_dates_are_401_rc401005() {
+    let t = spawn_app().await;
+    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let uri = grant_path(TENANT_A);
+    let now = t.clock.unix_seconds();
+    for (date, ok) in [
+        (sdk_date(now - 15 * 60), true),
+        (sdk_date(now + 15 * 60), true),
+        (sdk_date(now - 15 * 60 - 1), false),
+        (sdk_date(now + 15 * 60 + 1), false),
+        ("20260101T000000".to_owned(), false),
+        ("not a date".to_owned(), false),
+    ] {
+        let h = signed_headers(&cred, "GET", &uri, b"", &date, &[]);
+        if ok {
+            let (status, _, v) = send_signed(&t, Method::GET, &uri, &h, b"").await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{date}: {v}");
+        } else {
+            expect_401(&t, Method::GET, &uri, &h, b"", "RC.401005").await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_replay_window_is_configurable() {
+    let t = spawn_app_with(|c| c.signature_max_skew = std::time::Duration::from_secs(60)).await;
+    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let uri = grant_path(TENANT_A);
+    let date = now_date(&t);
+    let h = signed_headers(&cred, "GET", &uri, b"", &date, &[]);
+    let (status, _, _) = send_signed(&t, Method::GET, &uri, &h, b"").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    t.clock.advance(std::time::Duration::from_secs(61));
+    expect_401(&t, Method::GET, &uri, &h, b"", "RC.401005").await;
+}
+
+#[tokio::test]
+async fn a_replayed_nonce_is_401_rc401007() {
+    let t = spawn_app().await;
+    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let uri = grant_path(TENANT_A);
+    let date = now_date(&t);
+    let h = signed_headers(&cred, "POST", &uri, b"", &date, &[("x-sdk-nonce", "n-1")]);
+    let (status, _, _) = send_signed(&t, Method::POST, &uri, &h, b"").await;
+    assert_eq!(status, StatusCode::OK);
+    expect_401(&t, Method::POST, &uri, &h, b"", "RC.401007").await;
+    // Another nonce is fine; an unsigned nonce is refused.
+    let h2 = signed_headers(&cred, "POST", &uri, b"", &date, &[("x-sdk-nonce", "n-2")]);
+    assert_eq!(
+        send_signed(&t, Method::POST, &uri, &h2, b"").await.0,
+        StatusCode::OK
+    );
+    let mut h3 = signed_headers(&cred, "POST", &uri, b"", &date, &[]);
+    h3.push(("x-sdk-nonce".into(), "n-3".into()));
+    expect_401(&t, Method::POST, &uri, &h3, b"", "RC.401003").await;
+}
+
+#[tokio::test]
+async fn malformed_authorization_is_401_rc401003() {
+    let t = spawn_app().await;
+    let uri = grant_path(TENANT_A);
+    let date = now_date(&t);
+    for auth in [
+        "Bearer abc",
+        "SDK-HMAC-SHA256",
+        "SDK-HMAC-SHA256 Access=AK, SignedHeaders=host;x-sdk-date, Signature=zz",
+        "SDK-HMAC-SM3 Access=AK, SignedHeaders=host;x-sdk-date, Signature=00",
+        // host is not signed
+        "SDK-HMAC-SHA256 Access=AK, SignedHeaders=x-sdk-date, Signature=0000000000000000000000000000000000000000000000000000000000000000",
+    ] {
+        let h = vec![
+            ("host".to_owned(), HOST.to_owned()),
+            ("x-sdk-date".to_owned(), date.clone()),
+            ("authorization".to_owned(), auth.to_owned()),
+        ];
+        expect_401(&t, Method::GET, &uri, &h, b"", "RC.401003").await;
+    }
+    let huge = vec![("authorization".to_owned(), "x".repeat(100_000))];
+    expect_401(&t, Method::GET, &uri, &huge, b"", "RC.401003").await;
+}
+
+#[tokio::test]
+async fn a_deleted_credential_stops_working() {
+    let t = spawn_app().await;
+    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let uri = grant_path(TENANT_A);
+    let h = signed_headers(&cred, "GET", &uri, b"", &now_date(&t), &[]);
+    assert_eq!(
+        send_signed(&t, Method::GET, &uri, &h, b"").await.0,
+        StatusCode::ACCEPTED
+    );
+    t.app
+        .credentials
+        .delete(&cred.ak, &Actor::cli())
+        .await
+        .unwrap();
+    expect_401(&t, Method::GET, &uri, &h, b"", "RC.401004").await;
+    let audit = t.app.store.list_audit(&tid(TENANT_A)).await.unwrap();
+    let actions: Vec<&str> = audit.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(actions, ["credential.create", "credential.delete"]);
+    let dump = serde_json::to_string(
+        &audit
+            .iter()
+            .map(|r| (&r.before, &r.after))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    assert!(!dump.contains(&cred.sk), "the secret is never audited");
+}
+
+#[tokio::test]
+async fn signed_callers_get_the_same_authorization_rules() {
+    let t = spawn_app().await;
+    let member = credential(&t, TENANT_A, Role::Member).await;
+    let date = now_date(&t);
+    let uri = grant_path(TENANT_A);
+    let h = signed_headers(&member, "POST", &uri, b"", &date, &[]);
+    let (status, _, v) = send_signed(&t, Method::POST, &uri, &h, b"").await;
+    assert_eq!(
+        (status, v["error_code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("RC.403001"))
+    );
+    let other = grant_path(TENANT_B);
+    let h = signed_headers(&member, "GET", &other, b"", &date, &[]);
+    let (status, _, v) = send_signed(&t, Method::GET, &other, &h, b"").await;
+    assert_eq!(
+        (status, v["error_code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("CH.004403"))
+    );
+}
+
+#[tokio::test]
+async fn x_auth_token_takes_precedence_over_a_signature() {
+    let t = spawn_app().await;
+    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let uri = grant_path(TENANT_A);
+    let date = now_date(&t);
+    // A valid token with a garbage signature: the token decides, 202.
+    let mut h = vec![
+        (
+            "authorization".to_owned(),
+            "SDK-HMAC-SHA256 garbage".to_owned(),
+        ),
+        (
+            "x-auth-token".to_owned(),
+            t.token(TENANT_A, "alice", Role::Admin),
+        ),
+    ];
+    assert_eq!(
+        send_signed(&t, Method::GET, &uri, &h, b"").await.0,
+        StatusCode::ACCEPTED
+    );
+    // A valid signature with a bad token: the token decides, 401 RC.401002.
+    h = signed_headers(&cred, "GET", &uri, b"", &date, &[]);
+    h.push(("x-auth-token".into(), "rc1.bad.token".into()));
+    expect_401(&t, Method::GET, &uri, &h, b"", "RC.401002").await;
+}
+
+#[tokio::test]
+async fn signed_bodies_over_64_kib_are_413() {
+    let t = spawn_app().await;
+    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let uri = setting_path(TENANT_A);
+    let body = format!(r#"{{"cmk_key_id":"{}"}}"#, "x".repeat(70_000));
+    let h = signed_headers(&cred, "PUT", &uri, body.as_bytes(), &now_date(&t), &[]);
+    let (status, _, v) = send_signed(&t, Method::PUT, &uri, &h, body.as_bytes()).await;
+    assert_eq!(
+        (status, v["error_code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("RC.413001"))
+    );
+}
