@@ -1,5 +1,7 @@
 //! Structured logs with `tracing`, to stderr (stdout is for command output).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -11,6 +13,7 @@ pub fn init(filter: Option<&str>, default: &str, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
