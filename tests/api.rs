@@ -2011,6 +2011,10 @@ async fn openapi_lists_the_five_operations_with_every_documented_status() {
                 responses[*status]["headers"]["X-Request-Id"].is_object(),
                 "{op_id} {status}: X-Request-Id header not documented"
             );
+            assert_eq!(
+                responses[*status]["headers"]["X-Request-Id"]["required"], true,
+                "{op_id} {status}: X-Request-Id is sent on every response"
+            );
         }
         assert_eq!(
             op["security"],
@@ -2046,6 +2050,15 @@ async fn openapi_declares_the_x_auth_token_security_scheme() {
     assert_eq!(scheme["type"], "apiKey", "{scheme}");
     assert_eq!(scheme["in"], "header");
     assert_eq!(scheme["name"], "X-Auth-Token");
+    // Fields the service omits rather than nulls are optional, not nullable.
+    let view = &doc["components"]["schemas"]["SettingView"]["properties"];
+    for field in ["id", "cmk_key_id", "cmk_key_name", "key_state"] {
+        let text = view[field].to_string();
+        assert!(
+            !text.contains("null"),
+            "{field} must not be nullable: {text}"
+        );
+    }
     let signature = &doc["components"]["securitySchemes"]["SDK-HMAC-SHA256"];
     assert_eq!(signature["type"], "apiKey", "{signature}");
     assert_eq!(signature["in"], "header");

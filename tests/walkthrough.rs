@@ -35,6 +35,10 @@ fn substitute(script: &str, from: &str, to: &str) -> String {
 #[test]
 fn readme_walkthrough_runs_against_the_real_binary() {
     if Command::new("curl").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("REPOCRYPT_REQUIRE_EXTERNAL").is_none(),
+            "REPOCRYPT_REQUIRE_EXTERNAL is set but curl is not installed"
+        );
         eprintln!("SKIPPED: the walkthrough needs curl, which is not installed");
         return;
     }

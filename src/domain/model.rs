@@ -69,7 +69,7 @@ pub struct AuditRecord {
 pub struct SettingView {
     /// Record id, assigned on first write; absent for a tenant that never wrote a setting.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 2147483647, format = Int64)]
+    #[schema(minimum = 1, maximum = 2147483647, format = Int64, nullable = false)]
     pub id: Option<i64>,
     #[schema(min_length = 1, max_length = 1000)]
     pub tenant_id: String,
@@ -78,15 +78,15 @@ pub struct SettingView {
     pub encryption_type: Option<EncryptionType>,
     pub default_encryption_enabled: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 1000)]
+    #[schema(min_length = 1, max_length = 1000, nullable = false)]
     pub cmk_key_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 1000)]
+    #[schema(min_length = 1, max_length = 1000, nullable = false)]
     pub cmk_key_id: Option<String>,
     /// Current state of the key in KMS: 1 to be activated, 2 enabled, 3 disabled,
     /// 4 pending deletion, 5 pending import.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<KeyStateCode>)]
+    #[schema(value_type = Option<KeyStateCode>, nullable = false)]
     pub key_state: Option<KeyState>,
     #[schema(min_length = 1, max_length = 1000)]
     pub region: String,

@@ -229,7 +229,7 @@ pub async fn show_grant(
     params(TenantSettingQuery),
     responses(
         (status = 200, description = "OK", body = TenantSettingView),
-        (status = 400, description = "project_id is not 32 letters or digits", body = ErrorBody),
+        (status = 400, description = "project_id is not 32 letters or digits, or the query string is malformed", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 403, description = "Not a member of the project nor of its tenant", body = ErrorBody),
         (status = 404, description = "No such project", body = ErrorBody),

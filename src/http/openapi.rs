@@ -96,7 +96,26 @@ impl Modify for RequestIdHeader {
 
 /// The document as JSON text.
 pub fn document() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .unwrap_or_else(|_| "{}".to_owned())
+    let Ok(mut doc) = serde_json::to_value(ApiDoc::openapi()) else {
+        return "{}".to_owned();
+    };
+    // utoipa's Header has no `required`; every response carries X-Request-Id, so say so
+    // (and let contract tests check it).
+    if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        let ops = paths
+            .values_mut()
+            .filter_map(|item| item.as_object_mut())
+            .flat_map(|item| item.values_mut());
+        for op in ops {
+            let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) else {
+                continue;
+            };
+            for response in responses.values_mut() {
+                if let Some(h) = response.pointer_mut("/headers/X-Request-Id") {
+                    h["required"] = serde_json::Value::Bool(true);
+                }
+            }
+        }
+    }
+    serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".to_owned())
 }
