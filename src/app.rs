@@ -13,6 +13,7 @@ use crate::keys::{self, RootKey};
 use crate::kms::cache::KeyStateCache;
 use crate::kms::local::LocalKms;
 use crate::kms::Kms;
+use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 
@@ -32,12 +33,15 @@ impl App {
     pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<App> {
         keys::create_private_dir(&config.data_dir)?;
         let root = RootKey::load_or_create(&config.data_dir, config.root_key.as_deref())?;
-        let store: Arc<dyn Store> = if config.database_url.starts_with("sqlite:") {
-            Arc::new(SqliteStore::connect(&config.database_url, clock.clone()).await?)
+        let url = &config.database_url;
+        let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
+            Arc::new(SqliteStore::connect(url, clock.clone()).await?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Arc::new(PostgresStore::connect(url, clock.clone()).await?)
         } else {
             return Err(Error::InvalidArgument(format!(
-                "unsupported database URL `{}`: use sqlite://PATH",
-                crate::config::redact_url(&config.database_url)
+                "unsupported database URL `{}`: use sqlite://PATH or postgres://USER@HOST/DB",
+                crate::config::redact_url(url)
             )));
         };
         let kms: Arc<dyn Kms> = Arc::new(LocalKms::new(store.clone(), &root, clock.clone()));

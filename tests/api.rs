@@ -2325,3 +2325,21 @@ async fn fifty_concurrent_mixed_puts_changing_the_key_and_the_flag_all_succeed()
         "id and name stay a pair"
     );
 }
+
+/// Which database this run of the story uses; under CI, PostgreSQL must be configured for
+/// the second run (see `.ci/run`).
+#[test]
+fn database_under_test() {
+    match test_database_url() {
+        Some(_) => eprintln!("running the API story on PostgreSQL (REPOCRYPT_TEST_DATABASE_URL)"),
+        None => {
+            assert!(
+                std::env::var_os("REPOCRYPT_REQUIRE_EXTERNAL").is_none(),
+                "REPOCRYPT_REQUIRE_EXTERNAL is set but REPOCRYPT_TEST_DATABASE_URL is not"
+            );
+            eprintln!(
+                "running the API story on SQLite; SKIPPED on PostgreSQL: REPOCRYPT_TEST_DATABASE_URL is not set"
+            );
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! Persistence: one trait, one implementation per database, each with its own migrations.
 
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -142,4 +143,24 @@ pub trait Store: Send + Sync + 'static {
 /// Map a driver error to the service's error, keeping the detail for the log only.
 pub(crate) fn db_error(context: &str, e: impl std::fmt::Display) -> Error {
     Error::Store(format!("{context}: {e}"))
+}
+
+/// JSON of a record, for audit `before`/`after`.
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Option<serde_json::Value> {
+    serde_json::to_value(value).ok()
+}
+
+pub(crate) fn role_str(role: Role) -> &'static str {
+    match role {
+        Role::Admin => "admin",
+        Role::Member => "member",
+    }
+}
+
+pub(crate) fn parse_role(value: &str) -> Result<Role> {
+    match value {
+        "admin" => Ok(Role::Admin),
+        "member" => Ok(Role::Member),
+        other => Err(Error::Store(format!("invalid role {other} in database"))),
+    }
 }

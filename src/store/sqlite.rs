@@ -14,11 +14,13 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqliteConnection};
 
-use super::{db_error, Credential, KeyChange, SettingPlan, Store, StoredKey};
+use super::{
+    db_error, parse_role, role_str, to_json, Credential, KeyChange, SettingPlan, Store, StoredKey,
+};
 use crate::clock::Clock;
 use crate::domain::{
     Actor, AuditRecord, EncryptionType, Error, Grant, KeyState, PermitPublic, Project, ProjectId,
-    Result, Role, Setting, TenantId,
+    Result, Setting, TenantId,
 };
 
 /// Forward-only migrations, applied in order on start.
@@ -143,10 +145,6 @@ impl SqliteStore {
     }
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Option<Value> {
-    serde_json::to_value(value).ok()
-}
-
 fn setting_from_row(row: &SqliteRow) -> Result<Setting> {
     let get = |e: sqlx::Error| db_error("decode setting", e);
     let tenant: String = row.try_get("tenant_id").map_err(get)?;
@@ -187,21 +185,10 @@ fn credential_from_row(row: &SqliteRow) -> Result<Credential> {
         access_key: row.try_get("access_key").map_err(get)?,
         tenant_id: row.try_get("tenant_id").map_err(get)?,
         user_id: row.try_get("user_id").map_err(get)?,
-        role: match role.as_str() {
-            "admin" => Role::Admin,
-            "member" => Role::Member,
-            other => return Err(Error::Store(format!("invalid role {other} in database"))),
-        },
+        role: parse_role(&role)?,
         sealed_secret: row.try_get("secret").map_err(get)?,
         created_at: row.try_get("created_at").map_err(get)?,
     })
-}
-
-fn role_str(role: Role) -> &'static str {
-    match role {
-        Role::Admin => "admin",
-        Role::Member => "member",
-    }
 }
 
 const CREDENTIAL_COLUMNS: &str = "access_key, tenant_id, user_id, role, secret, created_at";

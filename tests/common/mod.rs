@@ -1,5 +1,9 @@
-//! Helpers for the in-process API tests: a fresh app per test (own temp dir, own SQLite
-//! database, own root key), a manual clock, tokens, and a `send` that drives the router.
+//! Helpers for the in-process API tests: a fresh app per test (own temp dir, own database,
+//! own root key), a manual clock, tokens, and a `send` that drives the router.
+//!
+//! The database is SQLite, or, when `REPOCRYPT_TEST_DATABASE_URL` names a PostgreSQL
+//! server, a fresh PostgreSQL database per test (`repocrypt_test_<random>`), so the same
+//! test story runs on both.
 
 #![allow(dead_code)]
 
@@ -67,6 +71,9 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     config.key_state_cache_ttl = Duration::ZERO;
     config.region = REGION.into();
     config.region_type = REGION_TYPE.into();
+    if let Some(url) = test_database_url() {
+        config.database_url = fresh_postgres_database(&url).await;
+    }
     adjust(&mut config);
     let clock = Arc::new(ManualClock::at_unix(START_UNIX));
     let app = App::open(config, clock.clone()).await.expect("app opens");
@@ -77,6 +84,33 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         router,
         _dir: dir,
     }
+}
+
+/// The PostgreSQL server to run the story on, if any.
+pub fn test_database_url() -> Option<String> {
+    std::env::var("REPOCRYPT_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// Create an empty database on the server of `url`; its URL.
+pub async fn fresh_postgres_database(url: &str) -> String {
+    use sqlx::Connection;
+    let name = format!("repocrypt_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(url)
+        .await
+        .expect("connect to REPOCRYPT_TEST_DATABASE_URL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("CREATE DATABASE");
+    let _ = admin.close().await;
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let server = base.rsplit_once('/').map(|(s, _)| s).unwrap_or(base);
+    format!("{server}/{name}{query}")
 }
 
 pub fn tid(tenant: &str) -> TenantId {

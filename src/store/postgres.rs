@@ -1,0 +1,742 @@
+//! PostgreSQL: for several stateless replicas behind a load balancer. Nothing is cached
+//! here, so a write acknowledged by one replica is read by every other at once. Writes
+//! that read first take a per-tenant (or per-row) lock inside their transaction.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::Row;
+
+use super::{
+    db_error, parse_role, role_str, to_json, Credential, KeyChange, SettingPlan, Store, StoredKey,
+};
+use crate::clock::Clock;
+use crate::domain::{
+    Actor, AuditRecord, EncryptionType, Error, Grant, KeyState, PermitPublic, Project, ProjectId,
+    Result, Setting, TenantId,
+};
+
+/// Forward-only migrations, applied in order on start (same versions as SQLite's).
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "credentials",
+        include_str!("../../migrations/postgres/0002_credentials.sql"),
+    ),
+];
+
+/// Advisory lock key that serialises migrations across replicas starting together.
+const MIGRATION_LOCK: i64 = 0x7265_706f_6372_7970; // "repocryp"
+
+pub struct PostgresStore {
+    pool: PgPool,
+    clock: Arc<dyn Clock>,
+}
+
+impl PostgresStore {
+    /// Connect to a `postgres://` URL and migrate the database to the newest version.
+    pub async fn connect(url: &str, clock: Arc<dyn Clock>) -> Result<Self> {
+        Self::connect_at(url, clock, None).await
+    }
+
+    /// Like [`connect`](Self::connect), migrating only up to `target` (tests of upgrades).
+    pub async fn connect_at(url: &str, clock: Arc<dyn Clock>, target: Option<i64>) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| db_error("cannot connect to PostgreSQL", e))?;
+        let store = PostgresStore { pool, clock };
+        store.migrate(target).await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self, target: Option<i64>) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error("migration lock", e))?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error("migrations table", e))?;
+        let current: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| db_error("read schema version", e))?;
+        let newest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+        if current > newest {
+            return Err(Error::Store(format!(
+                "the database is at schema version {current}, newer than this binary's {newest}: upgrade repocrypt"
+            )));
+        }
+        let target = target.unwrap_or(newest);
+        for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current && m.0 <= target) {
+            sqlx::raw_sql(sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error(&format!("migration {version} ({name})"), e))?;
+            sqlx::query(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+            )
+            .bind(version)
+            .bind(name)
+            .bind(self.clock.rfc3339())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error("record migration", e))?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| db_error("commit migrations", e))
+    }
+
+    /// The schema version the database is at.
+    pub async fn schema_version(&self) -> Result<i64> {
+        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error("read schema version", e))
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        self.pool
+            .begin()
+            .await
+            .map_err(|e| db_error("begin transaction", e))
+    }
+
+    /// Serialise writers of one tenant's rows until the transaction ends.
+    async fn lock_tenant(conn: &mut PgConnection, scope: &str, tenant: &str) -> Result<()> {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("{scope}:{tenant}"))
+            .execute(conn)
+            .await
+            .map_err(|e| db_error("tenant lock", e))?;
+        Ok(())
+    }
+
+    async fn audit(
+        &self,
+        conn: &mut PgConnection,
+        tenant: &str,
+        actor: &Actor,
+        action: &str,
+        before: Option<Value>,
+        after: Option<Value>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, tenant_id, actor, request_id, action, before, after)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(self.clock.rfc3339())
+        .bind(tenant)
+        .bind(&actor.actor)
+        .bind(actor.request_id.as_deref())
+        .bind(action)
+        .bind(before.map(|v| v.to_string()))
+        .bind(after.map(|v| v.to_string()))
+        .execute(conn)
+        .await
+        .map_err(|e| db_error("write audit record", e))?;
+        Ok(())
+    }
+}
+
+fn setting_from_row(row: &PgRow) -> Result<Setting> {
+    let get = |e: sqlx::Error| db_error("decode setting", e);
+    let tenant: String = row.try_get("tenant_id").map_err(get)?;
+    let encryption_type: Option<String> = row.try_get("encryption_type").map_err(get)?;
+    let id: i32 = row.try_get("id").map_err(get)?;
+    Ok(Setting {
+        id: i64::from(id),
+        tenant_id: TenantId::parse(tenant)?,
+        encryption_type: encryption_type
+            .as_deref()
+            .map(EncryptionType::parse)
+            .transpose()?,
+        default_encryption_enabled: row.try_get("default_encryption_enabled").map_err(get)?,
+        cmk_key_id: row.try_get("cmk_key_id").map_err(get)?,
+        cmk_key_name: row.try_get("cmk_key_name").map_err(get)?,
+    })
+}
+
+fn key_from_row(row: &PgRow) -> Result<StoredKey> {
+    let get = |e: sqlx::Error| db_error("decode key", e);
+    let code: i32 = row.try_get("key_state").map_err(get)?;
+    Ok(StoredKey {
+        key_id: row.try_get("key_id").map_err(get)?,
+        tenant_id: row.try_get("tenant_id").map_err(get)?,
+        alias: row.try_get("alias").map_err(get)?,
+        origin: row.try_get("origin").map_err(get)?,
+        state: KeyState::from_code(i64::from(code))
+            .ok_or_else(|| Error::Store(format!("invalid key_state {code} in database")))?,
+        material: row.try_get("material").map_err(get)?,
+        deletion_at: row.try_get("deletion_at").map_err(get)?,
+        created_at: row.try_get("created_at").map_err(get)?,
+    })
+}
+
+fn credential_from_row(row: &PgRow) -> Result<Credential> {
+    let get = |e: sqlx::Error| db_error("decode credential", e);
+    let role: String = row.try_get("role").map_err(get)?;
+    Ok(Credential {
+        access_key: row.try_get("access_key").map_err(get)?,
+        tenant_id: row.try_get("tenant_id").map_err(get)?,
+        user_id: row.try_get("user_id").map_err(get)?,
+        role: parse_role(&role)?,
+        sealed_secret: row.try_get("secret").map_err(get)?,
+        created_at: row.try_get("created_at").map_err(get)?,
+    })
+}
+
+const CREDENTIAL_COLUMNS: &str = "access_key, tenant_id, user_id, role, secret, created_at";
+const SETTING_COLUMNS: &str =
+    "id, tenant_id, encryption_type, default_encryption_enabled, cmk_key_id, cmk_key_name";
+const KEY_COLUMNS: &str =
+    "key_id, tenant_id, alias, origin, key_state, material, deletion_at, created_at";
+
+fn unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation())
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| db_error("ping", e))
+    }
+
+    async fn get_setting(&self, tenant: &TenantId) -> Result<Option<Setting>> {
+        let row = sqlx::query(&format!(
+            "SELECT {SETTING_COLUMNS} FROM encryption_settings WHERE tenant_id = $1"
+        ))
+        .bind(tenant.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("read setting", e))?;
+        row.as_ref().map(setting_from_row).transpose()
+    }
+
+    async fn update_setting(
+        &self,
+        tenant: &TenantId,
+        actor: &Actor,
+        plan: SettingPlan<'_>,
+    ) -> Result<Setting> {
+        let mut tx = self.begin().await?;
+        Self::lock_tenant(&mut tx, "setting", tenant.as_str()).await?;
+        let current = sqlx::query(&format!(
+            "SELECT {SETTING_COLUMNS} FROM encryption_settings WHERE tenant_id = $1"
+        ))
+        .bind(tenant.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| db_error("read setting", e))?
+        .as_ref()
+        .map(setting_from_row)
+        .transpose()?;
+        let granted: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM kms_grants WHERE tenant_id = $1)")
+                .bind(tenant.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| db_error("read grant", e))?;
+        // A refusal returns here: the transaction is dropped and rolled back.
+        let draft = plan(current.as_ref(), granted)?;
+        let now = self.clock.rfc3339();
+        // UPDATE an existing row, INSERT a new one: an upsert would burn an identity value
+        // on every write and exhaust the 32-bit id range long before tenants do.
+        let id: i32 = if current.is_some() {
+            sqlx::query_scalar(
+                "UPDATE encryption_settings SET encryption_type = $2,
+                     default_encryption_enabled = $3, cmk_key_id = $4, cmk_key_name = $5,
+                     updated_at = $6
+                 WHERE tenant_id = $1 RETURNING id",
+            )
+        } else {
+            sqlx::query_scalar(
+                "INSERT INTO encryption_settings (tenant_id, encryption_type,
+                     default_encryption_enabled, cmk_key_id, cmk_key_name, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            )
+        }
+        .bind(tenant.as_str())
+        .bind(draft.encryption_type.map(EncryptionType::as_str))
+        .bind(draft.default_encryption_enabled)
+        .bind(draft.cmk_key_id.as_deref())
+        .bind(draft.cmk_key_name.as_deref())
+        .bind(&now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| db_error("write setting", e))?;
+        let saved = Setting {
+            id: i64::from(id),
+            tenant_id: tenant.clone(),
+            encryption_type: draft.encryption_type,
+            default_encryption_enabled: draft.default_encryption_enabled,
+            cmk_key_id: draft.cmk_key_id,
+            cmk_key_name: draft.cmk_key_name,
+        };
+        let before = current.as_ref().and_then(to_json);
+        self.audit(
+            &mut tx,
+            tenant.as_str(),
+            actor,
+            "setting.update",
+            before,
+            to_json(&saved),
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(|e| db_error("commit setting", e))?;
+        Ok(saved)
+    }
+
+    async fn get_grant(&self, tenant: &TenantId) -> Result<Option<Grant>> {
+        let row = sqlx::query("SELECT granted_by, granted_at FROM kms_grants WHERE tenant_id = $1")
+            .bind(tenant.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error("read grant", e))?;
+        row.map(|r| {
+            Ok(Grant {
+                tenant_id: tenant.clone(),
+                granted_by: r
+                    .try_get("granted_by")
+                    .map_err(|e| db_error("decode grant", e))?,
+                granted_at: r
+                    .try_get("granted_at")
+                    .map_err(|e| db_error("decode grant", e))?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn put_grant(&self, tenant: &TenantId, actor: &Actor) -> Result<Grant> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(
+            "INSERT INTO kms_grants (tenant_id, granted_by, granted_at) VALUES ($1, $2, $3)
+             ON CONFLICT (tenant_id) DO UPDATE SET tenant_id = excluded.tenant_id
+             RETURNING granted_by, granted_at",
+        )
+        .bind(tenant.as_str())
+        .bind(&actor.actor)
+        .bind(self.clock.rfc3339())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| db_error("write grant", e))?;
+        let grant = Grant {
+            tenant_id: tenant.clone(),
+            granted_by: row
+                .try_get("granted_by")
+                .map_err(|e| db_error("decode grant", e))?,
+            granted_at: row
+                .try_get("granted_at")
+                .map_err(|e| db_error("decode grant", e))?,
+        };
+        let after = serde_json::json!({
+            "assumed": true, "granted_by": grant.granted_by, "granted_at": grant.granted_at
+        });
+        self.audit(
+            &mut tx,
+            tenant.as_str(),
+            actor,
+            "kms_grant.create",
+            None,
+            Some(after),
+        )
+        .await?;
+        tx.commit().await.map_err(|e| db_error("commit grant", e))?;
+        Ok(grant)
+    }
+
+    async fn get_permit_public(&self, tenant: &TenantId) -> Result<Option<PermitPublic>> {
+        let value: Option<String> =
+            sqlx::query_scalar("SELECT permit_public FROM tenants WHERE tenant_id = $1")
+                .bind(tenant.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| db_error("read tenant", e))?;
+        Ok(value.as_deref().and_then(PermitPublic::parse))
+    }
+
+    async fn set_permit_public(
+        &self,
+        tenant: &TenantId,
+        value: PermitPublic,
+        actor: &Actor,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        Self::lock_tenant(&mut tx, "tenant", tenant.as_str()).await?;
+        let before: Option<String> =
+            sqlx::query_scalar("SELECT permit_public FROM tenants WHERE tenant_id = $1")
+                .bind(tenant.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| db_error("read tenant", e))?;
+        sqlx::query(
+            "INSERT INTO tenants (tenant_id, permit_public, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (tenant_id) DO UPDATE SET
+                 permit_public = excluded.permit_public, updated_at = excluded.updated_at",
+        )
+        .bind(tenant.as_str())
+        .bind(value.as_str())
+        .bind(self.clock.rfc3339())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error("write tenant", e))?;
+        self.audit(
+            &mut tx,
+            tenant.as_str(),
+            actor,
+            "tenant.set_permit_public",
+            before.map(|b| serde_json::json!({ "permit_public": b })),
+            Some(serde_json::json!({ "permit_public": value.as_str() })),
+        )
+        .await?;
+        tx.commit().await.map_err(|e| db_error("commit tenant", e))
+    }
+
+    async fn add_project(&self, project: &Project, actor: &Actor) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO projects (project_id, tenant_id, name, created_at)
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&project.project_id)
+        .bind(&project.tenant_id)
+        .bind(&project.name)
+        .bind(self.clock.rfc3339())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if unique_violation(&e) {
+                Error::AlreadyExists(format!("project {}", project.project_id))
+            } else {
+                db_error("write project", e)
+            }
+        })?;
+        self.audit(
+            &mut tx,
+            &project.tenant_id,
+            actor,
+            "project.add",
+            None,
+            to_json(project),
+        )
+        .await?;
+        tx.commit().await.map_err(|e| db_error("commit project", e))
+    }
+
+    async fn get_project(&self, project_id: &ProjectId) -> Result<Option<Project>> {
+        let row =
+            sqlx::query("SELECT project_id, tenant_id, name FROM projects WHERE project_id = $1")
+                .bind(project_id.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| db_error("read project", e))?;
+        row.map(|r| {
+            let get = |e: sqlx::Error| db_error("decode project", e);
+            Ok(Project {
+                project_id: r.try_get("project_id").map_err(get)?,
+                tenant_id: r.try_get("tenant_id").map_err(get)?,
+                name: r.try_get("name").map_err(get)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn add_project_member(
+        &self,
+        project_id: &ProjectId,
+        tenant: &TenantId,
+        user_id: &str,
+        actor: &Actor,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let owner: Option<String> =
+            sqlx::query_scalar("SELECT tenant_id FROM projects WHERE project_id = $1 FOR SHARE")
+                .bind(project_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| db_error("read project", e))?;
+        let owner = owner.ok_or_else(|| Error::ProjectNotFound(project_id.as_str().to_owned()))?;
+        sqlx::query(
+            "INSERT INTO project_members (project_id, tenant_id, user_id, added_at)
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(project_id.as_str())
+        .bind(tenant.as_str())
+        .bind(user_id)
+        .bind(self.clock.rfc3339())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error("write project member", e))?;
+        let after = serde_json::json!({
+            "project_id": project_id.as_str(), "member_tenant_id": tenant.as_str(), "user_id": user_id
+        });
+        self.audit(
+            &mut tx,
+            &owner,
+            actor,
+            "project.add_member",
+            None,
+            Some(after),
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(|e| db_error("commit project member", e))
+    }
+
+    async fn is_project_member(
+        &self,
+        project_id: &ProjectId,
+        tenant: &TenantId,
+        user_id: &str,
+    ) -> Result<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM project_members
+                            WHERE project_id = $1 AND tenant_id = $2 AND user_id = $3)",
+        )
+        .bind(project_id.as_str())
+        .bind(tenant.as_str())
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| db_error("read project member", e))
+    }
+
+    async fn list_audit(&self, tenant: &TenantId) -> Result<Vec<AuditRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, at, tenant_id, actor, request_id, action, before, after
+             FROM audit_log WHERE tenant_id = $1 ORDER BY id",
+        )
+        .bind(tenant.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("read audit log", e))?;
+        rows.iter()
+            .map(|r| {
+                let get = |e: sqlx::Error| db_error("decode audit record", e);
+                let json = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
+                Ok(AuditRecord {
+                    id: r.try_get("id").map_err(get)?,
+                    at: r.try_get("at").map_err(get)?,
+                    tenant_id: r.try_get("tenant_id").map_err(get)?,
+                    actor: r.try_get("actor").map_err(get)?,
+                    request_id: r.try_get("request_id").map_err(get)?,
+                    action: r.try_get("action").map_err(get)?,
+                    before: json(r.try_get("before").map_err(get)?),
+                    after: json(r.try_get("after").map_err(get)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn kms_insert_key(&self, key: &StoredKey, actor: &Actor) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(&format!(
+            "INSERT INTO kms_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ))
+        .bind(&key.key_id)
+        .bind(&key.tenant_id)
+        .bind(&key.alias)
+        .bind(&key.origin)
+        .bind(i32::from(key.state.code()))
+        .bind(key.material.as_deref())
+        .bind(key.deletion_at)
+        .bind(&key.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if unique_violation(&e) {
+                Error::AlreadyExists(format!("a key with alias {}", key.alias))
+            } else {
+                db_error("write key", e)
+            }
+        })?;
+        self.audit(
+            &mut tx,
+            &key.tenant_id,
+            actor,
+            "kms.create_key",
+            None,
+            to_json(key),
+        )
+        .await?;
+        tx.commit().await.map_err(|e| db_error("commit key", e))
+    }
+
+    async fn kms_get_key(&self, tenant: &TenantId, key_id: &str) -> Result<Option<StoredKey>> {
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM kms_keys WHERE tenant_id = $1 AND key_id = $2"
+        ))
+        .bind(tenant.as_str())
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("read key", e))?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn kms_list_keys(&self, tenant: &TenantId) -> Result<Vec<StoredKey>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM kms_keys WHERE tenant_id = $1 ORDER BY created_at, key_id"
+        ))
+        .bind(tenant.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("list keys", e))?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn kms_update_key(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        action: &str,
+        actor: &Actor,
+        change: KeyChange<'_>,
+    ) -> Result<StoredKey> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM kms_keys WHERE tenant_id = $1 AND key_id = $2 FOR UPDATE"
+        ))
+        .bind(tenant.as_str())
+        .bind(key_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| db_error("read key", e))?;
+        let before =
+            row.as_ref()
+                .map(key_from_row)
+                .transpose()?
+                .ok_or_else(|| Error::KeyNotFound {
+                    key_id: key_id.to_owned(),
+                })?;
+        let after = change(&before)?;
+        sqlx::query(
+            "UPDATE kms_keys SET key_state = $1, material = $2, deletion_at = $3
+             WHERE tenant_id = $4 AND key_id = $5",
+        )
+        .bind(i32::from(after.state.code()))
+        .bind(after.material.as_deref())
+        .bind(after.deletion_at)
+        .bind(tenant.as_str())
+        .bind(key_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error("write key", e))?;
+        self.audit(
+            &mut tx,
+            tenant.as_str(),
+            actor,
+            action,
+            to_json(&before),
+            to_json(&after),
+        )
+        .await?;
+        tx.commit().await.map_err(|e| db_error("commit key", e))?;
+        Ok(after)
+    }
+
+    async fn credential_insert(&self, credential: &Credential, actor: &Actor) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(&format!(
+            "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
+        ))
+        .bind(&credential.access_key)
+        .bind(&credential.tenant_id)
+        .bind(&credential.user_id)
+        .bind(role_str(credential.role))
+        .bind(&credential.sealed_secret)
+        .bind(&credential.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error("write credential", e))?;
+        self.audit(
+            &mut tx,
+            &credential.tenant_id,
+            actor,
+            "credential.create",
+            None,
+            to_json(credential),
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(|e| db_error("commit credential", e))
+    }
+
+    async fn credential_get(&self, access_key: &str) -> Result<Option<Credential>> {
+        let row = sqlx::query(&format!(
+            "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE access_key = $1"
+        ))
+        .bind(access_key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("read credential", e))?;
+        row.as_ref().map(credential_from_row).transpose()
+    }
+
+    async fn credential_list(&self, tenant: &TenantId) -> Result<Vec<Credential>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE tenant_id = $1
+             ORDER BY created_at, access_key"
+        ))
+        .bind(tenant.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("list credentials", e))?;
+        rows.iter().map(credential_from_row).collect()
+    }
+
+    async fn credential_delete(&self, access_key: &str, actor: &Actor) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(&format!(
+            "DELETE FROM credentials WHERE access_key = $1 RETURNING {CREDENTIAL_COLUMNS}"
+        ))
+        .bind(access_key)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| db_error("delete credential", e))?;
+        let Some(deleted) = row.as_ref().map(credential_from_row).transpose()? else {
+            return Ok(false);
+        };
+        self.audit(
+            &mut tx,
+            &deleted.tenant_id,
+            actor,
+            "credential.delete",
+            to_json(&deleted),
+            None,
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(|e| db_error("commit credential", e))?;
+        Ok(true)
+    }
+}
