@@ -45,6 +45,11 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Open (creating if missing) the database at a `sqlite://PATH` URL and migrate it.
     pub async fn connect(url: &str, clock: Arc<dyn Clock>) -> Result<Self> {
+        Self::connect_at(url, clock, None).await
+    }
+
+    /// Like [`connect`](Self::connect), migrating only up to `target` (tests of upgrades).
+    pub async fn connect_at(url: &str, clock: Arc<dyn Clock>, target: Option<i64>) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| Error::InvalidArgument(format!("invalid database URL: {e}")))?
             .create_if_missing(true)
@@ -59,11 +64,11 @@ impl SqliteStore {
             .await
             .map_err(|e| db_error("cannot open the SQLite database", e))?;
         let store = SqliteStore { pool, clock };
-        store.migrate().await?;
+        store.migrate(target).await?;
         Ok(store)
     }
 
-    async fn migrate(&self) -> Result<()> {
+    async fn migrate(&self, target: Option<i64>) -> Result<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -83,7 +88,8 @@ impl SqliteStore {
                 "the database is at schema version {current}, newer than this binary's {newest}: upgrade repocrypt"
             )));
         }
-        for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        let target = target.unwrap_or(newest);
+        for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current && m.0 <= target) {
             sqlx::raw_sql(sql)
                 .execute(&mut *tx)
                 .await

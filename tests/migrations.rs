@@ -1,0 +1,145 @@
+//! Migrations are forward-only and reach the newest schema from an empty database and from
+//! every earlier version, keeping the data; a database newer than the binary is refused.
+//! SQLite always; PostgreSQL too when `REPOCRYPT_TEST_DATABASE_URL` is set.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+
+use repocrypt::clock::{Clock, SystemClock};
+use repocrypt::domain::{Actor, EncryptionType, Result, SettingDraft, TenantId};
+use repocrypt::store::postgres::{self, PostgresStore};
+use repocrypt::store::sqlite::{self, SqliteStore};
+use repocrypt::store::Store;
+
+/// Open the database at `url`, migrated up to `target` (None: the newest).
+async fn open(url: &str, target: Option<i64>) -> Result<(Arc<dyn Store>, i64)> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    if url.starts_with("sqlite:") {
+        let s = SqliteStore::connect_at(url, clock, target).await?;
+        let v = s.schema_version().await?;
+        Ok((Arc::new(s), v))
+    } else {
+        let s = PostgresStore::connect_at(url, clock, target).await?;
+        let v = s.schema_version().await?;
+        Ok((Arc::new(s), v))
+    }
+}
+
+fn newest(url: &str) -> i64 {
+    let m = if url.starts_with("sqlite:") {
+        sqlite::MIGRATIONS
+    } else {
+        postgres::MIGRATIONS
+    };
+    // Versions are 1, 2, … with no gaps.
+    for (i, (v, _, _)) in m.iter().enumerate() {
+        assert_eq!(*v, i as i64 + 1, "migration versions must be consecutive");
+    }
+    m.len() as i64
+}
+
+async fn write_setting(store: &Arc<dyn Store>, tenant: &str) -> i64 {
+    let plan = |_: Option<&repocrypt::domain::Setting>, _: bool| {
+        Ok(SettingDraft {
+            encryption_type: Some(EncryptionType::Normal),
+            default_encryption_enabled: false,
+            cmk_key_id: None,
+            cmk_key_name: None,
+        })
+    };
+    store
+        .update_setting(&TenantId::parse(tenant).unwrap(), &Actor::cli(), &plan)
+        .await
+        .unwrap()
+        .id
+}
+
+async fn story(
+    fresh_url: impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = String>>>,
+) {
+    let sample = fresh_url().await;
+    let newest = newest(&sample);
+
+    // From an empty database.
+    let (_, v) = open(&sample, None).await.unwrap();
+    assert_eq!(v, newest);
+
+    // From every earlier version, with data written at that version.
+    for from in 1..newest {
+        let url = fresh_url().await;
+        let (old, v) = open(&url, Some(from)).await.unwrap();
+        assert_eq!(v, from);
+        let id = write_setting(&old, "tenant-before-upgrade").await;
+        drop(old);
+        let (store, v) = open(&url, None).await.unwrap();
+        assert_eq!(v, newest, "upgraded from {from}");
+        let kept = store
+            .get_setting(&TenantId::parse("tenant-before-upgrade").unwrap())
+            .await
+            .unwrap()
+            .expect("data written before the upgrade is kept");
+        assert_eq!(kept.id, id);
+        assert_eq!(kept.encryption_type, Some(EncryptionType::Normal));
+        assert_eq!(write_setting(&store, "tenant-before-upgrade").await, id);
+        // Reopening is a no-op.
+        assert_eq!(open(&url, None).await.unwrap().1, newest);
+    }
+
+    // A database from a newer binary is refused with a clear message.
+    let url = fresh_url().await;
+    let (store, _) = open(&url, None).await.unwrap();
+    drop(store);
+    mark_future_version(&url).await;
+    let err = match open(&url, None).await {
+        Ok(_) => panic!("a newer schema must be refused"),
+        Err(e) => format!("{e}: {}", e.internal_detail().unwrap_or("")),
+    };
+    assert!(err.contains("newer than this binary"), "{err}");
+}
+
+async fn mark_future_version(url: &str) {
+    use sqlx::Connection;
+    let sql =
+        "INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'future', 'now')";
+    if url.starts_with("sqlite:") {
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn sqlite_migrations() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    story(move || {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let url = format!(
+            "sqlite://{}",
+            dir.path().join(format!("db{n}.sqlite")).display()
+        );
+        Box::pin(async move { url })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_migrations() {
+    let Some(server) = common::test_database_url() else {
+        assert!(
+            std::env::var_os("REPOCRYPT_REQUIRE_EXTERNAL").is_none(),
+            "REPOCRYPT_REQUIRE_EXTERNAL is set but REPOCRYPT_TEST_DATABASE_URL is not"
+        );
+        eprintln!("SKIPPED postgres_migrations: REPOCRYPT_TEST_DATABASE_URL is not set");
+        return;
+    };
+    story(move || {
+        let server = server.clone();
+        Box::pin(async move { common::fresh_postgres_database(&server).await })
+    })
+    .await;
+}
