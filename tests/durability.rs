@@ -182,6 +182,13 @@ fn crash_story(extra_args: &[String]) {
         "every writer had finished before the kill: nothing was running when it came"
     );
 
+    // On PostgreSQL the crash is over only when the killed process's sessions are: a
+    // transaction whose COMMIT was already sent still commits after its client died, so
+    // an in-flight write may become visible a moment after the kill (all or nothing).
+    if let Some(url) = &database {
+        wait_for_orphaned_sessions(url);
+    }
+
     // Restart on the same data.
     let restarted = Proc::start_in(&dir, extra_args);
 
@@ -567,6 +574,35 @@ fn check_database(database: Option<&str>, dir: &Path) -> DatabaseCheck {
             }
         }
     })
+}
+
+/// Wait (at most 10 s) until no session but ours is connected to the story's database.
+fn wait_for_orphaned_sessions(url: &str) {
+    block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .expect("connect to the story's PostgreSQL database");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let others: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .expect("pg_stat_activity");
+            if others == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{others} sessions of the killed server still open after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = conn.close().await;
+    });
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
