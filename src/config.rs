@@ -39,6 +39,7 @@ pub struct ConfigArgs {
     #[arg(
         long = "database",
         env = "REPOCRYPT_DATABASE_URL",
+        hide_env_values = true,
         global = true,
         value_name = "URL"
     )]
@@ -109,8 +110,29 @@ impl std::fmt::Debug for Config {
     }
 }
 
-/// A database URL with any password replaced, for logs.
+/// A database URL with any password (in the authority or a `password=` query parameter)
+/// replaced, for logs.
 pub fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = redact_authority(base);
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+fn redact_authority(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
@@ -289,5 +311,9 @@ mod tests {
             "postgres://u:***@h/db"
         );
         assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+        assert_eq!(
+            redact_url("postgres://u@h/db?sslmode=require&password=TopSecret"),
+            "postgres://u@h/db?sslmode=require&password=***"
+        );
     }
 }

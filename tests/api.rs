@@ -554,6 +554,35 @@ async fn ids_of_two_tenants_differ_and_are_within_the_seed_range() {
     assert_ne!(ids[0], ids[1]);
 }
 
+/// Updates must not consume ids: the id space (1..2147483647) is for tenants, not writes.
+#[tokio::test]
+async fn updates_do_not_consume_record_ids() {
+    let t = spawn_app().await;
+    let put = |tenant: &'static str| {
+        let t = &t;
+        async move {
+            let r = t
+                .put_setting(
+                    tenant,
+                    &t.admin(tenant),
+                    &json!({"encryption_type": "normal"}),
+                )
+                .await;
+            assert_eq!(r.0, StatusCode::OK);
+            r.2["id"].as_i64().expect("integer id")
+        }
+    };
+    let first = put(TENANT_A).await;
+    for _ in 0..5 {
+        assert_eq!(put(TENANT_A).await, first);
+    }
+    assert_eq!(
+        put(TENANT_B).await,
+        first + 1,
+        "five updates consumed no ids"
+    );
+}
+
 // =====================================================================================
 // 5. Body tenant_id
 // =====================================================================================

@@ -286,6 +286,16 @@ async fn a_replayed_nonce_is_401_rc401007() {
     let mut h3 = signed_headers(&cred, "POST", &uri, b"", &date, &[]);
     h3.push(("x-sdk-nonce".into(), "n-3".into()));
     expect_401(&t, Method::POST, &uri, &h3, b"", "RC.401003").await;
+    // Nonces are bounded, so the replay table cannot be used to exhaust memory.
+    let long = "n".repeat(129);
+    let h4 = signed_headers(&cred, "POST", &uri, b"", &date, &[("x-sdk-nonce", &long)]);
+    expect_401(&t, Method::POST, &uri, &h4, b"", "RC.401003").await;
+    let max = "m".repeat(128);
+    let h5 = signed_headers(&cred, "POST", &uri, b"", &date, &[("x-sdk-nonce", &max)]);
+    assert_eq!(
+        send_signed(&t, Method::POST, &uri, &h5, b"").await.0,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]

@@ -15,6 +15,8 @@ use crate::domain::{Error, Identity, Result};
 pub const HEADER_SDK_NONCE: &str = "x-sdk-nonce";
 /// Most nonces remembered at once (per replica).
 const NONCE_CAPACITY: usize = 1_000_000;
+/// Longest `X-Sdk-Nonce` accepted (bytes), so the replay table stays small.
+pub const MAX_NONCE_LEN: usize = 128;
 
 /// A request as it arrived, for signature verification.
 pub struct SignedRequest<'a> {
@@ -101,6 +103,11 @@ impl SignatureVerifier {
         if let Some(nonce) = req.header(HEADER_SDK_NONCE) {
             if !auth.signs(HEADER_SDK_NONCE) {
                 return Err(malformed("X-Sdk-Nonce is sent but not signed"));
+            }
+            if nonce.is_empty() || nonce.len() > MAX_NONCE_LEN {
+                return Err(malformed(format!(
+                    "X-Sdk-Nonce must be 1 to {MAX_NONCE_LEN} bytes"
+                )));
             }
             self.remember_nonce(auth.access_key, nonce, now)?;
         }

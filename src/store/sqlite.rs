@@ -251,18 +251,22 @@ impl Store for SqliteStore {
         // A refusal returns here: the transaction is dropped and rolled back.
         let draft = plan(current.as_ref(), granted)?;
         let now = self.clock.rfc3339();
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO encryption_settings
-                 (tenant_id, encryption_type, default_encryption_enabled, cmk_key_id, cmk_key_name, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?)
-             ON CONFLICT (tenant_id) DO UPDATE SET
-                 encryption_type = excluded.encryption_type,
-                 default_encryption_enabled = excluded.default_encryption_enabled,
-                 cmk_key_id = excluded.cmk_key_id,
-                 cmk_key_name = excluded.cmk_key_name,
-                 updated_at = excluded.updated_at
-             RETURNING id",
-        )
+        // UPDATE an existing row, INSERT a new one: an upsert would consume an id on every
+        // write and exhaust the 32-bit range the API promises long before tenants do.
+        let id: i64 = if current.is_some() {
+            sqlx::query_scalar(
+                "UPDATE encryption_settings SET encryption_type = ?2,
+                     default_encryption_enabled = ?3, cmk_key_id = ?4, cmk_key_name = ?5,
+                     updated_at = ?6
+                 WHERE tenant_id = ?1 RETURNING id",
+            )
+        } else {
+            sqlx::query_scalar(
+                "INSERT INTO encryption_settings (tenant_id, encryption_type,
+                     default_encryption_enabled, cmk_key_id, cmk_key_name, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+            )
+        }
         .bind(tenant.as_str())
         .bind(draft.encryption_type.map(EncryptionType::as_str))
         .bind(draft.default_encryption_enabled)
