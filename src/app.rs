@@ -7,9 +7,10 @@ use crate::auth::signature::SignatureVerifier;
 use crate::auth::token::TokenCodec;
 use crate::auth::{Authenticator, LocalAuth};
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, KmsBackend};
 use crate::domain::{Error, Result, Service};
 use crate::keys::{self, RootKey};
+use crate::kms::aws::{AwsKms, AwsSettings};
 use crate::kms::cache::KeyStateCache;
 use crate::kms::local::LocalKms;
 use crate::kms::Kms;
@@ -44,7 +45,17 @@ impl App {
                 crate::config::redact_url(url)
             )));
         };
-        let kms: Arc<dyn Kms> = Arc::new(LocalKms::new(store.clone(), &root, clock.clone()));
+        let kms: Arc<dyn Kms> = match config.kms_backend {
+            KmsBackend::Local => Arc::new(LocalKms::new(store.clone(), &root, clock.clone())),
+            KmsBackend::Aws => {
+                let settings = AwsSettings {
+                    endpoint: config.kms_endpoint.clone(),
+                    region: config.kms_region.clone(),
+                    timeout: config.kms_timeout,
+                };
+                Arc::new(AwsKms::connect(&settings, store.clone()).await?)
+            }
+        };
         let cache = KeyStateCache::new(config.key_state_cache_ttl, config.key_state_cache_capacity);
         let service = Arc::new(Service::new(
             store.clone(),

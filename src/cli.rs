@@ -105,7 +105,7 @@ pub enum KmsCommand {
         alias: String,
         #[arg(long, value_enum, default_value_t = KeyOrigin::Kms)]
         origin: KeyOrigin,
-        /// Create the key in state 1 (to be activated); `enable-key` activates it.
+        /// Create the key in state 1 (to be activated); `enable-key` activates it. Local KMS only.
         #[arg(long)]
         inactive: bool,
     },
@@ -118,7 +118,7 @@ pub enum KmsCommand {
     EnableKey(KeyRef),
     /// Disable a key (from states 2 or 3).
     DisableKey(KeyRef),
-    /// Schedule deletion after 7 to 1096 days (state 4).
+    /// Schedule deletion after 7 to 1096 days (7 to 30 on AWS KMS) (state 4).
     ScheduleKeyDeletion {
         #[command(flatten)]
         key: KeyRef,
@@ -127,7 +127,7 @@ pub enum KmsCommand {
     },
     /// Cancel a scheduled deletion (back to 3, or 5 for a key without material).
     CancelKeyDeletion(KeyRef),
-    /// Import 32 bytes of material into an external key (5 to 2); generated if no file.
+    /// Import 32 bytes of material into an external key (5 to 2); generated if no file. Local KMS only.
     ImportKeyMaterial {
         #[command(flatten)]
         key: KeyRef,

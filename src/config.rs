@@ -14,7 +14,19 @@ pub const DEFAULT_REGION: &str = "local";
 pub const DEFAULT_REGION_TYPE: &str = "primary";
 pub const DEFAULT_KEY_STATE_CACHE_TTL: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEY_STATE_CACHE_CAPACITY: usize = 100_000;
+pub const DEFAULT_KMS_TIMEOUT: Duration = crate::kms::aws::DEFAULT_TIMEOUT;
+pub const MAX_KMS_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_SIGNATURE_MAX_SKEW: Duration = Duration::from_secs(15 * 60);
+
+/// Where tenants' keys live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KmsBackend {
+    /// The embedded KMS, in the service's own database.
+    Local,
+    /// AWS KMS or anything speaking its API (LocalStack, moto), through aws-sdk-kms.
+    Aws,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -56,6 +68,33 @@ pub struct ConfigArgs {
     /// Largest difference between a signed request's X-Sdk-Date and the server's clock [default: 15m].
     #[arg(long, env = "REPOCRYPT_SIGNATURE_MAX_SKEW", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub signature_max_skew: Option<Duration>,
+    /// KMS backend: `local` (embedded) or `aws` (AWS KMS API) [default: local].
+    #[arg(
+        long,
+        env = "REPOCRYPT_KMS_BACKEND",
+        global = true,
+        value_name = "BACKEND"
+    )]
+    pub kms_backend: Option<KmsBackend>,
+    /// AWS KMS endpoint URL (LocalStack, moto, a VPC endpoint) [default: AWS's own].
+    #[arg(
+        long,
+        env = "REPOCRYPT_KMS_ENDPOINT",
+        global = true,
+        value_name = "URL"
+    )]
+    pub kms_endpoint: Option<String>,
+    /// AWS KMS region [default: from AWS_REGION or the AWS profile].
+    #[arg(
+        long,
+        env = "REPOCRYPT_KMS_REGION",
+        global = true,
+        value_name = "REGION"
+    )]
+    pub kms_region: Option<String>,
+    /// Longest time one KMS operation may take, retries included; at most 2s [default: 2s].
+    #[arg(long, env = "REPOCRYPT_KMS_TIMEOUT", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub kms_timeout: Option<Duration>,
     /// Log filter, e.g. `info` or `repocrypt=debug` [default: info for serve, warn otherwise].
     #[arg(long, env = "REPOCRYPT_LOG", global = true, value_name = "FILTER")]
     pub log: Option<String>,
@@ -76,6 +115,10 @@ struct FileConfig {
     key_state_cache_ttl: Option<String>,
     key_state_cache_capacity: Option<usize>,
     signature_max_skew: Option<String>,
+    kms_backend: Option<KmsBackend>,
+    kms_endpoint: Option<String>,
+    kms_region: Option<String>,
+    kms_timeout: Option<String>,
     log: Option<String>,
     log_format: Option<LogFormat>,
 }
@@ -91,6 +134,10 @@ pub struct Config {
     pub key_state_cache_ttl: Duration,
     pub key_state_cache_capacity: usize,
     pub signature_max_skew: Duration,
+    pub kms_backend: KmsBackend,
+    pub kms_endpoint: Option<String>,
+    pub kms_region: Option<String>,
+    pub kms_timeout: Duration,
     pub log: Option<String>,
     pub log_format: LogFormat,
     /// Base64 root key from `REPOCRYPT_ROOT_KEY` (never a flag: argv is visible to all).
@@ -105,6 +152,13 @@ impl std::fmt::Debug for Config {
             .field("database_url", &redact_url(&self.database_url))
             .field("region", &self.region)
             .field("key_state_cache_ttl", &self.key_state_cache_ttl)
+            .field("kms_backend", &self.kms_backend)
+            .field(
+                "kms_endpoint",
+                &self.kms_endpoint.as_deref().map(redact_url),
+            )
+            .field("kms_region", &self.kms_region)
+            .field("kms_timeout", &self.kms_timeout)
             .field("root_key", &self.root_key.as_ref().map(|_| "<redacted>"))
             .finish()
     }
@@ -179,6 +233,31 @@ impl Config {
                 "signature_max_skew must be positive".into(),
             ));
         }
+        let kms_timeout = duration(
+            "kms_timeout",
+            args.kms_timeout,
+            file.kms_timeout.as_deref(),
+            DEFAULT_KMS_TIMEOUT,
+        )?;
+        if kms_timeout.is_zero() || kms_timeout > MAX_KMS_TIMEOUT {
+            return Err(Error::InvalidArgument(format!(
+                "kms_timeout must be more than 0 and at most {}",
+                humantime::format_duration(MAX_KMS_TIMEOUT)
+            )));
+        }
+        let kms_endpoint = args.kms_endpoint.clone().or(file.kms_endpoint);
+        if let Some(url) = &kms_endpoint {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(Error::InvalidArgument(format!(
+                    "kms_endpoint `{}` must be an http:// or https:// URL",
+                    redact_url(url)
+                )));
+            }
+        }
+        let kms_region = match args.kms_region.clone().or(file.kms_region) {
+            Some(r) => Some(nonempty("kms_region", r)?),
+            None => None,
+        };
         let listen = match args.listen.or(file.listen) {
             Some(l) => l,
             None => DEFAULT_LISTEN
@@ -214,6 +293,13 @@ impl Config {
             )?,
             key_state_cache_ttl: ttl,
             signature_max_skew,
+            kms_backend: args
+                .kms_backend
+                .or(file.kms_backend)
+                .unwrap_or(KmsBackend::Local),
+            kms_endpoint,
+            kms_region,
+            kms_timeout,
             key_state_cache_capacity: file
                 .key_state_cache_capacity
                 .unwrap_or(DEFAULT_KEY_STATE_CACHE_CAPACITY),
@@ -302,6 +388,36 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn kms_settings_from_the_file_and_their_checks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        let load = |text: &str| {
+            std::fs::write(&file, text).expect("write");
+            Config::load(&ConfigArgs {
+                config: Some(file.clone()),
+                ..Default::default()
+            })
+        };
+        let c = load("kms_backend = \"aws\"\nkms_endpoint = \"http://127.0.0.1:5000\"\nkms_region = \"us-east-1\"\nkms_timeout = \"500ms\"\n")
+            .expect("load");
+        assert_eq!(c.kms_backend, KmsBackend::Aws);
+        assert_eq!(c.kms_endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+        assert_eq!(c.kms_region.as_deref(), Some("us-east-1"));
+        assert_eq!(c.kms_timeout, Duration::from_millis(500));
+        let err = |text: &str| load(text).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err("kms_timeout = \"3s\"\n").contains("kms_timeout"));
+        assert!(err("kms_timeout = \"0s\"\n").contains("kms_timeout"));
+        assert!(err("kms_endpoint = \"127.0.0.1:5000\"\n").contains("kms_endpoint"));
+        assert!(err("kms_backend = \"vault\"\n").contains("kms_backend"));
+        assert_eq!(
+            Config::load(&ConfigArgs::default())
+                .expect("defaults")
+                .kms_backend,
+            KmsBackend::Local
+        );
     }
 
     #[test]

@@ -86,7 +86,13 @@ impl Service {
                     known = stale.is_some(),
                     "KMS unreachable: answering with the last known key state"
                 );
-                stale.flatten().map(|i| i.key_state)
+                // Serve the last known state for another TTL before asking again, so that
+                // during an outage GETs do not each wait for the KMS's timeout.
+                let last = stale.flatten();
+                if let Some(info) = &last {
+                    self.cache.put(tenant.as_str(), key_id, Some(info.clone()));
+                }
+                last.map(|i| i.key_state)
             }
         }
     }
@@ -303,7 +309,7 @@ fn plan_update(
     lookup: Option<&KeyLookup>,
 ) -> Result<SettingDraft> {
     let encryption_type = resulting_type(patch, current);
-    let key_id = patch
+    let mut key_id = patch
         .cmk_key_id
         .clone()
         .or_else(|| current.and_then(|c| c.cmk_key_id.clone()));
@@ -345,6 +351,7 @@ fn plan_update(
         (Some(c), _) => c.cmk_key_name.clone(),
         (None, _) => None,
     };
+    let mut resolved = None;
     if let (Some(k), Some(l)) = (&key_id, lookup) {
         let info = l.info.as_ref().ok_or_else(|| Error::KeyNotFound {
             key_id: truncate(k, 64),
@@ -366,6 +373,11 @@ fn plan_update(
             });
         }
         key_name = Some(info.key_name.clone());
+        resolved = Some(info.key_id.clone());
+    }
+    // Store the KMS's own id for the key, even when the caller named it by ARN or alias.
+    if resolved.is_some() {
+        key_id = resolved;
     }
 
     Ok(SettingDraft {

@@ -118,6 +118,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool>;
 
     async fn list_audit(&self, tenant: &TenantId) -> Result<Vec<AuditRecord>>;
+    /// Record a change made outside the database (an external KMS's key lifecycle).
+    async fn record_audit(
+        &self,
+        tenant: &TenantId,
+        actor: &Actor,
+        action: &str,
+        before: Option<serde_json::Value>,
+        after: Option<serde_json::Value>,
+    ) -> Result<()>;
 
     async fn kms_insert_key(&self, key: &StoredKey, actor: &Actor) -> Result<()>;
     async fn kms_get_key(&self, tenant: &TenantId, key_id: &str) -> Result<Option<StoredKey>>;

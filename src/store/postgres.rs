@@ -528,6 +528,23 @@ impl Store for PostgresStore {
         .map_err(|e| db_error("read project member", e))
     }
 
+    async fn record_audit(
+        &self,
+        tenant: &TenantId,
+        actor: &Actor,
+        action: &str,
+        before: Option<Value>,
+        after: Option<Value>,
+    ) -> Result<()> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| db_error("acquire connection", e))?;
+        self.audit(&mut conn, tenant.as_str(), actor, action, before, after)
+            .await
+    }
+
     async fn list_audit(&self, tenant: &TenantId) -> Result<Vec<AuditRecord>> {
         let rows = sqlx::query(
             "SELECT id, at, tenant_id, actor, request_id, action, before, after

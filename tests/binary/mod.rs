@@ -21,12 +21,13 @@ pub struct Server {
 impl Server {
     pub fn start(env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
+        let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--listen", "127.0.0.1:0"])
             .current_dir(dir.path())
             .env_remove("REPOCRYPT_ROOT_KEY")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(log);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -75,6 +76,22 @@ impl Server {
     /// Run an admin command on this server's data.
     pub fn cli(&self, args: &[&str]) -> Output {
         cli_in(self.dir.path(), args)
+    }
+
+    /// Run an admin command on this server's data, with more environment.
+    pub fn cli_with(&self, env: &[(&str, String)], args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("REPOCRYPT_ROOT_KEY")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run repocrypt")
+    }
+
+    /// What the server has logged so far (its standard error).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 }
 

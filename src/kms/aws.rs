@@ -1,0 +1,622 @@
+//! AWS KMS (and anything that speaks its API: LocalStack, moto) through `aws-sdk-kms`.
+//!
+//! Tenant binding: a key belongs to tenant T when it carries the tag
+//! `repocrypt:tenant` = T. Every call first resolves what the caller named (key id, key
+//! ARN or `alias/...`) with DescribeKey and then reads the key's tags; a key without the
+//! tenant's tag is reported exactly as a key that does not exist, so a tenant cannot
+//! select, see or learn of another tenant's key. Its `cmk_key_name` is its alias
+//! without the `alias/` prefix.
+//!
+//! Every call has a bounded timeout and a bounded number of attempts (see `AwsSettings`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+pub use aws_sdk_kms::config::Credentials;
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::types::{KeyState as AwsKeyState, OriginType, Tag};
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+use serde_json::json;
+
+use super::{KeyInfo, KeyOrigin, Kms, MIN_PENDING_DAYS};
+use crate::domain::{Actor, Error, KeyState, Result, TenantId};
+use crate::store::Store;
+
+/// The tag that binds a key to a tenant.
+pub const TENANT_TAG: &str = "repocrypt:tenant";
+/// Longest deletion window AWS KMS accepts, in days.
+pub const AWS_MAX_PENDING_DAYS: u32 = 30;
+/// Default (and largest) time one KMS operation may take, retries included.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Attempts per operation (the first and two retries, with backoff, within the timeout).
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// How to reach the KMS. Credentials come from the standard AWS chain (environment,
+/// profile, web identity, container and instance metadata).
+#[derive(Debug, Clone)]
+pub struct AwsSettings {
+    /// Endpoint URL, for LocalStack, moto or a VPC endpoint; `None` uses AWS's own.
+    pub endpoint: Option<String>,
+    /// Region; `None` takes it from the AWS chain (`AWS_REGION`, profile).
+    pub region: Option<String>,
+    /// Time one operation may take, all attempts included.
+    pub timeout: Duration,
+}
+
+pub struct AwsKms {
+    client: aws_sdk_kms::Client,
+    store: Arc<dyn Store>,
+}
+
+/// A lifecycle change: its audit action, the states AWS KMS allows it from (checked
+/// before the call, so every AWS-compatible KMS refuses the same moves), and what a
+/// refusal says.
+#[derive(Clone, Copy)]
+struct Move {
+    action: &'static str,
+    from: &'static [KeyState],
+    refused: &'static str,
+}
+
+const ENABLE: Move = Move {
+    action: "kms.enable_key",
+    from: &[KeyState::Enabled, KeyState::Disabled],
+    refused: "enable it",
+};
+const DISABLE: Move = Move {
+    action: "kms.disable_key",
+    from: &[KeyState::Enabled, KeyState::Disabled],
+    refused: "disable it",
+};
+const SCHEDULE_DELETION: Move = Move {
+    action: "kms.schedule_key_deletion",
+    from: &[
+        KeyState::ToBeActivated,
+        KeyState::Enabled,
+        KeyState::Disabled,
+        KeyState::PendingImport,
+    ],
+    refused: "schedule its deletion again",
+};
+const CANCEL_DELETION: Move = Move {
+    action: "kms.cancel_key_deletion",
+    from: &[KeyState::PendingDeletion],
+    refused: "cancel a deletion that is not scheduled",
+};
+
+/// What AWS says of a key the tenant owns.
+struct Owned {
+    key_id: String,
+    state: KeyState,
+}
+
+impl AwsKms {
+    /// Build the client, with credentials from the standard AWS chain. Nothing is sent
+    /// until the first call.
+    pub async fn connect(settings: &AwsSettings, store: Arc<dyn Store>) -> Result<AwsKms> {
+        Self::build(settings, store, None).await
+    }
+
+    /// Build the client with these credentials instead of the AWS chain (for embedding
+    /// the service, and for tests that must not touch the process environment).
+    pub async fn with_credentials(
+        settings: &AwsSettings,
+        store: Arc<dyn Store>,
+        credentials: Credentials,
+    ) -> Result<AwsKms> {
+        Self::build(settings, store, Some(credentials)).await
+    }
+
+    async fn build(
+        settings: &AwsSettings,
+        store: Arc<dyn Store>,
+        credentials: Option<Credentials>,
+    ) -> Result<AwsKms> {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(settings.timeout)
+            .operation_attempt_timeout(settings.timeout)
+            .operation_timeout(settings.timeout)
+            .build();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .timeout_config(timeouts)
+            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS));
+        if let Some(region) = &settings.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &settings.endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        if let Some(credentials) = credentials {
+            loader = loader.credentials_provider(credentials);
+        }
+        let sdk = loader.load().await;
+        if sdk.region().is_none() {
+            return Err(Error::InvalidArgument(
+                "the AWS KMS backend needs a region: set REPOCRYPT_KMS_REGION (or AWS_REGION)"
+                    .into(),
+            ));
+        }
+        Ok(AwsKms {
+            client: aws_sdk_kms::Client::new(&sdk),
+            store,
+        })
+    }
+
+    /// The key the caller named, if it exists and carries this tenant's tag.
+    async fn owned(&self, tenant: &TenantId, named: &str) -> Result<Option<Owned>> {
+        let described = match self.client.describe_key().key_id(named).send().await {
+            Ok(out) => out,
+            Err(e) => return absent_or(e, "DescribeKey"),
+        };
+        let Some(meta) = described.key_metadata() else {
+            return Ok(None);
+        };
+        let key_id = meta.key_id().to_owned();
+        if !self.tagged_for(tenant, &key_id).await? {
+            return Ok(None);
+        }
+        let state = meta
+            .key_state()
+            .map(key_state_from_aws)
+            .unwrap_or(KeyState::Disabled);
+        Ok(Some(Owned { key_id, state }))
+    }
+
+    async fn tagged_for(&self, tenant: &TenantId, key_id: &str) -> Result<bool> {
+        let mut marker: Option<String> = None;
+        loop {
+            let out = match self
+                .client
+                .list_resource_tags()
+                .key_id(key_id)
+                .set_marker(marker.take())
+                .send()
+                .await
+            {
+                Ok(out) => out,
+                Err(e) => return absent_or(e, "ListResourceTags").map(|_: Option<()>| false),
+            };
+            if let Some(tag) = out.tags().iter().find(|t| t.tag_key() == TENANT_TAG) {
+                return Ok(tag.tag_value() == tenant.as_str());
+            }
+            match out.next_marker() {
+                Some(m) if out.truncated() => marker = Some(m.to_owned()),
+                _ => return Ok(false),
+            }
+        }
+    }
+
+    /// The key's name: its first alias (in alphabetical order) without `alias/`.
+    async fn name_of(&self, key_id: &str) -> Result<String> {
+        let mut names = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .list_aliases()
+                .key_id(key_id)
+                .set_marker(marker.take())
+                .send()
+                .await
+                .map_err(|e| unavailable(e, "ListAliases"))?;
+            names.extend(
+                out.aliases()
+                    .iter()
+                    .filter_map(|a| a.alias_name())
+                    .filter_map(|n| n.strip_prefix("alias/"))
+                    .map(str::to_owned),
+            );
+            match out.next_marker() {
+                Some(m) if out.truncated() => marker = Some(m.to_owned()),
+                _ => break,
+            }
+        }
+        names.sort();
+        Ok(names.into_iter().next().unwrap_or_default())
+    }
+
+    async fn info(&self, owned: Owned) -> Result<KeyInfo> {
+        let key_name = self.name_of(&owned.key_id).await?;
+        Ok(KeyInfo {
+            key_id: owned.key_id,
+            key_name,
+            key_state: owned.state,
+        })
+    }
+
+    async fn require(&self, tenant: &TenantId, named: &str) -> Result<Owned> {
+        self.owned(tenant, named)
+            .await?
+            .ok_or_else(|| Error::KeyNotFound {
+                key_id: named.to_owned(),
+            })
+    }
+
+    /// Run a lifecycle change on a key of the tenant's whose state allows it, then
+    /// record it in the audit log with the states before and after.
+    async fn transition<F, Fut>(
+        &self,
+        tenant: &TenantId,
+        named: &str,
+        actor: &Actor,
+        step: Move,
+        call: F,
+    ) -> Result<KeyInfo>
+    where
+        F: FnOnce(String) -> Fut + Send,
+        Fut: std::future::Future<Output = Result<()>> + Send,
+    {
+        let before = self.require(tenant, named).await?;
+        if !step.from.contains(&before.state) {
+            return Err(Error::KeyInvalidState {
+                key_id: before.key_id,
+                state: before.state.describe(),
+                op: step.refused,
+            });
+        }
+        let before_state = before.state;
+        call(before.key_id.clone()).await?;
+        let after = self.require(tenant, &before.key_id).await?;
+        let info = self.info(after).await?;
+        self.store
+            .record_audit(
+                tenant,
+                actor,
+                step.action,
+                Some(json!({"key_id": info.key_id, "key_state": before_state})),
+                Some(json!(info)),
+            )
+            .await?;
+        Ok(info)
+    }
+}
+
+/// The API's key state for an AWS key state. AWS has states the API does not; each maps
+/// to the API state that tells a caller the same thing about using the key now:
+/// - `PendingReplicaDeletion` (a multi-Region replica being deleted): 4, pending deletion.
+/// - `Unavailable` (its custom key store is disconnected: unusable until reconnected): 3.
+/// - `Updating` (a multi-Region key changing its primary: briefly unusable): 1.
+/// - any state added to AWS later: 3, disabled, so a key we cannot classify is never
+///   treated as usable.
+pub fn key_state_from_aws(state: &AwsKeyState) -> KeyState {
+    match state {
+        AwsKeyState::Creating => KeyState::ToBeActivated,
+        AwsKeyState::Enabled => KeyState::Enabled,
+        AwsKeyState::Disabled => KeyState::Disabled,
+        AwsKeyState::PendingDeletion => KeyState::PendingDeletion,
+        AwsKeyState::PendingImport => KeyState::PendingImport,
+        AwsKeyState::PendingReplicaDeletion => KeyState::PendingDeletion,
+        AwsKeyState::Unavailable => KeyState::Disabled,
+        AwsKeyState::Updating => KeyState::ToBeActivated,
+        _ => KeyState::Disabled,
+    }
+}
+
+/// Error codes with which AWS says "no such key" (or "not yours to see").
+fn means_absent(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some(
+            "NotFoundException"
+                | "InvalidArnException"
+                | "AccessDeniedException"
+                | "ValidationException"
+        )
+    )
+}
+
+/// `Ok(None)` when AWS says the key is not there (or not ours), else the KMS is
+/// unavailable.
+fn absent_or<T, E, R>(e: SdkError<E, R>, op: &str) -> Result<Option<T>>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    if let Some(service) = e.as_service_error() {
+        if means_absent(service.code()) {
+            if service.code() == Some("AccessDeniedException") {
+                tracing::warn!(
+                    op,
+                    "AWS KMS denied access to a key: treating it as not found; check the service's IAM policy"
+                );
+            }
+            return Ok(None);
+        }
+    }
+    Err(unavailable(e, op))
+}
+
+/// A failure to get an answer from the KMS: it is unreachable, timed out, or refused
+/// the service's credentials.
+fn unavailable<E, R>(e: SdkError<E, R>, op: &str) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    let detail = match &e {
+        SdkError::TimeoutError(_) => "timed out".to_owned(),
+        SdkError::DispatchFailure(d) if d.is_timeout() => "timed out".to_owned(),
+        SdkError::DispatchFailure(_) => "cannot connect".to_owned(),
+        SdkError::ServiceError(s) => format!(
+            "{}: {}",
+            s.err().code().unwrap_or("error"),
+            s.err().message().unwrap_or("")
+        ),
+        SdkError::ResponseError(_) => "unreadable response".to_owned(),
+        _ => "request not sent".to_owned(),
+    };
+    Error::KmsUnavailable(format!("AWS KMS {op}: {detail}"))
+}
+
+/// A lifecycle call's error: the state AWS refuses, the key gone, or the KMS unavailable.
+fn call_error<E, R>(e: SdkError<E, R>, op: &'static str, key_id: &str) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    let code = e.as_service_error().and_then(|s| s.code());
+    match code {
+        Some("KMSInvalidStateException") => Error::KeyInvalidState {
+            key_id: key_id.to_owned(),
+            state: "in a state AWS KMS refuses",
+            op,
+        },
+        Some("NotFoundException") => Error::KeyNotFound {
+            key_id: key_id.to_owned(),
+        },
+        _ => unavailable(e, op),
+    }
+}
+
+#[async_trait]
+impl Kms for AwsKms {
+    async fn check_access(&self, _tenant: &TenantId) -> Result<()> {
+        self.client
+            .list_keys()
+            .limit(1)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable(e, "ListKeys"))
+    }
+
+    async fn describe_key(&self, tenant: &TenantId, key_id: &str) -> Result<Option<KeyInfo>> {
+        match self.owned(tenant, key_id).await? {
+            Some(owned) => Ok(Some(self.info(owned).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn create_key(
+        &self,
+        tenant: &TenantId,
+        alias: &str,
+        origin: KeyOrigin,
+        inactive: bool,
+        actor: &Actor,
+    ) -> Result<KeyInfo> {
+        if inactive {
+            return Err(Error::InvalidArgument(
+                "AWS KMS has no inactive state for a new key: create it, then disable it".into(),
+            ));
+        }
+        let alias = alias.strip_prefix("alias/").unwrap_or(alias);
+        super::local::validate_alias(alias)?;
+        if alias.starts_with("aws/") {
+            return Err(Error::InvalidArgument(
+                "aliases beginning with aws/ are reserved by AWS".into(),
+            ));
+        }
+        let tag = Tag::builder()
+            .tag_key(TENANT_TAG)
+            .tag_value(tenant.as_str())
+            .build()
+            .map_err(|e| Error::Internal(format!("build tag: {e}")))?;
+        let created = self
+            .client
+            .create_key()
+            .description(format!("repocrypt key of tenant {tenant}"))
+            .origin(match origin {
+                KeyOrigin::Kms => OriginType::AwsKms,
+                KeyOrigin::External => OriginType::External,
+            })
+            .tags(tag)
+            .send()
+            .await
+            .map_err(|e| unavailable(e, "CreateKey"))?;
+        let key_id = created
+            .key_metadata()
+            .map(|m| m.key_id().to_owned())
+            .ok_or_else(|| Error::KmsUnavailable("AWS KMS CreateKey: no key in answer".into()))?;
+        let alias_result = self
+            .client
+            .create_alias()
+            .alias_name(format!("alias/{alias}"))
+            .target_key_id(&key_id)
+            .send()
+            .await;
+        if let Err(e) = alias_result {
+            // Do not leave an unnamed key behind: schedule it for deletion.
+            let cleanup = self
+                .client
+                .schedule_key_deletion()
+                .key_id(&key_id)
+                .pending_window_in_days(MIN_PENDING_DAYS as i32)
+                .send()
+                .await;
+            if cleanup.is_err() {
+                tracing::warn!(key_id, "could not schedule the unnamed key's deletion");
+            }
+            return Err(match e.as_service_error().and_then(|s| s.code()) {
+                Some("AlreadyExistsException") => Error::InvalidArgument(format!(
+                    "alias `{alias}` is already in use in this AWS account and region"
+                )),
+                _ => unavailable(e, "CreateAlias"),
+            });
+        }
+        let info = self.info(self.require(tenant, &key_id).await?).await?;
+        self.store
+            .record_audit(tenant, actor, "kms.create_key", None, Some(json!(info)))
+            .await?;
+        Ok(info)
+    }
+
+    async fn list_keys(&self, tenant: &TenantId) -> Result<Vec<KeyInfo>> {
+        let mut out = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_keys()
+                .set_marker(marker.take())
+                .send()
+                .await
+                .map_err(|e| unavailable(e, "ListKeys"))?;
+            for key in page.keys() {
+                if let Some(id) = key.key_id() {
+                    if let Some(info) = self.describe_key(tenant, id).await? {
+                        out.push(info);
+                    }
+                }
+            }
+            match page.next_marker() {
+                Some(m) if page.truncated() => marker = Some(m.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn enable_key(&self, tenant: &TenantId, key_id: &str, actor: &Actor) -> Result<KeyInfo> {
+        let client = self.client.clone();
+        self.transition(tenant, key_id, actor, ENABLE, |id| async move {
+            client
+                .enable_key()
+                .key_id(&id)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| call_error(e, "enable it", &id))
+        })
+        .await
+    }
+
+    async fn disable_key(&self, tenant: &TenantId, key_id: &str, actor: &Actor) -> Result<KeyInfo> {
+        let client = self.client.clone();
+        self.transition(tenant, key_id, actor, DISABLE, |id| async move {
+            client
+                .disable_key()
+                .key_id(&id)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| call_error(e, "disable it", &id))
+        })
+        .await
+    }
+
+    async fn schedule_key_deletion(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        pending_days: u32,
+        actor: &Actor,
+    ) -> Result<KeyInfo> {
+        if !(MIN_PENDING_DAYS..=AWS_MAX_PENDING_DAYS).contains(&pending_days) {
+            return Err(Error::InvalidArgument(format!(
+                "pending days must be {MIN_PENDING_DAYS} to {AWS_MAX_PENDING_DAYS} on AWS KMS, got {pending_days}"
+            )));
+        }
+        let client = self.client.clone();
+        self.transition(tenant, key_id, actor, SCHEDULE_DELETION, |id| async move {
+            client
+                .schedule_key_deletion()
+                .key_id(&id)
+                .pending_window_in_days(pending_days as i32)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| call_error(e, "schedule its deletion", &id))
+        })
+        .await
+    }
+
+    async fn cancel_key_deletion(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        actor: &Actor,
+    ) -> Result<KeyInfo> {
+        let client = self.client.clone();
+        self.transition(tenant, key_id, actor, CANCEL_DELETION, |id| async move {
+            client
+                .cancel_key_deletion()
+                .key_id(&id)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| call_error(e, "cancel its deletion", &id))
+        })
+        .await
+    }
+
+    async fn import_key_material(
+        &self,
+        _tenant: &TenantId,
+        _key_id: &str,
+        _material: Option<Vec<u8>>,
+        _actor: &Actor,
+    ) -> Result<KeyInfo> {
+        Err(Error::InvalidArgument(
+            "import-key-material works on the local KMS only: on AWS KMS, import with AWS's own tools (GetParametersForImport, ImportKeyMaterial), which wrap the material for the KMS".into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_aws_state_maps_to_an_api_state() {
+        let cases = [
+            (AwsKeyState::Creating, KeyState::ToBeActivated),
+            (AwsKeyState::Enabled, KeyState::Enabled),
+            (AwsKeyState::Disabled, KeyState::Disabled),
+            (AwsKeyState::PendingDeletion, KeyState::PendingDeletion),
+            (AwsKeyState::PendingImport, KeyState::PendingImport),
+            (
+                AwsKeyState::PendingReplicaDeletion,
+                KeyState::PendingDeletion,
+            ),
+            (AwsKeyState::Unavailable, KeyState::Disabled),
+            (AwsKeyState::Updating, KeyState::ToBeActivated),
+            (AwsKeyState::from("SomethingNew"), KeyState::Disabled),
+        ];
+        for (aws, ours) in cases {
+            assert_eq!(key_state_from_aws(&aws), ours, "{aws:?}");
+        }
+        // Only Enabled is usable.
+        for aws in AwsKeyState::values() {
+            let ours = key_state_from_aws(&AwsKeyState::from(*aws));
+            assert_eq!(ours == KeyState::Enabled, *aws == "Enabled", "{aws}");
+        }
+    }
+
+    #[test]
+    fn absence_codes() {
+        assert!(means_absent(Some("NotFoundException")));
+        assert!(means_absent(Some("AccessDeniedException")));
+        assert!(!means_absent(Some("KMSInternalException")));
+        assert!(!means_absent(Some("UnrecognizedClientException")));
+        assert!(!means_absent(None));
+    }
+}
