@@ -36,7 +36,7 @@ impl App {
         let root = RootKey::load_or_create(&config.data_dir, config.root_key.as_deref())?;
         let url = &config.database_url;
         let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
-            Arc::new(SqliteStore::connect(url, clock.clone()).await?)
+            Arc::new(SqliteStore::open(url, clock.clone(), None, config.row_cache_capacity).await?)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Arc::new(PostgresStore::connect(url, clock.clone()).await?)
         } else {

@@ -51,6 +51,30 @@ pub enum Command {
     /// Read the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Benchmark tooling.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Add tenants bench 0..N, each with a local-KMS key, a grant and a KMS setting, in
+    /// batches of 5,000 per transaction. Run it with the server stopped (a running
+    /// SQLite server would not see rows it had cached as missing).
+    Load {
+        /// How many tenants.
+        #[arg(long)]
+        tenants: u64,
+        /// Write `TENANT_ID TOKEN` lines for a random sample of the tenants here.
+        #[arg(long, value_name = "FILE")]
+        tokens_file: Option<std::path::PathBuf>,
+        /// How many tokens to write.
+        #[arg(long, default_value_t = 1000)]
+        tokens: usize,
+        /// Lifetime of those tokens.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        token_ttl: Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -306,6 +330,29 @@ pub async fn run(cli: Cli) -> Result<()> {
                 print_json(&record)?;
             }
             Ok(())
+        }
+        Command::Bench(BenchCommand::Load {
+            tenants,
+            tokens_file,
+            tokens,
+            token_ttl,
+        }) => {
+            if token_ttl.is_zero() || token_ttl > MAX_TTL {
+                return Err(Error::InvalidArgument(
+                    "--token-ttl must be between 1s and 365 days".into(),
+                ));
+            }
+            let root = crate::keys::RootKey::load_or_create(
+                &app.config.data_dir,
+                app.config.root_key.as_deref(),
+            )?;
+            let opts = crate::bench::LoadOptions {
+                count: tenants,
+                tokens_file,
+                tokens,
+                token_ttl,
+            };
+            crate::bench::load(&app, &root, Arc::new(SystemClock), opts).await
         }
     }
 }

@@ -114,6 +114,7 @@ struct FileConfig {
     region_type: Option<String>,
     key_state_cache_ttl: Option<String>,
     key_state_cache_capacity: Option<usize>,
+    row_cache_capacity: Option<usize>,
     signature_max_skew: Option<String>,
     kms_backend: Option<KmsBackend>,
     kms_endpoint: Option<String>,
@@ -133,6 +134,8 @@ pub struct Config {
     pub region_type: String,
     pub key_state_cache_ttl: Duration,
     pub key_state_cache_capacity: usize,
+    /// Settings (and as many grants) SQLite keeps in memory; 0 turns it off.
+    pub row_cache_capacity: usize,
     pub signature_max_skew: Duration,
     pub kms_backend: KmsBackend,
     pub kms_endpoint: Option<String>,
@@ -303,6 +306,9 @@ impl Config {
             key_state_cache_capacity: file
                 .key_state_cache_capacity
                 .unwrap_or(DEFAULT_KEY_STATE_CACHE_CAPACITY),
+            row_cache_capacity: file
+                .row_cache_capacity
+                .unwrap_or(crate::store::sqlite::DEFAULT_ROW_CACHE_CAPACITY),
             log: args.log.clone().or(file.log),
             log_format: args
                 .log_format

@@ -50,7 +50,11 @@ async fn write_setting(store: &Arc<dyn Store>, tenant: &str) -> i64 {
         })
     };
     store
-        .update_setting(&TenantId::parse(tenant).unwrap(), &Actor::cli(), &plan)
+        .update_setting(
+            &TenantId::parse(tenant).unwrap(),
+            &Actor::cli(),
+            std::sync::Arc::new(plan),
+        )
         .await
         .unwrap()
         .id

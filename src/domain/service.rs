@@ -22,6 +22,7 @@ pub struct Service {
 }
 
 /// The KMS answer for the key a PUT will store, fetched before the transaction.
+#[derive(Clone)]
 struct KeyLookup {
     key_id: String,
     info: Option<KeyInfo>,
@@ -142,10 +143,11 @@ impl Service {
                 }
                 None => None,
             };
-            let plan = |cur: Option<&Setting>, granted: bool| {
-                plan_update(tenant, &patch, cur, granted, lookup.as_ref())
-            };
-            match self.store.update_setting(tenant, actor, &plan).await {
+            let (t, p, l) = (tenant.clone(), patch.clone(), lookup.clone());
+            let plan = Arc::new(move |cur: Option<&Setting>, granted: bool| {
+                plan_update(&t, &p, cur, granted, l.as_ref())
+            });
+            match self.store.update_setting(tenant, actor, plan).await {
                 Err(Error::Conflict) => continue,
                 Err(e) => return Err(e),
                 Ok(saved) => {

@@ -28,6 +28,24 @@ impl LocalKms {
         LocalKms { store, wrap, clock }
     }
 
+    /// A new enabled key's row with fresh sealed material, not yet stored (bulk loads).
+    pub fn new_key_row(&self, tenant: &TenantId, alias: &str) -> Result<StoredKey> {
+        validate_alias(alias)?;
+        let key_id = uuid::Uuid::new_v4().to_string();
+        let mut m = [0u8; MATERIAL_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut m);
+        Ok(StoredKey {
+            material: Some(self.seal(&key_id, &m)?),
+            key_id,
+            tenant_id: tenant.as_str().to_owned(),
+            alias: alias.to_owned(),
+            origin: KeyOrigin::Kms.as_str().to_owned(),
+            state: KeyState::Enabled,
+            deletion_at: None,
+            created_at: self.clock.rfc3339(),
+        })
+    }
+
     fn seal(&self, key_id: &str, material: &[u8]) -> Result<Vec<u8>> {
         self.wrap.seal(key_id, material)
     }

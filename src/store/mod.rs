@@ -1,5 +1,6 @@
 //! Persistence: one trait, one implementation per database, each with its own migrations.
 
+pub mod cache;
 pub mod postgres;
 pub mod sqlite;
 
@@ -13,9 +14,10 @@ use crate::domain::{
 
 /// A pure function from the stored setting (if any) and whether the tenant has granted
 /// KMS use, to the new setting. The store runs it inside the write transaction, so the
-/// decision and the write see the same data.
-pub type SettingPlan<'a> =
-    &'a (dyn Fn(Option<&Setting>, bool) -> Result<SettingDraft> + Send + Sync);
+/// decision and the write see the same data. It owns what it needs, so a store may hand it
+/// to a writer task that commits many of them together.
+pub type SettingPlan =
+    std::sync::Arc<dyn Fn(Option<&Setting>, bool) -> Result<SettingDraft> + Send + Sync>;
 
 /// A change to a local-KMS key, run inside the write transaction.
 pub type KeyChange<'a> = &'a (dyn Fn(&StoredKey) -> Result<StoredKey> + Send + Sync);
@@ -72,6 +74,14 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+/// One tenant of a bulk load (`repocrypt bench load`): a local-KMS key, a grant and a
+/// setting that uses the key.
+#[derive(Debug, Clone)]
+pub struct BulkTenant {
+    pub key: StoredKey,
+    pub setting: crate::domain::SettingDraft,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Cheap round trip, for readiness checks.
@@ -84,7 +94,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         tenant: &TenantId,
         actor: &Actor,
-        plan: SettingPlan<'_>,
+        plan: SettingPlan,
     ) -> Result<Setting>;
 
     async fn get_grant(&self, tenant: &TenantId) -> Result<Option<Grant>>;
@@ -118,6 +128,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool>;
 
     async fn list_audit(&self, tenant: &TenantId) -> Result<Vec<AuditRecord>>;
+    /// Insert many new tenants in one transaction (benchmarks, migrations from another
+    /// system), with one audit record for the batch under the tenant `*`.
+    async fn bulk_load(&self, tenants: &[BulkTenant], actor: &Actor) -> Result<()>;
     /// Record a change made outside the database (an external KMS's key lifecycle).
     async fn record_audit(
         &self,
@@ -172,4 +185,13 @@ pub(crate) fn parse_role(value: &str) -> Result<Role> {
         "member" => Ok(Role::Member),
         other => Err(Error::Store(format!("invalid role {other} in database"))),
     }
+}
+
+/// The audit record of a bulk load: how many tenants, the first and the last.
+pub fn bulk_summary(tenants: &[BulkTenant]) -> serde_json::Value {
+    serde_json::json!({
+        "tenants": tenants.len(),
+        "first": tenants.first().map(|t| t.key.tenant_id.as_str()),
+        "last": tenants.last().map(|t| t.key.tenant_id.as_str()),
+    })
 }

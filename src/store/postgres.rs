@@ -11,7 +11,8 @@ use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
 use super::{
-    db_error, parse_role, role_str, to_json, Credential, KeyChange, SettingPlan, Store, StoredKey,
+    bulk_summary, db_error, parse_role, role_str, to_json, BulkTenant, Credential, KeyChange,
+    SettingPlan, Store, StoredKey,
 };
 use crate::clock::Clock;
 use crate::domain::{
@@ -241,7 +242,7 @@ impl Store for PostgresStore {
         &self,
         tenant: &TenantId,
         actor: &Actor,
-        plan: SettingPlan<'_>,
+        plan: SettingPlan,
     ) -> Result<Setting> {
         let mut tx = self.begin().await?;
         Self::lock_tenant(&mut tx, "setting", tenant.as_str()).await?;
@@ -526,6 +527,74 @@ impl Store for PostgresStore {
         .fetch_one(&self.pool)
         .await
         .map_err(|e| db_error("read project member", e))
+    }
+
+    async fn bulk_load(&self, tenants: &[BulkTenant], actor: &Actor) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let now = self.clock.rfc3339();
+        let col = |f: fn(&BulkTenant) -> Option<String>| -> Vec<Option<String>> {
+            tenants.iter().map(f).collect()
+        };
+        let tenant_ids = col(|t| Some(t.key.tenant_id.clone()));
+        let key_ids = col(|t| Some(t.key.key_id.clone()));
+        let aliases = col(|t| Some(t.key.alias.clone()));
+        let origins = col(|t| Some(t.key.origin.clone()));
+        let states: Vec<i32> = tenants
+            .iter()
+            .map(|t| i32::from(t.key.state.code()))
+            .collect();
+        let materials: Vec<Option<Vec<u8>>> =
+            tenants.iter().map(|t| t.key.material.clone()).collect();
+        let types = col(|t| t.setting.encryption_type.map(|e| e.as_str().to_owned()));
+        let defaults: Vec<bool> = tenants
+            .iter()
+            .map(|t| t.setting.default_encryption_enabled)
+            .collect();
+        let cmk_ids = col(|t| t.setting.cmk_key_id.clone());
+        let cmk_names = col(|t| t.setting.cmk_key_name.clone());
+        sqlx::query(
+            "INSERT INTO kms_keys (key_id, tenant_id, alias, origin, key_state, material, created_at)
+             SELECT k, t, a, o, s, m, $7 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::bytea[]) AS u(k, t, a, o, s, m)",
+        )
+        .bind(&key_ids)
+        .bind(&tenant_ids)
+        .bind(&aliases)
+        .bind(&origins)
+        .bind(&states)
+        .bind(&materials)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error("bulk load keys", e))?;
+        sqlx::query(
+            "INSERT INTO kms_grants (tenant_id, granted_by, granted_at)
+             SELECT t, $2, $3 FROM UNNEST($1::text[]) AS u(t)",
+        )
+        .bind(&tenant_ids)
+        .bind(&actor.actor)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error("bulk load grants", e))?;
+        sqlx::query(
+            "INSERT INTO encryption_settings (tenant_id, encryption_type, default_encryption_enabled, cmk_key_id, cmk_key_name, updated_at)
+             SELECT t, e, d, k, n, $6 FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::text[], $5::text[]) AS u(t, e, d, k, n)",
+        )
+        .bind(&tenant_ids)
+        .bind(&types)
+        .bind(&defaults)
+        .bind(&cmk_ids)
+        .bind(&cmk_names)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error("bulk load settings", e))?;
+        let summary = bulk_summary(tenants);
+        self.audit(&mut tx, "*", actor, "bench.load", None, Some(summary))
+            .await?;
+        tx.commit()
+            .await
+            .map_err(|e| db_error("commit bulk load", e))
     }
 
     async fn record_audit(

@@ -2,6 +2,8 @@
 //! survives power loss), writes in `BEGIN IMMEDIATE` transactions so a read-then-write
 //! never fails to upgrade its lock.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +15,12 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Row, SqliteConnection};
+use tokio::sync::{mpsc, oneshot};
 
+use super::cache::RowCache;
 use super::{
-    db_error, parse_role, role_str, to_json, Credential, KeyChange, SettingPlan, Store, StoredKey,
+    bulk_summary, db_error, parse_role, role_str, to_json, BulkTenant, Credential, KeyChange,
+    SettingPlan, Store, StoredKey,
 };
 use crate::clock::Clock;
 use crate::domain::{
@@ -37,9 +42,28 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
+/// Most setting writes committed in one transaction.
+const MAX_BATCH: usize = 64;
+/// Rows each read cache (settings, grants) keeps by default.
+pub const DEFAULT_ROW_CACHE_CAPACITY: usize = 50_000;
+
 pub struct SqliteStore {
     pool: SqlitePool,
     clock: Arc<dyn Clock>,
+    /// The setting writer: one connection that commits concurrent PUTs together.
+    writer: mpsc::Sender<SettingJob>,
+    /// Settings and grants are written by this process only (one `serve` per SQLite
+    /// database), so they can be cached exactly; see `store::cache`.
+    settings: Arc<RowCache<Option<Setting>>>,
+    grants: RowCache<Option<Grant>>,
+}
+
+/// A PUT's write, handed to the writer task.
+struct SettingJob {
+    tenant: TenantId,
+    actor: Actor,
+    plan: SettingPlan,
+    reply: oneshot::Sender<Result<Setting>>,
 }
 
 impl SqliteStore {
@@ -50,6 +74,17 @@ impl SqliteStore {
 
     /// Like [`connect`](Self::connect), migrating only up to `target` (tests of upgrades).
     pub async fn connect_at(url: &str, clock: Arc<dyn Clock>, target: Option<i64>) -> Result<Self> {
+        Self::open(url, clock, target, DEFAULT_ROW_CACHE_CAPACITY).await
+    }
+
+    /// Open and migrate (up to `target`, or all), caching up to `row_cache_capacity`
+    /// settings and as many grants (0: no cache).
+    pub async fn open(
+        url: &str,
+        clock: Arc<dyn Clock>,
+        target: Option<i64>,
+        row_cache_capacity: usize,
+    ) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| Error::InvalidArgument(format!("invalid database URL: {e}")))?
             .create_if_missing(true)
@@ -60,11 +95,24 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|e| db_error("cannot open the SQLite database", e))?;
-        let store = SqliteStore { pool, clock };
+        let writer_pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .connect_lazy_with(options);
+        let (writer, jobs) = mpsc::channel(1024);
+        let settings = Arc::new(RowCache::new(row_cache_capacity));
+        let store = SqliteStore {
+            pool,
+            clock: clock.clone(),
+            writer,
+            settings: settings.clone(),
+            grants: RowCache::new(row_cache_capacity),
+        };
         store.migrate(target).await?;
+        tokio::spawn(run_writer(writer_pool, clock, settings, jobs));
         Ok(store)
     }
 
@@ -133,11 +181,27 @@ impl SqliteStore {
         before: Option<Value>,
         after: Option<Value>,
     ) -> Result<()> {
+        insert_audit(conn, &self.clock, tenant, actor, action, before, after).await
+    }
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+fn insert_audit<'a>(
+    conn: &'a mut SqliteConnection,
+    clock: &'a Arc<dyn Clock>,
+    tenant: &'a str,
+    actor: &'a Actor,
+    action: &'a str,
+    before: Option<Value>,
+    after: Option<Value>,
+) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
         sqlx::query(
             "INSERT INTO audit_log (at, tenant_id, actor, request_id, action, before, after)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
-        .bind(self.clock.rfc3339())
+        .bind(clock.rfc3339())
         .bind(tenant)
         .bind(&actor.actor)
         .bind(actor.request_id.as_deref())
@@ -148,7 +212,150 @@ impl SqliteStore {
         .await
         .map_err(|e| db_error("write audit record", e))?;
         Ok(())
+    })
+}
+
+/// The setting writer: takes the PUTs waiting (up to `MAX_BATCH`), runs each in its own
+/// savepoint of one `BEGIN IMMEDIATE` transaction, commits once (one fsync for all), and
+/// only then answers each. A PUT that fails rolls back its savepoint alone.
+async fn run_writer(
+    pool: SqlitePool,
+    clock: Arc<dyn Clock>,
+    settings: Arc<RowCache<Option<Setting>>>,
+    mut jobs: mpsc::Receiver<SettingJob>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let results = commit_batch(&pool, &clock, &batch).await;
+        for (job, result) in batch.drain(..).zip(results) {
+            if result.is_ok() {
+                settings.invalidate(job.tenant.as_str());
+            }
+            let _ = job.reply.send(result); // the caller may have gone: the write stands
+        }
     }
+}
+
+/// Boxed, so the writer task's future is `Send` for every lifetime (sqlx's executors
+/// otherwise trip rustc's higher-ranked lifetime inference in a spawned task).
+fn commit_batch<'a>(
+    pool: &'a SqlitePool,
+    clock: &'a Arc<dyn Clock>,
+    batch: &'a [SettingJob],
+) -> BoxFuture<'a, Vec<Result<Setting>>> {
+    Box::pin(async move {
+        let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
+            Ok(tx) => tx,
+            Err(e) => return all_fail(batch.len(), "begin write transaction", e),
+        };
+        let mut results = Vec::with_capacity(batch.len());
+        for job in batch {
+            if let Err(e) = sqlx::query("SAVEPOINT put").execute(&mut *tx).await {
+                return all_fail(batch.len(), "savepoint", e);
+            }
+            let result = write_setting(&mut *tx, clock, job).await;
+            if result.is_err() {
+                if let Err(e) = sqlx::query("ROLLBACK TO put").execute(&mut *tx).await {
+                    return all_fail(batch.len(), "savepoint", e);
+                }
+            }
+            if let Err(e) = sqlx::query("RELEASE put").execute(&mut *tx).await {
+                return all_fail(batch.len(), "savepoint", e);
+            }
+            results.push(result);
+        }
+        match tx.commit().await {
+            Ok(()) => results,
+            Err(e) => {
+                let message = db_error("commit setting", e).to_string();
+                results
+                    .into_iter()
+                    .map(|r| r.and(Err(Error::Store(message.clone()))))
+                    .collect()
+            }
+        }
+    })
+}
+
+/// The same failure for every PUT of a batch.
+fn all_fail(n: usize, what: &str, e: sqlx::Error) -> Vec<Result<Setting>> {
+    let message = db_error(what, e).to_string();
+    (0..n).map(|_| Err(Error::Store(message.clone()))).collect()
+}
+
+/// One PUT inside the writer's transaction: read, decide, write, audit.
+fn write_setting<'a>(
+    conn: &'a mut SqliteConnection,
+    clock: &'a Arc<dyn Clock>,
+    job: &'a SettingJob,
+) -> BoxFuture<'a, Result<Setting>> {
+    Box::pin(async move {
+        let tenant = &job.tenant;
+        let current = sqlx::query(&format!(
+            "SELECT {SETTING_COLUMNS} FROM encryption_settings WHERE tenant_id = ?"
+        ))
+        .bind(tenant.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| db_error("read setting", e))?
+        .as_ref()
+        .map(setting_from_row)
+        .transpose()?;
+        let granted: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM kms_grants WHERE tenant_id = ?)")
+                .bind(tenant.as_str())
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| db_error("read grant", e))?;
+        // A refusal returns here, before any write; its savepoint is rolled back.
+        let draft = (job.plan)(current.as_ref(), granted)?;
+        let now = clock.rfc3339();
+        // UPDATE an existing row, INSERT a new one: an upsert would consume an id on every
+        // write and exhaust the 32-bit range the API promises long before tenants do.
+        let id: i64 = if current.is_some() {
+            sqlx::query_scalar(
+                "UPDATE encryption_settings SET encryption_type = ?2,
+                 default_encryption_enabled = ?3, cmk_key_id = ?4, cmk_key_name = ?5,
+                 updated_at = ?6
+             WHERE tenant_id = ?1 RETURNING id",
+            )
+        } else {
+            sqlx::query_scalar(
+                "INSERT INTO encryption_settings (tenant_id, encryption_type,
+                 default_encryption_enabled, cmk_key_id, cmk_key_name, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+            )
+        }
+        .bind(tenant.as_str())
+        .bind(draft.encryption_type.map(EncryptionType::as_str))
+        .bind(draft.default_encryption_enabled)
+        .bind(draft.cmk_key_id.as_deref())
+        .bind(draft.cmk_key_name.as_deref())
+        .bind(&now)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| db_error("write setting", e))?;
+        let saved = Setting {
+            id,
+            tenant_id: tenant.clone(),
+            encryption_type: draft.encryption_type,
+            default_encryption_enabled: draft.default_encryption_enabled,
+            cmk_key_id: draft.cmk_key_id,
+            cmk_key_name: draft.cmk_key_name,
+        };
+        let before = current.as_ref().and_then(to_json);
+        insert_audit(
+            conn,
+            clock,
+            tenant.as_str(),
+            &job.actor,
+            "setting.update",
+            before,
+            to_json(&saved),
+        )
+        .await?;
+        Ok(saved)
+    })
 }
 
 fn setting_from_row(row: &SqliteRow) -> Result<Setting> {
@@ -215,6 +422,10 @@ impl Store for SqliteStore {
     }
 
     async fn get_setting(&self, tenant: &TenantId) -> Result<Option<Setting>> {
+        let ticket = match self.settings.get(tenant.as_str()) {
+            Ok(cached) => return Ok(cached),
+            Err(ticket) => ticket,
+        };
         let row = sqlx::query(&format!(
             "SELECT {SETTING_COLUMNS} FROM encryption_settings WHERE tenant_id = ?"
         ))
@@ -222,102 +433,54 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| db_error("read setting", e))?;
-        row.as_ref().map(setting_from_row).transpose()
+        let setting = row.as_ref().map(setting_from_row).transpose()?;
+        self.settings.fill(tenant.as_str(), ticket, setting.clone());
+        Ok(setting)
     }
 
     async fn update_setting(
         &self,
         tenant: &TenantId,
         actor: &Actor,
-        plan: SettingPlan<'_>,
+        plan: SettingPlan,
     ) -> Result<Setting> {
-        let mut tx = self.begin_write().await?;
-        let current = sqlx::query(&format!(
-            "SELECT {SETTING_COLUMNS} FROM encryption_settings WHERE tenant_id = ?"
-        ))
-        .bind(tenant.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| db_error("read setting", e))?
-        .as_ref()
-        .map(setting_from_row)
-        .transpose()?;
-        let granted: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM kms_grants WHERE tenant_id = ?)")
-                .bind(tenant.as_str())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(|e| db_error("read grant", e))?;
-        // A refusal returns here: the transaction is dropped and rolled back.
-        let draft = plan(current.as_ref(), granted)?;
-        let now = self.clock.rfc3339();
-        // UPDATE an existing row, INSERT a new one: an upsert would consume an id on every
-        // write and exhaust the 32-bit range the API promises long before tenants do.
-        let id: i64 = if current.is_some() {
-            sqlx::query_scalar(
-                "UPDATE encryption_settings SET encryption_type = ?2,
-                     default_encryption_enabled = ?3, cmk_key_id = ?4, cmk_key_name = ?5,
-                     updated_at = ?6
-                 WHERE tenant_id = ?1 RETURNING id",
-            )
-        } else {
-            sqlx::query_scalar(
-                "INSERT INTO encryption_settings (tenant_id, encryption_type,
-                     default_encryption_enabled, cmk_key_id, cmk_key_name, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
-            )
-        }
-        .bind(tenant.as_str())
-        .bind(draft.encryption_type.map(EncryptionType::as_str))
-        .bind(draft.default_encryption_enabled)
-        .bind(draft.cmk_key_id.as_deref())
-        .bind(draft.cmk_key_name.as_deref())
-        .bind(&now)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| db_error("write setting", e))?;
-        let saved = Setting {
-            id,
-            tenant_id: tenant.clone(),
-            encryption_type: draft.encryption_type,
-            default_encryption_enabled: draft.default_encryption_enabled,
-            cmk_key_id: draft.cmk_key_id,
-            cmk_key_name: draft.cmk_key_name,
+        let (reply, answer) = oneshot::channel();
+        let job = SettingJob {
+            tenant: tenant.clone(),
+            actor: actor.clone(),
+            plan,
+            reply,
         };
-        let before = current.as_ref().and_then(to_json);
-        self.audit(
-            &mut tx,
-            tenant.as_str(),
-            actor,
-            "setting.update",
-            before,
-            to_json(&saved),
-        )
-        .await?;
-        tx.commit()
-            .await
-            .map_err(|e| db_error("commit setting", e))?;
-        Ok(saved)
+        let stopped = || Error::Store("the SQLite writer has stopped".into());
+        self.writer.send(job).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     async fn get_grant(&self, tenant: &TenantId) -> Result<Option<Grant>> {
+        let ticket = match self.grants.get(tenant.as_str()) {
+            Ok(cached) => return Ok(cached),
+            Err(ticket) => ticket,
+        };
         let row = sqlx::query("SELECT granted_by, granted_at FROM kms_grants WHERE tenant_id = ?")
             .bind(tenant.as_str())
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error("read grant", e))?;
-        row.map(|r| {
-            Ok(Grant {
-                tenant_id: tenant.clone(),
-                granted_by: r
-                    .try_get("granted_by")
-                    .map_err(|e| db_error("decode grant", e))?,
-                granted_at: r
-                    .try_get("granted_at")
-                    .map_err(|e| db_error("decode grant", e))?,
+        let grant = row
+            .map(|r| {
+                Ok(Grant {
+                    tenant_id: tenant.clone(),
+                    granted_by: r
+                        .try_get("granted_by")
+                        .map_err(|e| db_error("decode grant", e))?,
+                    granted_at: r
+                        .try_get("granted_at")
+                        .map_err(|e| db_error("decode grant", e))?,
+                })
             })
-        })
-        .transpose()
+            .transpose()?;
+        self.grants.fill(tenant.as_str(), ticket, grant.clone());
+        Ok(grant)
     }
 
     async fn put_grant(&self, tenant: &TenantId, actor: &Actor) -> Result<Grant> {
@@ -356,6 +519,7 @@ impl Store for SqliteStore {
         )
         .await?;
         tx.commit().await.map_err(|e| db_error("commit grant", e))?;
+        self.grants.invalidate(tenant.as_str());
         Ok(grant)
     }
 
@@ -511,6 +675,62 @@ impl Store for SqliteStore {
         .fetch_one(&self.pool)
         .await
         .map_err(|e| db_error("read project member", e))
+    }
+
+    async fn bulk_load(&self, tenants: &[BulkTenant], actor: &Actor) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let now = self.clock.rfc3339();
+        for t in tenants {
+            let k = &t.key;
+            sqlx::query(&format!(
+                "INSERT INTO kms_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            ))
+            .bind(&k.key_id)
+            .bind(&k.tenant_id)
+            .bind(&k.alias)
+            .bind(&k.origin)
+            .bind(i64::from(k.state.code()))
+            .bind(k.material.as_deref())
+            .bind(k.deletion_at)
+            .bind(&k.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error("bulk load key", e))?;
+            sqlx::query(
+                "INSERT INTO kms_grants (tenant_id, granted_by, granted_at) VALUES (?, ?, ?)",
+            )
+            .bind(&k.tenant_id)
+            .bind(&actor.actor)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error("bulk load grant", e))?;
+            sqlx::query(
+                "INSERT INTO encryption_settings (tenant_id, encryption_type,
+                     default_encryption_enabled, cmk_key_id, cmk_key_name, updated_at)
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&k.tenant_id)
+            .bind(t.setting.encryption_type.map(EncryptionType::as_str))
+            .bind(t.setting.default_encryption_enabled)
+            .bind(t.setting.cmk_key_id.as_deref())
+            .bind(t.setting.cmk_key_name.as_deref())
+            .bind(&now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error("bulk load setting", e))?;
+        }
+        let summary = bulk_summary(tenants);
+        self.audit(&mut tx, "*", actor, "bench.load", None, Some(summary))
+            .await?;
+        tx.commit()
+            .await
+            .map_err(|e| db_error("commit bulk load", e))?;
+        for t in tenants {
+            self.settings.invalidate(&t.key.tenant_id);
+            self.grants.invalidate(&t.key.tenant_id);
+        }
+        Ok(())
     }
 
     async fn record_audit(

@@ -1,0 +1,240 @@
+#!/usr/bin/env bash
+# The benchmark harness: one command, one run, every figure of docs/performance.md.
+#
+#   scripts/bench.sh                 # everything, on SQLite (about 10 minutes)
+#   BENCH_PG_URL=postgres://postgres@127.0.0.1:5432/postgres scripts/bench.sh
+#                                    # ...and the same figures on PostgreSQL
+#
+# It builds release, installs the load generators if missing (wrk from Debian, oha from
+# crates.io into target/bench-tools), starts the baseline (examples/baseline.rs: the same
+# GET JSON from memory, no auth, no storage) and repocrypt (SQLite, local KMS) on
+# loopback, and loads both with the same generator, same connections and duration, in
+# interleaved rounds. Every server runs with defaults but for the rate limiter, which
+# does not exist yet.
+#
+# Knobs (environment): BENCH_DURATION (10s), BENCH_ROUNDS (3), BENCH_CONNECTIONS (32),
+# BENCH_RATE (5000, the open-loop rate), BENCH_LARGE (1000000 tenants),
+# BENCH_LARGE_TOKENS (100000 of them in the rotation), BENCH_PG_URL (unset: SQLite only),
+# BENCH_SKIP_LARGE=1 (skip the 1M-tenant part).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo="$PWD"
+
+duration="${BENCH_DURATION:-10s}"
+rounds="${BENCH_ROUNDS:-3}"
+conns="${BENCH_CONNECTIONS:-32}"
+rate="${BENCH_RATE:-5000}"
+large="${BENCH_LARGE:-1000000}"
+large_tokens="${BENCH_LARGE_TOKENS:-100000}"
+oha_version="1.16.0"
+
+log() { printf '%s\n' "$*" >&2; }
+
+# ---- tools -----------------------------------------------------------------------------
+if ! command -v wrk >/dev/null; then
+    log "installing wrk (Debian)"
+    apt-get install -y wrk >/dev/null || { log "need wrk: apt-get install wrk"; exit 1; }
+fi
+oha="$repo/target/bench-tools/bin/oha"
+if [ ! -x "$oha" ]; then
+    log "installing oha $oha_version (crates.io) into target/bench-tools"
+    cargo install oha --locked --version "$oha_version" --root "$repo/target/bench-tools"
+fi
+
+log "building release"
+cargo build --release --bin repocrypt --example baseline --example loadgen >&2
+bin="$repo/target/release/repocrypt"
+baseline="$repo/target/release/examples/baseline"
+loadgen="$repo/target/release/examples/loadgen"
+
+work="$repo/target/bench-run"
+rm -rf "$work"
+mkdir -p "$work"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+
+# start_server NAME DATA_DIR [ENV...]: starts repocrypt serve, sets $addr and $pid.
+start_server() {
+    local name="$1" dir="$2"
+    shift 2
+    local port
+    port="$(free_port)"
+    env "$@" REPOCRYPT_DATA_DIR="$dir" "$bin" serve --listen "127.0.0.1:$port" \
+        >"$work/$name.out" 2>"$work/$name.log" &
+    pid=$!
+    pids+=("$pid")
+    addr="127.0.0.1:$port"
+    for _ in $(seq 100); do
+        grep -q listening "$work/$name.out" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    log "$name did not start: $(cat "$work/$name.log")"
+    exit 1
+}
+
+rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+hwm_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+
+# wrk_run URL [ARGS...]: prints "rps p50_ms p99_ms non2xx"
+wrk_run() {
+    local url="$1"
+    shift
+    wrk -t2 -c"$conns" -d"$duration" --latency "$@" "$url" | awk '
+        /Requests\/sec/ {rps=$2}
+        /^ +50%/ {p50=$2} /^ +99%/ {p99=$2}
+        /Non-2xx/ {bad=$NF} /Socket errors/ {bad+=0}
+        function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+        END {printf "%.0f %.3f %.3f %d\n", rps, ms(p50), ms(p99), bad+0}'
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# ---- data: 1,000 tenants ---------------------------------------------------------------
+small="$work/small"
+mkdir -p "$small"
+log "loading 1,000 tenants"
+REPOCRYPT_DATA_DIR="$small" "$bin" bench load --tenants 1000 --tokens 1000 \
+    --tokens-file "$work/tokens-1k.txt" 2>&1 | tail -1 >&2
+read -r tenant token < <(head -1 "$work/tokens-1k.txt")
+key_id="$(REPOCRYPT_DATA_DIR="$small" "$bin" kms list-keys --tenant "$tenant" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["key_id"])')"
+cat >"$work/put.lua" <<EOF
+wrk.method = "PUT"
+wrk.body = '{"encryption_type":"kms","default_encryption_enabled":true,"cmk_key_id":"$key_id"}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-Auth-Token"] = "$token"
+EOF
+
+# bench_store LABEL DATA_DIR [ENV...]: the closed-loop rounds and the open-loop run.
+bench_store() {
+    local label="$1" dir="$2"
+    shift 2
+    start_server "repocrypt-$label" "$dir" "$@"
+    local rc_addr="$addr" rc_pid="$pid"
+    local setting="/v4/tenants/$tenant/repo-encryption/setting"
+    local grant="/v4/tenants/$tenant/repo-encryption/kms-grant"
+    local tsetting="/v4/tenant/setting"
+    curl -sf -H "X-Auth-Token: $token" "http://$rc_addr$setting" >"$work/response.json"
+    if [ -z "${base_addr:-}" ]; then
+        local port
+        port="$(free_port)"
+        "$baseline" "127.0.0.1:$port" "$work/response.json" >/dev/null &
+        pids+=("$!")
+        base_addr="127.0.0.1:$port"
+        sleep 0.3
+    fi
+    declare -A results=()
+    for round in $(seq "$rounds"); do
+        log "[$label] round $round/$rounds"
+        for name in setting grant tsetting; do
+            local path="${!name}"
+            results[base-$name]+="$(wrk_run "http://$base_addr$path")"$'\n'
+            results[rc-$name]+="$(wrk_run "http://$rc_addr$path" -H "X-Auth-Token: $token")"$'\n'
+        done
+        results[put]+="$(wrk_run "http://$rc_addr$setting" -s "$work/put.lua")"$'\n'
+    done
+    printf '\n## %s: closed loop, %s connections, %s per run, median of %s interleaved rounds\n\n' \
+        "$label" "$conns" "$duration" "$rounds"
+    printf '| operation | rps | p50 ms | p99 ms | non-2xx | baseline rps | ratio |\n|---|---|---|---|---|---|---|\n'
+    for name in setting grant tsetting put; do
+        local key="rc-$name"
+        [ "$name" = put ] && key=put
+        local rps p50 p99 bad
+        rps="$(printf '%s' "${results[$key]}" | awk 'NF{print $1}' | median)"
+        p50="$(printf '%s' "${results[$key]}" | awk 'NF{print $2}' | median)"
+        p99="$(printf '%s' "${results[$key]}" | awk 'NF{print $3}' | median)"
+        bad="$(printf '%s' "${results[$key]}" | awk 'NF{s+=$4} END{print s+0}')"
+        if [ "$name" = put ]; then
+            printf '| PUT setting | %s | %s | %s | %s | | |\n' "$rps" "$p50" "$p99" "$bad"
+        else
+            local brps
+            brps="$(printf '%s' "${results[base-$name]}" | awk 'NF{print $1}' | median)"
+            printf '| GET %s | %s | %s | %s | %s | %s | %s |\n' "$name" "$rps" "$p50" "$p99" "$bad" "$brps" \
+                "$(awk -v a="$rps" -v b="$brps" 'BEGIN{printf "%.2f", a/b}')"
+        fi
+    done
+    printf '\n## %s: open loop at %s rps for %s (latency from the due time)\n\n' "$label" "$rate" "$duration"
+    printf '| target | tool | achieved rps | p50 ms | p99 ms | p99.9 ms | errors |\n|---|---|---|---|---|---|---|\n'
+    for target in baseline repocrypt; do
+        local a="$base_addr" h=()
+        [ "$target" = repocrypt ] && { a="$rc_addr"; h=(-H "X-Auth-Token: $token"); }
+        "$oha" --no-tui --output-format json -q "$rate" --latency-correction -z "$duration" \
+            -c "$conns" "${h[@]}" "http://$a$setting" >"$work/oha.json"
+        python3 - "$work/oha.json" "$target" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+p = r["latencyPercentiles"]
+codes = r.get("statusCodeDistribution", {})
+errors = sum(v for k, v in codes.items() if not k.startswith("2")) + sum(r.get("errorDistribution", {}).values())
+print(f"| {sys.argv[2]} GET setting | oha -q | {r['summary']['requestsPerSec']:.0f} | {p['p50']*1000:.3f} | {p['p99']*1000:.3f} | {p['p99.9']*1000:.3f} | {errors} |")
+EOF
+    done
+    "$loadgen" --url "http://$rc_addr/v4/tenants/{tenant}/repo-encryption/setting" \
+        --tokens "$work/tokens-1k.txt" --rate "$rate" --duration "$duration" \
+        --connections "$conns" >"$work/lg.json"
+    python3 - "$work/lg.json" "repocrypt GET setting, 1,000 tenants rotating" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"| {sys.argv[2]} | loadgen | {r['rate']} | {r['p50_ms']} | {r['p99_ms']} | {r['p999_ms']} | {r['errors']} |")
+EOF
+    printf '\nrepocrypt (%s) resident memory: %s MiB now, %s MiB peak\n' "$label" "$(rss_mib "$rc_pid")" "$(hwm_mib "$rc_pid")"
+    kill "$rc_pid"
+    wait "$rc_pid" 2>/dev/null || true
+}
+
+printf '# repocrypt benchmark, %s\n\n' "$(date -u +%Y-%m-%dT%H:%MZ)"
+printf 'machine: %s, %s cores, %s GiB; load generator on the same cores\n' \
+    "$(uname -sr)" "$(nproc)" "$(awk '/MemTotal/ {printf "%.0f", $2/1048576}' /proc/meminfo)"
+printf 'commit: %s\n' "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+
+bench_store sqlite "$small"
+
+if [ -n "${BENCH_PG_URL:-}" ]; then
+    pgdb="repocrypt_bench_$$"
+    psql "$BENCH_PG_URL" -qc "CREATE DATABASE $pgdb" >/dev/null
+    pg_url="${BENCH_PG_URL%/*}/$pgdb"
+    pgdir="$work/pg"
+    mkdir -p "$pgdir"
+    cp "$small/root.key" "$pgdir/root.key" # the same tokens verify
+    REPOCRYPT_DATA_DIR="$pgdir" REPOCRYPT_DATABASE_URL="$pg_url" "$bin" bench load --tenants 1000 \
+        --tokens 1000 --tokens-file "$work/tokens-1k-pg.txt" 2>&1 | tail -1 >&2
+    saved_tokens="$work/tokens-1k.txt"
+    cp "$work/tokens-1k-pg.txt" "$saved_tokens"
+    read -r tenant token < <(head -1 "$saved_tokens")
+    key_id="$(REPOCRYPT_DATA_DIR="$pgdir" REPOCRYPT_DATABASE_URL="$pg_url" "$bin" kms list-keys --tenant "$tenant" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["key_id"])')"
+    sed -i "s/\"cmk_key_id\":\"[^\"]*\"/\"cmk_key_id\":\"$key_id\"/; s/X-Auth-Token\"] = \".*\"/X-Auth-Token\"] = \"$token\"/" "$work/put.lua"
+    bench_store postgres "$pgdir" REPOCRYPT_DATABASE_URL="$pg_url"
+    psql "$BENCH_PG_URL" -qc "DROP DATABASE $pgdb WITH (FORCE)" >/dev/null
+fi
+
+# ---- 1,000,000 tenants --------------------------------------------------------------------
+if [ "${BENCH_SKIP_LARGE:-0}" != 1 ]; then
+    big="$work/large"
+    mkdir -p "$big"
+    log "loading $large tenants (about a minute per million)"
+    REPOCRYPT_DATA_DIR="$big" "$bin" bench load --tenants "$large" --tokens "$large_tokens" \
+        --tokens-file "$work/tokens-large.txt" 2>&1 | tail -2 >&2
+    printf '\n## %s tenants vs 1,000: open loop at %s rps, tenants rotating (latency from the due time)\n\n' "$large" "$rate"
+    printf '| database | tenants in rotation | achieved rps | p50 ms | p99 ms | p99.9 ms | errors | RSS after, MiB | peak RSS, MiB |\n|---|---|---|---|---|---|---|---|---|\n'
+    for set in small large; do
+        dir="$small" tokens="$work/tokens-1k.txt" n=1000
+        [ "$set" = large ] && { dir="$big"; tokens="$work/tokens-large.txt"; n="$large"; }
+        start_server "repocrypt-$set" "$dir"
+        # One pass over the rotation first, as a server that has been up a while.
+        "$loadgen" --url "http://$addr/v4/tenants/{tenant}/repo-encryption/setting" --tokens "$tokens" \
+            --rate "$rate" --duration 5s --connections "$conns" >/dev/null
+        "$loadgen" --url "http://$addr/v4/tenants/{tenant}/repo-encryption/setting" --tokens "$tokens" \
+            --rate "$rate" --duration "$duration" --connections "$conns" >"$work/lg.json"
+        python3 - "$work/lg.json" "$n" "$(wc -l <"$tokens")" "$(rss_mib "$pid")" "$(hwm_mib "$pid")" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"| {int(sys.argv[2]):,} tenants | {int(sys.argv[3]):,} | {r['rate']} | {r['p50_ms']} | {r['p99_ms']} | {r['p999_ms']} | {r['errors']} | {sys.argv[4]} | {sys.argv[5]} |")
+EOF
+        kill "$pid"
+        wait "$pid" 2>/dev/null || true
+    done
+fi
