@@ -63,17 +63,29 @@ pub fn status_of(e: &Error) -> StatusCode {
     }
 }
 
+/// What went wrong inside the service (never shown to the caller), for the log line.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub code: &'static str,
+    pub detail: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = status_of(&self.0);
-        if let Some(detail) = self.0.internal_detail() {
-            // Logged inside the request's span, so the request id is on the line.
-            tracing::error!(error_code = self.0.code(), detail, "request failed");
-        }
+        let failure = self.0.internal_detail().map(|detail| Failure {
+            code: self.0.code(),
+            detail: detail.to_owned(),
+        });
         let body = ErrorBody {
             error_code: self.0.code().to_owned(),
             error_msg: self.0.to_string(),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(f) = failure {
+            // The request middleware logs it, with the request id.
+            response.extensions_mut().insert(f);
+        }
+        response
     }
 }

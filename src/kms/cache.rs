@@ -6,7 +6,7 @@
 //! bounded length (tenant id 64, key id and name 256 bytes by the API's rules), so the
 //! memory it can take is bounded by the capacity: about 1 KiB an entry at most.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -71,10 +71,7 @@ impl KeyStateCache {
     }
 
     fn shard(&self, tenant: &str, key_id: &str) -> &Mutex<Shard> {
-        let mut h = self.hasher.build_hasher();
-        tenant.hash(&mut h);
-        key_id.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one((tenant, key_id)) as usize) % SHARDS]
     }
 
     pub fn lookup(&self, tenant: &str, key_id: &str) -> Lookup {

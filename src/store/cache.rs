@@ -7,7 +7,7 @@
 //! entry after they commit. So a reader that raced with a write never stores its (maybe
 //! older) row, and a later read goes to the database.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -58,9 +58,7 @@ impl<V: Clone> RowCache<V> {
     }
 
     fn shard_of(&self, key: &str) -> usize {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        (h.finish() as usize) % SHARDS
+        (self.hasher.hash_one(key) as usize) % SHARDS
     }
 
     /// The cached row, or a ticket to read the database with.
@@ -132,7 +130,7 @@ mod tests {
     #[test]
     fn read_through() {
         let c = RowCache::<u32>::new(100);
-        let t = c.get("a").err().expect("miss");
+        let t = c.get("a").expect_err("miss");
         c.fill("a", t, 1);
         assert_eq!(c.get("a").ok(), Some(1));
         assert_eq!(c.hits_and_misses(), (1, 1));
@@ -141,12 +139,12 @@ mod tests {
     #[test]
     fn a_read_that_raced_a_write_is_not_kept() {
         let c = RowCache::<u32>::new(100);
-        let t = c.get("a").err().expect("miss"); // reader starts, reads the old row (1)
+        let t = c.get("a").expect_err("miss"); // reader starts, reads the old row (1)
         c.invalidate("a"); // a write commits (2)
         c.fill("a", t, 1); // the reader's old row must not be kept
         assert!(c.get("a").is_err());
         // A write to another key of the same shard also refuses it (coarse, never wrong).
-        let t = c.get("a").err().expect("miss");
+        let t = c.get("a").expect_err("miss");
         c.fill("a", t, 2);
         assert_eq!(c.get("a").ok(), Some(2));
     }
@@ -154,7 +152,7 @@ mod tests {
     #[test]
     fn off_and_bounded() {
         let off = RowCache::<u32>::new(0);
-        let t = off.get("a").err().expect("miss");
+        let t = off.get("a").expect_err("miss");
         off.fill("a", t, 1);
         assert!(off.get("a").is_err());
         let c = RowCache::<u32>::new(32);

@@ -253,7 +253,7 @@ fn commit_batch<'a>(
             if let Err(e) = sqlx::query("SAVEPOINT put").execute(&mut *tx).await {
                 return all_fail(batch.len(), "savepoint", e);
             }
-            let result = write_setting(&mut *tx, clock, job).await;
+            let result = write_setting(&mut tx, clock, job).await;
             if result.is_err() {
                 if let Err(e) = sqlx::query("ROLLBACK TO put").execute(&mut *tx).await {
                     return all_fail(batch.len(), "savepoint", e);
