@@ -452,3 +452,51 @@ fn bad_configuration_is_reported_not_panicked() {
     let out = binary::cli_in(d, &["--key-state-cache-ttl", "soon", "serve"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn bench_load_adds_tenants_with_keys_settings_and_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cli_in(
+        dir.path(),
+        &[
+            "bench",
+            "load",
+            "--tenants",
+            "7",
+            "--tokens-file",
+            "tokens.txt",
+            "--tokens",
+            "3",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("loaded 7/7 tenants"),
+        "{}",
+        stderr(&out)
+    );
+    let tokens = std::fs::read_to_string(dir.path().join("tokens.txt")).unwrap();
+    let lines: Vec<&str> = tokens.lines().collect();
+    assert_eq!(lines.len(), 3);
+    for line in lines {
+        let (tenant, token) = line.split_once(' ').unwrap();
+        assert_eq!(tenant.len(), 32);
+        assert!(token.starts_with("rc1."));
+        let keys = stdout(&cli_in(
+            dir.path(),
+            &["kms", "list-keys", "--tenant", tenant],
+        ));
+        let keys: serde_json::Value = serde_json::from_str(&keys).unwrap();
+        assert_eq!(keys[0]["key_state"], 2, "{keys}");
+    }
+    let audit = stdout(&cli_in(dir.path(), &["audit", "list", "--tenant", "*"]));
+    assert!(
+        audit.contains("\"bench.load\"") && audit.contains("\"tenants\":7"),
+        "{audit}"
+    );
+    refused(
+        dir.path(),
+        &["bench", "load", "--tenants", "1", "--token-ttl", "0s"],
+        "--token-ttl",
+    );
+}

@@ -98,10 +98,12 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(|e| db_error("cannot open the SQLite database", e))?;
+        // The writer never checkpoints itself (a checkpoint in the commit path stalls
+        // every PUT queued behind it); a background task checkpoints passively instead.
         let writer_pool = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(0)
-            .connect_lazy_with(options);
+            .connect_lazy_with(options.pragma("wal_autocheckpoint", "0"));
         let (writer, jobs) = mpsc::channel(1024);
         let settings = Arc::new(RowCache::new(row_cache_capacity));
         let store = SqliteStore {
@@ -112,6 +114,10 @@ impl SqliteStore {
             grants: RowCache::new(row_cache_capacity),
         };
         store.migrate(target).await?;
+        tokio::spawn(run_checkpoints(
+            store.pool.clone(),
+            store.writer.downgrade(),
+        ));
         tokio::spawn(run_writer(writer_pool, clock, settings, jobs));
         Ok(store)
     }
@@ -213,6 +219,26 @@ fn insert_audit<'a>(
         .map_err(|e| db_error("write audit record", e))?;
         Ok(())
     })
+}
+
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Checkpoint the WAL in the background (PASSIVE: never waits for, nor blocks, readers or
+/// the writer), until the store is dropped.
+async fn run_checkpoints(pool: SqlitePool, alive: mpsc::WeakSender<SettingJob>) {
+    loop {
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        if alive.upgrade().is_none() {
+            return;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+        }
+    }
 }
 
 /// The setting writer: takes the PUTs waiting (up to `MAX_BATCH`), runs each in its own
