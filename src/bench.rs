@@ -41,6 +41,11 @@ pub async fn load(
     clock: Arc<dyn Clock>,
     opts: LoadOptions,
 ) -> Result<()> {
+    // Open the tokens file first: a refusal there must not come after a long load.
+    let tokens_out = match &opts.tokens_file {
+        Some(path) => Some(create_private(path)?),
+        None => None,
+    };
     let kms = LocalKms::new(app.store.clone(), root, clock.clone());
     let actor = Actor::cli();
     let started = Instant::now();
@@ -71,14 +76,15 @@ pub async fn load(
             }
         }
     }
-    if let Some(path) = &opts.tokens_file {
-        write_tokens(path, root, clock.as_ref(), &opts)?;
+    if let (Some(path), Some(file)) = (&opts.tokens_file, tokens_out) {
+        write_tokens(path, file, root, clock.as_ref(), &opts)?;
     }
     Ok(())
 }
 
 fn write_tokens(
     path: &std::path::Path,
+    file: std::fs::File,
     root: &crate::keys::RootKey,
     clock: &dyn Clock,
     opts: &LoadOptions,
@@ -88,8 +94,6 @@ fn write_tokens(
     let n = usize::try_from(opts.count)
         .map_err(|_| Error::InvalidArgument("--tenants too large".into()))?;
     let picked = sample(&mut rand::thread_rng(), n, opts.tokens.min(n));
-    let file = std::fs::File::create(path)
-        .map_err(|e| Error::InvalidArgument(format!("cannot write {}: {e}", path.display())))?;
     let mut out = std::io::BufWriter::new(file);
     for i in picked.iter() {
         let tenant = TenantId::parse(tenant_id(i as u64))?;
@@ -107,4 +111,15 @@ fn write_tokens(
         .map_err(|e| Error::Internal(format!("write tokens: {e}")))?;
     eprintln!("wrote {} tokens to {}", opts.tokens.min(n), path.display());
     Ok(())
+}
+
+/// Admin tokens: readable by the owner only, and never written over an existing file.
+fn create_private(path: &std::path::Path) -> Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(path)
+        .map_err(|e| Error::InvalidArgument(format!("cannot create {}: {e}", path.display())))
 }

@@ -476,6 +476,12 @@ fn bench_load_adds_tenants_with_keys_settings_and_tokens() {
         stderr(&out)
     );
     let tokens = std::fs::read_to_string(dir.path().join("tokens.txt")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(dir.path().join("tokens.txt")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
     let lines: Vec<&str> = tokens.lines().collect();
     assert_eq!(lines.len(), 3);
     for line in lines {
@@ -498,5 +504,24 @@ fn bench_load_adds_tenants_with_keys_settings_and_tokens() {
         dir.path(),
         &["bench", "load", "--tenants", "1", "--token-ttl", "0s"],
         "--token-ttl",
+    );
+    // Loading the same tenants again is refused clearly, and nothing is half-written.
+    refused(
+        dir.path(),
+        &["bench", "load", "--tenants", "1"],
+        "already has",
+    );
+    // The tokens file is never written over.
+    refused(
+        dir.path(),
+        &[
+            "bench",
+            "load",
+            "--tenants",
+            "1",
+            "--tokens-file",
+            "tokens.txt",
+        ],
+        "tokens.txt",
     );
 }

@@ -358,6 +358,25 @@ async fn aws_kms_conformance() {
         .await
         .expect("by ARN");
     assert_eq!(view.cmk_key_id.as_deref(), Some(id.as_str()));
+    assert_eq!(view.key_state, Some(KeyState::Enabled));
+    // AWS-managed keys belong to nobody (and are not even looked up); aliases follow AWS's
+    // rules before any key is created.
+    assert_eq!(kms.describe_key(&a, "alias/aws/s3").await.expect("d"), None);
+    let keys_before = raw.list_keys().send().await.expect("list").keys().len();
+    for bad in ["bad.alias", "aws/mine", ""] {
+        assert!(
+            matches!(
+                kms.create_key(&a, bad, KeyOrigin::Kms, false, &actor())
+                    .await,
+                Err(Error::InvalidArgument(_))
+            ),
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        raw.list_keys().send().await.expect("list").keys().len(),
+        keys_before
+    );
 
     // AWS has no "inactive" creation and import is AWS's own tooling: both refused clearly.
     let me = actor();

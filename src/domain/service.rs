@@ -136,9 +136,14 @@ impl Service {
             let current = self.store.get_setting(tenant).await?;
             let lookup = match key_to_look_up(&patch, current.as_ref()) {
                 Some(key_id) => {
-                    // A write decides on the KMS's answer now, not on the cache.
+                    // A write decides on the KMS's answer now, not on the cache. Only keys
+                    // that exist are remembered, under the KMS's own id: a tenant naming
+                    // made-up keys must not push other tenants' states out of the cache.
                     let info = self.kms.describe_key(tenant, &key_id).await?;
-                    self.cache.put(tenant.as_str(), &key_id, info.clone());
+                    if let Some(found) = &info {
+                        self.cache
+                            .put(tenant.as_str(), &found.key_id, Some(found.clone()));
+                    }
                     Some(KeyLookup { key_id, info })
                 }
                 None => None,
@@ -152,7 +157,11 @@ impl Service {
                 Err(e) => return Err(e),
                 Ok(saved) => {
                     let key_state = match (&lookup, saved.cmk_key_id.as_deref()) {
-                        (Some(l), Some(k)) if l.key_id == k => l.info.as_ref().map(|i| i.key_state),
+                        (Some(l), Some(k))
+                            if l.key_id == k || l.info.as_ref().is_some_and(|i| i.key_id == k) =>
+                        {
+                            l.info.as_ref().map(|i| i.key_state)
+                        }
                         (_, Some(k)) => self.current_key_state(tenant, k).await,
                         (_, None) => None,
                     };

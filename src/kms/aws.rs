@@ -152,6 +152,11 @@ impl AwsKms {
 
     /// The key the caller named, if it exists and carries this tenant's tag.
     async fn owned(&self, tenant: &TenantId, named: &str) -> Result<Option<Owned>> {
+        // AWS-managed keys belong to no tenant; describing `alias/aws/<service>` would even
+        // make AWS create one.
+        if named.starts_with("alias/aws/") {
+            return Ok(None);
+        }
         let described = match self.client.describe_key().key_id(named).send().await {
             Ok(out) => out,
             Err(e) => return absent_or(e, "DescribeKey"),
@@ -264,19 +269,48 @@ impl AwsKms {
         }
         let before_state = before.state;
         call(before.key_id.clone()).await?;
-        let after = self.require(tenant, &before.key_id).await?;
-        let info = self.info(after).await?;
+        // The change is made: record it now, whatever reading the key back says.
+        let after = match self.require(tenant, &before.key_id).await {
+            Ok(owned) => self.info(owned).await,
+            Err(e) => Err(e),
+        };
+        let after_json = match &after {
+            Ok(info) => json!(info),
+            Err(_) => json!({"key_id": before.key_id, "key_state": null}),
+        };
         self.store
             .record_audit(
                 tenant,
                 actor,
                 step.action,
-                Some(json!({"key_id": info.key_id, "key_state": before_state})),
-                Some(json!(info)),
+                Some(json!({"key_id": before.key_id, "key_state": before_state})),
+                Some(after_json),
             )
             .await?;
-        Ok(info)
+        after
     }
+}
+
+/// AWS's alias rules: `alias/` plus 1 to 250 of `[A-Za-z0-9/_-]` (after the prefix),
+/// not in the reserved `aws/` space.
+fn validate_aws_alias(alias: &str) -> Result<()> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || "/_-".contains(c);
+    if alias.is_empty() || alias.len() > 250 || !alias.chars().all(ok) {
+        return Err(Error::InvalidArgument(
+            "an AWS KMS alias is 1 to 250 characters of letters, digits and /_-".into(),
+        ));
+    }
+    if alias.starts_with("aws/") {
+        return Err(Error::InvalidArgument(
+            "aliases beginning with aws/ are reserved by AWS".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Characters AWS allows in a tag value.
+fn tag_value_char(c: char) -> bool {
+    c.is_alphanumeric() || " _.:/=+-@".contains(c)
 }
 
 /// The API's key state for an AWS key state. AWS has states the API does not; each maps
@@ -409,10 +443,10 @@ impl Kms for AwsKms {
             ));
         }
         let alias = alias.strip_prefix("alias/").unwrap_or(alias);
-        super::local::validate_alias(alias)?;
-        if alias.starts_with("aws/") {
+        validate_aws_alias(alias)?;
+        if !tenant.as_str().chars().all(tag_value_char) || tenant.as_str().len() > 256 {
             return Err(Error::InvalidArgument(
-                "aliases beginning with aws/ are reserved by AWS".into(),
+                "this tenant id cannot be an AWS tag value (letters, digits, spaces and _.:/=+-@, at most 256)".into(),
             ));
         }
         let tag = Tag::builder()
@@ -431,7 +465,12 @@ impl Kms for AwsKms {
             .tags(tag)
             .send()
             .await
-            .map_err(|e| unavailable(e, "CreateKey"))?;
+            .map_err(|e| match e.as_service_error().and_then(|s| s.code()) {
+                Some(
+                    code @ ("ValidationException" | "LimitExceededException" | "TagException"),
+                ) => Error::InvalidArgument(format!("AWS KMS refused the new key: {code}")),
+                _ => unavailable(e, "CreateKey"),
+            })?;
         let key_id = created
             .key_metadata()
             .map(|m| m.key_id().to_owned())
@@ -459,10 +498,22 @@ impl Kms for AwsKms {
                 Some("AlreadyExistsException") => Error::InvalidArgument(format!(
                     "alias `{alias}` is already in use in this AWS account and region"
                 )),
+                Some(code @ ("ValidationException" | "LimitExceededException")) => {
+                    Error::InvalidArgument(format!("AWS KMS refused alias `{alias}`: {code}"))
+                }
                 _ => unavailable(e, "CreateAlias"),
             });
         }
-        let info = self.info(self.require(tenant, &key_id).await?).await?;
+        // AWS KMS is eventually consistent: describe the key from CreateKey's own answer.
+        let info = KeyInfo {
+            key_id,
+            key_name: alias.to_owned(),
+            key_state: created
+                .key_metadata()
+                .and_then(|m| m.key_state())
+                .map(key_state_from_aws)
+                .unwrap_or(KeyState::Disabled),
+        };
         self.store
             .record_audit(tenant, actor, "kms.create_key", None, Some(json!(info)))
             .await?;

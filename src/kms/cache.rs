@@ -3,8 +3,10 @@
 //!
 //! It is a least-recently-used map split into shards (so concurrent GETs rarely wait on
 //! one lock), holding at most `capacity` entries in all. Every part of an entry has a
-//! bounded length (tenant id 64, key id and name 256 bytes by the API's rules), so the
-//! memory it can take is bounded by the capacity: about 1 KiB an entry at most.
+//! bounded length (ids and names are at most 1,000 characters by the API's rules), so the
+//! memory it can take is bounded by the capacity: a few KiB an entry at most, about 300
+//! bytes for real ids. Only keys that exist are cached from writes, so a tenant naming
+//! made-up keys cannot fill it.
 
 use std::hash::BuildHasher;
 use std::num::NonZeroUsize;

@@ -102,7 +102,7 @@ fn invalid_state(key: &StoredKey, op: &'static str) -> Error {
     }
 }
 
-pub(crate) fn validate_alias(alias: &str) -> Result<()> {
+fn validate_alias(alias: &str) -> Result<()> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || "_-/:.".contains(c);
     if alias.is_empty() || alias.len() > 255 || !alias.chars().all(ok_char) {
         return Err(Error::InvalidArgument(

@@ -565,7 +565,15 @@ impl Store for PostgresStore {
         .bind(&now)
         .execute(&mut *tx)
         .await
-        .map_err(|e| db_error("bulk load keys", e))?;
+        .map_err(|e| {
+            if unique_violation(&e) {
+                Error::AlreadyExists(
+                    "some of these tenants already have a key, grant or setting: load into a database without them".into(),
+                )
+            } else {
+                db_error("bulk load keys", e)
+            }
+        })?;
         sqlx::query(
             "INSERT INTO kms_grants (tenant_id, granted_by, granted_at)
              SELECT t, $2, $3 FROM UNNEST($1::text[]) AS u(t)",

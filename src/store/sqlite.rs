@@ -254,9 +254,9 @@ async fn run_writer(
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let results = commit_batch(&pool, &clock, &batch).await;
         for (job, result) in batch.drain(..).zip(results) {
-            if result.is_ok() {
-                settings.invalidate(job.tenant.as_str());
-            }
+            // Whatever the outcome: a refusal (a conflict, say) may come from a cached row
+            // that is out of date, and the caller's retry must read the database.
+            settings.invalidate(job.tenant.as_str());
             let _ = job.reply.send(result); // the caller may have gone: the write stands
         }
     }
@@ -301,6 +301,30 @@ fn commit_batch<'a>(
             }
         }
     })
+}
+
+fn already_loaded(tenant: &str) -> Error {
+    Error::AlreadyExists(format!(
+        "tenant {tenant} already has a key, grant or setting: load into a database without these tenants"
+    ))
+}
+
+/// Insert a local-KMS key row.
+async fn insert_key(conn: &mut SqliteConnection, key: &StoredKey) -> sqlx::Result<()> {
+    sqlx::query(&format!(
+        "INSERT INTO kms_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    ))
+    .bind(&key.key_id)
+    .bind(&key.tenant_id)
+    .bind(&key.alias)
+    .bind(&key.origin)
+    .bind(i64::from(key.state.code()))
+    .bind(key.material.as_deref())
+    .bind(key.deletion_at)
+    .bind(&key.created_at)
+    .execute(conn)
+    .await
+    .map(|_| ())
 }
 
 /// The same failure for every PUT of a batch.
@@ -708,20 +732,12 @@ impl Store for SqliteStore {
         let now = self.clock.rfc3339();
         for t in tenants {
             let k = &t.key;
-            sqlx::query(&format!(
-                "INSERT INTO kms_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-            ))
-            .bind(&k.key_id)
-            .bind(&k.tenant_id)
-            .bind(&k.alias)
-            .bind(&k.origin)
-            .bind(i64::from(k.state.code()))
-            .bind(k.material.as_deref())
-            .bind(k.deletion_at)
-            .bind(&k.created_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db_error("bulk load key", e))?;
+            insert_key(&mut tx, k)
+                .await
+                .map_err(|e| match e.as_database_error() {
+                    Some(d) if d.is_unique_violation() => already_loaded(&k.tenant_id),
+                    _ => db_error("bulk load key", e),
+                })?;
             sqlx::query(
                 "INSERT INTO kms_grants (tenant_id, granted_by, granted_at) VALUES (?, ?, ?)",
             )
@@ -805,25 +821,14 @@ impl Store for SqliteStore {
 
     async fn kms_insert_key(&self, key: &StoredKey, actor: &Actor) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        sqlx::query(&format!(
-            "INSERT INTO kms_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(&key.key_id)
-        .bind(&key.tenant_id)
-        .bind(&key.alias)
-        .bind(&key.origin)
-        .bind(i64::from(key.state.code()))
-        .bind(key.material.as_deref())
-        .bind(key.deletion_at)
-        .bind(&key.created_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| match e.as_database_error() {
-            Some(d) if d.is_unique_violation() => {
-                Error::AlreadyExists(format!("a key with alias {}", key.alias))
-            }
-            _ => db_error("write key", e),
-        })?;
+        insert_key(&mut tx, key)
+            .await
+            .map_err(|e| match e.as_database_error() {
+                Some(d) if d.is_unique_violation() => {
+                    Error::AlreadyExists(format!("a key with alias {}", key.alias))
+                }
+                _ => db_error("write key", e),
+            })?;
         self.audit(
             &mut tx,
             &key.tenant_id,
