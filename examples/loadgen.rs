@@ -123,27 +123,33 @@ async fn main() {
             latencies
         }));
     }
+    // The schedule runs on its own OS thread, which sleeps with microsecond precision
+    // (tokio's timer wakes at most once a millisecond, which would add up to 1 ms of
+    // made-up latency to requests due between two ticks).
     let start = Instant::now() + Duration::from_millis(100);
-    let interval = 1.0 / args.rate;
-    let mut n = 0usize;
-    loop {
-        let due = start + Duration::from_secs_f64(n as f64 * interval);
-        if due.duration_since(start) >= args.duration {
-            break;
-        }
-        tokio::time::sleep_until(due).await;
-        // Everything due by now goes out (the timer wakes at most every millisecond).
-        let now = Instant::now();
+    let std_start = start.into_std();
+    let (interval, duration) = (1.0 / args.rate, args.duration);
+    let scheduler = std::thread::spawn(move || {
+        let mut n = 0usize;
         loop {
-            let due = start + Duration::from_secs_f64(n as f64 * interval);
-            if due > now || due.duration_since(start) >= args.duration {
-                break;
+            let offset = Duration::from_secs_f64(n as f64 * interval);
+            if offset >= duration {
+                return n;
             }
-            let _ = tx.send((due, n));
+            let due = std_start + offset;
+            let now = std::time::Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if tx.send((Instant::from_std(due), n)).is_err() {
+                return n;
+            }
             n += 1;
         }
-    }
-    drop(tx);
+    });
+    let n = tokio::task::spawn_blocking(move || scheduler.join().unwrap_or(0))
+        .await
+        .unwrap_or(0);
     let mut all = Vec::with_capacity(n);
     for w in workers {
         all.extend(w.await.unwrap_or_default());
