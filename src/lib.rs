@@ -14,5 +14,6 @@ pub mod domain;
 pub mod http;
 pub mod keys;
 pub mod kms;
+pub mod shards;
 pub mod store;
 pub mod telemetry;

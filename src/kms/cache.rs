@@ -8,18 +8,15 @@
 //! bytes for real ids. Only keys that exist are cached from writes, so a tenant naming
 //! made-up keys cannot fill it.
 
-use std::hash::BuildHasher;
-use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
 use super::KeyInfo;
-
-/// Number of shards; each holds `capacity / SHARDS` entries (at least one).
-const SHARDS: usize = 16;
+#[cfg(test)]
+use crate::shards::SHARDS;
+use crate::shards::{per_shard, Shards};
 
 #[derive(Debug)]
 struct Entry {
@@ -32,10 +29,7 @@ type Shard = LruCache<(String, String), Entry>;
 /// Keyed by (tenant, key id). `None` caches "not found".
 pub struct KeyStateCache {
     ttl: Duration,
-    shards: Vec<Mutex<Shard>>,
-    hasher: std::collections::hash_map::RandomState,
-    hits: AtomicU64,
-    misses: AtomicU64,
+    shards: Shards<Shard>,
 }
 
 impl std::fmt::Debug for KeyStateCache {
@@ -59,21 +53,15 @@ pub enum Lookup {
 impl KeyStateCache {
     /// A TTL of zero turns caching off (the fallback still remembers the last answer).
     pub fn new(ttl: Duration, capacity: usize) -> Self {
-        let per_shard =
-            NonZeroUsize::new(capacity.div_ceil(SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN);
+        let per_shard = per_shard(capacity);
         KeyStateCache {
             ttl,
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(LruCache::new(per_shard)))
-                .collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
+            shards: Shards::new(|| LruCache::new(per_shard)),
         }
     }
 
     fn shard(&self, tenant: &str, key_id: &str) -> &Mutex<Shard> {
-        &self.shards[(self.hasher.hash_one((tenant, key_id)) as usize) % SHARDS]
+        self.shards.at(self.shards.index((tenant, key_id)))
     }
 
     pub fn lookup(&self, tenant: &str, key_id: &str) -> Lookup {
@@ -90,11 +78,7 @@ impl KeyStateCache {
             Some((info, _)) => Lookup::Stale(info),
             None => Lookup::Unknown,
         };
-        let counter = match out {
-            Lookup::Fresh(_) => &self.hits,
-            _ => &self.misses,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        self.shards.count(matches!(out, Lookup::Fresh(_)));
         out
     }
 
@@ -113,10 +97,7 @@ impl KeyStateCache {
 
     /// Number of entries held.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().map(|s| s.len()).unwrap_or(0))
-            .sum()
+        self.shards.sum(|s| s.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -125,18 +106,12 @@ impl KeyStateCache {
 
     /// Most entries the cache will hold.
     pub fn capacity(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().map(|s| s.cap().get()).unwrap_or(0))
-            .sum()
+        self.shards.sum(|s| s.cap().get())
     }
 
     /// Lookups answered fresh from the cache, and the others.
     pub fn hits_and_misses(&self) -> (u64, u64) {
-        (
-            self.hits.load(Ordering::Relaxed),
-            self.misses.load(Ordering::Relaxed),
-        )
+        self.shards.hits_and_misses()
     }
 }
 

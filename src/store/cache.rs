@@ -7,14 +7,9 @@
 //! entry after they commit. So a reader that raced with a write never stores its (maybe
 //! older) row, and a later read goes to the database.
 
-use std::hash::BuildHasher;
-use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-
 use lru::LruCache;
 
-const SHARDS: usize = 16;
+use crate::shards::{per_shard, Shards};
 
 struct Shard<V> {
     generation: u64,
@@ -22,11 +17,8 @@ struct Shard<V> {
 }
 
 pub struct RowCache<V> {
-    shards: Vec<Mutex<Shard<V>>>,
-    hasher: std::collections::hash_map::RandomState,
+    shards: Shards<Shard<V>>,
     enabled: bool,
-    hits: AtomicU64,
-    misses: AtomicU64,
 }
 
 /// Proof of the shard's generation when a read began.
@@ -39,32 +31,20 @@ impl<V: Clone> RowCache<V> {
     /// At most `capacity` rows (rounded up to a multiple of the shard count); 0 turns the
     /// cache off.
     pub fn new(capacity: usize) -> Self {
-        let per_shard =
-            NonZeroUsize::new(capacity.div_ceil(SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN);
+        let per_shard = per_shard(capacity);
         RowCache {
-            shards: (0..SHARDS)
-                .map(|_| {
-                    Mutex::new(Shard {
-                        generation: 0,
-                        map: LruCache::new(per_shard),
-                    })
-                })
-                .collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
+            shards: Shards::new(|| Shard {
+                generation: 0,
+                map: LruCache::new(per_shard),
+            }),
             enabled: capacity > 0,
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
         }
-    }
-
-    fn shard_of(&self, key: &str) -> usize {
-        (self.hasher.hash_one(key) as usize) % SHARDS
     }
 
     /// The cached row, or a ticket to read the database with.
     pub fn get(&self, key: &str) -> Result<V, Ticket> {
-        let shard = self.shard_of(key);
-        let found = match self.shards[shard].lock() {
+        let shard = self.shards.index(key);
+        let found = match self.shards.at(shard).lock() {
             Ok(mut s) if self.enabled => match s.map.get(key) {
                 Some(v) => Ok(v.clone()),
                 None => Err(s.generation),
@@ -72,16 +52,8 @@ impl<V: Clone> RowCache<V> {
             Ok(s) => Err(s.generation),
             Err(_) => Err(u64::MAX),
         };
-        match found {
-            Ok(v) => {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                Ok(v)
-            }
-            Err(generation) => {
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                Err(Ticket { shard, generation })
-            }
-        }
+        self.shards.count(found.is_ok());
+        found.map_err(|generation| Ticket { shard, generation })
     }
 
     /// Store what was read with `ticket`, unless a write finished since.
@@ -89,7 +61,7 @@ impl<V: Clone> RowCache<V> {
         if !self.enabled {
             return;
         }
-        if let Ok(mut s) = self.shards[ticket.shard].lock() {
+        if let Ok(mut s) = self.shards.at(ticket.shard).lock() {
             if s.generation == ticket.generation {
                 s.map.put(key.to_owned(), value);
             }
@@ -98,17 +70,14 @@ impl<V: Clone> RowCache<V> {
 
     /// A write to `key` has committed: forget it, and refuse fills that began before.
     pub fn invalidate(&self, key: &str) {
-        if let Ok(mut s) = self.shards[self.shard_of(key)].lock() {
+        if let Ok(mut s) = self.shards.at(self.shards.index(key)).lock() {
             s.generation = s.generation.wrapping_add(1);
             s.map.pop(key);
         }
     }
 
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().map(|s| s.map.len()).unwrap_or(0))
-            .sum()
+        self.shards.sum(|s| s.map.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -116,10 +85,7 @@ impl<V: Clone> RowCache<V> {
     }
 
     pub fn hits_and_misses(&self) -> (u64, u64) {
-        (
-            self.hits.load(Ordering::Relaxed),
-            self.misses.load(Ordering::Relaxed),
-        )
+        self.shards.hits_and_misses()
     }
 }
 
