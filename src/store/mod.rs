@@ -187,6 +187,12 @@ pub(crate) fn parse_role(value: &str) -> Result<Role> {
     }
 }
 
+/// A database's "unique constraint violated", whichever the database.
+pub(crate) fn unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation())
+}
+
 /// The audit record of a bulk load: how many tenants, the first and the last.
 pub fn bulk_summary(tenants: &[BulkTenant]) -> serde_json::Value {
     serde_json::json!({

@@ -11,8 +11,8 @@ use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
 use super::{
-    bulk_summary, db_error, parse_role, role_str, to_json, BulkTenant, Credential, KeyChange,
-    SettingPlan, Store, StoredKey,
+    bulk_summary, db_error, parse_role, role_str, to_json, unique_violation, BulkTenant,
+    Credential, KeyChange, SettingPlan, Store, StoredKey,
 };
 use crate::clock::Clock;
 use crate::domain::{
@@ -211,11 +211,6 @@ const SETTING_COLUMNS: &str =
     "id, tenant_id, encryption_type, default_encryption_enabled, cmk_key_id, cmk_key_name";
 const KEY_COLUMNS: &str =
     "key_id, tenant_id, alias, origin, key_state, material, deletion_at, created_at";
-
-fn unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(|d| d.is_unique_violation())
-}
 
 #[async_trait]
 impl Store for PostgresStore {

@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::cache::RowCache;
 use super::{
-    bulk_summary, db_error, parse_role, role_str, to_json, BulkTenant, Credential, KeyChange,
-    SettingPlan, Store, StoredKey,
+    bulk_summary, db_error, parse_role, role_str, to_json, unique_violation, BulkTenant,
+    Credential, KeyChange, SettingPlan, Store, StoredKey,
 };
 use crate::clock::Clock;
 use crate::domain::{
@@ -303,10 +303,15 @@ fn commit_batch<'a>(
     })
 }
 
-fn already_loaded(tenant: &str) -> Error {
-    Error::AlreadyExists(format!(
-        "tenant {tenant} already has a key, grant or setting: load into a database without these tenants"
-    ))
+/// A bulk load's failure: a tenant already there is the caller's mistake, said plainly.
+fn bulk_error(e: sqlx::Error, what: &str, tenant: &str) -> Error {
+    if unique_violation(&e) {
+        Error::AlreadyExists(format!(
+            "tenant {tenant} already has a key, grant or setting: load into a database without these tenants"
+        ))
+    } else {
+        db_error(what, e)
+    }
 }
 
 /// Insert a local-KMS key row.
@@ -630,11 +635,12 @@ impl Store for SqliteStore {
         .bind(self.clock.rfc3339())
         .execute(&mut *tx)
         .await
-        .map_err(|e| match e.as_database_error() {
-            Some(d) if d.is_unique_violation() => {
+        .map_err(|e| {
+            if unique_violation(&e) {
                 Error::AlreadyExists(format!("project {}", project.project_id))
+            } else {
+                db_error("write project", e)
             }
-            _ => db_error("write project", e),
         })?;
         self.audit(
             &mut tx,
@@ -734,10 +740,7 @@ impl Store for SqliteStore {
             let k = &t.key;
             insert_key(&mut tx, k)
                 .await
-                .map_err(|e| match e.as_database_error() {
-                    Some(d) if d.is_unique_violation() => already_loaded(&k.tenant_id),
-                    _ => db_error("bulk load key", e),
-                })?;
+                .map_err(|e| bulk_error(e, "bulk load key", &k.tenant_id))?;
             sqlx::query(
                 "INSERT INTO kms_grants (tenant_id, granted_by, granted_at) VALUES (?, ?, ?)",
             )
@@ -746,7 +749,7 @@ impl Store for SqliteStore {
             .bind(&now)
             .execute(&mut *tx)
             .await
-            .map_err(|e| db_error("bulk load grant", e))?;
+            .map_err(|e| bulk_error(e, "bulk load grant", &k.tenant_id))?;
             sqlx::query(
                 "INSERT INTO encryption_settings (tenant_id, encryption_type,
                      default_encryption_enabled, cmk_key_id, cmk_key_name, updated_at)
@@ -760,7 +763,7 @@ impl Store for SqliteStore {
             .bind(&now)
             .execute(&mut *tx)
             .await
-            .map_err(|e| db_error("bulk load setting", e))?;
+            .map_err(|e| bulk_error(e, "bulk load setting", &k.tenant_id))?;
         }
         let summary = bulk_summary(tenants);
         self.audit(&mut tx, "*", actor, "bench.load", None, Some(summary))
@@ -821,14 +824,13 @@ impl Store for SqliteStore {
 
     async fn kms_insert_key(&self, key: &StoredKey, actor: &Actor) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        insert_key(&mut tx, key)
-            .await
-            .map_err(|e| match e.as_database_error() {
-                Some(d) if d.is_unique_violation() => {
-                    Error::AlreadyExists(format!("a key with alias {}", key.alias))
-                }
-                _ => db_error("write key", e),
-            })?;
+        insert_key(&mut tx, key).await.map_err(|e| {
+            if unique_violation(&e) {
+                Error::AlreadyExists(format!("a key with alias {}", key.alias))
+            } else {
+                db_error("write key", e)
+            }
+        })?;
         self.audit(
             &mut tx,
             &key.tenant_id,
