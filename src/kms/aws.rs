@@ -157,22 +157,28 @@ impl AwsKms {
         if named.starts_with("alias/aws/") {
             return Ok(None);
         }
+        let Some(key) = self.described(named).await? else {
+            return Ok(None);
+        };
+        if !self.tagged_for(tenant, &key.key_id).await? {
+            return Ok(None);
+        }
+        Ok(Some(key))
+    }
+
+    /// The key's own id and state (DescribeKey), whoever it belongs to.
+    async fn described(&self, named: &str) -> Result<Option<Owned>> {
         let described = match self.client.describe_key().key_id(named).send().await {
             Ok(out) => out,
             Err(e) => return absent_or(e, "DescribeKey"),
         };
-        let Some(meta) = described.key_metadata() else {
-            return Ok(None);
-        };
-        let key_id = meta.key_id().to_owned();
-        if !self.tagged_for(tenant, &key_id).await? {
-            return Ok(None);
-        }
-        let state = meta
-            .key_state()
-            .map(key_state_from_aws)
-            .unwrap_or(KeyState::Disabled);
-        Ok(Some(Owned { key_id, state }))
+        Ok(described.key_metadata().map(|meta| Owned {
+            key_id: meta.key_id().to_owned(),
+            state: meta
+                .key_state()
+                .map(key_state_from_aws)
+                .unwrap_or(KeyState::Disabled),
+        }))
     }
 
     async fn tagged_for(&self, tenant: &TenantId, key_id: &str) -> Result<bool> {
@@ -269,9 +275,13 @@ impl AwsKms {
         }
         let before_state = before.state;
         call(before.key_id.clone()).await?;
-        // The change is made: record it now, whatever reading the key back says.
-        let after = match self.require(tenant, &before.key_id).await {
-            Ok(owned) => self.info(owned).await,
+        // The change is made: record it now, whatever reading the key back says. The key
+        // was the tenant's a moment ago, so its tags need not be read again.
+        let after = match self.described(&before.key_id).await {
+            Ok(Some(owned)) => self.info(owned).await,
+            Ok(None) => Err(Error::KeyNotFound {
+                key_id: named.to_owned(),
+            }),
             Err(e) => Err(e),
         };
         let after_json = match &after {
