@@ -50,10 +50,6 @@ impl Service {
         &self.store
     }
 
-    pub fn kms(&self) -> &Arc<dyn Kms> {
-        &self.kms
-    }
-
     // ---- GET setting -------------------------------------------------------------------
 
     pub async fn show_setting(&self, tenant: &TenantId) -> Result<SettingView> {
