@@ -13,7 +13,9 @@ use crate::keys::{self, RootKey};
 use crate::kms::aws::{AwsKms, AwsSettings};
 use crate::kms::cache::KeyStateCache;
 use crate::kms::local::LocalKms;
+use crate::kms::metered::MeteredKms;
 use crate::kms::Kms;
+use crate::metrics::Metrics;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
@@ -27,6 +29,7 @@ pub struct App {
     pub tokens: TokenCodec,
     pub credentials: Arc<Credentials>,
     pub auth: Arc<dyn Authenticator>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl App {
@@ -56,6 +59,8 @@ impl App {
                 Arc::new(AwsKms::connect(&settings, store.clone()).await?)
             }
         };
+        let metrics = Arc::new(Metrics::new());
+        let kms: Arc<dyn Kms> = Arc::new(MeteredKms::new(kms, metrics.clone()));
         let cache = KeyStateCache::new(config.key_state_cache_ttl, config.key_state_cache_capacity);
         let service = Arc::new(Service::new(
             store.clone(),
@@ -76,6 +81,7 @@ impl App {
             clock.clone(),
         ));
         Ok(App {
+            metrics,
             tokens,
             credentials,
             auth,
@@ -88,6 +94,13 @@ impl App {
     }
 
     pub fn router(&self) -> axum::Router {
-        crate::http::router(self.service.clone(), self.auth.clone())
+        crate::http::router(crate::http::Deps {
+            service: self.service.clone(),
+            auth: self.auth.clone(),
+            kms: self.kms.clone(),
+            metrics: self.metrics.clone(),
+            limits: self.config.limits,
+            rate_limits: self.config.rate_limits,
+        })
     }
 }

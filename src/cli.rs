@@ -438,20 +438,33 @@ async fn kms(app: &App, actor: &Actor, cmd: KmsCommand) -> Result<()> {
 
 async fn serve(app: App) -> Result<()> {
     let addr = app.config.listen;
+    // Certificate problems are reported before the port is taken.
+    let tls = match &app.config.tls {
+        Some(files) => Some(crate::http::server::tls_config(files)?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::InvalidArgument(format!("cannot listen on {addr}: {e}")))?;
     let local = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("local address: {e}")))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(
         listen = %local,
+        scheme,
         database = %crate::config::redact_url(&app.config.database_url),
         data_dir = %app.config.data_dir.display(),
+        limits = ?app.config.limits,
+        rate_limits = ?app.config.rate_limits,
         "repocrypt started"
     );
-    print_line(&format!("repocrypt listening on http://{local}"))?;
-    crate::http::serve(listener, app.router(), shutdown_signal())
+    print_line(&format!("repocrypt listening on {scheme}://{local}"))?;
+    let options = crate::http::server::ServerOptions {
+        limits: app.config.limits,
+        tls,
+    };
+    crate::http::server::serve(listener, app.router(), options, shutdown_signal())
         .await
         .map_err(|e| Error::Internal(format!("server: {e}")))?;
     tracing::info!("repocrypt stopped");

@@ -17,6 +17,8 @@ pub const DEFAULT_KEY_STATE_CACHE_CAPACITY: usize = 100_000;
 pub const DEFAULT_KMS_TIMEOUT: Duration = crate::kms::aws::DEFAULT_TIMEOUT;
 pub const MAX_KMS_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_SIGNATURE_MAX_SKEW: Duration = Duration::from_secs(15 * 60);
+pub const DEFAULT_RATE_LIMIT_PER_TENANT: u32 = 1000;
+pub const DEFAULT_RATE_LIMIT_PER_CREDENTIAL: u32 = 500;
 
 /// Where tenants' keys live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -101,6 +103,39 @@ pub struct ConfigArgs {
     /// Log format [default: text].
     #[arg(long, env = "REPOCRYPT_LOG_FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
+    /// Requests per second one tenant may make (a token bucket holding two seconds' worth); 0 turns it off [default: 1000].
+    #[arg(
+        long,
+        env = "REPOCRYPT_RATE_LIMIT_PER_TENANT",
+        global = true,
+        value_name = "RPS"
+    )]
+    pub rate_limit_per_tenant: Option<u32>,
+    /// Requests per second one credential (a token's user, or an access key) may make; 0 turns it off [default: 500].
+    #[arg(
+        long,
+        env = "REPOCRYPT_RATE_LIMIT_PER_CREDENTIAL",
+        global = true,
+        value_name = "RPS"
+    )]
+    pub rate_limit_per_credential: Option<u32>,
+    /// Most connections served at once; further clients wait in the kernel's queue [default: 1024].
+    #[arg(
+        long,
+        env = "REPOCRYPT_MAX_CONNECTIONS",
+        global = true,
+        value_name = "N"
+    )]
+    pub max_connections: Option<usize>,
+    /// Longest time a request may take, reading its body included (408 after) [default: 10s].
+    #[arg(long, env = "REPOCRYPT_REQUEST_TIMEOUT", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub request_timeout: Option<Duration>,
+    /// PEM certificate chain: serve HTTPS (with --tls-key) instead of plain HTTP.
+    #[arg(long, env = "REPOCRYPT_TLS_CERT", global = true, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "REPOCRYPT_TLS_KEY", global = true, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The TOML file: the same settings, snake_case.
@@ -122,6 +157,65 @@ struct FileConfig {
     kms_timeout: Option<String>,
     log: Option<String>,
     log_format: Option<LogFormat>,
+    rate_limit_per_tenant: Option<u32>,
+    rate_limit_per_credential: Option<u32>,
+    max_connections: Option<usize>,
+    request_timeout: Option<String>,
+    header_read_timeout: Option<String>,
+    max_body_bytes: Option<usize>,
+    max_header_bytes: Option<usize>,
+    max_token_bytes: Option<usize>,
+    json_max_depth: Option<usize>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+/// Bounds on what one client can make the server hold or do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Largest request body (413 above it); at most the API's 64 KiB.
+    pub max_body_bytes: usize,
+    /// Largest request head: request line and headers (431 above it).
+    pub max_header_bytes: usize,
+    /// Longest `X-Auth-Token` or `Authorization` value (401 above it).
+    pub max_token_bytes: usize,
+    /// Deepest nesting of arrays and objects in a JSON body (400 above it).
+    pub json_max_depth: usize,
+    /// Longest time from a request's head to its response (408 after).
+    pub request_timeout: Duration,
+    /// Longest time a client may take to send a request's head, or to finish the TLS
+    /// handshake; an idle keep-alive connection is closed after it too.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            max_body_bytes: crate::domain::MAX_BODY_BYTES,
+            max_header_bytes: 32 * 1024,
+            max_token_bytes: 16 * 1024,
+            json_max_depth: 32,
+            request_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Token-bucket rates in requests per second; 0 turns a limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    pub per_tenant: u32,
+    pub per_credential: u32,
+}
+
+/// A certificate chain and its key, both PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// The resolved configuration.
@@ -145,6 +239,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Base64 root key from `REPOCRYPT_ROOT_KEY` (never a flag: argv is visible to all).
     pub root_key: Option<String>,
+    pub limits: Limits,
+    pub rate_limits: RateLimits,
+    /// HTTPS when set; plain HTTP otherwise.
+    pub tls: Option<TlsFiles>,
 }
 
 impl std::fmt::Debug for Config {
@@ -163,6 +261,9 @@ impl std::fmt::Debug for Config {
             .field("kms_region", &self.kms_region)
             .field("kms_timeout", &self.kms_timeout)
             .field("root_key", &self.root_key.as_ref().map(|_| "<redacted>"))
+            .field("limits", &self.limits)
+            .field("rate_limits", &self.rate_limits)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -219,6 +320,7 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        let limits = limits(args, &file)?;
         let ttl = duration(
             "key_state_cache_ttl",
             args.key_state_cache_ttl,
@@ -277,7 +379,32 @@ impl Config {
             .clone()
             .or(file.database_url)
             .unwrap_or_else(|| default_database_url(&data_dir));
+        let rate_limits = RateLimits {
+            per_tenant: args
+                .rate_limit_per_tenant
+                .or(file.rate_limit_per_tenant)
+                .unwrap_or(DEFAULT_RATE_LIMIT_PER_TENANT),
+            per_credential: args
+                .rate_limit_per_credential
+                .or(file.rate_limit_per_credential)
+                .unwrap_or(DEFAULT_RATE_LIMIT_PER_CREDENTIAL),
+        };
+        let tls = match (
+            args.tls_cert.clone().or(file.tls_cert),
+            args.tls_key.clone().or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "tls_cert and tls_key go together: give both to serve HTTPS, or neither".into(),
+                ))
+            }
+        };
         Ok(Config {
+            limits,
+            rate_limits,
+            tls,
             listen,
             database_url,
             region: nonempty(
@@ -318,6 +445,69 @@ impl Config {
             data_dir,
         })
     }
+}
+
+/// The limits from flags, the file and the defaults, each checked against its range.
+fn limits(args: &ConfigArgs, file: &FileConfig) -> Result<Limits, Error> {
+    let d = Limits::default();
+    let limits = Limits {
+        max_connections: args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(d.max_connections),
+        max_body_bytes: file.max_body_bytes.unwrap_or(d.max_body_bytes),
+        max_header_bytes: file.max_header_bytes.unwrap_or(d.max_header_bytes),
+        max_token_bytes: file.max_token_bytes.unwrap_or(d.max_token_bytes),
+        json_max_depth: file.json_max_depth.unwrap_or(d.json_max_depth),
+        request_timeout: duration(
+            "request_timeout",
+            args.request_timeout,
+            file.request_timeout.as_deref(),
+            d.request_timeout,
+        )?,
+        header_read_timeout: duration(
+            "header_read_timeout",
+            None,
+            file.header_read_timeout.as_deref(),
+            d.header_read_timeout,
+        )?,
+    };
+    let in_range = |name: &str, value: usize, min: usize, max: usize| {
+        if (min..=max).contains(&value) {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "{name} is {value}: it must be from {min} to {max}"
+            )))
+        }
+    };
+    in_range("max_connections", limits.max_connections, 1, 1_000_000)?;
+    in_range(
+        "max_body_bytes",
+        limits.max_body_bytes,
+        1024,
+        crate::domain::MAX_BODY_BYTES,
+    )?;
+    // hyper needs at least 8 KiB of read buffer.
+    in_range("max_header_bytes", limits.max_header_bytes, 8192, 1 << 20)?;
+    in_range(
+        "max_token_bytes",
+        limits.max_token_bytes,
+        256,
+        limits.max_header_bytes,
+    )?;
+    in_range("json_max_depth", limits.json_max_depth, 1, 128)?;
+    for (name, value) in [
+        ("request_timeout", limits.request_timeout),
+        ("header_read_timeout", limits.header_read_timeout),
+    ] {
+        if value.is_zero() || value > Duration::from_secs(300) {
+            return Err(Error::InvalidArgument(format!(
+                "{name} must be more than 0 and at most 5m"
+            )));
+        }
+    }
+    Ok(limits)
 }
 
 /// A duration from a flag/env (already parsed), else the file (text), else the default.
@@ -424,6 +614,83 @@ mod tests {
                 .kms_backend,
             KmsBackend::Local
         );
+    }
+
+    #[test]
+    fn limits_rate_limits_and_tls_from_the_file_and_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "rate_limit_per_tenant = 50\nrate_limit_per_credential = 0\nmax_connections = 10\n\
+             request_timeout = \"3s\"\nheader_read_timeout = \"2s\"\nmax_body_bytes = 4096\n\
+             max_header_bytes = 16384\nmax_token_bytes = 8192\njson_max_depth = 8\n\
+             tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n",
+        )
+        .expect("write");
+        let args = ConfigArgs {
+            config: Some(file),
+            rate_limit_per_tenant: Some(70),
+            request_timeout: Some(Duration::from_secs(4)),
+            ..Default::default()
+        };
+        let c = Config::load(&args).expect("load");
+        assert_eq!(
+            c.rate_limits,
+            RateLimits {
+                per_tenant: 70,
+                per_credential: 0
+            }
+        );
+        assert_eq!(
+            c.limits,
+            Limits {
+                max_connections: 10,
+                max_body_bytes: 4096,
+                max_header_bytes: 16384,
+                max_token_bytes: 8192,
+                json_max_depth: 8,
+                request_timeout: Duration::from_secs(4),
+                header_read_timeout: Duration::from_secs(2),
+            }
+        );
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            })
+        );
+        let d = Config::load(&ConfigArgs::default()).expect("defaults");
+        assert_eq!(d.limits, Limits::default());
+        assert_eq!(d.rate_limits.per_tenant, DEFAULT_RATE_LIMIT_PER_TENANT);
+        assert_eq!(d.tls, None);
+    }
+
+    #[test]
+    fn limits_out_of_range_are_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        let err = |text: &str| {
+            std::fs::write(&file, text).expect("write");
+            Config::load(&ConfigArgs {
+                config: Some(file.clone()),
+                ..Default::default()
+            })
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+        };
+        assert!(err("max_body_bytes = 65537\n").contains("max_body_bytes"));
+        assert!(err("max_body_bytes = 10\n").contains("max_body_bytes"));
+        assert!(err("max_header_bytes = 8191\n").contains("max_header_bytes"));
+        assert!(err("max_token_bytes = 40000\n").contains("max_token_bytes"));
+        assert!(err("json_max_depth = 129\n").contains("json_max_depth"));
+        assert!(err("max_connections = 0\n").contains("max_connections"));
+        assert!(err("request_timeout = \"10m\"\n").contains("request_timeout"));
+        assert!(err("header_read_timeout = \"0s\"\n").contains("header_read_timeout"));
+        assert!(err("tls_key = \"k.pem\"\n").contains("tls_cert and tls_key go together"));
+        assert!(err("rate_limit_per_tenant = -1\n").contains("rate_limit_per_tenant"));
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub mod domain;
 pub mod http;
 pub mod keys;
 pub mod kms;
+pub mod metrics;
+pub mod ratelimit;
 pub mod shards;
 pub mod store;
 pub mod telemetry;

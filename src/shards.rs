@@ -22,6 +22,11 @@ pub fn per_shard(capacity: usize) -> NonZeroUsize {
     NonZeroUsize::new(capacity.div_ceil(SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN)
 }
 
+/// The index of the shard that holds a key of this hash.
+pub fn index_of(hash: u64) -> usize {
+    (hash as usize) % SHARDS
+}
+
 impl<T> Shards<T> {
     pub fn new(make: impl Fn() -> T) -> Self {
         Shards {
@@ -34,7 +39,12 @@ impl<T> Shards<T> {
 
     /// The index of the shard that holds `key`.
     pub fn index(&self, key: impl Hash) -> usize {
-        (self.hasher.hash_one(key) as usize) % SHARDS
+        index_of(self.hash(key))
+    }
+
+    /// `key`'s hash under this set's (randomly seeded) hasher.
+    pub fn hash(&self, key: impl Hash) -> u64 {
+        self.hasher.hash_one(key)
     }
 
     pub fn at(&self, index: usize) -> &Mutex<T> {

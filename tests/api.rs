@@ -1978,7 +1978,9 @@ async fn openapi_lists_the_five_operations_with_every_documented_status() {
             "UpdateTenantRepoEncryptionSetting",
             "200",
             "SettingView",
-            &["200", "400", "401", "403", "409", "413", "415", "503"],
+            &[
+                "200", "400", "401", "403", "409", "413", "415", "408", "429", "503",
+            ],
         ),
         (
             setting,
@@ -1986,7 +1988,7 @@ async fn openapi_lists_the_five_operations_with_every_documented_status() {
             "ShowTenantRepoEncryptionSetting",
             "202",
             "SettingView",
-            &["202", "400", "401", "403", "503"],
+            &["202", "400", "401", "403", "408", "429", "503"],
         ),
         (
             grant,
@@ -1994,7 +1996,7 @@ async fn openapi_lists_the_five_operations_with_every_documented_status() {
             "CreateTenantKmsGrant",
             "200",
             "GrantView",
-            &["200", "400", "401", "403", "503"],
+            &["200", "400", "401", "403", "408", "429", "503"],
         ),
         (
             grant,
@@ -2002,7 +2004,7 @@ async fn openapi_lists_the_five_operations_with_every_documented_status() {
             "ShowTenantKmsGrant",
             "202",
             "GrantView",
-            &["202", "400", "401", "403", "503"],
+            &["202", "400", "401", "403", "408", "429", "503"],
         ),
         (
             tenant,
@@ -2010,7 +2012,7 @@ async fn openapi_lists_the_five_operations_with_every_documented_status() {
             "ShowProjectTenantSettings",
             "200",
             "TenantSettingView",
-            &["200", "400", "401", "403", "404", "503"],
+            &["200", "400", "401", "403", "404", "408", "429", "503"],
         ),
     ];
     let mut op_ids = BTreeSet::new();

@@ -80,6 +80,15 @@ pub enum Error {
     PayloadTooLarge { limit: usize },
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
+    #[error("the request did not complete within {}: send it whole and promptly, then retry", humantime::format_duration(*.limit))]
+    RequestTimeout { limit: std::time::Duration },
+    #[error("too many requests for this {scope}: retry in {retry_after} s")]
+    RateLimited {
+        /// `tenant` or `credential`.
+        scope: &'static str,
+        /// Whole seconds until a request would be admitted.
+        retry_after: u64,
+    },
 
     // ---- 503 / 500 -------------------------------------------------------------------
     #[error("the KMS is unavailable; retry later")]
@@ -138,6 +147,11 @@ impl Error {
             AlreadyExists(_) => "RC.409002",
             PayloadTooLarge { .. } => "RC.413001",
             UnsupportedMediaType => "RC.415001",
+            RequestTimeout { .. } => "RC.408001",
+            RateLimited {
+                scope: "tenant", ..
+            } => "RC.429001",
+            RateLimited { .. } => "RC.429002",
             KmsUnavailable(_) => "RC.503001",
             Store(_) => "RC.503002",
             Internal(_) => "RC.500000",

@@ -50,6 +50,18 @@ impl Service {
         &self.store
     }
 
+    /// The counters of every in-memory cache behind the service, for `/metrics`.
+    pub fn cache_stats(&self) -> Vec<crate::metrics::CacheStats> {
+        let (hits, misses) = self.cache.hits_and_misses();
+        let mut stats = vec![crate::metrics::CacheStats {
+            name: "key_state",
+            hits,
+            misses,
+        }];
+        stats.extend(self.store.cache_stats());
+        stats
+    }
+
     // ---- GET setting -------------------------------------------------------------------
 
     pub async fn show_setting(&self, tenant: &TenantId) -> Result<SettingView> {

@@ -1,12 +1,18 @@
-//! Per-request context: the request id (echoed or generated) and one log line per request.
+//! Per-request context: the request id (echoed or generated), the request timeout, the
+//! request's metrics and one log line per request.
 
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::domain::Error;
+use crate::metrics::Operation;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -28,7 +34,12 @@ pub fn new_request_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-pub async fn request_context(mut req: Request, next: Next) -> Response {
+/// The outermost layer: request id, the request timeout, metrics and the access log.
+pub async fn request_context(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let id = req
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -37,22 +48,29 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
         .unwrap_or_else(new_request_id);
     let header = HeaderValue::from_str(&id).ok();
     req.extensions_mut().insert(RequestId(id.clone()));
-    let route = req
+    let matched = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+        .map(MatchedPath::as_str);
+    let operation = Operation::of(matched, req.method());
+    let route = matched.unwrap_or("unmatched").to_owned();
     // Logs below `info` inside the request carry its id; the access line names it itself,
     // so no span needs to be built at the default level (it would cost a fifth of a GET).
     let span = tracing::debug_span!("request", request_id = %id);
     let start = Instant::now();
     let method = req.method().clone();
-    let mut response = next.run(req).instrument(span).await;
+    let limit = state.limits.request_timeout;
+    let mut response = match tokio::time::timeout(limit, next.run(req).instrument(span)).await {
+        Ok(response) => response,
+        Err(_) => ApiError(Error::RequestTimeout { limit }).into_response(),
+    };
     if let Some(h) = header {
         response.headers_mut().insert(REQUEST_ID_HEADER, h);
     }
     let status = response.status().as_u16();
-    let micros = start.elapsed().as_micros() as u64;
+    let elapsed = start.elapsed();
+    state.metrics.record_request(operation, status, elapsed);
+    let micros = elapsed.as_micros() as u64;
     match response.extensions().get::<super::error::Failure>() {
         Some(f) => tracing::error!(
             request_id = %id, method = %method, route = %route, status, latency_us = micros,

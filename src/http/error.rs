@@ -1,6 +1,7 @@
 //! The one place where service errors become HTTP responses.
 
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -58,6 +59,8 @@ pub fn status_of(e: &Error) -> StatusCode {
         Conflict | AlreadyExists(_) => StatusCode::CONFLICT,
         PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+        RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         KmsUnavailable(_) | Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -82,6 +85,11 @@ impl IntoResponse for ApiError {
             error_msg: self.0.to_string(),
         };
         let mut response = (status, Json(body)).into_response();
+        if let Error::RateLimited { retry_after, .. } = self.0 {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(retry_after));
+        }
         if let Some(f) = failure {
             // The request middleware logs it, with the request id.
             response.extensions_mut().insert(f);

@@ -1,6 +1,8 @@
 //! Authentication: the `X-Auth-Token` extractor and the middleware that verifies AK/SK
 //! request signatures. Never logs the credential itself.
 
+use std::hash::Hash;
+
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -12,7 +14,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::signature::SignedRequest;
-use crate::domain::{Error, Identity, MAX_BODY_BYTES};
+use crate::domain::{Error, Identity};
 
 pub const AUTH_TOKEN_HEADER: &str = "x-auth-token";
 
@@ -26,6 +28,7 @@ impl FromRequestParts<AppState> for Caller {
         let mut values = parts.headers.get_all(AUTH_TOKEN_HEADER).iter();
         let Some(value) = values.next() else {
             // No token: a verified signature (see `verify_signature`) or nothing.
+            // (The signature middleware has already taken it from the rate limits.)
             return match parts.extensions.get::<SignedIdentity>() {
                 Some(SignedIdentity(identity)) => Ok(Caller(identity.clone())),
                 None => Err(Error::MissingToken.into()),
@@ -34,6 +37,9 @@ impl FromRequestParts<AppState> for Caller {
         if values.next().is_some() {
             return Err(Error::InvalidToken("more than one X-Auth-Token header").into());
         }
+        if value.len() > state.limits.max_token_bytes {
+            return Err(Error::InvalidToken("longer than this server accepts").into());
+        }
         let token = value
             .to_str()
             .map_err(|_| Error::InvalidToken("not visible ASCII"))?
@@ -41,8 +47,30 @@ impl FromRequestParts<AppState> for Caller {
         if token.is_empty() {
             return Err(Error::MissingToken.into());
         }
-        Ok(Caller(state.auth.authenticate_token(token).await?))
+        let identity = state.auth.authenticate_token(token).await?;
+        admit(state, &identity, (&identity.tenant_id, &identity.user_id))?;
+        Ok(Caller(identity))
     }
+}
+
+/// Take a request from the tenant's and the credential's rate limits.
+fn admit(state: &AppState, identity: &Identity, credential: impl Hash) -> Result<(), Error> {
+    let limits = &state.rate_limiters;
+    if let Some(l) = &limits.tenant {
+        l.check(&identity.tenant_id)
+            .map_err(|retry_after| Error::RateLimited {
+                scope: "tenant",
+                retry_after,
+            })?;
+    }
+    if let Some(l) = &limits.credential {
+        l.check(credential)
+            .map_err(|retry_after| Error::RateLimited {
+                scope: "credential",
+                retry_after,
+            })?;
+    }
+    Ok(())
 }
 
 /// The identity behind a verified request signature.
@@ -56,14 +84,24 @@ pub async fn verify_signature(State(state): State<AppState>, req: Request, next:
     if req.headers().contains_key(AUTH_TOKEN_HEADER) || !req.headers().contains_key(AUTHORIZATION) {
         return next.run(req).await;
     }
+    let too_long = req
+        .headers()
+        .get_all(AUTHORIZATION)
+        .iter()
+        .any(|v| v.len() > state.limits.max_token_bytes);
+    if too_long {
+        return ApiError(Error::SignatureMalformed(format!(
+            "the Authorization header is longer than {} bytes",
+            state.limits.max_token_bytes
+        )))
+        .into_response();
+    }
+    let limit = state.limits.max_body_bytes;
     let (mut parts, body) = req.into_parts();
-    let bytes = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+    let bytes = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return ApiError(Error::PayloadTooLarge {
-                limit: MAX_BODY_BYTES,
-            })
-            .into_response()
+            return ApiError(Error::PayloadTooLarge { limit }).into_response()
         }
         Err(_) => {
             return ApiError(Error::BadRequestBody("cannot read the request body".into()))
@@ -90,6 +128,10 @@ pub async fn verify_signature(State(state): State<AppState>, req: Request, next:
         };
         state.auth.authenticate_signature(&request).await
     };
+    let verified = verified.and_then(|identity| {
+        let access_key = access_key(&parts.headers);
+        admit(&state, &identity, access_key).map(|()| identity)
+    });
     match verified {
         Ok(identity) => {
             parts.extensions.insert(SignedIdentity(identity));
@@ -98,4 +140,15 @@ pub async fn verify_signature(State(state): State<AppState>, req: Request, next:
         }
         Err(e) => ApiError(e).into_response(),
     }
+}
+
+/// The `Access=` value of a (verified) signature's Authorization header: the credential
+/// the rate limit counts.
+fn access_key(headers: &axum::http::HeaderMap) -> &str {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once("Access="))
+        .map(|(_, rest)| rest.split([',', ' ']).next().unwrap_or(""))
+        .unwrap_or("")
 }

@@ -1,5 +1,7 @@
 //! Thin handlers: authenticate, authorize, parse into domain types, call the service.
 
+use std::time::{Duration, Instant};
+
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -12,10 +14,10 @@ use utoipa::{IntoParams, ToSchema};
 use super::context::RequestId;
 use super::error::{ApiError, ErrorBody};
 use super::extract::Caller;
+use super::limits::check_json_depth;
 use super::AppState;
 use crate::domain::{
     parse_setting_patch, Actor, Error, GrantView, Identity, SettingView, TenantSettingView,
-    MAX_BODY_BYTES,
 };
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -83,12 +85,10 @@ fn require_json(headers: &HeaderMap) -> Result<(), Error> {
     }
 }
 
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Error> {
+fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, Error> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Error::PayloadTooLarge {
-                limit: MAX_BODY_BYTES,
-            }
+            Error::PayloadTooLarge { limit }
         } else {
             Error::BadRequestBody(format!("cannot read the request body: {}", e.body_text()))
         }
@@ -111,6 +111,8 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Error> {
         (status = 409, description = "Concurrent changes; retry", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 408, description = "The request was not completed within the server's request timeout", body = ErrorBody),
+        (status = 429, description = "Too many requests from this tenant or credential: retry after `Retry-After` seconds", body = ErrorBody),
         (status = 503, description = "KMS or database unavailable", body = ErrorBody),
     ),
     security(("X-Auth-Token" = []), ("SDK-HMAC-SHA256" = []))
@@ -126,7 +128,9 @@ pub async fn update_setting(
     let tenant = path_tenant(path)?;
     caller.authorize_write(&tenant)?;
     require_json(&headers)?;
-    let patch = parse_setting_patch(&body_bytes(body)?)?;
+    let body = body_bytes(body, state.limits.max_body_bytes)?;
+    check_json_depth(&body, state.limits.json_max_depth)?;
+    let patch = parse_setting_patch(&body)?;
     let view = state
         .service
         .update_setting(&actor(&caller, &request_id), &caller.tenant_id, patch)
@@ -146,6 +150,8 @@ pub async fn update_setting(
         (status = 400, description = "Bad request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 403, description = "Another tenant's setting", body = ErrorBody),
+        (status = 408, description = "The request was not completed within the server's request timeout", body = ErrorBody),
+        (status = 429, description = "Too many requests from this tenant or credential: retry after `Retry-After` seconds", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ),
     security(("X-Auth-Token" = []), ("SDK-HMAC-SHA256" = []))
@@ -173,6 +179,8 @@ pub async fn show_setting(
         (status = 400, description = "Bad request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 403, description = "Another tenant, or not a tenant admin", body = ErrorBody),
+        (status = 408, description = "The request was not completed within the server's request timeout", body = ErrorBody),
+        (status = 429, description = "Too many requests from this tenant or credential: retry after `Retry-After` seconds", body = ErrorBody),
         (status = 503, description = "The service cannot reach the tenant's KMS, or the database", body = ErrorBody),
     ),
     security(("X-Auth-Token" = []), ("SDK-HMAC-SHA256" = []))
@@ -205,6 +213,8 @@ pub async fn create_grant(
         (status = 400, description = "Bad request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 403, description = "Another tenant's grant", body = ErrorBody),
+        (status = 408, description = "The request was not completed within the server's request timeout", body = ErrorBody),
+        (status = 429, description = "Too many requests from this tenant or credential: retry after `Retry-After` seconds", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ),
     security(("X-Auth-Token" = []), ("SDK-HMAC-SHA256" = []))
@@ -233,6 +243,8 @@ pub async fn show_grant(
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 403, description = "Not a member of the project nor of its tenant", body = ErrorBody),
         (status = 404, description = "No such project", body = ErrorBody),
+        (status = 408, description = "The request was not completed within the server's request timeout", body = ErrorBody),
+        (status = 429, description = "Too many requests from this tenant or credential: retry after `Retry-After` seconds", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ),
     security(("X-Auth-Token" = []), ("SDK-HMAC-SHA256" = []))
@@ -255,10 +267,61 @@ pub async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Readiness: the database answers.
-pub async fn readyz(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
-    state.service.store().ping().await?;
-    Ok(Json(serde_json::json!({ "status": "ready" })))
+/// The last readiness probe, reused for a second so that `/readyz` (unauthenticated)
+/// cannot be used to flood the database or the KMS.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    last: tokio::sync::Mutex<Option<(Instant, bool, bool)>>,
+}
+
+const READINESS_REUSE: Duration = Duration::from_secs(1);
+
+/// Readiness: the database and the KMS answer (503 naming the one that does not).
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let (database, kms) = {
+        let mut last = state.readiness.last.lock().await;
+        match *last {
+            Some((at, db, kms)) if at.elapsed() < READINESS_REUSE => (db, kms),
+            _ => {
+                let (db, kms) = tokio::join!(state.service.store().ping(), state.kms.ping());
+                if let Err(e) = &db {
+                    tracing::warn!(error = %e, detail = e.internal_detail().unwrap_or(""), "readiness: database unreachable");
+                }
+                if let Err(e) = &kms {
+                    tracing::warn!(error = %e, detail = e.internal_detail().unwrap_or(""), "readiness: KMS unreachable");
+                }
+                *last = Some((Instant::now(), db.is_ok(), kms.is_ok()));
+                (db.is_ok(), kms.is_ok())
+            }
+        }
+    };
+    let word = |ok: bool| if ok { "ok" } else { "unreachable" };
+    let status = if database && kms {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if database && kms { "ready" } else { "unready" },
+        "database": word(database),
+        "kms": word(kms),
+    });
+    (status, Json(body))
+}
+
+/// Prometheus metrics, in the text exposition format.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let text = state.metrics.render(
+        &state.service.cache_stats(),
+        &state.rate_limiters.rejected(),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
 }
 
 pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {

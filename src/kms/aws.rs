@@ -423,6 +423,10 @@ where
 #[async_trait]
 impl Kms for AwsKms {
     async fn check_access(&self, _tenant: &TenantId) -> Result<()> {
+        self.ping().await
+    }
+
+    async fn ping(&self) -> Result<()> {
         self.client
             .list_keys()
             .limit(1)

@@ -114,12 +114,16 @@ fn validate_alias(alias: &str) -> Result<()> {
 
 #[async_trait]
 impl Kms for LocalKms {
-    async fn check_access(&self, _tenant: &TenantId) -> Result<()> {
+    async fn ping(&self) -> Result<()> {
         // The local KMS lives in the service's database: reachable when the database is.
         self.store
             .ping()
             .await
             .map_err(|e| Error::KmsUnavailable(format!("local KMS store: {e}")))
+    }
+
+    async fn check_access(&self, _tenant: &TenantId) -> Result<()> {
+        self.ping().await
     }
 
     async fn describe_key(&self, tenant: &TenantId, key_id: &str) -> Result<Option<KeyInfo>> {

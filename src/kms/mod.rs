@@ -3,6 +3,7 @@
 pub mod aws;
 pub mod cache;
 pub mod local;
+pub mod metered;
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -39,6 +40,8 @@ impl KeyOrigin {
 /// is reported as not found, never as forbidden, so a tenant cannot learn of it.
 #[async_trait]
 pub trait Kms: Send + Sync + 'static {
+    /// Check that the KMS as a whole answers (readiness checks).
+    async fn ping(&self) -> Result<()>;
     /// Check that the service can reach this tenant's KMS with its credentials.
     async fn check_access(&self, tenant: &TenantId) -> Result<()>;
     /// The key with this id in this tenant's KMS, or `None`.

@@ -160,6 +160,11 @@ pub trait Store: Send + Sync + 'static {
     async fn credential_list(&self, tenant: &TenantId) -> Result<Vec<Credential>>;
     /// `false` when there was no such access key.
     async fn credential_delete(&self, access_key: &str, actor: &Actor) -> Result<bool>;
+
+    /// The counters of this store's in-memory caches, for `/metrics`.
+    fn cache_stats(&self) -> Vec<crate::metrics::CacheStats> {
+        Vec::new()
+    }
 }
 
 /// Map a driver error to the service's error, keeping the detail for the log only.

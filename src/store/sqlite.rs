@@ -468,6 +468,16 @@ const KEY_COLUMNS: &str =
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn cache_stats(&self) -> Vec<crate::metrics::CacheStats> {
+        [
+            ("settings", self.settings.hits_and_misses()),
+            ("grants", self.grants.hits_and_misses()),
+        ]
+        .into_iter()
+        .map(|(name, (hits, misses))| crate::metrics::CacheStats { name, hits, misses })
+        .collect()
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

@@ -39,9 +39,10 @@ impl Server {
             .expect("read the listening line");
         let addr = line
             .trim()
-            .strip_prefix("repocrypt listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .to_owned();
+            .strip_prefix("repocrypt listening on ")
+            .and_then(|url| url.split_once("://"))
+            .map(|(_scheme, addr)| addr.to_owned())
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
         Server { dir, addr, child }
     }
 

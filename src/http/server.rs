@@ -1,0 +1,170 @@
+//! The accept loop: HTTP/1.1 over TCP or TLS, with a bound on connections, on the size of
+//! a request head and on the time a client may take to send it, and graceful shutdown.
+//!
+//! `axum::serve` offers none of these knobs (it sets no header timeout at all), so the
+//! connections are driven with hyper's own builder here.
+
+use std::future::Future;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{Limits, TlsFiles};
+use crate::domain::Error;
+
+/// How connections are accepted and served.
+#[derive(Clone)]
+pub struct ServerOptions {
+    pub limits: Limits,
+    /// HTTPS when set.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl ServerOptions {
+    pub fn plain(limits: Limits) -> Self {
+        ServerOptions { limits, tls: None }
+    }
+}
+
+/// A rustls server configuration from a PEM certificate chain and its key, with clear
+/// errors for each way the files can be wrong.
+pub fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, Error> {
+    let unreadable = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
+        Error::InvalidArgument(format!("TLS {what} {}: {e}", path.display()))
+    };
+    let chain = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| unreadable("certificate", &files.cert, &e))?;
+    if chain.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "TLS certificate {}: no PEM certificate found",
+            files.cert.display()
+        )));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(&files.key).map_err(|e| unreadable("key", &files.key, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+        .map_err(|e| {
+            Error::InvalidArgument(format!(
+                "TLS certificate {} and key {} do not make a usable pair: {e}",
+                files.cert.display(),
+                files.key.display()
+            ))
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serve `app` on `listener` until `shutdown` resolves; then stop accepting, let the
+/// requests in flight finish (for at most the request timeout) and return.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let limits = options.limits;
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let tls = options.tls.map(TlsAcceptor::from);
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(limits.max_header_bytes)
+        .keep_alive(true);
+    let http = Arc::new(http);
+    tokio::pin!(shutdown);
+    loop {
+        // At the connection limit, stop accepting: new clients wait in the listen queue
+        // (and time out there) instead of costing memory and file descriptors here.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    accept_error(e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let watcher = graceful.watcher();
+        let http = http.clone();
+        match &tls {
+            None => {
+                tokio::spawn(async move {
+                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    finish(watcher.watch(conn).await);
+                    drop(permit);
+                });
+            }
+            Some(acceptor) => {
+                let handshake = acceptor.accept(stream);
+                let timeout = limits.header_read_timeout;
+                tokio::spawn(async move {
+                    match tokio::time::timeout(timeout, handshake).await {
+                        Ok(Ok(stream)) => {
+                            let conn = http.serve_connection(TokioIo::new(stream), service);
+                            finish(watcher.watch(conn).await);
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+    drop(listener);
+    // Idle connections close at once; busy ones after their current response.
+    let _ = tokio::time::timeout(
+        limits.request_timeout + Duration::from_secs(1),
+        graceful.shutdown(),
+    )
+    .await;
+    Ok(())
+}
+
+/// A connection's end: errors are the client's doing (reset, malformed request, timeout)
+/// and worth a debug line only.
+fn finish(result: Result<(), hyper::Error>) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Accept errors: a client that gave up before we accepted is nothing; running out of
+/// file descriptors is logged and waited out, so the loop does not spin.
+async fn accept_error(e: io::Error) {
+    use io::ErrorKind::*;
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted
+    ) {
+        return;
+    }
+    tracing::warn!(error = %e, "accept failed; retrying in 100ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}

@@ -1,0 +1,448 @@
+//! Prometheus metrics: fixed sets of lock-free counters and histograms, rendered in the
+//! text exposition format by `GET /metrics`.
+//!
+//! Labels come from fixed lists (operations, KMS calls, outcomes), never from request
+//! data, so no tenant id, key id or credential can reach a scrape and the number of
+//! series is bounded.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Status codes counted one by one (100..=599); anything else counts as 599.
+const STATUSES: usize = 500;
+
+#[derive(Default)]
+struct Histogram {
+    /// Per bucket (not cumulative); the last one is +Inf.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let le = BUCKETS
+                .get(i)
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "+Inf".into());
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(
+            out,
+            "{name}_count{{{labels}}} {}",
+            self.count.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// What `/metrics` counts a request under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    ShowSetting,
+    UpdateSetting,
+    ShowGrant,
+    CreateGrant,
+    ShowTenantSetting,
+    Health,
+    Ready,
+    Metrics,
+    OpenApi,
+    /// No route, or a method the route does not have.
+    Other,
+}
+
+impl Operation {
+    const ALL: [Operation; 10] = [
+        Operation::ShowSetting,
+        Operation::UpdateSetting,
+        Operation::ShowGrant,
+        Operation::CreateGrant,
+        Operation::ShowTenantSetting,
+        Operation::Health,
+        Operation::Ready,
+        Operation::Metrics,
+        Operation::OpenApi,
+        Operation::Other,
+    ];
+
+    /// The operation of a matched route (as axum names it) and a method.
+    pub fn of(route: Option<&str>, method: &axum::http::Method) -> Operation {
+        use axum::http::Method;
+        let m = method;
+        match route {
+            Some("/v4/tenants/{tenant_id}/repo-encryption/setting") if m == Method::GET => {
+                Operation::ShowSetting
+            }
+            Some("/v4/tenants/{tenant_id}/repo-encryption/setting") if m == Method::PUT => {
+                Operation::UpdateSetting
+            }
+            Some("/v4/tenants/{tenant_id}/repo-encryption/kms-grant") if m == Method::GET => {
+                Operation::ShowGrant
+            }
+            Some("/v4/tenants/{tenant_id}/repo-encryption/kms-grant") if m == Method::POST => {
+                Operation::CreateGrant
+            }
+            Some("/v4/tenant/setting") if m == Method::GET => Operation::ShowTenantSetting,
+            Some("/healthz") => Operation::Health,
+            Some("/readyz") => Operation::Ready,
+            Some("/metrics") => Operation::Metrics,
+            Some("/openapi.json") => Operation::OpenApi,
+            _ => Operation::Other,
+        }
+    }
+
+    /// The OpenAPI operation id for the API's operations.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::ShowSetting => "ShowTenantRepoEncryptionSetting",
+            Operation::UpdateSetting => "UpdateTenantRepoEncryptionSetting",
+            Operation::ShowGrant => "ShowTenantKmsGrant",
+            Operation::CreateGrant => "CreateTenantKmsGrant",
+            Operation::ShowTenantSetting => "ShowProjectTenantSettings",
+            Operation::Health => "healthz",
+            Operation::Ready => "readyz",
+            Operation::Metrics => "metrics",
+            Operation::OpenApi => "openapi",
+            Operation::Other => "other",
+        }
+    }
+}
+
+/// A call to the KMS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KmsCall {
+    CheckAccess,
+    DescribeKey,
+    CreateKey,
+    ListKeys,
+    EnableKey,
+    DisableKey,
+    ScheduleKeyDeletion,
+    CancelKeyDeletion,
+    ImportKeyMaterial,
+    Ping,
+}
+
+impl KmsCall {
+    const ALL: [KmsCall; 10] = [
+        KmsCall::CheckAccess,
+        KmsCall::DescribeKey,
+        KmsCall::CreateKey,
+        KmsCall::ListKeys,
+        KmsCall::EnableKey,
+        KmsCall::DisableKey,
+        KmsCall::ScheduleKeyDeletion,
+        KmsCall::CancelKeyDeletion,
+        KmsCall::ImportKeyMaterial,
+        KmsCall::Ping,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KmsCall::CheckAccess => "check_access",
+            KmsCall::DescribeKey => "describe_key",
+            KmsCall::CreateKey => "create_key",
+            KmsCall::ListKeys => "list_keys",
+            KmsCall::EnableKey => "enable_key",
+            KmsCall::DisableKey => "disable_key",
+            KmsCall::ScheduleKeyDeletion => "schedule_key_deletion",
+            KmsCall::CancelKeyDeletion => "cancel_key_deletion",
+            KmsCall::ImportKeyMaterial => "import_key_material",
+            KmsCall::Ping => "ping",
+        }
+    }
+}
+
+/// How a KMS call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KmsOutcome {
+    Ok,
+    /// The KMS answered with a refusal (not found, wrong state, …).
+    Refused,
+    /// The KMS could not be reached or failed (the `RC.503001` cases).
+    Unavailable,
+}
+
+const OUTCOMES: [KmsOutcome; 3] = [KmsOutcome::Ok, KmsOutcome::Refused, KmsOutcome::Unavailable];
+
+impl KmsOutcome {
+    fn name(self) -> &'static str {
+        match self {
+            KmsOutcome::Ok => "ok",
+            KmsOutcome::Refused => "refused",
+            KmsOutcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+struct OperationMetrics {
+    by_status: Vec<AtomicU64>,
+    latency: Histogram,
+}
+
+#[derive(Default)]
+struct KmsMetrics {
+    outcomes: [AtomicU64; 3],
+    latency: Histogram,
+}
+
+/// A cache's counters, read at scrape time.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheStats {
+    pub name: &'static str,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+pub struct Metrics {
+    operations: Vec<OperationMetrics>,
+    kms: Vec<KmsMetrics>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn index<T: PartialEq>(all: &[T], item: T) -> usize {
+    all.iter().position(|x| *x == item).unwrap_or(0)
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Metrics {
+            operations: Operation::ALL
+                .iter()
+                .map(|_| OperationMetrics {
+                    by_status: (0..STATUSES).map(|_| AtomicU64::new(0)).collect(),
+                    latency: Histogram::default(),
+                })
+                .collect(),
+            kms: KmsCall::ALL.iter().map(|_| KmsMetrics::default()).collect(),
+        }
+    }
+
+    pub fn record_request(&self, op: Operation, status: u16, elapsed: Duration) {
+        let m = &self.operations[index(&Operation::ALL, op)];
+        let slot = usize::from(status)
+            .checked_sub(100)
+            .filter(|&i| i < STATUSES)
+            .unwrap_or(STATUSES - 1);
+        m.by_status[slot].fetch_add(1, Ordering::Relaxed);
+        m.latency.observe(elapsed);
+    }
+
+    pub fn record_kms(&self, call: KmsCall, outcome: KmsOutcome, elapsed: Duration) {
+        let m = &self.kms[index(&KmsCall::ALL, call)];
+        m.outcomes[index(&OUTCOMES, outcome)].fetch_add(1, Ordering::Relaxed);
+        m.latency.observe(elapsed);
+    }
+
+    /// The text exposition format, with the caches' and rate limiters' counters given
+    /// by the caller (they live with what they count).
+    pub fn render(&self, caches: &[CacheStats], rate_limited: &[(&str, u64)]) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        header(
+            &mut out,
+            "repocrypt_http_requests_total",
+            "counter",
+            "Requests answered, by operation and HTTP status.",
+        );
+        for (op, m) in Operation::ALL.iter().zip(&self.operations) {
+            for (i, count) in m.by_status.iter().enumerate() {
+                let count = count.load(Ordering::Relaxed);
+                if count > 0 {
+                    let _ = writeln!(
+                        out,
+                        "repocrypt_http_requests_total{{operation=\"{}\",status=\"{}\"}} {count}",
+                        op.name(),
+                        i + 100
+                    );
+                }
+            }
+        }
+        header(
+            &mut out,
+            "repocrypt_http_request_duration_seconds",
+            "histogram",
+            "Time from a request's head to its response, by operation.",
+        );
+        for (op, m) in Operation::ALL.iter().zip(&self.operations) {
+            let labels = format!("operation=\"{}\"", op.name());
+            m.latency
+                .render(&mut out, "repocrypt_http_request_duration_seconds", &labels);
+        }
+        header(
+            &mut out,
+            "repocrypt_kms_calls_total",
+            "counter",
+            "Calls to the KMS, by call and outcome (ok, refused, unavailable).",
+        );
+        for (call, m) in KmsCall::ALL.iter().zip(&self.kms) {
+            for (outcome, count) in OUTCOMES.iter().zip(&m.outcomes) {
+                let _ = writeln!(
+                    out,
+                    "repocrypt_kms_calls_total{{call=\"{}\",outcome=\"{}\"}} {}",
+                    call.name(),
+                    outcome.name(),
+                    count.load(Ordering::Relaxed)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "repocrypt_kms_call_duration_seconds",
+            "histogram",
+            "Time of a KMS call, retries included, by call.",
+        );
+        for (call, m) in KmsCall::ALL.iter().zip(&self.kms) {
+            let labels = format!("call=\"{}\"", call.name());
+            m.latency
+                .render(&mut out, "repocrypt_kms_call_duration_seconds", &labels);
+        }
+        for (name, help, pick) in [
+            (
+                "repocrypt_cache_hits_total",
+                "Lookups answered from an in-memory cache.",
+                (|c: &CacheStats| c.hits) as fn(&CacheStats) -> u64,
+            ),
+            (
+                "repocrypt_cache_misses_total",
+                "Lookups an in-memory cache could not answer.",
+                |c: &CacheStats| c.misses,
+            ),
+        ] {
+            header(&mut out, name, "counter", help);
+            for c in caches {
+                let _ = writeln!(out, "{name}{{cache=\"{}\"}} {}", c.name, pick(c));
+            }
+        }
+        header(
+            &mut out,
+            "repocrypt_rate_limited_total",
+            "counter",
+            "Requests refused with 429, by limit (tenant or credential).",
+        );
+        for (scope, count) in rate_limited {
+            let _ = writeln!(
+                out,
+                "repocrypt_rate_limited_total{{scope=\"{scope}\"}} {count}"
+            );
+        }
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_by_operation_and_status_with_cumulative_buckets() {
+        let m = Metrics::new();
+        m.record_request(Operation::ShowSetting, 202, Duration::from_micros(300));
+        m.record_request(Operation::ShowSetting, 202, Duration::from_millis(3));
+        m.record_request(Operation::ShowSetting, 429, Duration::from_micros(50));
+        m.record_request(Operation::Other, 404, Duration::from_micros(50));
+        let text = m.render(&[], &[("tenant", 1)]);
+        let has = |line: &str| text.lines().any(|l| l == line);
+        assert!(has(
+            "repocrypt_http_requests_total{operation=\"ShowTenantRepoEncryptionSetting\",status=\"202\"} 2"
+        ));
+        assert!(has(
+            "repocrypt_http_requests_total{operation=\"ShowTenantRepoEncryptionSetting\",status=\"429\"} 1"
+        ));
+        assert!(has(
+            "repocrypt_http_requests_total{operation=\"other\",status=\"404\"} 1"
+        ));
+        let bucket = |le: &str| {
+            format!(
+                "repocrypt_http_request_duration_seconds_bucket{{operation=\"ShowTenantRepoEncryptionSetting\",le=\"{le}\"}}"
+            )
+        };
+        assert!(has(&format!("{} 1", bucket("0.0001"))));
+        assert!(has(&format!("{} 2", bucket("0.0005"))));
+        assert!(has(&format!("{} 3", bucket("0.005"))));
+        assert!(has(&format!("{} 3", bucket("+Inf"))));
+        assert!(has(
+            "repocrypt_http_request_duration_seconds_count{operation=\"ShowTenantRepoEncryptionSetting\"} 3"
+        ));
+        assert!(has("repocrypt_rate_limited_total{scope=\"tenant\"} 1"));
+    }
+
+    #[test]
+    fn kms_calls_and_caches_are_rendered() {
+        let m = Metrics::new();
+        m.record_kms(
+            KmsCall::DescribeKey,
+            KmsOutcome::Unavailable,
+            Duration::from_secs(2),
+        );
+        let text = m.render(
+            &[CacheStats {
+                name: "key_state",
+                hits: 7,
+                misses: 3,
+            }],
+            &[],
+        );
+        let has = |line: &str| text.lines().any(|l| l == line);
+        assert!(has(
+            "repocrypt_kms_calls_total{call=\"describe_key\",outcome=\"unavailable\"} 1"
+        ));
+        assert!(has(
+            "repocrypt_kms_call_duration_seconds_bucket{call=\"describe_key\",le=\"1\"} 0"
+        ));
+        assert!(has(
+            "repocrypt_kms_call_duration_seconds_bucket{call=\"describe_key\",le=\"2.5\"} 1"
+        ));
+        assert!(has("repocrypt_cache_hits_total{cache=\"key_state\"} 7"));
+        assert!(has("repocrypt_cache_misses_total{cache=\"key_state\"} 3"));
+    }
+
+    #[test]
+    fn odd_statuses_do_not_panic() {
+        let m = Metrics::new();
+        m.record_request(Operation::Other, 0, Duration::ZERO);
+        m.record_request(Operation::Other, 999, Duration::ZERO);
+        assert!(m
+            .render(&[], &[])
+            .contains("repocrypt_http_requests_total{operation=\"other\",status=\"599\"} 2"));
+    }
+}

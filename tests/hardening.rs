@@ -1,0 +1,708 @@
+//! Limits, rate limits, `/metrics`, `/readyz` and TLS: in-process where the router alone
+//! decides, with the real binary where the accept loop does (connections, request heads,
+//! timeouts, TLS).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod binary;
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::{Method, StatusCode};
+use serde_json::json;
+
+use common::*;
+use repocrypt::domain::Role;
+
+fn code(body: &serde_json::Value) -> &str {
+    body["error_code"].as_str().unwrap_or("")
+}
+
+// ---- limits the router enforces ----------------------------------------------------------
+
+#[tokio::test]
+async fn bodies_over_the_configured_limit_get_413_naming_it() {
+    let t = spawn_app_with(|c| c.limits.max_body_bytes = 2048).await;
+    let admin = t.admin(TENANT_A);
+    let big = format!(r#"{{"cmk_key_name":"{}"}}"#, "x".repeat(3000));
+    let (status, _, body) = t
+        .put_raw(TENANT_A, &admin, Some("application/json"), big)
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(code(&body), "RC.413001");
+    assert!(
+        body["error_msg"].as_str().unwrap().contains("2048"),
+        "{body}"
+    );
+    // The default is the API's 64 KiB.
+    let t = spawn_app().await;
+    let admin = t.admin(TENANT_A);
+    let big = format!(r#"{{"cmk_key_name":"{}"}}"#, "x".repeat(64 * 1024));
+    let (status, _, _) = t
+        .put_raw(TENANT_A, &admin, Some("application/json"), big)
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn json_nested_deeper_than_the_limit_is_refused_before_parsing() {
+    let t = spawn_app_with(|c| c.limits.json_max_depth = 4).await;
+    let admin = t.admin(TENANT_A);
+    let deep = |n: usize| format!(r#"{{"tenant_id":{}1{}}}"#, "[".repeat(n), "]".repeat(n));
+    let (status, _, body) = t
+        .put_raw(TENANT_A, &admin, Some("application/json"), deep(4))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error_msg"]
+            .as_str()
+            .unwrap()
+            .contains("deeper than 4"),
+        "{body}"
+    );
+    // Within the limit, the parser answers (tenant_id must be a string).
+    let (status, _, body) = t
+        .put_raw(TENANT_A, &admin, Some("application/json"), deep(3))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        !body["error_msg"].as_str().unwrap().contains("deeper"),
+        "{body}"
+    );
+    // 30,000 levels (far past serde_json's own limit) is a clean 400 too.
+    let t = spawn_app().await;
+    let admin = t.admin(TENANT_A);
+    let (status, _, body) = t
+        .put_raw(TENANT_A, &admin, Some("application/json"), deep(30_000))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error_msg"]
+            .as_str()
+            .unwrap()
+            .contains("deeper than 32"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn tokens_and_authorization_headers_over_the_limit_get_401() {
+    let t = spawn_app_with(|c| c.limits.max_token_bytes = 1024).await;
+    let long = "A".repeat(1025);
+    let (status, _, body) = t
+        .send(
+            Method::GET,
+            &setting_path(TENANT_A),
+            &[("X-Auth-Token", &long)],
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(code(&body), "RC.401002");
+    assert!(
+        body["error_msg"].as_str().unwrap().contains("longer"),
+        "{body}"
+    );
+    let authorization = format!("SDK-HMAC-SHA256 Access={long}, SignedHeaders=host, Signature=00");
+    let (status, _, body) = t
+        .send(
+            Method::GET,
+            &setting_path(TENANT_A),
+            &[("Authorization", &authorization)],
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(code(&body), "RC.401003");
+    assert!(
+        body["error_msg"].as_str().unwrap().contains("1024"),
+        "{body}"
+    );
+    // A real token is far below the default limit.
+    let admin = t.admin(TENANT_A);
+    assert_eq!(
+        t.get_setting(TENANT_A, &admin).await.0,
+        StatusCode::ACCEPTED
+    );
+}
+
+// ---- rate limits -----------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_tenant_over_its_rate_gets_429_with_retry_after_and_others_do_not() {
+    let t = spawn_app_with(|c| {
+        c.rate_limits.per_tenant = 1;
+        c.rate_limits.per_credential = 0;
+    })
+    .await;
+    let alice = t.admin(TENANT_A);
+    let bob = t.token(TENANT_A, "bob", Role::Member);
+    // The bucket holds two seconds' worth: two requests pass, whoever sends them.
+    assert_eq!(
+        t.get_setting(TENANT_A, &alice).await.0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(t.get_grant(TENANT_A, &bob).await.0, StatusCode::ACCEPTED);
+    let (status, headers, body) = t.get_setting(TENANT_A, &bob).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(code(&body), "RC.429001");
+    assert_eq!(headers["retry-after"], "1");
+    assert!(headers.contains_key("x-request-id"));
+    // Writes are limited too, and change nothing.
+    let before = t.snapshot(TENANT_A).await;
+    let (status, _, _) = t
+        .put_setting(TENANT_A, &alice, &json!({"encryption_type": "Normal"}))
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(t.snapshot(TENANT_A).await, before);
+    // Another tenant has its own bucket.
+    let other = t.admin(TENANT_B);
+    assert_eq!(
+        t.get_setting(TENANT_B, &other).await.0,
+        StatusCode::ACCEPTED
+    );
+    // The bucket refills at the rate.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        t.get_setting(TENANT_A, &alice).await.0,
+        StatusCode::ACCEPTED
+    );
+}
+
+#[tokio::test]
+async fn a_credential_over_its_rate_gets_429_while_the_tenants_other_users_go_on() {
+    let t = spawn_app_with(|c| {
+        c.rate_limits.per_tenant = 0;
+        c.rate_limits.per_credential = 1;
+    })
+    .await;
+    let alice = t.admin(TENANT_A);
+    let bob = t.token(TENANT_A, "bob", Role::Member);
+    assert_eq!(
+        t.get_setting(TENANT_A, &alice).await.0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        t.get_setting(TENANT_A, &alice).await.0,
+        StatusCode::ACCEPTED
+    );
+    let (status, headers, body) = t.get_setting(TENANT_A, &alice).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(code(&body), "RC.429002");
+    assert_eq!(headers["retry-after"], "1");
+    // A second token of the same user is the same credential.
+    let alice_again = t.token(TENANT_A, &admin_user(TENANT_A), Role::Admin);
+    assert_eq!(
+        t.get_setting(TENANT_A, &alice_again).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(t.get_setting(TENANT_A, &bob).await.0, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn a_rate_of_zero_turns_the_limits_off() {
+    let t = spawn_app_with(|c| {
+        c.rate_limits.per_tenant = 0;
+        c.rate_limits.per_credential = 0;
+    })
+    .await;
+    let alice = t.admin(TENANT_A);
+    for _ in 0..300 {
+        assert_eq!(
+            t.get_setting(TENANT_A, &alice).await.0,
+            StatusCode::ACCEPTED
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_default_rates_are_far_above_a_normal_client() {
+    let t = spawn_app().await;
+    assert_eq!(t.app.config.rate_limits.per_tenant, 1000);
+    assert_eq!(t.app.config.rate_limits.per_credential, 500);
+    let alice = t.admin(TENANT_A);
+    // A burst of 500 requests at once is admitted.
+    for _ in 0..500 {
+        assert_eq!(
+            t.get_setting(TENANT_A, &alice).await.0,
+            StatusCode::ACCEPTED
+        );
+    }
+}
+
+// ---- metrics ---------------------------------------------------------------------------
+
+async fn scrape(t: &TestApp) -> String {
+    let (status, headers, body) = t.send(Method::GET, "/metrics", &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    body.as_str().expect("metrics are text").to_owned()
+}
+
+fn value(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn metrics_count_requests_kms_calls_caches_and_rejections() {
+    let t = spawn_app_with(|c| {
+        c.rate_limits.per_tenant = 1;
+        c.key_state_cache_ttl = Duration::from_secs(60);
+    })
+    .await;
+    let admin = t.admin(TENANT_A);
+    let key = t.kms_ready(TENANT_A).await; // a key and a grant, made without requests
+    let (status, _, body) = t
+        .put_setting(
+            TENANT_A,
+            &admin,
+            &json!({"encryption_type": "KMS", "cmk_key_id": key.key_id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        t.get_setting(TENANT_A, &admin).await.0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        t.get_setting(TENANT_A, &admin).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    t.send(Method::GET, "/nowhere", &[], "").await;
+    let text = scrape(&t).await;
+    let ops = "repocrypt_http_requests_total{operation=";
+    assert_eq!(
+        value(
+            &text,
+            &format!("{ops}\"UpdateTenantRepoEncryptionSetting\",status=\"200\"}}")
+        ),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("{ops}\"ShowTenantRepoEncryptionSetting\",status=\"429\"}}")
+        ),
+        1
+    );
+    assert_eq!(value(&text, &format!("{ops}\"other\",status=\"404\"}}")), 1);
+    assert_eq!(
+        value(
+            &text,
+            "repocrypt_http_request_duration_seconds_count{operation=\"UpdateTenantRepoEncryptionSetting\"}"
+        ),
+        1
+    );
+    assert!(
+        value(
+            &text,
+            "repocrypt_kms_calls_total{call=\"describe_key\",outcome=\"ok\"}"
+        ) >= 1
+    );
+    assert_eq!(
+        value(&text, "repocrypt_cache_hits_total{cache=\"key_state\"}"),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "repocrypt_rate_limited_total{scope=\"tenant\"}"),
+        1
+    );
+    assert!(text.contains("repocrypt_cache_hits_total{cache=\"key_state\"}"));
+    // Nothing of the request's data is a label.
+    assert!(!text.contains(TENANT_A));
+    assert!(!text.contains(&key.key_id));
+}
+
+// ---- readiness -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn readyz_reports_the_database_and_the_kms() {
+    let t = spawn_app().await;
+    let (status, _, body) = t.send(Method::GET, "/readyz", &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({"status": "ready", "database": "ok", "kms": "ok"})
+    );
+}
+
+/// A TCP relay to PostgreSQL that the test can cut: the database "goes away".
+struct Relay {
+    addr: std::net::SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Relay {
+    async fn start(target: String) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (up2, conns2) = (up.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the connection is closed at once
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                conns2.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Relay { addr, up, conns }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+        if !up {
+            for c in self.conns.lock().unwrap().drain(..) {
+                c.abort();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn readyz_fails_while_the_database_is_unreachable_and_recovers() {
+    let Some(url) = test_database_url() else {
+        assert!(
+            std::env::var_os("REPOCRYPT_REQUIRE_EXTERNAL").is_none(),
+            "REPOCRYPT_REQUIRE_EXTERNAL is set but REPOCRYPT_TEST_DATABASE_URL is not"
+        );
+        eprintln!("skipped: REPOCRYPT_TEST_DATABASE_URL is not set (this test cuts a PostgreSQL connection)");
+        return;
+    };
+    let database = fresh_postgres_database(&url).await;
+    // postgres://user@HOST:PORT/db → the host and port, to relay to.
+    let rest = database.split_once('@').map(|(_, r)| r).unwrap();
+    let (hostport, db) = rest.split_once('/').unwrap();
+    let relay = Relay::start(hostport.to_owned()).await;
+    let relayed = database.replace(hostport, &relay.addr.to_string());
+    assert!(relayed.ends_with(db));
+    let t = spawn_app_with(|c| c.database_url = relayed.clone()).await;
+    let ready = || async { t.send(Method::GET, "/readyz", &[], "").await };
+    assert_eq!(ready().await.0, StatusCode::OK);
+    relay.set_up(false);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past the reuse window
+    let (status, _, body) = ready().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "unready");
+    assert_eq!(body["database"], "unreachable");
+    relay.set_up(true);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, body) = ready().await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still unready: {body}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[test]
+fn readyz_fails_while_the_kms_is_unreachable() {
+    // An AWS KMS endpoint where nothing listens: the KMS is down from the start.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let server = binary::Server::start(&[
+        ("REPOCRYPT_KMS_BACKEND", "aws"),
+        ("REPOCRYPT_KMS_ENDPOINT", &endpoint),
+        ("REPOCRYPT_KMS_REGION", "us-east-1"),
+        ("REPOCRYPT_KMS_TIMEOUT", "300ms"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ]);
+    let (status, body) = http(&server.addr, "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(r#""kms":"unreachable""#), "{body}");
+    assert!(body.contains(r#""database":"ok""#), "{body}");
+    assert!(server.log().contains("readiness: KMS unreachable"));
+    // Liveness does not depend on the KMS.
+    let (status, _) = http(&server.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200);
+}
+
+// ---- what the accept loop enforces (the real binary) ----------------------------------
+
+/// One request on a fresh connection; the status and the whole response text.
+fn http(addr: &str, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let text = read_response(&mut s);
+    (status_of(&text), text)
+}
+
+fn status_of(text: &str) -> u16 {
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Read one response (head and a Content-Length body).
+fn read_response(s: &mut impl Read) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return text;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&buf).into_owned(),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[test]
+fn request_heads_over_the_limit_get_431() {
+    let server = binary::Server::start(&[]);
+    let big = "a".repeat(40 * 1024);
+    let (status, _) = http(
+        &server.addr,
+        &format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n"),
+    );
+    assert_eq!(status, 431);
+    // Under the 32 KiB default, fine.
+    let ok = "a".repeat(20 * 1024);
+    let (status, _) = http(
+        &server.addr,
+        &format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {ok}\r\n\r\n"),
+    );
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn a_stalled_body_gets_408_after_the_request_timeout() {
+    let server = binary::Server::start(&[("REPOCRYPT_REQUEST_TIMEOUT", "1s")]);
+    let token = binary::stdout(&server.cli(&[
+        "token", "issue", "--tenant", "t1", "--user", "u", "--role", "admin",
+    ]));
+    let start = Instant::now();
+    let (status, body) = http(
+        &server.addr,
+        &format!(
+            "PUT /v4/tenants/t1/repo-encryption/setting HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"encryption",
+            token.trim()
+        ),
+    );
+    let took = start.elapsed();
+    assert_eq!(status, 408, "{body}");
+    assert!(body.contains("RC.408001"), "{body}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    let (status, body) = http(
+        &server.addr,
+        &format!(
+            "GET /v4/tenants/t1/repo-encryption/setting HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {}\r\n\r\n",
+            token.trim()
+        ),
+    );
+    assert_eq!(status, 202, "{body}");
+}
+
+fn config_file(server_dir: &std::path::Path, text: &str) -> String {
+    let path = server_dir.join("limits.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn slow_and_idle_connections_are_closed_after_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), "header_read_timeout = \"1s\"\n");
+    let server = binary::Server::start(&[("REPOCRYPT_CONFIG", &config)]);
+    let closed_within = |mut s: TcpStream, what: &str| {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let start = Instant::now();
+        let mut buf = [0u8; 1024];
+        // Closed (end of stream), possibly after hyper's own 408 for a timed-out head.
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => assert!(
+                String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+                "{what}: got data"
+            ),
+            Err(e) => panic!("{what}: not closed: {e}"),
+        }
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_secs(3),
+            "{what}: closed after {took:?}"
+        );
+    };
+    // Half a request head, then nothing (slowloris).
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    closed_within(s, "partial head");
+    // A keep-alive connection that goes quiet after a request.
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(status_of(&read_response(&mut s)), 200);
+    closed_within(s, "idle keep-alive");
+}
+
+#[test]
+fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let server = binary::Server::start(&[("REPOCRYPT_MAX_CONNECTIONS", "2")]);
+    let first = TcpStream::connect(&server.addr).unwrap();
+    let _second = TcpStream::connect(&server.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = TcpStream::connect(&server.addr).unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        third.read(&mut buf).is_err(),
+        "a third connection was served while two were open"
+    );
+    drop(first);
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(status_of(&read_response(&mut third)), 200);
+}
+
+#[test]
+fn bad_limit_settings_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, needle) in [
+        ("max_body_bytes = 100000\n", "max_body_bytes"),
+        ("max_header_bytes = 100\n", "max_header_bytes"),
+        ("json_max_depth = 0\n", "json_max_depth"),
+        ("request_timeout = \"0s\"\n", "request_timeout"),
+        ("max_connections = 0\n", "max_connections"),
+        ("tls_cert = \"/nonexistent.pem\"\n", "tls_key"),
+    ] {
+        let config = config_file(dir.path(), text);
+        let out = binary::cli_in(
+            dir.path(),
+            &["--config", &config, "serve", "--listen", "127.0.0.1:0"],
+        );
+        assert!(!out.status.success(), "{text}");
+        let err = binary::stderr(&out);
+        assert!(err.contains(needle), "{text}: {err}");
+    }
+}
+
+// ---- TLS -------------------------------------------------------------------------------
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/tls/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test]
+async fn serve_terminates_tls_with_the_given_certificate() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = binary::Server::start(&[
+        ("REPOCRYPT_TLS_CERT", &fixture("server.pem")),
+        ("REPOCRYPT_TLS_KEY", &fixture("server.key")),
+    ]);
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(fixture("ca.pem")).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake with the test CA");
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tls.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
+}
+
+#[test]
+fn a_key_that_does_not_match_the_certificate_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = binary::cli_in(
+        dir.path(),
+        &[
+            "--tls-cert",
+            &fixture("server.pem"),
+            "--tls-key",
+            &fixture("other.key"),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = binary::stderr(&out);
+    assert!(err.contains("do not make a usable pair"), "{err}");
+    let out = binary::cli_in(
+        dir.path(),
+        &[
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            &fixture("server.key"),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(binary::stderr(&out).contains("/nonexistent/cert.pem"));
+}
