@@ -412,3 +412,32 @@ async fn signed_bodies_over_64_kib_are_413() {
         (StatusCode::PAYLOAD_TOO_LARGE, Some("RC.413001"))
     );
 }
+
+#[tokio::test]
+async fn each_access_key_has_its_own_rate_limit() {
+    let t = spawn_app_with(|c| {
+        c.rate_limits.per_tenant = 0;
+        c.rate_limits.per_credential = 1;
+    })
+    .await;
+    let first = credential(&t, TENANT_A, Role::Admin).await;
+    let second = credential(&t, TENANT_A, Role::Admin).await;
+    let uri = grant_path(TENANT_A);
+    let h = signed_headers(&first, "GET", &uri, b"", &now_date(&t), &[]);
+    for _ in 0..2 {
+        assert_eq!(
+            send_signed(&t, Method::GET, &uri, &h, b"").await.0,
+            StatusCode::ACCEPTED
+        );
+    }
+    let (status, headers, body) = send_signed(&t, Method::GET, &uri, &h, b"").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error_code"], "RC.429002");
+    assert_eq!(headers["retry-after"], "1");
+    // The same user's other access key is another credential.
+    let h = signed_headers(&second, "GET", &uri, b"", &now_date(&t), &[]);
+    assert_eq!(
+        send_signed(&t, Method::GET, &uri, &h, b"").await.0,
+        StatusCode::ACCEPTED
+    );
+}
