@@ -45,10 +45,29 @@ impl LocalAuth {
 #[async_trait]
 impl Authenticator for LocalAuth {
     async fn authenticate_token(&self, token: &str) -> Result<Identity> {
-        self.codec.verify(token, self.clock.unix_seconds())
+        let outcome = self.codec.verify(token, self.clock.unix_seconds());
+        trace_outcome("token", &outcome);
+        outcome
     }
 
     async fn authenticate_signature(&self, request: &SignedRequest<'_>) -> Result<Identity> {
-        self.signatures.verify(request).await
+        let outcome = self.signatures.verify(request).await;
+        trace_outcome("signature", &outcome);
+        outcome
+    }
+}
+
+/// At trace level, who a credential turned out to be, or why it was refused: never the
+/// credential itself (`tests/secrets.rs` checks).
+fn trace_outcome(method: &'static str, outcome: &Result<Identity>) {
+    match outcome {
+        Ok(id) => tracing::trace!(
+            method,
+            tenant_id = %id.tenant_id,
+            user_id = %id.user_id,
+            role = ?id.role,
+            "caller authenticated"
+        ),
+        Err(e) => tracing::trace!(method, error_code = e.code(), reason = %e, "caller refused"),
     }
 }

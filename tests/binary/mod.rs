@@ -60,6 +60,11 @@ impl Server {
 
     /// SIGTERM, then wait up to 10 s; the exit code (None if killed by a signal).
     pub fn stop(mut self) -> Option<i32> {
+        self.terminate()
+    }
+
+    /// Like [`Server::stop`], but keeps the `Server` (its directory, its log) for reading.
+    pub fn terminate(&mut self) -> Option<i32> {
         self.signal("TERM");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
