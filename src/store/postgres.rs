@@ -331,6 +331,24 @@ impl Store for PostgresStore {
 
     async fn put_grant(&self, tenant: &TenantId, actor: &Actor) -> Result<Grant> {
         let mut tx = self.begin().await?;
+        // Serialise grant writers of this tenant, so `before` is what the upsert finds.
+        Self::lock_tenant(&mut tx, "grant", tenant.as_str()).await?;
+        // A repeated grant keeps the first one's who and when: `before` shows it.
+        let before =
+            sqlx::query("SELECT granted_by, granted_at FROM kms_grants WHERE tenant_id = $1")
+                .bind(tenant.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| db_error("read grant", e))?
+                .map(|r| {
+                    let get = |e: sqlx::Error| db_error("decode grant", e);
+                    Ok::<_, Error>(serde_json::json!({
+                        "assumed": true,
+                        "granted_by": r.try_get::<String, _>("granted_by").map_err(get)?,
+                        "granted_at": r.try_get::<String, _>("granted_at").map_err(get)?,
+                    }))
+                })
+                .transpose()?;
         let row = sqlx::query(
             "INSERT INTO kms_grants (tenant_id, granted_by, granted_at) VALUES ($1, $2, $3)
              ON CONFLICT (tenant_id) DO UPDATE SET tenant_id = excluded.tenant_id
@@ -359,7 +377,7 @@ impl Store for PostgresStore {
             tenant.as_str(),
             actor,
             "kms_grant.create",
-            None,
+            before,
             Some(after),
         )
         .await?;
@@ -478,7 +496,7 @@ impl Store for PostgresStore {
                 .await
                 .map_err(|e| db_error("read project", e))?;
         let owner = owner.ok_or_else(|| Error::ProjectNotFound(project_id.as_str().to_owned()))?;
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO project_members (project_id, tenant_id, user_id, added_at)
              VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
         )
@@ -492,12 +510,14 @@ impl Store for PostgresStore {
         let after = serde_json::json!({
             "project_id": project_id.as_str(), "member_tenant_id": tenant.as_str(), "user_id": user_id
         });
+        // Already a member: nothing was inserted, and `before` says so.
+        let before = (inserted.rows_affected() == 0).then(|| after.clone());
         self.audit(
             &mut tx,
             &owner,
             actor,
             "project.add_member",
-            None,
+            before,
             Some(after),
         )
         .await?;

@@ -540,6 +540,22 @@ impl Store for SqliteStore {
 
     async fn put_grant(&self, tenant: &TenantId, actor: &Actor) -> Result<Grant> {
         let mut tx = self.begin_write().await?;
+        // A repeated grant keeps the first one's who and when: `before` shows it.
+        let before =
+            sqlx::query("SELECT granted_by, granted_at FROM kms_grants WHERE tenant_id = ?")
+                .bind(tenant.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| db_error("read grant", e))?
+                .map(|r| {
+                    let get = |e: sqlx::Error| db_error("decode grant", e);
+                    Ok::<_, Error>(serde_json::json!({
+                        "assumed": true,
+                        "granted_by": r.try_get::<String, _>("granted_by").map_err(get)?,
+                        "granted_at": r.try_get::<String, _>("granted_at").map_err(get)?,
+                    }))
+                })
+                .transpose()?;
         let now = self.clock.rfc3339();
         let row = sqlx::query(
             "INSERT INTO kms_grants (tenant_id, granted_by, granted_at) VALUES (?, ?, ?)
@@ -569,7 +585,7 @@ impl Store for SqliteStore {
             tenant.as_str(),
             actor,
             "kms_grant.create",
-            None,
+            before,
             Some(after),
         )
         .await?;
@@ -687,7 +703,7 @@ impl Store for SqliteStore {
                 .await
                 .map_err(|e| db_error("read project", e))?;
         let owner = owner.ok_or_else(|| Error::ProjectNotFound(project_id.as_str().to_owned()))?;
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO project_members (project_id, tenant_id, user_id, added_at)
              VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
         )
@@ -701,12 +717,14 @@ impl Store for SqliteStore {
         let after = serde_json::json!({
             "project_id": project_id.as_str(), "member_tenant_id": tenant.as_str(), "user_id": user_id
         });
+        // Already a member: nothing was inserted, and `before` says so.
+        let before = (inserted.rows_affected() == 0).then(|| after.clone());
         self.audit(
             &mut tx,
             &owner,
             actor,
             "project.add_member",
-            None,
+            before,
             Some(after),
         )
         .await?;
