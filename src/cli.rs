@@ -282,8 +282,8 @@ pub fn parse_time_arg(value: &str) -> std::result::Result<TimeArg, String> {
         Some(b'-') => -1,
         _ => {
             return Err(format!(
-                "{}; `{value}` has no time zone: add Z (UTC) or an offset such as +02:00",
-                fail()
+                "`{value}` has no time zone: an RFC 3339 time ends in Z (UTC) or an offset \
+                 such as +02:00"
             ))
         }
     };
@@ -639,6 +639,7 @@ mod tests {
         assert_eq!(at("2026-01-31T12:00:00.250Z"), Some(noon));
         assert_eq!(at("2026-01-31T14:00:00+02:00"), Some(noon));
         assert_eq!(at("2026-01-31T07:30:00-04:30"), Some(noon));
+        assert_eq!(at("2026-01-31T14:00:00.5+02:00"), Some(noon));
         assert_eq!(at("2026-01-31T12:00:00+00:00"), Some(noon));
         assert_eq!(at("2026-01-31"), Some(noon - 12 * 3600));
         assert_eq!(
