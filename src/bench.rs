@@ -39,6 +39,7 @@ pub async fn load(
     app: &App,
     root: &crate::keys::RootKey,
     clock: Arc<dyn Clock>,
+    actor: &Actor,
     opts: LoadOptions,
 ) -> Result<()> {
     // Open the tokens file first: a refusal there must not come after a long load.
@@ -47,7 +48,6 @@ pub async fn load(
         None => None,
     };
     let kms = LocalKms::new(app.store.clone(), root, clock.clone());
-    let actor = Actor::cli();
     let started = Instant::now();
     let mut batch = Vec::with_capacity(BATCH);
     for i in 0..opts.count {
@@ -63,7 +63,7 @@ pub async fn load(
             key,
         });
         if batch.len() == BATCH || i + 1 == opts.count {
-            app.store.bulk_load(&batch, &actor).await?;
+            app.store.bulk_load(&batch, actor).await?;
             batch.clear();
             let done = i + 1;
             if done % 100_000 == 0 || done == opts.count {

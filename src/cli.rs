@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use serde::Serialize;
@@ -15,6 +15,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigArgs};
 use crate::domain::{Actor, Error, Identity, PermitPublic, Result, Role, TenantId};
 use crate::kms::KeyOrigin;
+use crate::store::AuditFilter;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -203,11 +204,112 @@ pub enum TenantCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Print a tenant's audit records as JSON lines, oldest first.
+    /// Print audit records as JSON lines, oldest first: all of them, or those the flags select.
     List {
+        /// Records of this tenant only (`*`: bulk loads).
         #[arg(long)]
-        tenant: String,
+        tenant: Option<String>,
+        /// Records of this actor only: an API caller's user id, or `cli`.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Records written at or after this time: RFC 3339 (`2026-01-31T12:00:00Z`,
+        /// `2026-01-31T14:00:00+02:00`), a date (`2026-01-31`, midnight UTC), or a
+        /// duration ago (`90s`, `1h`, `7days`).
+        #[arg(long, value_name = "TIME", value_parser = parse_time_arg)]
+        since: Option<TimeArg>,
+        /// Records written before this time (same forms as --since).
+        #[arg(long, value_name = "TIME", value_parser = parse_time_arg)]
+        until: Option<TimeArg>,
+        /// Only the N most recent of the records selected (still printed oldest first).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
     },
+}
+
+/// A time on the command line: a point, or a duration before now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeArg {
+    At(SystemTime),
+    Ago(Duration),
+}
+
+impl TimeArg {
+    fn resolve(self, now: SystemTime) -> SystemTime {
+        match self {
+            TimeArg::At(t) => t,
+            // Before 1970 (or further back than the clock can go): before every record.
+            TimeArg::Ago(d) => now
+                .checked_sub(d)
+                .filter(|t| *t >= UNIX_EPOCH)
+                .unwrap_or(UNIX_EPOCH),
+        }
+    }
+}
+
+/// `--since`/`--until`: an RFC 3339 time with `Z` or an offset, a date (midnight UTC),
+/// or a duration ago (humantime: `90s`, `1h`, `7days`).
+pub fn parse_time_arg(value: &str) -> std::result::Result<TimeArg, String> {
+    let fail = || {
+        format!(
+            "`{value}` is not a time: give an RFC 3339 time (2026-01-31T12:00:00Z or \
+             2026-01-31T14:00:00+02:00), a date (2026-01-31, midnight UTC) or a duration \
+             ago (90s, 1h, 7days)"
+        )
+    };
+    let s = value.trim();
+    let looks_like_date = s.len() >= 10 && s.as_bytes().get(4) == Some(&b'-');
+    if !looks_like_date {
+        return humantime::parse_duration(s)
+            .map(TimeArg::Ago)
+            .map_err(|_| fail());
+    }
+    if s.len() == 10 {
+        return humantime::parse_rfc3339(&format!("{s}T00:00:00Z"))
+            .map(TimeArg::At)
+            .map_err(|_| fail());
+    }
+    let s = s.to_ascii_uppercase();
+    if s.ends_with('Z') {
+        return humantime::parse_rfc3339(&s)
+            .map(TimeArg::At)
+            .map_err(|_| fail());
+    }
+    // An offset from UTC: `+HH:MM` or `-HH:MM` (humantime reads UTC only).
+    let (local, offset) = s.split_at(s.len().saturating_sub(6));
+    let o = offset.as_bytes();
+    let sign = match o.first() {
+        Some(b'+') => 1i64,
+        Some(b'-') => -1,
+        _ => {
+            return Err(format!(
+                "`{value}` has no time zone: an RFC 3339 time ends in Z (UTC) or an offset \
+                 such as +02:00"
+            ))
+        }
+    };
+    let digits = |r: std::ops::Range<usize>| offset.get(r).and_then(|d| d.parse::<u64>().ok());
+    let (Some(hours), Some(minutes)) = (digits(1..3), digits(4..6)) else {
+        return Err(fail());
+    };
+    if o.get(3) != Some(&b':') || hours > 23 || minutes > 59 {
+        return Err(fail());
+    }
+    let utc = humantime::parse_rfc3339(&format!("{local}Z")).map_err(|_| fail())?;
+    let shift = Duration::from_secs(hours * 3600 + minutes * 60);
+    // Local time = UTC + offset.
+    let at = if sign > 0 {
+        utc.checked_sub(shift)
+    } else {
+        utc.checked_add(shift)
+    };
+    // Records are written from 1970 to 9999 UTC: the offset must not leave that range.
+    const YEAR_10000: u64 = 253_402_300_800;
+    at.filter(|t| {
+        t.duration_since(UNIX_EPOCH)
+            .is_ok_and(|d| d.as_secs() < YEAR_10000)
+    })
+    .map(TimeArg::At)
+    .ok_or_else(fail)
 }
 
 /// Longest token lifetime `token issue` accepts.
@@ -324,9 +426,31 @@ pub async fn run(cli: Cli) -> Result<()> {
                 "tenant_id": tenant.as_str(), "permit_public": permit_public.as_str()
             }))
         }
-        Command::Audit(AuditCommand::List { tenant }) => {
-            let tenant = TenantId::parse(tenant)?;
-            for record in app.store.list_audit(&tenant).await? {
+        Command::Audit(AuditCommand::List {
+            tenant,
+            actor,
+            since,
+            until,
+            limit,
+        }) => {
+            let now = app.clock.now();
+            let filter = AuditFilter {
+                tenant: tenant.map(TenantId::parse).transpose()?,
+                actor: actor.map(|a| nonempty("--actor", &a)).transpose()?,
+                since: since.map(|t| t.resolve(now)),
+                until: until.map(|t| t.resolve(now)),
+                limit,
+            };
+            if let (Some(since), Some(until)) = (filter.since, filter.until) {
+                if since >= until {
+                    return Err(Error::InvalidArgument(format!(
+                        "--since ({}) must be before --until ({})",
+                        crate::store::audit_time_bound(since),
+                        crate::store::audit_time_bound(until)
+                    )));
+                }
+            }
+            for record in app.store.list_audit(&filter).await? {
                 print_json(&record)?;
             }
             Ok(())
@@ -352,7 +476,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 tokens,
                 token_ttl,
             };
-            crate::bench::load(&app, &root, Arc::new(SystemClock), opts).await
+            crate::bench::load(&app, &root, Arc::new(SystemClock), &actor, opts).await
         }
     }
 }
@@ -507,4 +631,69 @@ fn print_line(s: &str) -> Result<()> {
 fn print_json<T: Serialize>(value: &T) -> Result<()> {
     let s = serde_json::to_string(value).map_err(|e| Error::Internal(format!("json: {e}")))?;
     print_line(&s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(value: &str) -> Option<u64> {
+        match parse_time_arg(value) {
+            Ok(TimeArg::At(t)) => t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn times_are_rfc3339_dates_or_durations_ago() {
+        let noon = 1_769_860_800; // 2026-01-31T12:00:00Z
+        assert_eq!(at("2026-01-31T12:00:00Z"), Some(noon));
+        assert_eq!(at("2026-01-31t12:00:00z"), Some(noon));
+        assert_eq!(at("2026-01-31T12:00:00.250Z"), Some(noon));
+        assert_eq!(at("2026-01-31T14:00:00+02:00"), Some(noon));
+        assert_eq!(at("2026-01-31T07:30:00-04:30"), Some(noon));
+        assert_eq!(at("2026-01-31T14:00:00.5+02:00"), Some(noon));
+        assert_eq!(at("2026-01-31T12:00:00+00:00"), Some(noon));
+        assert_eq!(at("2026-01-31"), Some(noon - 12 * 3600));
+        assert_eq!(
+            parse_time_arg("1h"),
+            Ok(TimeArg::Ago(Duration::from_secs(3600)))
+        );
+        assert_eq!(
+            parse_time_arg("7days"),
+            Ok(TimeArg::Ago(Duration::from_secs(7 * 86_400)))
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "1 fortnight",
+            "2026-01-31T12:00:00",
+            "2026-13-01T00:00:00Z",
+            "2026-01-31T12:00:00+24:00",
+            "2026-01-31T12:00:00+0200",
+            "2026-01-32",
+            "1969-12-31T23:00:00Z",
+            "1970-01-01T00:30:00+01:00",
+            "9999-12-31T23:30:00-01:00",
+        ] {
+            let err = parse_time_arg(bad).expect_err(bad);
+            assert!(err.contains("RFC 3339"), "{bad}: {err}");
+        }
+        assert!(parse_time_arg("2026-01-31T12:00:00")
+            .expect_err("no zone")
+            .contains("no time zone"));
+    }
+
+    #[test]
+    fn durations_ago_count_back_from_now_and_stop_at_1970() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_769_860_800);
+        assert_eq!(
+            TimeArg::Ago(Duration::from_secs(3600)).resolve(now),
+            now - Duration::from_secs(3600)
+        );
+        assert_eq!(
+            TimeArg::Ago(Duration::from_secs(100 * 365 * 86_400)).resolve(now),
+            UNIX_EPOCH
+        );
+    }
 }

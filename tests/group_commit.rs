@@ -8,7 +8,7 @@ use std::sync::Arc;
 use repocrypt::clock::SystemClock;
 use repocrypt::domain::{Actor, EncryptionType, Error, SettingDraft, TenantId};
 use repocrypt::store::sqlite::SqliteStore;
-use repocrypt::store::Store;
+use repocrypt::store::{AuditFilter, Store};
 
 fn draft(key: &str) -> SettingDraft {
     SettingDraft {
@@ -65,7 +65,10 @@ async fn concurrent_puts_commit_together_and_refusals_roll_back_alone() {
     let mut records = 0;
     for t in 0..30 {
         let tenant = TenantId::parse(format!("tenant-{t}")).unwrap();
-        let audit = store.list_audit(&tenant).await.unwrap();
+        let audit = store
+            .list_audit(&AuditFilter::tenant(&tenant))
+            .await
+            .unwrap();
         assert!(audit.iter().all(|r| {
             let i: u32 = r.actor[1..].parse().unwrap();
             i % 3 != 0

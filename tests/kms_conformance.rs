@@ -15,7 +15,7 @@ use repocrypt::domain::{parse_setting_patch, Actor, Error, KeyState, Service};
 use repocrypt::kms::aws::{AwsKms, AwsSettings, Credentials, TENANT_TAG};
 use repocrypt::kms::cache::KeyStateCache;
 use repocrypt::kms::{KeyOrigin, Kms};
-use repocrypt::store::Store;
+use repocrypt::store::{AuditFilter, Store};
 
 use common::{spawn_app, tid, TENANT_A, TENANT_B};
 use moto::Moto;
@@ -148,7 +148,7 @@ async fn story(kms: Arc<dyn Kms>, store: Arc<dyn Store>, caps: Caps) -> Vec<Stri
 
     // Every change is in the tenant's audit log, with who and which request; none in B's.
     let actions: Vec<String> = store
-        .list_audit(&a)
+        .list_audit(&AuditFilter::tenant(&a))
         .await
         .expect("audit")
         .into_iter()
@@ -167,7 +167,11 @@ async fn story(kms: Arc<dyn Kms>, store: Arc<dyn Store>, caps: Caps) -> Vec<Stri
             "{expected} in {actions:?}"
         );
     }
-    assert!(store.list_audit(&b).await.expect("audit").is_empty());
+    assert!(store
+        .list_audit(&AuditFilter::tenant(&b))
+        .await
+        .expect("audit")
+        .is_empty());
 
     // The service on top: a PUT with the key works for A; B cannot select A's key, and is
     // told exactly what it is told of a key that does not exist.

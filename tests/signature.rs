@@ -12,6 +12,7 @@ use repocrypt::auth::sdk_signature::{
 };
 use repocrypt::clock::Clock;
 use repocrypt::domain::{Actor, Role};
+use repocrypt::store::AuditFilter;
 use serde_json::Value;
 
 const HOST: &str = "repocrypt.test";
@@ -133,7 +134,12 @@ async fn signed_requests_reach_all_five_operations() {
     .await;
     assert_eq!(v["encryption_type"], "normal");
     // The audit record names the credential's user.
-    let audit = t.app.store.list_audit(&tid(TENANT_A)).await.unwrap();
+    let audit = t
+        .app
+        .store
+        .list_audit(&AuditFilter::tenant(&tid(TENANT_A)))
+        .await
+        .unwrap();
     assert!(audit
         .iter()
         .any(|r| r.action == "setting.update" && r.actor == "sdk-user"));
@@ -338,7 +344,12 @@ async fn a_deleted_credential_stops_working() {
         .await
         .unwrap();
     expect_401(&t, Method::GET, &uri, &h, b"", "RC.401004").await;
-    let audit = t.app.store.list_audit(&tid(TENANT_A)).await.unwrap();
+    let audit = t
+        .app
+        .store
+        .list_audit(&AuditFilter::tenant(&tid(TENANT_A)))
+        .await
+        .unwrap();
     let actions: Vec<&str> = audit.iter().map(|r| r.action.as_str()).collect();
     assert_eq!(actions, ["credential.create", "credential.delete"]);
     let dump = serde_json::to_string(

@@ -250,10 +250,13 @@ pub struct Actor {
 }
 
 impl Actor {
+    /// The command line: actor `cli` with a request id of its own, `cli-` and 32 random
+    /// hex digits. `repocrypt` makes one per invocation, so every record a command writes
+    /// carries the same id, and no two invocations share one.
     pub fn cli() -> Self {
         Actor {
             actor: "cli".into(),
-            request_id: None,
+            request_id: Some(format!("cli-{:032x}", rand::random::<u128>())),
         }
     }
 }
@@ -292,6 +295,17 @@ mod tests {
         assert!(CmkText::parse("cmk_key_id", &"x".repeat(1001)).is_err());
         // characters, not bytes
         assert!(CmkText::parse("cmk_key_id", &"é".repeat(1000)).is_ok());
+    }
+
+    #[test]
+    fn cli_actors_carry_a_fresh_request_id() {
+        let (a, b) = (Actor::cli(), Actor::cli());
+        assert_eq!(a.actor, "cli");
+        let id = a.request_id.clone().unwrap_or_default();
+        let hex = id.strip_prefix("cli-").unwrap_or_default();
+        assert_eq!(hex.len(), 32, "{id}");
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        assert_ne!(a.request_id, b.request_id);
     }
 
     #[test]

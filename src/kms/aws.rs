@@ -53,23 +53,26 @@ pub struct AwsKms {
 }
 
 /// A lifecycle change: its audit action, the states AWS KMS allows it from (checked
-/// before the call, so every AWS-compatible KMS refuses the same moves), and what a
-/// refusal says.
+/// before the call, so every AWS-compatible KMS refuses the same moves), the state it
+/// leads to, and what a refusal says.
 #[derive(Clone, Copy)]
 struct Move {
     action: &'static str,
     from: &'static [KeyState],
+    to: KeyState,
     refused: &'static str,
 }
 
 const ENABLE: Move = Move {
     action: "kms.enable_key",
     from: &[KeyState::Enabled, KeyState::Disabled],
+    to: KeyState::Enabled,
     refused: "enable it",
 };
 const DISABLE: Move = Move {
     action: "kms.disable_key",
     from: &[KeyState::Enabled, KeyState::Disabled],
+    to: KeyState::Disabled,
     refused: "disable it",
 };
 const SCHEDULE_DELETION: Move = Move {
@@ -80,13 +83,23 @@ const SCHEDULE_DELETION: Move = Move {
         KeyState::Disabled,
         KeyState::PendingImport,
     ],
+    to: KeyState::PendingDeletion,
     refused: "schedule its deletion again",
 };
 const CANCEL_DELETION: Move = Move {
     action: "kms.cancel_key_deletion",
     from: &[KeyState::PendingDeletion],
+    // AWS KMS brings a key whose deletion is cancelled back disabled.
+    to: KeyState::Disabled,
     refused: "cancel a deletion that is not scheduled",
 };
+
+/// Audit action of a key's creation.
+const CREATE_KEY: &str = "kms.create_key";
+/// Suffix of the audit record written before a change is sent to AWS KMS.
+pub const REQUESTED: &str = ".requested";
+/// Suffix of the audit record of a change AWS KMS did not make (or did not confirm).
+pub const FAILED: &str = ".failed";
 
 /// What AWS says of a key the tenant owns.
 struct Owned {
@@ -251,14 +264,148 @@ impl AwsKms {
             })
     }
 
-    /// Run a lifecycle change on a key of the tenant's whose state allows it, then
-    /// record it in the audit log with the states before and after.
+    /// CreateKey with the tenant's tag, then CreateAlias. On failure, the error and the
+    /// id of the key AWS created, if it got that far (it is then scheduled for deletion,
+    /// so that no unnamed key is left behind).
+    async fn create(
+        &self,
+        tenant: &TenantId,
+        alias: &str,
+        origin: KeyOrigin,
+        tag: Tag,
+    ) -> std::result::Result<KeyInfo, (Error, Option<String>)> {
+        let created = self
+            .client
+            .create_key()
+            .description(format!("repocrypt key of tenant {tenant}"))
+            .origin(match origin {
+                KeyOrigin::Kms => OriginType::AwsKms,
+                KeyOrigin::External => OriginType::External,
+            })
+            .tags(tag)
+            .send()
+            .await
+            .map_err(|e| {
+                let error = match e.as_service_error().and_then(|s| s.code()) {
+                    Some(
+                        code @ ("ValidationException" | "LimitExceededException" | "TagException"),
+                    ) => Error::InvalidArgument(format!("AWS KMS refused the new key: {code}")),
+                    _ => unavailable(e, "CreateKey"),
+                };
+                (error, None)
+            })?;
+        let key_id = created
+            .key_metadata()
+            .map(|m| m.key_id().to_owned())
+            .ok_or_else(|| {
+                (
+                    Error::KmsUnavailable("AWS KMS CreateKey: no key in answer".into()),
+                    None,
+                )
+            })?;
+        let alias_result = self
+            .client
+            .create_alias()
+            .alias_name(format!("alias/{alias}"))
+            .target_key_id(&key_id)
+            .send()
+            .await;
+        if let Err(e) = alias_result {
+            // Do not leave an unnamed key behind: schedule it for deletion.
+            let cleanup = self
+                .client
+                .schedule_key_deletion()
+                .key_id(&key_id)
+                .pending_window_in_days(MIN_PENDING_DAYS as i32)
+                .send()
+                .await;
+            if cleanup.is_err() {
+                tracing::warn!(key_id, "could not schedule the unnamed key's deletion");
+            }
+            let error = match e.as_service_error().and_then(|s| s.code()) {
+                Some("AlreadyExistsException") => Error::InvalidArgument(format!(
+                    "alias `{alias}` is already in use in this AWS account and region"
+                )),
+                Some(code @ ("ValidationException" | "LimitExceededException")) => {
+                    Error::InvalidArgument(format!("AWS KMS refused alias `{alias}`: {code}"))
+                }
+                _ => unavailable(e, "CreateAlias"),
+            };
+            return Err((error, Some(key_id)));
+        }
+        // AWS KMS is eventually consistent: describe the key from CreateKey's own answer.
+        Ok(KeyInfo {
+            key_id,
+            key_name: alias.to_owned(),
+            key_state: created
+                .key_metadata()
+                .and_then(|m| m.key_state())
+                .map(key_state_from_aws)
+                .unwrap_or(KeyState::Disabled),
+        })
+    }
+
+    /// Record that a change is about to be sent to AWS KMS. The change is made only if
+    /// this record is written (fail closed): the caller returns this error otherwise.
+    async fn record_request(
+        &self,
+        tenant: &TenantId,
+        actor: &Actor,
+        action: &str,
+        before: Option<serde_json::Value>,
+        intended: serde_json::Value,
+    ) -> Result<()> {
+        self.store
+            .record_audit(
+                tenant,
+                actor,
+                &format!("{action}{REQUESTED}"),
+                before,
+                Some(intended),
+            )
+            .await
+    }
+
+    /// Record what AWS KMS answered. By now the change is made (or refused) in AWS, so a
+    /// failure to record it cannot undo anything: it is logged, with the request id that
+    /// links it to the `.requested` record already written, and the caller is answered.
+    async fn record_outcome(
+        &self,
+        tenant: &TenantId,
+        actor: &Actor,
+        action: &str,
+        before: Option<serde_json::Value>,
+        after: Option<serde_json::Value>,
+    ) {
+        if let Err(e) = self
+            .store
+            .record_audit(tenant, actor, action, before, after)
+            .await
+        {
+            tracing::error!(
+                request_id = actor.request_id.as_deref().unwrap_or("-"),
+                tenant = %tenant,
+                action,
+                error = %e,
+                detail = e.internal_detail().unwrap_or(""),
+                "AWS KMS answered but the audit record of the outcome could not be written; \
+                 the `{REQUESTED}` record of this request id stands for it"
+            );
+        }
+    }
+
+    /// Run a lifecycle change on a key of the tenant's whose state allows it. An audit
+    /// record of the request (`<action>.requested`, with the state before and the state
+    /// intended) is written first, and nothing is sent to AWS if it cannot be; then the
+    /// outcome is recorded (`<action>` with the states before and after, or
+    /// `<action>.failed` with the error code).
     async fn transition<F, Fut>(
         &self,
         tenant: &TenantId,
         named: &str,
         actor: &Actor,
         step: Move,
+        details: serde_json::Value,
         call: F,
     ) -> Result<KeyInfo>
     where
@@ -273,8 +420,31 @@ impl AwsKms {
                 op: step.refused,
             });
         }
-        let before_state = before.state;
-        call(before.key_id.clone()).await?;
+        let before_json = json!({"key_id": before.key_id, "key_state": before.state});
+        let mut intended = json!({"key_id": before.key_id, "key_state": step.to});
+        if let (Some(map), serde_json::Value::Object(extra)) = (intended.as_object_mut(), details) {
+            map.extend(extra);
+        }
+        self.record_request(
+            tenant,
+            actor,
+            step.action,
+            Some(before_json.clone()),
+            intended,
+        )
+        .await?;
+        if let Err(e) = call(before.key_id.clone()).await {
+            let failed = json!({"key_id": before.key_id, "error_code": e.code()});
+            self.record_outcome(
+                tenant,
+                actor,
+                &format!("{}{FAILED}", step.action),
+                Some(before_json),
+                Some(failed),
+            )
+            .await;
+            return Err(e);
+        }
         // The change is made: record it now, whatever reading the key back says. The key
         // was the tenant's a moment ago, so its tags need not be read again.
         let after = match self.described(&before.key_id).await {
@@ -288,15 +458,14 @@ impl AwsKms {
             Ok(info) => json!(info),
             Err(_) => json!({"key_id": before.key_id, "key_state": null}),
         };
-        self.store
-            .record_audit(
-                tenant,
-                actor,
-                step.action,
-                Some(json!({"key_id": before.key_id, "key_state": before_state})),
-                Some(after_json),
-            )
-            .await?;
+        self.record_outcome(
+            tenant,
+            actor,
+            step.action,
+            Some(before_json),
+            Some(after_json),
+        )
+        .await;
         after
     }
 }
@@ -468,70 +637,37 @@ impl Kms for AwsKms {
             .tag_value(tenant.as_str())
             .build()
             .map_err(|e| Error::Internal(format!("build tag: {e}")))?;
-        let created = self
-            .client
-            .create_key()
-            .description(format!("repocrypt key of tenant {tenant}"))
-            .origin(match origin {
-                KeyOrigin::Kms => OriginType::AwsKms,
-                KeyOrigin::External => OriginType::External,
-            })
-            .tags(tag)
-            .send()
-            .await
-            .map_err(|e| match e.as_service_error().and_then(|s| s.code()) {
-                Some(
-                    code @ ("ValidationException" | "LimitExceededException" | "TagException"),
-                ) => Error::InvalidArgument(format!("AWS KMS refused the new key: {code}")),
-                _ => unavailable(e, "CreateKey"),
-            })?;
-        let key_id = created
-            .key_metadata()
-            .map(|m| m.key_id().to_owned())
-            .ok_or_else(|| Error::KmsUnavailable("AWS KMS CreateKey: no key in answer".into()))?;
-        let alias_result = self
-            .client
-            .create_alias()
-            .alias_name(format!("alias/{alias}"))
-            .target_key_id(&key_id)
-            .send()
-            .await;
-        if let Err(e) = alias_result {
-            // Do not leave an unnamed key behind: schedule it for deletion.
-            let cleanup = self
-                .client
-                .schedule_key_deletion()
-                .key_id(&key_id)
-                .pending_window_in_days(MIN_PENDING_DAYS as i32)
-                .send()
-                .await;
-            if cleanup.is_err() {
-                tracing::warn!(key_id, "could not schedule the unnamed key's deletion");
+        let origin_name = origin.as_str();
+        self.record_request(
+            tenant,
+            actor,
+            CREATE_KEY,
+            None,
+            json!({"key_name": alias, "origin": origin_name}),
+        )
+        .await?;
+        match self.create(tenant, alias, origin, tag).await {
+            Ok(info) => {
+                self.record_outcome(tenant, actor, CREATE_KEY, None, Some(json!(info)))
+                    .await;
+                Ok(info)
             }
-            return Err(match e.as_service_error().and_then(|s| s.code()) {
-                Some("AlreadyExistsException") => Error::InvalidArgument(format!(
-                    "alias `{alias}` is already in use in this AWS account and region"
-                )),
-                Some(code @ ("ValidationException" | "LimitExceededException")) => {
-                    Error::InvalidArgument(format!("AWS KMS refused alias `{alias}`: {code}"))
-                }
-                _ => unavailable(e, "CreateAlias"),
-            });
+            Err((e, key_id)) => {
+                let failed = json!({
+                    "key_name": alias, "origin": origin_name, "key_id": key_id,
+                    "error_code": e.code(),
+                });
+                self.record_outcome(
+                    tenant,
+                    actor,
+                    &format!("{CREATE_KEY}{FAILED}"),
+                    None,
+                    Some(failed),
+                )
+                .await;
+                Err(e)
+            }
         }
-        // AWS KMS is eventually consistent: describe the key from CreateKey's own answer.
-        let info = KeyInfo {
-            key_id,
-            key_name: alias.to_owned(),
-            key_state: created
-                .key_metadata()
-                .and_then(|m| m.key_state())
-                .map(key_state_from_aws)
-                .unwrap_or(KeyState::Disabled),
-        };
-        self.store
-            .record_audit(tenant, actor, "kms.create_key", None, Some(json!(info)))
-            .await?;
-        Ok(info)
     }
 
     async fn list_keys(&self, tenant: &TenantId) -> Result<Vec<KeyInfo>> {
@@ -562,7 +698,7 @@ impl Kms for AwsKms {
 
     async fn enable_key(&self, tenant: &TenantId, key_id: &str, actor: &Actor) -> Result<KeyInfo> {
         let client = self.client.clone();
-        self.transition(tenant, key_id, actor, ENABLE, |id| async move {
+        self.transition(tenant, key_id, actor, ENABLE, json!({}), |id| async move {
             client
                 .enable_key()
                 .key_id(&id)
@@ -576,7 +712,7 @@ impl Kms for AwsKms {
 
     async fn disable_key(&self, tenant: &TenantId, key_id: &str, actor: &Actor) -> Result<KeyInfo> {
         let client = self.client.clone();
-        self.transition(tenant, key_id, actor, DISABLE, |id| async move {
+        self.transition(tenant, key_id, actor, DISABLE, json!({}), |id| async move {
             client
                 .disable_key()
                 .key_id(&id)
@@ -601,16 +737,24 @@ impl Kms for AwsKms {
             )));
         }
         let client = self.client.clone();
-        self.transition(tenant, key_id, actor, SCHEDULE_DELETION, |id| async move {
-            client
-                .schedule_key_deletion()
-                .key_id(&id)
-                .pending_window_in_days(pending_days as i32)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| call_error(e, "schedule its deletion", &id))
-        })
+        let details = json!({"pending_days": pending_days});
+        self.transition(
+            tenant,
+            key_id,
+            actor,
+            SCHEDULE_DELETION,
+            details,
+            |id| async move {
+                client
+                    .schedule_key_deletion()
+                    .key_id(&id)
+                    .pending_window_in_days(pending_days as i32)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| call_error(e, "schedule its deletion", &id))
+            },
+        )
         .await
     }
 
@@ -621,15 +765,22 @@ impl Kms for AwsKms {
         actor: &Actor,
     ) -> Result<KeyInfo> {
         let client = self.client.clone();
-        self.transition(tenant, key_id, actor, CANCEL_DELETION, |id| async move {
-            client
-                .cancel_key_deletion()
-                .key_id(&id)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| call_error(e, "cancel its deletion", &id))
-        })
+        self.transition(
+            tenant,
+            key_id,
+            actor,
+            CANCEL_DELETION,
+            json!({}),
+            |id| async move {
+                client
+                    .cancel_key_deletion()
+                    .key_id(&id)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| call_error(e, "cancel its deletion", &id))
+            },
+        )
         .await
     }
 

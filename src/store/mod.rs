@@ -4,6 +4,8 @@ pub mod cache;
 pub mod postgres;
 pub mod sqlite;
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use async_trait::async_trait;
 use serde::Serialize;
 
@@ -127,11 +129,14 @@ pub trait Store: Send + Sync + 'static {
         user_id: &str,
     ) -> Result<bool>;
 
-    async fn list_audit(&self, tenant: &TenantId) -> Result<Vec<AuditRecord>>;
+    /// The audit records `filter` selects, oldest first.
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>>;
     /// Insert many new tenants in one transaction (benchmarks, migrations from another
     /// system), with one audit record for the batch under the tenant `*`.
     async fn bulk_load(&self, tenants: &[BulkTenant], actor: &Actor) -> Result<()>;
-    /// Record a change made outside the database (an external KMS's key lifecycle).
+    /// Record a change made outside the database (an external KMS's key lifecycle), in a
+    /// transaction of its own. A caller that must fail closed writes a record *before* it
+    /// makes the change and does not make it when this fails.
     async fn record_audit(
         &self,
         tenant: &TenantId,
@@ -165,6 +170,52 @@ pub trait Store: Send + Sync + 'static {
     fn cache_stats(&self) -> Vec<crate::metrics::CacheStats> {
         Vec::new()
     }
+}
+
+/// Which audit records to list. Every field narrows the selection; the default selects
+/// every record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Records of this tenant only (`*` for bulk loads).
+    pub tenant: Option<TenantId>,
+    /// Records of this actor only: an API caller's user id, or `cli`.
+    pub actor: Option<String>,
+    /// Records written at or after this time.
+    pub since: Option<SystemTime>,
+    /// Records written before this time.
+    pub until: Option<SystemTime>,
+    /// Only the `limit` most recent of the records selected (still listed oldest first).
+    pub limit: Option<u32>,
+}
+
+impl AuditFilter {
+    /// Every record of one tenant.
+    pub fn tenant(tenant: &TenantId) -> Self {
+        AuditFilter {
+            tenant: Some(tenant.clone()),
+            ..Self::default()
+        }
+    }
+}
+
+/// Latest instant an audit time bound can name: the last millisecond of year 9999.
+const MAX_AUDIT_MILLIS: u128 = 253_402_300_799_999;
+
+/// A time bound of an [`AuditFilter`] in the form `audit_log.at` is stored in
+/// (`Clock::rfc3339`: UTC, always with milliseconds, `2026-01-31T12:00:00.000Z`), so that
+/// comparing the strings compares the times. Rounded up to the next millisecond, so
+/// `at >= bound` and `at < bound` select exactly the records at or after, and before,
+/// `time`; clamped to 1970..=9999, the years such a string can hold.
+pub fn audit_time_bound(time: SystemTime) -> String {
+    let nanos = time
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let millis = nanos.div_ceil(1_000_000).min(MAX_AUDIT_MILLIS);
+    // Both casts are in range: `millis` is at most MAX_AUDIT_MILLIS.
+    let secs = (millis / 1000) as u64;
+    let sub_nanos = ((millis % 1000) * 1_000_000) as u32;
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::new(secs, sub_nanos)).to_string()
 }
 
 /// Map a driver error to the service's error, keeping the detail for the log only.
@@ -205,4 +256,32 @@ pub fn bulk_summary(tenants: &[BulkTenant]) -> serde_json::Value {
         "first": tenants.first().map(|t| t.key.tenant_id.as_str()),
         "last": tenants.last().map(|t| t.key.tenant_id.as_str()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64, nanos: u32) -> String {
+        audit_time_bound(UNIX_EPOCH + Duration::new(secs, nanos))
+    }
+
+    #[test]
+    fn audit_time_bounds_have_the_stored_form_and_round_up() {
+        // The form `Clock::rfc3339` writes.
+        let clock = crate::clock::ManualClock::at_unix(1_767_225_600);
+        assert_eq!(at(1_767_225_600, 0), crate::clock::Clock::rfc3339(&clock));
+        assert_eq!(at(1_767_225_600, 0), "2026-01-01T00:00:00.000Z");
+        assert_eq!(at(1_767_225_600, 1_000_000), "2026-01-01T00:00:00.001Z");
+        // A bound between two milliseconds is the next one.
+        assert_eq!(at(1_767_225_600, 1), "2026-01-01T00:00:00.001Z");
+        assert_eq!(at(1_767_225_600, 999_999_999), "2026-01-01T00:00:01.000Z");
+        // Out of the range the column can hold: clamped, never a panic.
+        assert_eq!(
+            audit_time_bound(UNIX_EPOCH - Duration::from_secs(1)),
+            "1970-01-01T00:00:00.000Z"
+        );
+        assert_eq!(at(253_402_300_799, 999_999_999), "9999-12-31T23:59:59.999Z");
+        assert_eq!(at(300_000_000_000, 0), "9999-12-31T23:59:59.999Z");
+    }
 }

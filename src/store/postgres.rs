@@ -11,8 +11,8 @@ use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
 use super::{
-    bulk_summary, db_error, parse_role, role_str, to_json, unique_violation, BulkTenant,
-    Credential, KeyChange, SettingPlan, Store, StoredKey,
+    audit_time_bound, bulk_summary, db_error, parse_role, role_str, to_json, unique_violation,
+    AuditFilter, BulkTenant, Credential, KeyChange, SettingPlan, Store, StoredKey,
 };
 use crate::clock::Clock;
 use crate::domain::{
@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "credentials",
         include_str!("../../migrations/postgres/0002_credentials.sql"),
+    ),
+    (
+        3,
+        "audit_by_time",
+        include_str!("../../migrations/postgres/0003_audit_by_time.sql"),
     ),
 ];
 
@@ -193,6 +198,21 @@ fn key_from_row(row: &PgRow) -> Result<StoredKey> {
     })
 }
 
+fn audit_from_row(row: &PgRow) -> Result<AuditRecord> {
+    let get = |e: sqlx::Error| db_error("decode audit record", e);
+    let json = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
+    Ok(AuditRecord {
+        id: row.try_get("id").map_err(get)?,
+        at: row.try_get("at").map_err(get)?,
+        tenant_id: row.try_get("tenant_id").map_err(get)?,
+        actor: row.try_get("actor").map_err(get)?,
+        request_id: row.try_get("request_id").map_err(get)?,
+        action: row.try_get("action").map_err(get)?,
+        before: json(row.try_get("before").map_err(get)?),
+        after: json(row.try_get("after").map_err(get)?),
+    })
+}
+
 fn credential_from_row(row: &PgRow) -> Result<Credential> {
     let get = |e: sqlx::Error| db_error("decode credential", e);
     let role: String = row.try_get("role").map_err(get)?;
@@ -331,6 +351,24 @@ impl Store for PostgresStore {
 
     async fn put_grant(&self, tenant: &TenantId, actor: &Actor) -> Result<Grant> {
         let mut tx = self.begin().await?;
+        // Serialise grant writers of this tenant, so `before` is what the upsert finds.
+        Self::lock_tenant(&mut tx, "grant", tenant.as_str()).await?;
+        // A repeated grant keeps the first one's who and when: `before` shows it.
+        let before =
+            sqlx::query("SELECT granted_by, granted_at FROM kms_grants WHERE tenant_id = $1")
+                .bind(tenant.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| db_error("read grant", e))?
+                .map(|r| {
+                    let get = |e: sqlx::Error| db_error("decode grant", e);
+                    Ok::<_, Error>(serde_json::json!({
+                        "assumed": true,
+                        "granted_by": r.try_get::<String, _>("granted_by").map_err(get)?,
+                        "granted_at": r.try_get::<String, _>("granted_at").map_err(get)?,
+                    }))
+                })
+                .transpose()?;
         let row = sqlx::query(
             "INSERT INTO kms_grants (tenant_id, granted_by, granted_at) VALUES ($1, $2, $3)
              ON CONFLICT (tenant_id) DO UPDATE SET tenant_id = excluded.tenant_id
@@ -359,7 +397,7 @@ impl Store for PostgresStore {
             tenant.as_str(),
             actor,
             "kms_grant.create",
-            None,
+            before,
             Some(after),
         )
         .await?;
@@ -478,7 +516,7 @@ impl Store for PostgresStore {
                 .await
                 .map_err(|e| db_error("read project", e))?;
         let owner = owner.ok_or_else(|| Error::ProjectNotFound(project_id.as_str().to_owned()))?;
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO project_members (project_id, tenant_id, user_id, added_at)
              VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
         )
@@ -492,12 +530,14 @@ impl Store for PostgresStore {
         let after = serde_json::json!({
             "project_id": project_id.as_str(), "member_tenant_id": tenant.as_str(), "user_id": user_id
         });
+        // Already a member: nothing was inserted, and `before` says so.
+        let before = (inserted.rows_affected() == 0).then(|| after.clone());
         self.audit(
             &mut tx,
             &owner,
             actor,
             "project.add_member",
-            None,
+            before,
             Some(after),
         )
         .await?;
@@ -617,31 +657,50 @@ impl Store for PostgresStore {
             .await
     }
 
-    async fn list_audit(&self, tenant: &TenantId) -> Result<Vec<AuditRecord>> {
-        let rows = sqlx::query(
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        // `at` is compared as text: every `at` and every bound has the same fixed-width
+        // UTC form (see `audit_time_bound`); `COLLATE "C"` compares it bytewise whatever
+        // the database's collation (and can use `audit_log_by_at`).
+        let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(if filter.limit.is_some() {
+            "SELECT * FROM ("
+        } else {
+            ""
+        });
+        q.push(
             "SELECT id, at, tenant_id, actor, request_id, action, before, after
-             FROM audit_log WHERE tenant_id = $1 ORDER BY id",
-        )
-        .bind(tenant.as_str())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| db_error("read audit log", e))?;
-        rows.iter()
-            .map(|r| {
-                let get = |e: sqlx::Error| db_error("decode audit record", e);
-                let json = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
-                Ok(AuditRecord {
-                    id: r.try_get("id").map_err(get)?,
-                    at: r.try_get("at").map_err(get)?,
-                    tenant_id: r.try_get("tenant_id").map_err(get)?,
-                    actor: r.try_get("actor").map_err(get)?,
-                    request_id: r.try_get("request_id").map_err(get)?,
-                    action: r.try_get("action").map_err(get)?,
-                    before: json(r.try_get("before").map_err(get)?),
-                    after: json(r.try_get("after").map_err(get)?),
-                })
-            })
-            .collect()
+             FROM audit_log WHERE TRUE",
+        );
+        if let Some(tenant) = &filter.tenant {
+            q.push(" AND tenant_id = ").push_bind(tenant.as_str());
+        }
+        if let Some(actor) = &filter.actor {
+            q.push(" AND actor = ").push_bind(actor.as_str());
+        }
+        if let Some(since) = filter.since {
+            q.push(r#" AND at COLLATE "C" >= "#)
+                .push_bind(audit_time_bound(since));
+        }
+        if let Some(until) = filter.until {
+            q.push(r#" AND at COLLATE "C" < "#)
+                .push_bind(audit_time_bound(until));
+        }
+        match filter.limit {
+            // The most recent `limit`, listed oldest first.
+            Some(limit) => {
+                q.push(" ORDER BY id DESC LIMIT ")
+                    .push_bind(i64::from(limit))
+                    .push(") AS recent ORDER BY id");
+            }
+            None => {
+                q.push(" ORDER BY id");
+            }
+        }
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("read audit log", e))?;
+        rows.iter().map(audit_from_row).collect()
     }
 
     async fn kms_insert_key(&self, key: &StoredKey, actor: &Actor) -> Result<()> {

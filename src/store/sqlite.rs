@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::cache::RowCache;
 use super::{
-    bulk_summary, db_error, parse_role, role_str, to_json, unique_violation, BulkTenant,
-    Credential, KeyChange, SettingPlan, Store, StoredKey,
+    audit_time_bound, bulk_summary, db_error, parse_role, role_str, to_json, unique_violation,
+    AuditFilter, BulkTenant, Credential, KeyChange, SettingPlan, Store, StoredKey,
 };
 use crate::clock::Clock;
 use crate::domain::{
@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "credentials",
         include_str!("../../migrations/sqlite/0002_credentials.sql"),
+    ),
+    (
+        3,
+        "audit_by_time",
+        include_str!("../../migrations/sqlite/0003_audit_by_time.sql"),
     ),
 ];
 
@@ -446,6 +451,21 @@ fn key_from_row(row: &SqliteRow) -> Result<StoredKey> {
     })
 }
 
+fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord> {
+    let get = |e: sqlx::Error| db_error("decode audit record", e);
+    let json = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
+    Ok(AuditRecord {
+        id: row.try_get("id").map_err(get)?,
+        at: row.try_get("at").map_err(get)?,
+        tenant_id: row.try_get("tenant_id").map_err(get)?,
+        actor: row.try_get("actor").map_err(get)?,
+        request_id: row.try_get("request_id").map_err(get)?,
+        action: row.try_get("action").map_err(get)?,
+        before: json(row.try_get("before").map_err(get)?),
+        after: json(row.try_get("after").map_err(get)?),
+    })
+}
+
 fn credential_from_row(row: &SqliteRow) -> Result<Credential> {
     let get = |e: sqlx::Error| db_error("decode credential", e);
     let role: String = row.try_get("role").map_err(get)?;
@@ -550,6 +570,22 @@ impl Store for SqliteStore {
 
     async fn put_grant(&self, tenant: &TenantId, actor: &Actor) -> Result<Grant> {
         let mut tx = self.begin_write().await?;
+        // A repeated grant keeps the first one's who and when: `before` shows it.
+        let before =
+            sqlx::query("SELECT granted_by, granted_at FROM kms_grants WHERE tenant_id = ?")
+                .bind(tenant.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| db_error("read grant", e))?
+                .map(|r| {
+                    let get = |e: sqlx::Error| db_error("decode grant", e);
+                    Ok::<_, Error>(serde_json::json!({
+                        "assumed": true,
+                        "granted_by": r.try_get::<String, _>("granted_by").map_err(get)?,
+                        "granted_at": r.try_get::<String, _>("granted_at").map_err(get)?,
+                    }))
+                })
+                .transpose()?;
         let now = self.clock.rfc3339();
         let row = sqlx::query(
             "INSERT INTO kms_grants (tenant_id, granted_by, granted_at) VALUES (?, ?, ?)
@@ -579,7 +615,7 @@ impl Store for SqliteStore {
             tenant.as_str(),
             actor,
             "kms_grant.create",
-            None,
+            before,
             Some(after),
         )
         .await?;
@@ -697,7 +733,7 @@ impl Store for SqliteStore {
                 .await
                 .map_err(|e| db_error("read project", e))?;
         let owner = owner.ok_or_else(|| Error::ProjectNotFound(project_id.as_str().to_owned()))?;
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO project_members (project_id, tenant_id, user_id, added_at)
              VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
         )
@@ -711,12 +747,14 @@ impl Store for SqliteStore {
         let after = serde_json::json!({
             "project_id": project_id.as_str(), "member_tenant_id": tenant.as_str(), "user_id": user_id
         });
+        // Already a member: nothing was inserted, and `before` says so.
+        let before = (inserted.rows_affected() == 0).then(|| after.clone());
         self.audit(
             &mut tx,
             &owner,
             actor,
             "project.add_member",
-            None,
+            before,
             Some(after),
         )
         .await?;
@@ -805,31 +843,47 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn list_audit(&self, tenant: &TenantId) -> Result<Vec<AuditRecord>> {
-        let rows = sqlx::query(
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        // `at` is compared as text: every `at` and every bound has the same fixed-width
+        // UTC form (see `audit_time_bound`), and SQLite compares text bytewise.
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(if filter.limit.is_some() {
+            "SELECT * FROM ("
+        } else {
+            ""
+        });
+        q.push(
             "SELECT id, at, tenant_id, actor, request_id, action, before, after
-             FROM audit_log WHERE tenant_id = ? ORDER BY id",
-        )
-        .bind(tenant.as_str())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| db_error("read audit log", e))?;
-        rows.iter()
-            .map(|r| {
-                let get = |e: sqlx::Error| db_error("decode audit record", e);
-                let json = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
-                Ok(AuditRecord {
-                    id: r.try_get("id").map_err(get)?,
-                    at: r.try_get("at").map_err(get)?,
-                    tenant_id: r.try_get("tenant_id").map_err(get)?,
-                    actor: r.try_get("actor").map_err(get)?,
-                    request_id: r.try_get("request_id").map_err(get)?,
-                    action: r.try_get("action").map_err(get)?,
-                    before: json(r.try_get("before").map_err(get)?),
-                    after: json(r.try_get("after").map_err(get)?),
-                })
-            })
-            .collect()
+             FROM audit_log WHERE 1 = 1",
+        );
+        if let Some(tenant) = &filter.tenant {
+            q.push(" AND tenant_id = ").push_bind(tenant.as_str());
+        }
+        if let Some(actor) = &filter.actor {
+            q.push(" AND actor = ").push_bind(actor.as_str());
+        }
+        if let Some(since) = filter.since {
+            q.push(" AND at >= ").push_bind(audit_time_bound(since));
+        }
+        if let Some(until) = filter.until {
+            q.push(" AND at < ").push_bind(audit_time_bound(until));
+        }
+        match filter.limit {
+            // The most recent `limit`, listed oldest first.
+            Some(limit) => {
+                q.push(" ORDER BY id DESC LIMIT ")
+                    .push_bind(i64::from(limit))
+                    .push(") AS recent ORDER BY id");
+            }
+            None => {
+                q.push(" ORDER BY id");
+            }
+        }
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("read audit log", e))?;
+        rows.iter().map(audit_from_row).collect()
     }
 
     async fn kms_insert_key(&self, key: &StoredKey, actor: &Actor) -> Result<()> {

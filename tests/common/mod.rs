@@ -23,6 +23,7 @@ use repocrypt::clock::{Clock, ManualClock};
 use repocrypt::config::{Config, ConfigArgs};
 use repocrypt::domain::{Actor, AuditRecord, Identity, PermitPublic, Role, TenantId};
 use repocrypt::kms::{KeyInfo, KeyOrigin};
+use repocrypt::store::AuditFilter;
 
 /// 2026-01-01T00:00:00Z.
 pub const START_UNIX: u64 = 1_767_225_600;
@@ -382,7 +383,7 @@ impl TestApp {
     pub async fn audit(&self, tenant: &str) -> Vec<AuditRecord> {
         self.app
             .store
-            .list_audit(&tid(tenant))
+            .list_audit(&AuditFilter::tenant(&tid(tenant)))
             .await
             .expect("list audit")
     }
