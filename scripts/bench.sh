@@ -9,8 +9,9 @@
 # crates.io into target/bench-tools), starts the baseline (examples/baseline.rs: the same
 # GET JSON from memory, no auth, no storage) and repocrypt (SQLite, local KMS) on
 # loopback, and loads both with the same generator, same connections and duration, in
-# interleaved rounds. Every server runs with defaults but for the rate limiter, which
-# does not exist yet.
+# interleaved rounds. Every server runs with defaults but for the rate limits, which are
+# turned off (REPOCRYPT_RATE_LIMIT_PER_TENANT=0 and ..._PER_CREDENTIAL=0): the load
+# generator is one client far over any sane per-tenant rate.
 #
 # Knobs (environment): BENCH_DURATION (10s), BENCH_ROUNDS (3), BENCH_CONNECTIONS (32),
 # BENCH_RATE (5000, the open-loop rate), BENCH_LARGE (1000000 tenants),
