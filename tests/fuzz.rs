@@ -510,6 +510,8 @@ fn render(j: &J, style: u64) -> String {
 enum Expect {
     Patch(SettingPatch),
     NotAnObject,
+    /// A field given twice: refused while parsing, before any other rule.
+    Repeated,
     UnknownField,
     /// Rejected, naming one of these fields.
     Invalid(Vec<&'static str>),
@@ -523,13 +525,17 @@ fn text_rule(value: &J) -> Option<String> {
 }
 
 /// The rules of DESIGN.md and the README for a body: an object of known fields; a
-/// duplicate key is decided by its last occurrence; null is absent; strings are 1 to
+/// field given twice is refused; null is absent; strings are 1 to
 /// 1000 characters; `encryption_type` is KMS or normal in any ASCII case;
 /// `default_encryption_enabled` is a boolean.
 fn expected_patch(body: &J) -> Expect {
     let J::Obj(entries) = body else {
         return Expect::NotAnObject;
     };
+    let mut seen = std::collections::BTreeSet::new();
+    if !entries.iter().all(|(k, _)| seen.insert(k.as_str())) {
+        return Expect::Repeated;
+    }
     if entries.iter().any(|(k, _)| !FIELDS.contains(&k.as_str())) {
         return Expect::UnknownField;
     }
@@ -752,8 +758,11 @@ fn body_json_documents() {
                     model.has_number(),
                     "renderer wrote invalid JSON ({e}): {text}"
                 );
+                // Fields are read in order, so a repeat before the bad number is named first.
+                let repeated = matches!(expected_patch(&model), Expect::Repeated);
                 prop_assert!(
-                    matches!(&got, Err(Error::BadRequestBody(m)) if m.contains("not valid JSON")),
+                    matches!(&got, Err(Error::BadRequestBody(m))
+                        if m.contains("not valid JSON") || (repeated && m.contains("repeats the field"))),
                     "{got:?}"
                 );
                 return Ok(());
@@ -765,6 +774,10 @@ fn body_json_documents() {
                 }
                 Expect::NotAnObject => prop_assert!(
                     matches!(&got, Err(Error::BadRequestBody(m)) if m.contains("must be a JSON object")),
+                    "{got:?}"
+                ),
+                Expect::Repeated => prop_assert!(
+                    matches!(&got, Err(Error::BadRequestBody(m)) if m.contains("repeats the field")),
                     "{got:?}"
                 ),
                 Expect::UnknownField => prop_assert!(

@@ -1,5 +1,6 @@
 //! Parsing a PUT body into a [`SettingPatch`], with errors that name the field.
 
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::error::Error;
@@ -29,15 +30,92 @@ pub fn parse_setting_patch(body: &[u8]) -> Result<SettingPatch, Error> {
             "request body is empty: send a JSON object".into(),
         ));
     }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| Error::BadRequestBody(format!("request body is not valid JSON: {e}")))?;
-    let Value::Object(map) = value else {
-        return Err(Error::BadRequestBody(format!(
+    let top: Top = serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            // Only a repeated field is a data error here (any value is accepted).
+            Error::BadRequestBody(format!("request body {e}"))
+        } else {
+            Error::BadRequestBody(format!("request body is not valid JSON: {e}"))
+        }
+    })?;
+    match top {
+        Top::Object(map) => patch_from_map(map),
+        Top::Other(value) => Err(Error::BadRequestBody(format!(
             "request body must be a JSON object, got {}",
             kind(&value)
-        )));
-    };
-    patch_from_map(map)
+        ))),
+    }
+}
+
+/// A body's top-level value. An object's fields must be distinct: with a repeated field,
+/// `serde_json` would keep the last silently, and a proxy or another parser that kept the
+/// first would read a different request than this service.
+enum Top {
+    Object(Map<String, Value>),
+    Other(Value),
+}
+
+impl<'de> Deserialize<'de> for Top {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(TopVisitor)
+    }
+}
+
+struct TopVisitor;
+
+impl<'de> Visitor<'de> for TopVisitor {
+    type Value = Top;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Top, A::Error> {
+        let mut map = Map::new();
+        while let Some(key) = access.next_key::<String>()? {
+            if map.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "repeats the field `{}`: send each field once",
+                    truncate(&key, 64)
+                )));
+            }
+            let value: Value = access.next_value()?;
+            map.insert(key, value);
+        }
+        Ok(Top::Object(map))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut access: A) -> Result<Top, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = access.next_element::<Value>()? {
+            items.push(item);
+        }
+        Ok(Top::Other(Value::Array(items)))
+    }
+
+    fn visit_unit<E>(self) -> Result<Top, E> {
+        Ok(Top::Other(Value::Null))
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Top, E> {
+        Ok(Top::Other(Value::Bool(v)))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Top, E> {
+        Ok(Top::Other(Value::from(v)))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Top, E> {
+        Ok(Top::Other(Value::from(v)))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Top, E> {
+        Ok(Top::Other(Value::from(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Top, E> {
+        Ok(Top::Other(Value::String(v.to_owned())))
+    }
 }
 
 fn patch_from_map(map: Map<String, Value>) -> Result<SettingPatch, Error> {
@@ -125,6 +203,22 @@ mod tests {
         assert_eq!(p.cmk_key_id.as_deref(), Some("k"));
         assert_eq!(p.cmk_key_name.as_deref(), Some("n"));
         assert_eq!(p.tenant_id.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn a_repeated_field_is_refused_by_name() {
+        let m = err_msg(r#"{"encryption_type":"KMS","encryption_type":"normal"}"#);
+        assert!(m.contains("repeats the field `encryption_type`"), "{m}");
+        // Even when the values agree, and however the key is escaped.
+        let m = err_msg(r#"{"cmk_key_id":"k","cmk_key_\u0069d":"k"}"#);
+        assert!(m.contains("repeats the field `cmk_key_id`"), "{m}");
+        // Repeats inside a value are that value's business (and refused as the wrong type).
+        assert!(!err_msg(r#"{"tenant_id":{"a":1,"a":2}}"#).contains("repeats"));
+        assert!(err_msg("[1,2]").contains("got an array"));
+        assert!(err_msg("12").contains("got a number"));
+        assert!(err_msg("null").contains("got null"));
+        assert!(err_msg(r#""x""#).contains("got a string"));
+        assert!(err_msg("{").contains("not valid JSON"));
     }
 
     #[test]
