@@ -275,7 +275,11 @@ pub fn parse_time_arg(value: &str) -> std::result::Result<TimeArg, String> {
             .map_err(|_| fail());
     }
     // An offset from UTC: `+HH:MM` or `-HH:MM` (humantime reads UTC only).
-    let (local, offset) = s.split_at(s.len().saturating_sub(6));
+    let cut = s.len().saturating_sub(6);
+    if !s.is_char_boundary(cut) {
+        return Err(fail());
+    }
+    let (local, offset) = s.split_at(cut);
     let o = offset.as_bytes();
     let sign = match o.first() {
         Some(b'+') => 1i64,
@@ -675,6 +679,8 @@ mod tests {
             "1969-12-31T23:00:00Z",
             "1970-01-01T00:30:00+01:00",
             "9999-12-31T23:30:00-01:00",
+            "2026-01-31 €€x",
+            "2026-01-31T12:00:00+02€",
         ] {
             let err = parse_time_arg(bad).expect_err(bad);
             assert!(err.contains("RFC 3339"), "{bad}: {err}");

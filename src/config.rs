@@ -488,8 +488,13 @@ fn limits(args: &ConfigArgs, file: &FileConfig) -> Result<Limits, Error> {
         1024,
         crate::domain::MAX_BODY_BYTES,
     )?;
-    // hyper needs at least 8 KiB of read buffer.
-    in_range("max_header_bytes", limits.max_header_bytes, 8192, 1 << 20)?;
+    // hyper needs at least 8 KiB of read buffer, and its ~400 KiB read buffer caps a head.
+    in_range(
+        "max_header_bytes",
+        limits.max_header_bytes,
+        8192,
+        256 * 1024,
+    )?;
     in_range(
         "max_token_bytes",
         limits.max_token_bytes,

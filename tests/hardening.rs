@@ -203,6 +203,32 @@ async fn a_credential_over_its_rate_gets_429_while_the_tenants_other_users_go_on
 }
 
 #[tokio::test]
+async fn a_user_over_their_own_rate_does_not_use_up_the_tenants() {
+    let t = spawn_app_with(|c| {
+        c.rate_limits.per_tenant = 2; // a bucket of 4
+        c.rate_limits.per_credential = 1; // a bucket of 2
+    })
+    .await;
+    let alice = t.admin(TENANT_A);
+    let bob = t.token(TENANT_A, "bob", Role::Member);
+    let mut served = 0;
+    for _ in 0..20 {
+        if t.get_setting(TENANT_A, &alice).await.0 == StatusCode::ACCEPTED {
+            served += 1;
+        }
+    }
+    assert_eq!(served, 2);
+    // Alice's 18 refusals took nothing from the tenant: two requests are left for Bob.
+    assert_eq!(t.get_setting(TENANT_A, &bob).await.0, StatusCode::ACCEPTED);
+    assert_eq!(t.get_setting(TENANT_A, &bob).await.0, StatusCode::ACCEPTED);
+    // Now the tenant's bucket is empty, for a third user too.
+    let carol = t.token(TENANT_A, "carol", Role::Member);
+    let (status, _, body) = t.get_setting(TENANT_A, &carol).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(code(&body), "RC.429001");
+}
+
+#[tokio::test]
 async fn a_rate_of_zero_turns_the_limits_off() {
     let t = spawn_app_with(|c| {
         c.rate_limits.per_tenant = 0;
@@ -602,12 +628,46 @@ fn connections_beyond_the_limit_wait_for_a_free_slot() {
     assert_eq!(status_of(&read_response(&mut third)), 200);
 }
 
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_its_connection() {
+    use tokio::io::AsyncWriteExt;
+    let server = binary::Server::start(&[
+        ("REPOCRYPT_MAX_CONNECTIONS", "1"),
+        ("REPOCRYPT_REQUEST_TIMEOUT", "1s"),
+    ]);
+    // Thousands of pipelined requests for a large answer, a tiny receive window, and no
+    // reading: the server's writes stall once the socket buffers are full.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(server.addr.parse().unwrap()).await.unwrap();
+    let requests = "GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(3000);
+    slow.write_all(requests.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The only connection slot is the stalled client's until its write stall passes the
+    // request timeout; then the next client is served.
+    let addr = server.addr.clone();
+    let start = Instant::now();
+    let (status, _) = tokio::task::spawn_blocking(move || {
+        http(&addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "the stalled connection kept the only slot");
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(slow);
+}
+
 #[test]
 fn bad_limit_settings_are_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     for (text, needle) in [
         ("max_body_bytes = 100000\n", "max_body_bytes"),
         ("max_header_bytes = 100\n", "max_header_bytes"),
+        ("max_header_bytes = 300000\n", "max_header_bytes"),
         ("json_max_depth = 0\n", "json_max_depth"),
         ("request_timeout = \"0s\"\n", "request_timeout"),
         ("max_connections = 0\n", "max_connections"),

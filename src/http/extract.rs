@@ -53,20 +53,22 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// Take a request from the tenant's and the credential's rate limits.
+/// Take a request from the credential's and then the tenant's rate limits. The credential
+/// goes first so that one user over their own rate does not also drain the tenant's
+/// bucket for the tenant's other users.
 fn admit(state: &AppState, identity: &Identity, credential: impl Hash) -> Result<(), Error> {
     let limits = &state.rate_limiters;
-    if let Some(l) = &limits.tenant {
-        l.check(&identity.tenant_id)
-            .map_err(|retry_after| Error::RateLimited {
-                scope: "tenant",
-                retry_after,
-            })?;
-    }
     if let Some(l) = &limits.credential {
         l.check(credential)
             .map_err(|retry_after| Error::RateLimited {
                 scope: "credential",
+                retry_after,
+            })?;
+    }
+    if let Some(l) = &limits.tenant {
+        l.check(&identity.tenant_id)
+            .map_err(|retry_after| Error::RateLimited {
+                scope: "tenant",
                 retry_after,
             })?;
     }

@@ -275,6 +275,8 @@ pub struct Readiness {
 }
 
 const READINESS_REUSE: Duration = Duration::from_secs(1);
+/// How long each probe may take.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Readiness: the database and the KMS answer (503 naming the one that does not).
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
@@ -283,7 +285,20 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         match *last {
             Some((at, db, kms)) if at.elapsed() < READINESS_REUSE => (db, kms),
             _ => {
-                let (db, kms) = tokio::join!(state.service.store().ping(), state.kms.ping());
+                // A hung dependency is an unreachable one, reported well within the
+                // request timeout.
+                let probe = |ping| async move {
+                    tokio::time::timeout(READINESS_TIMEOUT, ping)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(crate::domain::Error::Internal(format!(
+                                "no answer within {}",
+                                humantime::format_duration(READINESS_TIMEOUT)
+                            )))
+                        })
+                };
+                let (db, kms) =
+                    tokio::join!(probe(state.service.store().ping()), probe(state.kms.ping()));
                 if let Err(e) = &db {
                     tracing::warn!(error = %e, detail = e.internal_detail().unwrap_or(""), "readiness: database unreachable");
                 }

@@ -7,7 +7,9 @@
 use std::future::Future;
 use std::io;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -16,6 +18,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -114,6 +117,7 @@ pub async fn serve(
         let http = http.clone();
         match &tls {
             None => {
+                let stream = StallLimit::new(stream, limits.request_timeout);
                 tokio::spawn(async move {
                     let conn = http.serve_connection(TokioIo::new(stream), service);
                     finish(watcher.watch(conn).await);
@@ -126,6 +130,7 @@ pub async fn serve(
                 tokio::spawn(async move {
                     match tokio::time::timeout(timeout, handshake).await {
                         Ok(Ok(stream)) => {
+                            let stream = StallLimit::new(stream, limits.request_timeout);
                             let conn = http.serve_connection(TokioIo::new(stream), service);
                             finish(watcher.watch(conn).await);
                         }
@@ -167,4 +172,88 @@ async fn accept_error(e: io::Error) {
     }
     tracing::warn!(error = %e, "accept failed; retrying in 100ms");
     tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// A connection whose writes may not stall for longer than `limit`: a client that stops
+/// reading its responses (its receive window full) would otherwise hold a connection slot
+/// for ever, since hyper has no write timeout. Reads need no such bound here: the header
+/// read timeout and the request timeout cover them.
+struct StallLimit<T> {
+    inner: T,
+    limit: Duration,
+    /// Armed while a write is waiting for the client; reset by any progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> StallLimit<T> {
+    fn new(inner: T, limit: Duration) -> Self {
+        StallLimit {
+            inner,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// Pass a write's result on; while it is pending, fail it once the limit has passed.
+    fn watch<R>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let limit = self.limit;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took no data for too long",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for StallLimit<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for StallLimit<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch(cx, poll)
+    }
 }
