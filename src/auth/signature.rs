@@ -15,6 +15,9 @@ use crate::domain::{Error, Identity, Result};
 pub const HEADER_SDK_NONCE: &str = "x-sdk-nonce";
 /// Most nonces remembered at once (per replica).
 const NONCE_CAPACITY: usize = 1_000_000;
+/// Most nonces one access key may have remembered at once: a tenth of the whole, so one
+/// credential sending distinct nonces cannot fill the table for every other.
+const NONCE_QUOTA_PER_KEY: usize = NONCE_CAPACITY / 10;
 /// Longest `X-Sdk-Nonce` accepted (bytes), so the replay table stays small.
 pub const MAX_NONCE_LEN: usize = 128;
 
@@ -43,8 +46,70 @@ pub struct SignatureVerifier {
     credentials: Arc<Credentials>,
     clock: Arc<dyn Clock>,
     max_skew: u64,
+    nonces: Mutex<Nonces>,
+}
+
+/// The nonces seen within the replay window.
+#[derive(Default)]
+struct Nonces {
     /// (access key, nonce) -> Unix second after which it may be forgotten.
-    nonces: Mutex<HashMap<(String, String), u64>>,
+    until: HashMap<(String, String), u64>,
+    /// How many of `until` each access key holds.
+    per_key: HashMap<String, usize>,
+    /// When expired nonces were last dropped (a full scan: at most once a second).
+    purged_at: u64,
+}
+
+impl Nonces {
+    /// Refuse a nonce seen before; remember a new one until `until`, within `quota` per
+    /// access key and `capacity` in all.
+    fn remember(
+        &mut self,
+        access_key: &str,
+        nonce: &str,
+        now: u64,
+        until: u64,
+        quota: usize,
+        capacity: usize,
+    ) -> Result<()> {
+        let key = (access_key.to_owned(), nonce.to_owned());
+        if self.until.get(&key).is_some_and(|until| *until >= now) {
+            return Err(Error::NonceReplayed);
+        }
+        let held = |n: &Nonces| n.per_key.get(access_key).copied().unwrap_or(0);
+        if self.until.len() >= capacity || held(self) >= quota {
+            self.purge(now);
+        }
+        // Full of live nonces: refuse rather than forget one (which would allow a replay).
+        if held(self) >= quota {
+            return Err(Error::SignatureStale(
+                "this access key has too many signed requests with nonces in the replay \
+                     window; retry shortly"
+                    .into(),
+            ));
+        }
+        if self.until.len() >= capacity {
+            return Err(Error::SignatureStale(
+                "too many signed requests with nonces in the replay window; retry shortly".into(),
+            ));
+        }
+        self.until.insert(key, until);
+        *self.per_key.entry(access_key.to_owned()).or_default() += 1;
+        Ok(())
+    }
+
+    /// Drop expired nonces, unless that was done this second already.
+    fn purge(&mut self, now: u64) {
+        if self.purged_at == now {
+            return;
+        }
+        self.purged_at = now;
+        self.until.retain(|_, until| *until >= now);
+        self.per_key.clear();
+        for (access_key, _) in self.until.keys() {
+            *self.per_key.entry(access_key.clone()).or_default() += 1;
+        }
+    }
 }
 
 fn malformed(e: impl std::fmt::Display) -> Error {
@@ -57,7 +122,7 @@ impl SignatureVerifier {
             credentials,
             clock,
             max_skew: max_skew.as_secs(),
-            nonces: Mutex::new(HashMap::new()),
+            nonces: Mutex::new(Nonces::default()),
         }
     }
 
@@ -120,21 +185,50 @@ impl SignatureVerifier {
             .nonces
             .lock()
             .map_err(|_| Error::Internal("nonce cache poisoned".into()))?;
-        let key = (access_key.to_owned(), nonce.to_owned());
-        if nonces.get(&key).is_some_and(|until| *until >= now) {
-            return Err(Error::NonceReplayed);
-        }
-        if nonces.len() >= NONCE_CAPACITY {
-            nonces.retain(|_, until| *until >= now);
-        }
-        if nonces.len() >= NONCE_CAPACITY {
-            // Full of live nonces: refuse rather than forget one (which would allow a replay).
-            return Err(Error::SignatureStale(
-                "too many signed requests with nonces in the replay window; retry shortly".into(),
-            ));
-        }
         // Dates up to max_skew in the future are accepted, so remember for twice the window.
-        nonces.insert(key, now + 2 * self.max_skew);
-        Ok(())
+        let until = now + 2 * self.max_skew;
+        nonces.remember(
+            access_key,
+            nonce,
+            now,
+            until,
+            NONCE_QUOTA_PER_KEY,
+            NONCE_CAPACITY,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_access_key_cannot_fill_the_nonce_memory_for_the_others() {
+        let mut n = Nonces::default();
+        let remember = |n: &mut Nonces, ak: &str, nonce: &str, now: u64| {
+            n.remember(ak, nonce, now, now + 10, 3, 5)
+        };
+        for i in 0..3 {
+            assert!(remember(&mut n, "ak1", &i.to_string(), 100).is_ok());
+        }
+        assert!(matches!(
+            remember(&mut n, "ak1", "x", 100),
+            Err(Error::SignatureStale(m)) if m.contains("this access key")
+        ));
+        assert!(matches!(
+            remember(&mut n, "ak1", "0", 100),
+            Err(Error::NonceReplayed)
+        ));
+        // Others still have room, up to the whole capacity.
+        assert!(remember(&mut n, "ak2", "0", 100).is_ok());
+        assert!(remember(&mut n, "ak3", "0", 100).is_ok());
+        assert!(matches!(
+            remember(&mut n, "ak4", "0", 100),
+            Err(Error::SignatureStale(m)) if m.contains("too many")
+        ));
+        // Once the window has passed, the key's nonces are forgotten and it may go on.
+        assert!(remember(&mut n, "ak1", "x", 111).is_ok());
+        assert_eq!(n.per_key.get("ak1"), Some(&1));
+        assert_eq!(n.until.len(), 1);
     }
 }
