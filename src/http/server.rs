@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -32,12 +32,6 @@ pub struct ServerOptions {
     pub limits: Limits,
     /// HTTPS when set.
     pub tls: Option<Arc<rustls::ServerConfig>>,
-}
-
-impl ServerOptions {
-    pub fn plain(limits: Limits) -> Self {
-        ServerOptions { limits, tls: None }
-    }
 }
 
 /// A rustls server configuration from a PEM certificate chain and its key, with clear
@@ -112,15 +106,16 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let watcher = graceful.watcher();
-        let http = http.clone();
+        let connection = Connection {
+            http: http.clone(),
+            service: TowerToHyperService::new(app.clone()),
+            watcher: graceful.watcher(),
+            stall_limit: limits.request_timeout,
+        };
         match &tls {
             None => {
-                let stream = StallLimit::new(stream, limits.request_timeout);
                 tokio::spawn(async move {
-                    let conn = http.serve_connection(TokioIo::new(stream), service);
-                    finish(watcher.watch(conn).await);
+                    connection.serve(stream).await;
                     drop(permit);
                 });
             }
@@ -129,11 +124,7 @@ pub async fn serve(
                 let timeout = limits.header_read_timeout;
                 tokio::spawn(async move {
                     match tokio::time::timeout(timeout, handshake).await {
-                        Ok(Ok(stream)) => {
-                            let stream = StallLimit::new(stream, limits.request_timeout);
-                            let conn = http.serve_connection(TokioIo::new(stream), service);
-                            finish(watcher.watch(conn).await);
-                        }
+                        Ok(Ok(stream)) => connection.serve(stream).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
@@ -152,11 +143,26 @@ pub async fn serve(
     Ok(())
 }
 
-/// A connection's end: errors are the client's doing (reset, malformed request, timeout)
-/// and worth a debug line only.
-fn finish(result: Result<(), hyper::Error>) {
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "connection ended with an error");
+/// What serving one accepted connection takes, over TCP or TLS alike.
+struct Connection {
+    http: Arc<hyper::server::conn::http1::Builder>,
+    service: TowerToHyperService<Router>,
+    watcher: Watcher,
+    stall_limit: Duration,
+}
+
+impl Connection {
+    /// Serve HTTP/1.1 on `stream` until the client or a graceful shutdown ends it. Errors
+    /// are the client's doing (reset, malformed request, timeout) and worth a debug line
+    /// only.
+    async fn serve<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, stream: T) {
+        let stream = StallLimit::new(stream, self.stall_limit);
+        let conn = self
+            .http
+            .serve_connection(TokioIo::new(stream), self.service);
+        if let Err(e) = self.watcher.watch(conn).await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
     }
 }
 
