@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::error::ApiError;
 use super::AppState;
+use crate::auth::sdk_signature::parse_authorization;
 use crate::auth::signature::SignedRequest;
 use crate::domain::{Error, Identity};
 
@@ -128,12 +129,13 @@ pub async fn verify_signature(State(state): State<AppState>, req: Request, next:
             authorization,
             body: &bytes,
         };
-        state.auth.authenticate_signature(&request).await
+        let verified = state.auth.authenticate_signature(&request).await;
+        verified.and_then(|identity| {
+            // The verified header's access key is the credential the rate limit counts.
+            let access_key = parse_authorization(authorization).map_or("", |a| a.access_key);
+            admit(&state, &identity, access_key).map(|()| identity)
+        })
     };
-    let verified = verified.and_then(|identity| {
-        let access_key = access_key(&parts.headers);
-        admit(&state, &identity, access_key).map(|()| identity)
-    });
     match verified {
         Ok(identity) => {
             parts.extensions.insert(SignedIdentity(identity));
@@ -142,15 +144,4 @@ pub async fn verify_signature(State(state): State<AppState>, req: Request, next:
         }
         Err(e) => ApiError(e).into_response(),
     }
-}
-
-/// The `Access=` value of a (verified) signature's Authorization header: the credential
-/// the rate limit counts.
-fn access_key(headers: &axum::http::HeaderMap) -> &str {
-    headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once("Access="))
-        .map(|(_, rest)| rest.split([',', ' ']).next().unwrap_or(""))
-        .unwrap_or("")
 }
