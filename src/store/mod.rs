@@ -243,6 +243,53 @@ pub(crate) fn parse_role(value: &str) -> Result<Role> {
     }
 }
 
+/// The query of [`Store::list_audit`], the same SQL on either database but for `at`: the
+/// expression of the `at` column that compares its text bytewise (every `at` and every
+/// bound has the same fixed-width UTC form, see [`audit_time_bound`]).
+pub(crate) fn audit_query<'a, DB>(filter: &'a AuditFilter, at: &str) -> sqlx::QueryBuilder<'a, DB>
+where
+    DB: sqlx::Database,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut q = sqlx::QueryBuilder::new(if filter.limit.is_some() {
+        "SELECT * FROM ("
+    } else {
+        ""
+    });
+    q.push(
+        "SELECT id, at, tenant_id, actor, request_id, action, before, after
+         FROM audit_log WHERE 1 = 1",
+    );
+    if let Some(tenant) = &filter.tenant {
+        q.push(" AND tenant_id = ").push_bind(tenant.as_str());
+    }
+    if let Some(actor) = &filter.actor {
+        q.push(" AND actor = ").push_bind(actor.as_str());
+    }
+    if let Some(since) = filter.since {
+        q.push(format!(" AND {at} >= "))
+            .push_bind(audit_time_bound(since));
+    }
+    if let Some(until) = filter.until {
+        q.push(format!(" AND {at} < "))
+            .push_bind(audit_time_bound(until));
+    }
+    match filter.limit {
+        // The most recent `limit`, listed oldest first.
+        Some(limit) => {
+            q.push(" ORDER BY id DESC LIMIT ")
+                .push_bind(i64::from(limit))
+                .push(") AS recent ORDER BY id");
+        }
+        None => {
+            q.push(" ORDER BY id");
+        }
+    }
+    q
+}
+
 /// A database's "unique constraint violated", whichever the database.
 pub(crate) fn unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error()

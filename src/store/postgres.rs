@@ -11,7 +11,7 @@ use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
 use super::{
-    audit_time_bound, bulk_summary, db_error, parse_role, role_str, to_json, unique_violation,
+    audit_query, bulk_summary, db_error, parse_role, role_str, to_json, unique_violation,
     AuditFilter, BulkTenant, Credential, KeyChange, SettingPlan, Store, StoredKey,
 };
 use crate::clock::Clock;
@@ -658,43 +658,9 @@ impl Store for PostgresStore {
     }
 
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
-        // `at` is compared as text: every `at` and every bound has the same fixed-width
-        // UTC form (see `audit_time_bound`); `COLLATE "C"` compares it bytewise whatever
-        // the database's collation (and can use `audit_log_by_at`).
-        let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(if filter.limit.is_some() {
-            "SELECT * FROM ("
-        } else {
-            ""
-        });
-        q.push(
-            "SELECT id, at, tenant_id, actor, request_id, action, before, after
-             FROM audit_log WHERE TRUE",
-        );
-        if let Some(tenant) = &filter.tenant {
-            q.push(" AND tenant_id = ").push_bind(tenant.as_str());
-        }
-        if let Some(actor) = &filter.actor {
-            q.push(" AND actor = ").push_bind(actor.as_str());
-        }
-        if let Some(since) = filter.since {
-            q.push(r#" AND at COLLATE "C" >= "#)
-                .push_bind(audit_time_bound(since));
-        }
-        if let Some(until) = filter.until {
-            q.push(r#" AND at COLLATE "C" < "#)
-                .push_bind(audit_time_bound(until));
-        }
-        match filter.limit {
-            // The most recent `limit`, listed oldest first.
-            Some(limit) => {
-                q.push(" ORDER BY id DESC LIMIT ")
-                    .push_bind(i64::from(limit))
-                    .push(") AS recent ORDER BY id");
-            }
-            None => {
-                q.push(" ORDER BY id");
-            }
-        }
+        // `COLLATE "C"` compares bytewise whatever the database's collation (and can use
+        // `audit_log_by_at`).
+        let mut q = audit_query::<sqlx::Postgres>(filter, r#"at COLLATE "C""#);
         let rows = q
             .build()
             .fetch_all(&self.pool)

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::cache::RowCache;
 use super::{
-    audit_time_bound, bulk_summary, db_error, parse_role, role_str, to_json, unique_violation,
+    audit_query, bulk_summary, db_error, parse_role, role_str, to_json, unique_violation,
     AuditFilter, BulkTenant, Credential, KeyChange, SettingPlan, Store, StoredKey,
 };
 use crate::clock::Clock;
@@ -844,40 +844,8 @@ impl Store for SqliteStore {
     }
 
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
-        // `at` is compared as text: every `at` and every bound has the same fixed-width
-        // UTC form (see `audit_time_bound`), and SQLite compares text bytewise.
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(if filter.limit.is_some() {
-            "SELECT * FROM ("
-        } else {
-            ""
-        });
-        q.push(
-            "SELECT id, at, tenant_id, actor, request_id, action, before, after
-             FROM audit_log WHERE 1 = 1",
-        );
-        if let Some(tenant) = &filter.tenant {
-            q.push(" AND tenant_id = ").push_bind(tenant.as_str());
-        }
-        if let Some(actor) = &filter.actor {
-            q.push(" AND actor = ").push_bind(actor.as_str());
-        }
-        if let Some(since) = filter.since {
-            q.push(" AND at >= ").push_bind(audit_time_bound(since));
-        }
-        if let Some(until) = filter.until {
-            q.push(" AND at < ").push_bind(audit_time_bound(until));
-        }
-        match filter.limit {
-            // The most recent `limit`, listed oldest first.
-            Some(limit) => {
-                q.push(" ORDER BY id DESC LIMIT ")
-                    .push_bind(i64::from(limit))
-                    .push(") AS recent ORDER BY id");
-            }
-            None => {
-                q.push(" ORDER BY id");
-            }
-        }
+        // SQLite compares text bytewise.
+        let mut q = audit_query::<sqlx::Sqlite>(filter, "at");
         let rows = q
             .build()
             .fetch_all(&self.pool)
