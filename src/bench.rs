@@ -3,7 +3,6 @@
 //! random sample of them.
 
 use std::io::Write;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::seq::index::sample;
@@ -35,10 +34,11 @@ pub struct LoadOptions {
     pub token_ttl: Duration,
 }
 
+/// `root` seals the keys' material, as the local KMS does; the app's clock and token codec
+/// date the rows and issue the tokens.
 pub async fn load(
     app: &App,
     root: &crate::keys::RootKey,
-    clock: Arc<dyn Clock>,
     actor: &Actor,
     opts: LoadOptions,
 ) -> Result<()> {
@@ -47,7 +47,7 @@ pub async fn load(
         Some(path) => Some(create_private(path)?),
         None => None,
     };
-    let kms = LocalKms::new(app.store.clone(), root, clock.clone());
+    let kms = LocalKms::new(app.store.clone(), root, app.clock.clone());
     let started = Instant::now();
     let mut batch = Vec::with_capacity(BATCH);
     for i in 0..opts.count {
@@ -77,7 +77,7 @@ pub async fn load(
         }
     }
     if let (Some(path), Some(file)) = (&opts.tokens_file, tokens_out) {
-        write_tokens(path, file, root, clock.as_ref(), &opts)?;
+        write_tokens(path, file, &app.tokens, app.clock.as_ref(), &opts)?;
     }
     Ok(())
 }
@@ -85,11 +85,10 @@ pub async fn load(
 fn write_tokens(
     path: &std::path::Path,
     file: std::fs::File,
-    root: &crate::keys::RootKey,
+    codec: &TokenCodec,
     clock: &dyn Clock,
     opts: &LoadOptions,
 ) -> Result<()> {
-    let codec = TokenCodec::new(root);
     let now = clock.unix_seconds();
     let n = usize::try_from(opts.count)
         .map_err(|_| Error::InvalidArgument("--tenants too large".into()))?;

@@ -480,7 +480,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 tokens,
                 token_ttl,
             };
-            crate::bench::load(&app, &root, Arc::new(SystemClock), &actor, opts).await
+            crate::bench::load(&app, &root, &actor, opts).await
         }
     }
 }
