@@ -235,10 +235,6 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn index<T: PartialEq>(all: &[T], item: T) -> usize {
-    all.iter().position(|x| *x == item).unwrap_or(0)
-}
-
 impl Metrics {
     pub fn new() -> Self {
         Metrics {
@@ -254,7 +250,7 @@ impl Metrics {
     }
 
     pub fn record_request(&self, op: Operation, status: u16, elapsed: Duration) {
-        let m = &self.operations[index(&Operation::ALL, op)];
+        let m = &self.operations[op as usize];
         let slot = usize::from(status)
             .checked_sub(100)
             .filter(|&i| i < STATUSES)
@@ -264,8 +260,8 @@ impl Metrics {
     }
 
     pub fn record_kms(&self, call: KmsCall, outcome: KmsOutcome, elapsed: Duration) {
-        let m = &self.kms[index(&KmsCall::ALL, call)];
-        m.outcomes[index(&OUTCOMES, outcome)].fetch_add(1, Ordering::Relaxed);
+        let m = &self.kms[call as usize];
+        m.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
         m.latency.observe(elapsed);
     }
 
@@ -434,6 +430,20 @@ mod tests {
         ));
         assert!(has("repocrypt_cache_hits_total{cache=\"key_state\"} 7"));
         assert!(has("repocrypt_cache_misses_total{cache=\"key_state\"} 3"));
+    }
+
+    #[test]
+    fn the_lists_are_in_declaration_order() {
+        // `record_*` index the counters by discriminant.
+        for (i, op) in Operation::ALL.iter().enumerate() {
+            assert_eq!(*op as usize, i);
+        }
+        for (i, call) in KmsCall::ALL.iter().enumerate() {
+            assert_eq!(*call as usize, i);
+        }
+        for (i, outcome) in OUTCOMES.iter().enumerate() {
+            assert_eq!(*outcome as usize, i);
+        }
     }
 
     #[test]
