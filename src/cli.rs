@@ -332,7 +332,10 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    drop(runtime);
+    crate::telemetry::flush();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", describe(&e));
@@ -627,7 +630,10 @@ fn print_line(s: &str) -> Result<()> {
     match writeln!(out, "{s}").and_then(|_| out.flush()) {
         Ok(()) => Ok(()),
         // The reader went away (`| head`): stop quietly, like other command-line tools.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            crate::telemetry::flush();
+            std::process::exit(0)
+        }
         Err(e) => Err(Error::Internal(format!("stdout: {e}"))),
     }
 }

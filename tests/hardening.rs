@@ -460,10 +460,32 @@ fn readyz_fails_while_the_kms_is_unreachable() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains(r#""kms":"unreachable""#), "{body}");
     assert!(body.contains(r#""database":"ok""#), "{body}");
-    assert!(server.log().contains("readiness: KMS unreachable"));
+    server.log_with("readiness: KMS unreachable");
     // Liveness does not depend on the KMS.
     let (status, _) = http(&server.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(status, 200);
+}
+
+#[test]
+fn every_line_is_written_out_before_the_server_exits() {
+    // Logs are buffered (and written out every 20 ms): a stop must not lose the tail.
+    let mut server = binary::Server::start(&[]);
+    for i in 0..50 {
+        let request =
+            format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: flush-{i}\r\n\r\n");
+        let (status, _) = http(&server.addr, &request);
+        assert_eq!(status, 200);
+    }
+    assert_eq!(server.terminate(), Some(0));
+    let log = server.log();
+    for i in 0..50 {
+        assert!(
+            log.contains(&format!("flush-{i} ")),
+            "no access line for flush-{i}:\n{log}"
+        );
+    }
+    let last = log.lines().last().unwrap_or_default();
+    assert!(last.contains("repocrypt stopped"), "last line: {last}");
 }
 
 // ---- what the accept loop enforces (the real binary) ----------------------------------
