@@ -90,6 +90,18 @@ impl Operation {
     ];
 
     /// The operation of a matched route (as axum names it) and a method.
+    /// One of the API's operations (which authenticate their callers).
+    pub fn is_api(self) -> bool {
+        matches!(
+            self,
+            Operation::ShowSetting
+                | Operation::UpdateSetting
+                | Operation::ShowGrant
+                | Operation::CreateGrant
+                | Operation::ShowTenantSetting
+        )
+    }
+
     pub fn of(route: Option<&str>, method: &axum::http::Method) -> Operation {
         use axum::http::Method;
         let m = method;

@@ -4,10 +4,9 @@
 use std::hash::Hash;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
@@ -82,10 +81,11 @@ struct SignedIdentity(Identity);
 
 /// Verifies `Authorization: SDK-HMAC-SHA256 …` on requests that carry no `X-Auth-Token`
 /// (a token takes precedence). The body (at most 64 KiB) is read to check its hash, then
-/// handed on unchanged.
-pub async fn verify_signature(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// handed on unchanged. Called by `context::request_context` for the API's operations;
+/// a refusal is the response to send.
+pub async fn verify_signature(state: &AppState, req: Request) -> Result<Request, Response> {
     if req.headers().contains_key(AUTH_TOKEN_HEADER) || !req.headers().contains_key(AUTHORIZATION) {
-        return next.run(req).await;
+        return Ok(req);
     }
     let too_long = req
         .headers()
@@ -93,22 +93,24 @@ pub async fn verify_signature(State(state): State<AppState>, req: Request, next:
         .iter()
         .any(|v| v.len() > state.limits.max_token_bytes);
     if too_long {
-        return ApiError(Error::SignatureMalformed(format!(
+        return Err(ApiError(Error::SignatureMalformed(format!(
             "the Authorization header is longer than {} bytes",
             state.limits.max_token_bytes
         )))
-        .into_response();
+        .into_response());
     }
     let limit = state.limits.max_body_bytes;
     let (mut parts, body) = req.into_parts();
     let bytes = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return ApiError(Error::PayloadTooLarge { limit }).into_response()
+            return Err(ApiError(Error::PayloadTooLarge { limit }).into_response())
         }
         Err(_) => {
-            return ApiError(Error::BadRequestBody("cannot read the request body".into()))
-                .into_response()
+            return Err(
+                ApiError(Error::BadRequestBody("cannot read the request body".into()))
+                    .into_response(),
+            )
         }
     };
     let verified = {
@@ -133,15 +135,14 @@ pub async fn verify_signature(State(state): State<AppState>, req: Request, next:
         verified.and_then(|identity| {
             // The verified header's access key is the credential the rate limit counts.
             let access_key = parse_authorization(authorization).map_or("", |a| a.access_key);
-            admit(&state, &identity, access_key).map(|()| identity)
+            admit(state, &identity, access_key).map(|()| identity)
         })
     };
     match verified {
         Ok(identity) => {
             parts.extensions.insert(SignedIdentity(identity));
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
+            Ok(Request::from_parts(parts, Body::from(bytes)))
         }
-        Err(e) => ApiError(e).into_response(),
+        Err(e) => Err(ApiError(e).into_response()),
     }
 }

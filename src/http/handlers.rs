@@ -56,7 +56,7 @@ pub struct TenantSettingQuery {
 fn actor(caller: &Identity, request_id: &RequestId) -> Actor {
     Actor {
         actor: caller.user_id.clone(),
-        request_id: Some(request_id.0.clone()),
+        request_id: Some(request_id.as_str().to_owned()),
     }
 }
 
