@@ -77,14 +77,14 @@ impl Service {
     /// unreachable) the last known state.
     async fn current_key_state(&self, tenant: &TenantId, key_id: &str) -> Option<KeyState> {
         let stale = match self.cache.lookup(tenant.as_str(), key_id) {
-            Lookup::Fresh(info) => return info.map(|i| i.key_state),
-            Lookup::Stale(info) => Some(info),
+            Lookup::Fresh(state) => return state,
+            Lookup::Stale(state) => Some(state),
             Lookup::Unknown => None,
         };
         match self.kms.describe_key(tenant, key_id).await {
             Ok(info) => {
                 let state = info.as_ref().map(|i| i.key_state);
-                self.cache.put(tenant.as_str(), key_id, info);
+                self.cache.put(tenant.as_str(), key_id, info.as_ref());
                 state
             }
             Err(e) => {
@@ -98,10 +98,10 @@ impl Service {
                 // Serve the last known state for another TTL before asking again, so that
                 // during an outage GETs do not each wait for the KMS's timeout.
                 let last = stale.flatten();
-                if let Some(info) = &last {
-                    self.cache.put(tenant.as_str(), key_id, Some(info.clone()));
+                if last.is_some() {
+                    self.cache.touch(tenant.as_str(), key_id);
                 }
-                last.map(|i| i.key_state)
+                last
             }
         }
     }
@@ -149,8 +149,7 @@ impl Service {
                     // made-up keys must not push other tenants' states out of the cache.
                     let info = self.kms.describe_key(tenant, &key_id).await?;
                     if let Some(found) = &info {
-                        self.cache
-                            .put(tenant.as_str(), &found.key_id, Some(found.clone()));
+                        self.cache.put(tenant.as_str(), &found.key_id, Some(found));
                     }
                     Some(KeyLookup { key_id, info })
                 }

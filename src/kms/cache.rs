@@ -2,29 +2,52 @@
 //! and so the last known state can be served while the KMS is unreachable.
 //!
 //! It is a least-recently-used map split into shards (so concurrent GETs rarely wait on
-//! one lock), holding at most `capacity` entries in all. Every part of an entry has a
-//! bounded length (ids and names are at most 1,000 characters by the API's rules), so the
-//! memory it can take is bounded by the capacity: a few KiB an entry at most, about 300
-//! bytes for real ids. Only keys that exist are cached from writes, so a tenant naming
+//! one lock), holding at most `capacity` entries in all. An entry is the tenant and key
+//! id (each at most 1,000 characters by the API's rules) and the state, so the memory it
+//! can take is bounded by the capacity: a few KiB an entry at most, under 200 bytes for
+//! real ids. Only keys that exist are cached from writes, so a tenant naming
 //! made-up keys cannot fill it.
 
+use std::cell::RefCell;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
 use super::KeyInfo;
+use crate::domain::KeyState;
 #[cfg(test)]
 use crate::shards::SHARDS;
 use crate::shards::{per_shard, Shards};
 
 #[derive(Debug)]
 struct Entry {
-    info: Option<KeyInfo>,
+    state: Option<KeyState>,
     at: Instant,
 }
 
-type Shard = LruCache<(String, String), Entry>;
+/// Keyed by `tenant NUL key id` (a tenant id has no control characters, so the pair is
+/// unambiguous), one string so that a lookup can borrow it instead of allocating.
+type Shard = LruCache<String, Entry>;
+
+thread_local! {
+    /// Where a lookup spells its key.
+    static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Run `f` with the key of (`tenant`, `key_id`).
+fn with_key<R>(tenant: &str, key_id: &str, f: impl FnOnce(&str) -> R) -> R {
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut key) => {
+            key.clear();
+            key.push_str(tenant);
+            key.push('\0');
+            key.push_str(key_id);
+            f(&key)
+        }
+        Err(_) => f(&format!("{tenant}\0{key_id}")),
+    })
+}
 
 /// Keyed by (tenant, key id). `None` caches "not found".
 pub struct KeyStateCache {
@@ -41,12 +64,12 @@ impl std::fmt::Debug for KeyStateCache {
     }
 }
 
-/// What the cache knows of a key.
+/// What the cache knows of a key's state (`None`: the key does not exist).
 pub enum Lookup {
     /// Fetched within the TTL.
-    Fresh(Option<KeyInfo>),
+    Fresh(Option<KeyState>),
     /// Known, but older than the TTL (usable only as a fallback).
-    Stale(Option<KeyInfo>),
+    Stale(Option<KeyState>),
     Unknown,
 }
 
@@ -60,17 +83,15 @@ impl KeyStateCache {
         }
     }
 
-    fn shard(&self, tenant: &str, key_id: &str) -> &Mutex<Shard> {
-        self.shards.at(self.shards.index((tenant, key_id)))
+    fn shard(&self, key: &str) -> &Mutex<Shard> {
+        self.shards.at(self.shards.index(key))
     }
 
     pub fn lookup(&self, tenant: &str, key_id: &str) -> Lookup {
-        let found = match self.shard(tenant, key_id).lock() {
-            Ok(mut shard) => shard
-                .get(&(tenant.to_owned(), key_id.to_owned()))
-                .map(|e| (e.info.clone(), e.at)),
+        let found = with_key(tenant, key_id, |key| match self.shard(key).lock() {
+            Ok(mut shard) => shard.get(key).map(|e| (e.state, e.at)),
             Err(_) => None,
-        };
+        });
         let out = match found {
             Some((info, at)) if !self.ttl.is_zero() && at.elapsed() < self.ttl => {
                 Lookup::Fresh(info)
@@ -83,16 +104,26 @@ impl KeyStateCache {
     }
 
     /// Remember the KMS's answer; the least recently used entry of the shard makes room.
-    pub fn put(&self, tenant: &str, key_id: &str, info: Option<KeyInfo>) {
-        if let Ok(mut shard) = self.shard(tenant, key_id).lock() {
-            shard.put(
-                (tenant.to_owned(), key_id.to_owned()),
-                Entry {
-                    info,
-                    at: Instant::now(),
-                },
-            );
+    pub fn put(&self, tenant: &str, key_id: &str, info: Option<&KeyInfo>) {
+        let key = format!("{tenant}\0{key_id}");
+        if let Ok(mut shard) = self.shard(&key).lock() {
+            let entry = Entry {
+                state: info.map(|i| i.key_state),
+                at: Instant::now(),
+            };
+            shard.put(key, entry);
         }
+    }
+
+    /// Keep serving what is known of a key for another TTL (the KMS is unreachable).
+    pub fn touch(&self, tenant: &str, key_id: &str) {
+        with_key(tenant, key_id, |key| {
+            if let Ok(mut shard) = self.shard(key).lock() {
+                if let Some(entry) = shard.get_mut(key) {
+                    entry.at = Instant::now();
+                }
+            }
+        })
     }
 
     /// Number of entries held.
@@ -118,14 +149,13 @@ impl KeyStateCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::KeyState;
 
-    fn info(state: KeyState) -> Option<KeyInfo> {
-        Some(KeyInfo {
+    fn info(state: KeyState) -> Option<&'static KeyInfo> {
+        Some(Box::leak(Box::new(KeyInfo {
             key_id: "k".into(),
             key_name: "n".into(),
             key_state: state,
-        })
+        })))
     }
 
     #[test]
@@ -164,7 +194,7 @@ mod tests {
         let c = KeyStateCache::new(Duration::from_secs(60), SHARDS * 2);
         let same_shard: Vec<String> = (0..10_000)
             .map(|i| i.to_string())
-            .filter(|k| std::ptr::eq(c.shard("t", k), c.shard("t", "a")))
+            .filter(|k| std::ptr::eq(c.shard(&format!("t\0{k}")), c.shard("t\0a")))
             .take(2)
             .collect();
         c.put("t", "a", info(KeyState::Enabled));
