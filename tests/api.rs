@@ -1344,6 +1344,31 @@ async fn key_state_follows_the_kms_with_the_cache_off() {
 }
 
 #[tokio::test]
+async fn key_state_is_the_same_read_with_the_setting_or_asked_of_the_kms() {
+    // With the row cache off, every GET reads the setting and its key's row in one query
+    // (SQLite, local KMS); with it on, the setting comes from memory and the key's state
+    // from the KMS. Both must tell the same story, a key past its deletion date included.
+    for row_cache in [0, 1000] {
+        let t = spawn_app_with(|c| c.row_cache_capacity = row_cache).await;
+        let key = t.configure_kms(TENANT_A).await;
+        let state = || async {
+            let token = t.admin(TENANT_A);
+            let (status, _, body) = t.get_setting(TENANT_A, &token).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+            assert_eq!(body["cmk_key_id"], key.key_id.as_str(), "{body}");
+            body.get("key_state").cloned()
+        };
+        assert_eq!(state().await, Some(json!(2)), "row cache {row_cache}");
+        t.disable_key(TENANT_A, &key.key_id).await;
+        assert_eq!(state().await, Some(json!(3)), "row cache {row_cache}");
+        t.schedule_deletion(TENANT_A, &key.key_id, 7).await;
+        assert_eq!(state().await, Some(json!(4)), "row cache {row_cache}");
+        t.clock.advance(Duration::from_secs(7 * 86_400 + 1));
+        assert_eq!(state().await, None, "row cache {row_cache}: deleted key");
+    }
+}
+
+#[tokio::test]
 async fn key_state_is_served_from_the_cache_until_the_ttl() {
     let t = spawn_app_with(|c| c.key_state_cache_ttl = Duration::from_millis(500)).await;
     let key = t.configure_kms(TENANT_A).await;

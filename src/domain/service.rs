@@ -7,7 +7,7 @@ use super::model::*;
 use super::types::*;
 use crate::kms::cache::{KeyStateCache, Lookup};
 use crate::kms::{KeyInfo, Kms};
-use crate::store::Store;
+use crate::store::{JoinedKey, Store};
 
 /// How often an update is retried when the key id changed under it.
 const MAX_UPDATE_ATTEMPTS: usize = 8;
@@ -65,23 +65,42 @@ impl Service {
     // ---- GET setting -------------------------------------------------------------------
 
     pub async fn show_setting(&self, tenant: &TenantId) -> Result<SettingView> {
-        let setting = self.store.get_setting(tenant).await?;
+        // A local KMS keeps its keys in the database: a setting read from there brings
+        // its key's row along (one read, not two, when the setting is not cached).
+        let (setting, joined) = if self.kms.keys_in_store() {
+            self.store.get_setting_with_key(tenant).await?
+        } else {
+            (self.store.get_setting(tenant).await?, JoinedKey::NotRead)
+        };
         let key_state = match setting.as_ref().and_then(|s| s.cmk_key_id.as_deref()) {
-            Some(key_id) => self.current_key_state(tenant, key_id).await,
+            Some(key_id) => self.current_key_state(tenant, key_id, joined).await,
             None => None,
         };
         Ok(self.view(tenant, setting.as_ref(), key_state))
     }
 
-    /// The key's state now: from the cache within its TTL, else from the KMS, else (KMS
-    /// unreachable) the last known state.
-    async fn current_key_state(&self, tenant: &TenantId, key_id: &str) -> Option<KeyState> {
+    /// The key's state now: from the cache within its TTL, else from the key's row read
+    /// with the setting or from the KMS, else (KMS unreachable) the last known state.
+    async fn current_key_state(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        joined: JoinedKey,
+    ) -> Option<KeyState> {
         let stale = match self.cache.lookup(tenant.as_str(), key_id) {
             Lookup::Fresh(state) => return state,
             Lookup::Stale(state) => Some(state),
             Lookup::Unknown => None,
         };
-        match self.kms.describe_key(tenant, key_id).await {
+        let described = match joined {
+            JoinedKey::Read(row) => self.kms.describe_stored(row),
+            JoinedKey::NotRead => None,
+        };
+        let answer = match described {
+            Some(info) => Ok(info),
+            None => self.kms.describe_key(tenant, key_id).await,
+        };
+        match answer {
             Ok(info) => {
                 let state = info.as_ref().map(|i| i.key_state);
                 self.cache.put(tenant.as_str(), key_id, info.as_ref());
@@ -169,7 +188,7 @@ impl Service {
                         {
                             l.info.as_ref().map(|i| i.key_state)
                         }
-                        (_, Some(k)) => self.current_key_state(tenant, k).await,
+                        (_, Some(k)) => self.current_key_state(tenant, k, JoinedKey::NotRead).await,
                         (_, None) => None,
                     };
                     return Ok(self.view(tenant, Some(&saved), key_state));

@@ -136,6 +136,14 @@ impl Kms for LocalKms {
         Ok(key.and_then(|k| self.live(k)).map(|k| info(&k)))
     }
 
+    fn describe_stored(&self, key: Option<StoredKey>) -> Option<Option<KeyInfo>> {
+        Some(key.and_then(|k| self.live(k)).map(|k| info(&k)))
+    }
+
+    fn keys_in_store(&self) -> bool {
+        true
+    }
+
     async fn create_key(
         &self,
         tenant: &TenantId,

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::domain::{Actor, KeyState, Result, TenantId};
+use crate::store::StoredKey;
 
 /// What the API needs to know of a key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -46,6 +47,18 @@ pub trait Kms: Send + Sync + 'static {
     async fn check_access(&self, tenant: &TenantId) -> Result<()>;
     /// The key with this id in this tenant's KMS, or `None`.
     async fn describe_key(&self, tenant: &TenantId, key_id: &str) -> Result<Option<KeyInfo>>;
+    /// For a KMS that keeps its keys in the service's own database (the local KMS): what
+    /// [`describe_key`](Kms::describe_key) would answer, from the key's row (`None`: no
+    /// row), so that one read can bring a setting and its key
+    /// ([`Store::get_setting_with_key`](crate::store::Store::get_setting_with_key)).
+    /// `None` for a KMS whose keys live elsewhere.
+    fn describe_stored(&self, _key: Option<StoredKey>) -> Option<Option<KeyInfo>> {
+        None
+    }
+    /// Whether [`describe_stored`](Kms::describe_stored) answers.
+    fn keys_in_store(&self) -> bool {
+        false
+    }
 
     async fn create_key(
         &self,

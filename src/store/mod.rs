@@ -84,12 +84,29 @@ pub struct BulkTenant {
     pub setting: crate::domain::SettingDraft,
 }
 
+/// The key row that came with a setting from [`Store::get_setting_with_key`].
+#[derive(Debug)]
+pub enum JoinedKey {
+    /// Not read (the setting came from a cache, or the backend reads keys separately).
+    NotRead,
+    /// The row of the setting's key, if there is one.
+    Read(Option<StoredKey>),
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Cheap round trip, for readiness checks.
     async fn ping(&self) -> Result<()>;
 
     async fn get_setting(&self, tenant: &TenantId) -> Result<Option<Setting>>;
+    /// The setting and, in the same read where the backend can, the local KMS's row of
+    /// the key it names. The default reads the setting alone.
+    async fn get_setting_with_key(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<(Option<Setting>, JoinedKey)> {
+        Ok((self.get_setting(tenant).await?, JoinedKey::NotRead))
+    }
     /// Read the setting and the grant, run `plan`, write the result and its audit record,
     /// all in one transaction. The id is assigned on first write and kept afterwards.
     async fn update_setting(

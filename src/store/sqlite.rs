@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::cache::RowCache;
 use super::{
     audit_query, bulk_summary, db_error, parse_role, role_str, to_json, unique_violation,
-    AuditFilter, BulkTenant, Credential, KeyChange, SettingPlan, Store, StoredKey,
+    AuditFilter, BulkTenant, Credential, JoinedKey, KeyChange, SettingPlan, Store, StoredKey,
 };
 use crate::clock::Clock;
 use crate::domain::{
@@ -521,6 +521,41 @@ impl Store for SqliteStore {
         let setting = row.as_ref().map(setting_from_row).transpose()?;
         self.settings.fill(tenant.as_str(), ticket, setting.clone());
         Ok(setting)
+    }
+
+    async fn get_setting_with_key(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<(Option<Setting>, JoinedKey)> {
+        let ticket = match self.settings.get(tenant.as_str()) {
+            Ok(cached) => return Ok((cached, JoinedKey::NotRead)),
+            Err(ticket) => ticket,
+        };
+        // The key's tenant is the setting's (the join says so): one tenant_id column.
+        let row = sqlx::query(
+            "SELECT s.id, s.tenant_id, s.encryption_type, s.default_encryption_enabled,
+                    s.cmk_key_id, s.cmk_key_name, k.key_id, k.alias, k.origin, k.key_state,
+                    k.material, k.deletion_at, k.created_at
+             FROM encryption_settings s
+             LEFT JOIN kms_keys k ON k.key_id = s.cmk_key_id AND k.tenant_id = s.tenant_id
+             WHERE s.tenant_id = ?",
+        )
+        .bind(tenant.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("read setting", e))?;
+        let Some(row) = row else {
+            self.settings.fill(tenant.as_str(), ticket, None);
+            return Ok((None, JoinedKey::Read(None)));
+        };
+        let setting = setting_from_row(&row)?;
+        let key_id: Option<String> = row
+            .try_get("key_id")
+            .map_err(|e| db_error("decode key", e))?;
+        let key = key_id.map(|_| key_from_row(&row)).transpose()?;
+        self.settings
+            .fill(tenant.as_str(), ticket, Some(setting.clone()));
+        Ok((Some(setting), JoinedKey::Read(key)))
     }
 
     async fn update_setting(
