@@ -29,15 +29,88 @@ pub const BUFFER_LIMIT: usize = 4 * 1024 * 1024;
 pub fn init(filter: Option<&str>, default: &str, format: LogFormat) {
     let filter =
         EnvFilter::try_new(filter.unwrap_or(default)).unwrap_or_else(|_| EnvFilter::new(default));
+    let ansi = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(Sink::global())
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(ansi)
         .with_target(false);
-    let _ = match format {
+    let installed = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    if installed.is_ok() && !ansi {
+        let _ = ACCESS_FORMAT.set(format);
+    }
+}
+
+/// The format of access lines written by [`access_line`]; unset (and `tracing` writes
+/// them) when no subscriber of ours is installed or stderr is a terminal (colours).
+static ACCESS_FORMAT: OnceLock<LogFormat> = OnceLock::new();
+
+/// One request's access line, as `tracing`'s formatter would write
+/// `info!(request_id, method, route, status, latency_us, "request")`, written straight
+/// into the buffer: formatting it through `tracing`'s generic field visitors and
+/// timestamp cost a tenth of a GET. The caller has checked that `info` is enabled.
+/// Returns false when this fast path is off and the caller must use `tracing`.
+pub fn access_line(
+    request_id: &str,
+    method: &str,
+    route: &str,
+    status: u16,
+    latency_us: u64,
+) -> bool {
+    let (Some(format), Some(sink)) = (ACCESS_FORMAT.get(), GLOBAL.get()) else {
+        return false;
+    };
+    LINE.with(|line| {
+        let Ok(mut line) = line.try_borrow_mut() else {
+            return false;
+        };
+        line.clear();
+        let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
+        let fields = (request_id, method, route, status, latency_us);
+        let written = format_access(&mut line, *format, now, fields).is_ok();
+        if written {
+            sink.append(&line);
+        }
+        written
+    })
+}
+
+/// The access line's fields: request id, method, route, status, latency in µs.
+type AccessFields<'a> = (&'a str, &'a str, &'a str, u16, u64);
+
+fn format_access(
+    line: &mut Vec<u8>,
+    format: LogFormat,
+    now: impl std::fmt::Display,
+    (request_id, method, route, status, latency_us): AccessFields<'_>,
+) -> std::io::Result<()> {
+    match format {
+        LogFormat::Text => writeln!(
+            line,
+            "{now}  INFO request request_id={request_id} method={method} route={route} \
+             status={status} latency_us={latency_us}"
+        ),
+        LogFormat::Json => {
+            write!(
+                line,
+                "{{\"timestamp\":\"{now}\",\"level\":\"INFO\",\"fields\":{{\"message\":\"request\",\"request_id\":"
+            )?;
+            serde_json::to_writer(&mut *line, request_id)?;
+            line.extend_from_slice(b",\"method\":");
+            serde_json::to_writer(&mut *line, method)?;
+            line.extend_from_slice(b",\"route\":");
+            serde_json::to_writer(&mut *line, route)?;
+            writeln!(line, ",\"status\":{status},\"latency_us\":{latency_us}}}}}")
+        }
+    }
+}
+
+thread_local! {
+    /// Where [`access_line`] formats.
+    static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Write out every buffered line now (before the process exits).
@@ -210,6 +283,74 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    /// The line `tracing`'s own formatter writes for the access event, at a fixed time.
+    fn tracing_line(format: LogFormat, fields: AccessFields<'_>) -> String {
+        struct Fixed;
+        impl tracing_subscriber::fmt::time::FormatTime for Fixed {
+            fn format_time(
+                &self,
+                w: &mut tracing_subscriber::fmt::format::Writer<'_>,
+            ) -> std::fmt::Result {
+                w.write_str(AT)
+            }
+        }
+        let out = Recorder::default();
+        let writer = {
+            let out = out.clone();
+            move || out.clone()
+        };
+        let builder = tracing_subscriber::fmt()
+            .with_writer(writer)
+            .with_ansi(false)
+            .with_target(false)
+            .with_timer(Fixed);
+        let (request_id, method, route, status, latency_us) = fields;
+        let emit = || {
+            tracing::info!(
+                request_id = %request_id, method = %method, route = %route, status, latency_us,
+                "request"
+            )
+        };
+        match format {
+            LogFormat::Text => tracing::subscriber::with_default(builder.finish(), emit),
+            LogFormat::Json => tracing::subscriber::with_default(builder.json().finish(), emit),
+        }
+        String::from_utf8(seen(&out)).expect("utf-8")
+    }
+
+    const AT: &str = "2026-11-23T19:29:03.328174Z";
+
+    #[test]
+    fn the_access_line_is_what_tracing_would_write() {
+        let ids = [
+            "8a49f7d5dc673f503adeb4b4048ed3d5",
+            r#"a"b\c{}'=x"#,
+            "~!@#$%^&*()_+",
+        ];
+        for format in [LogFormat::Text, LogFormat::Json] {
+            for id in ids {
+                let fields = (
+                    id,
+                    "GET",
+                    "/v4/tenants/{tenant_id}/repo-encryption/setting",
+                    202,
+                    463,
+                );
+                let mut ours = Vec::new();
+                format_access(&mut ours, format, AT, fields).expect("format");
+                let ours = String::from_utf8(ours).expect("utf-8");
+                assert_eq!(ours, tracing_line(format, fields), "{format:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_access_line_timestamp_is_rfc3339_with_microseconds() {
+        let now = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+        assert_eq!(now.len(), AT.len(), "{now}");
+        assert!(humantime::parse_rfc3339(&now).is_ok(), "{now}");
     }
 
     fn seen(r: &Recorder) -> Vec<u8> {

@@ -98,10 +98,16 @@ pub async fn request_context(
             request_id = %id, method = %method, route = %route, status, latency_us = micros,
             error_code = f.code, detail = %f.detail, "request failed"
         ),
-        None => tracing::info!(
-            request_id = %id, method = %method, route = %route, status, latency_us = micros,
-            "request"
-        ),
+        None => {
+            if tracing::enabled!(tracing::Level::INFO)
+                && !crate::telemetry::access_line(id, method.as_str(), route, status, micros)
+            {
+                tracing::info!(
+                    request_id = %id, method = %method, route = %route, status,
+                    latency_us = micros, "request"
+                )
+            }
+        }
     }
     response
 }
