@@ -1,7 +1,14 @@
 //! PostgreSQL: for several stateless replicas behind a load balancer. Nothing is cached
 //! here, so a write acknowledged by one replica is read by every other at once. Writes
 //! that read first take a per-tenant (or per-row) lock inside their transaction.
+//!
+//! The hot paths are batched, without weakening that:
+//!
+//! - Reads of settings, grants and local-KMS keys are coalesced (`store::coalesce`):
+//!   the calls waiting at once are answered by one `... = ANY($1)` query. See
+//!   [`PostgresStore::get_setting`] for why that is as fresh as one query per call.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +17,7 @@ use serde_json::Value;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
+use super::coalesce::Coalescer;
 use super::{
     audit_query, bulk_summary, db_error, parse_role, role_str, to_json, unique_violation,
     AuditFilter, BulkTenant, Credential, KeyChange, SettingPlan, Store, StoredKey,
@@ -42,9 +50,18 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
 /// Advisory lock key that serialises migrations across replicas starting together.
 const MIGRATION_LOCK: i64 = 0x7265_706f_6372_7970; // "repocryp"
 
+/// Tasks that serve coalesced reads of one kind (settings, grants, keys): while some wait
+/// for PostgreSQL, another collects the next batch.
+const READERS: usize = 3;
+/// Most reads answered by one query.
+const MAX_READ_BATCH: usize = 128;
+
 pub struct PostgresStore {
     pool: PgPool,
     clock: Arc<dyn Clock>,
+    settings: Coalescer<TenantId, Option<Setting>>,
+    grants: Coalescer<TenantId, Option<Grant>>,
+    keys: Coalescer<(TenantId, String), Option<StoredKey>>,
 }
 
 impl PostgresStore {
@@ -61,7 +78,22 @@ impl PostgresStore {
             .connect(url)
             .await
             .map_err(|e| db_error("cannot connect to PostgreSQL", e))?;
-        let store = PostgresStore { pool, clock };
+        let store = PostgresStore {
+            settings: Coalescer::start("setting read", READERS, MAX_READ_BATCH, {
+                let pool = pool.clone();
+                Arc::new(move |tenants| Box::pin(read_settings(pool.clone(), tenants)))
+            }),
+            grants: Coalescer::start("grant read", READERS, MAX_READ_BATCH, {
+                let pool = pool.clone();
+                Arc::new(move |tenants| Box::pin(read_grants(pool.clone(), tenants)))
+            }),
+            keys: Coalescer::start("key read", READERS, MAX_READ_BATCH, {
+                let pool = pool.clone();
+                Arc::new(move |keys| Box::pin(read_keys(pool.clone(), keys)))
+            }),
+            pool,
+            clock,
+        };
         store.migrate(target).await?;
         Ok(store)
     }
@@ -232,6 +264,138 @@ const SETTING_COLUMNS: &str =
 const KEY_COLUMNS: &str =
     "key_id, tenant_id, alias, origin, key_state, material, deletion_at, created_at";
 
+// ---- coalesced reads ---------------------------------------------------------------------
+
+/// The same store error for each of `n` callers (an `Error` is not `Clone`).
+fn all_fail<V>(n: usize, what: &str, e: &sqlx::Error) -> Vec<Result<V>> {
+    (0..n).map(|_| Err(db_error(what, e))).collect()
+}
+
+/// What an error says, for the log (a store error's detail, not its "internal error").
+fn internal_detail(e: &Error) -> String {
+    e.internal_detail()
+        .map_or_else(|| e.to_string(), str::to_owned)
+}
+
+/// Each value once, in first-seen order: the array a batch query is given.
+fn distinct<'a>(values: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut seen = HashSet::new();
+    values.filter(|v| seen.insert(*v)).collect()
+}
+
+/// The rows of a batch query by the text column `column` (the rows' key).
+fn rows_by<'r>(rows: &'r [PgRow], column: &str, what: &str) -> Result<HashMap<&'r str, &'r PgRow>> {
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get::<&str, _>(column)
+                    .map_err(|e| db_error(what, e))?,
+                row,
+            ))
+        })
+        .collect()
+}
+
+/// One answer per caller from the rows of a batch query: `decode` runs once per caller,
+/// so each gets exactly the result (or error) its own query would have given.
+fn answer<K, V>(
+    items: &[K],
+    found: Result<HashMap<&str, &PgRow>>,
+    key: impl Fn(&K) -> &str,
+    decode: impl Fn(&K, &PgRow) -> Result<Option<V>>,
+) -> Vec<Result<Option<V>>> {
+    match found {
+        Ok(rows) => items
+            .iter()
+            .map(|item| match rows.get(key(item)) {
+                Some(row) => decode(item, row),
+                None => Ok(None),
+            })
+            .collect(),
+        Err(e) => {
+            let detail = internal_detail(&e);
+            items
+                .iter()
+                .map(|_| Err(Error::Store(detail.clone())))
+                .collect()
+        }
+    }
+}
+
+/// The settings of the tenants of a batch of `get_setting` calls, in one query.
+async fn read_settings(pool: PgPool, tenants: Vec<TenantId>) -> Vec<Result<Option<Setting>>> {
+    let wanted = distinct(tenants.iter().map(TenantId::as_str));
+    let rows = match sqlx::query(&format!(
+        "SELECT {SETTING_COLUMNS} FROM encryption_settings WHERE tenant_id = ANY($1)"
+    ))
+    .bind(&wanted)
+    .fetch_all(&pool)
+    .await
+    {
+        Ok(rows) => rows,
+        Err(e) => return all_fail(tenants.len(), "read setting", &e),
+    };
+    answer(
+        &tenants,
+        rows_by(&rows, "tenant_id", "decode setting"),
+        TenantId::as_str,
+        |_, row| setting_from_row(row).map(Some),
+    )
+}
+
+/// The grants of the tenants of a batch of `get_grant` calls, in one query.
+async fn read_grants(pool: PgPool, tenants: Vec<TenantId>) -> Vec<Result<Option<Grant>>> {
+    let wanted = distinct(tenants.iter().map(TenantId::as_str));
+    let rows = match sqlx::query(
+        "SELECT tenant_id, granted_by, granted_at FROM kms_grants WHERE tenant_id = ANY($1)",
+    )
+    .bind(&wanted)
+    .fetch_all(&pool)
+    .await
+    {
+        Ok(rows) => rows,
+        Err(e) => return all_fail(tenants.len(), "read grant", &e),
+    };
+    answer(
+        &tenants,
+        rows_by(&rows, "tenant_id", "decode grant"),
+        TenantId::as_str,
+        |tenant, row| {
+            let get = |e: sqlx::Error| db_error("decode grant", e);
+            Ok(Some(Grant {
+                tenant_id: tenant.clone(),
+                granted_by: row.try_get("granted_by").map_err(get)?,
+                granted_at: row.try_get("granted_at").map_err(get)?,
+            }))
+        },
+    )
+}
+
+/// The keys of a batch of `kms_get_key` calls, in one query. `key_id` is the table's
+/// primary key; a key of another tenant is not found, as with `tenant_id = $1 AND ...`.
+async fn read_keys(pool: PgPool, keys: Vec<(TenantId, String)>) -> Vec<Result<Option<StoredKey>>> {
+    let wanted = distinct(keys.iter().map(|(_, key_id)| key_id.as_str()));
+    let rows = match sqlx::query(&format!(
+        "SELECT {KEY_COLUMNS} FROM kms_keys WHERE key_id = ANY($1)"
+    ))
+    .bind(&wanted)
+    .fetch_all(&pool)
+    .await
+    {
+        Ok(rows) => rows,
+        Err(e) => return all_fail(keys.len(), "read key", &e),
+    };
+    answer(
+        &keys,
+        rows_by(&rows, "key_id", "decode key"),
+        |(_, key_id)| key_id.as_str(),
+        |(tenant, _), row| {
+            let key = key_from_row(row)?;
+            Ok((key.tenant_id == tenant.as_str()).then_some(key))
+        },
+    )
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn ping(&self) -> Result<()> {
@@ -242,15 +406,13 @@ impl Store for PostgresStore {
             .map_err(|e| db_error("ping", e))
     }
 
+    /// Coalesced: the calls waiting at once are answered by one query (see
+    /// [`read_settings`]). Linearizable like a query per call: a batch's query starts
+    /// only after every call in it arrived, so it sees every write that had returned
+    /// before any of them arrived (a write returns after its COMMIT, and each query reads
+    /// a snapshot taken when it starts). Duplicate tenants in a batch are read once.
     async fn get_setting(&self, tenant: &TenantId) -> Result<Option<Setting>> {
-        let row = sqlx::query(&format!(
-            "SELECT {SETTING_COLUMNS} FROM encryption_settings WHERE tenant_id = $1"
-        ))
-        .bind(tenant.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| db_error("read setting", e))?;
-        row.as_ref().map(setting_from_row).transpose()
+        self.settings.call(tenant.clone()).await
     }
 
     async fn update_setting(
@@ -329,24 +491,9 @@ impl Store for PostgresStore {
         Ok(saved)
     }
 
+    /// Coalesced, as [`get_setting`](Self::get_setting).
     async fn get_grant(&self, tenant: &TenantId) -> Result<Option<Grant>> {
-        let row = sqlx::query("SELECT granted_by, granted_at FROM kms_grants WHERE tenant_id = $1")
-            .bind(tenant.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| db_error("read grant", e))?;
-        row.map(|r| {
-            Ok(Grant {
-                tenant_id: tenant.clone(),
-                granted_by: r
-                    .try_get("granted_by")
-                    .map_err(|e| db_error("decode grant", e))?,
-                granted_at: r
-                    .try_get("granted_at")
-                    .map_err(|e| db_error("decode grant", e))?,
-            })
-        })
-        .transpose()
+        self.grants.call(tenant.clone()).await
     }
 
     async fn put_grant(&self, tenant: &TenantId, actor: &Actor) -> Result<Grant> {
@@ -703,16 +850,9 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(|e| db_error("commit key", e))
     }
 
+    /// Coalesced, as [`get_setting`](Self::get_setting).
     async fn kms_get_key(&self, tenant: &TenantId, key_id: &str) -> Result<Option<StoredKey>> {
-        let row = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM kms_keys WHERE tenant_id = $1 AND key_id = $2"
-        ))
-        .bind(tenant.as_str())
-        .bind(key_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| db_error("read key", e))?;
-        row.as_ref().map(key_from_row).transpose()
+        self.keys.call((tenant.clone(), key_id.to_owned())).await
     }
 
     async fn kms_list_keys(&self, tenant: &TenantId) -> Result<Vec<StoredKey>> {
