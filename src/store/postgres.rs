@@ -7,6 +7,9 @@
 //! - Reads of settings, grants and local-KMS keys are coalesced (`store::coalesce`):
 //!   the calls waiting at once are answered by one `... = ANY($1)` query. See
 //!   [`PostgresStore::get_setting`] for why that is as fresh as one query per call.
+//! - Setting writes (PUT) are committed in groups, as on SQLite: the PUTs waiting at once
+//!   run in one transaction, each in its own savepoint, with one COMMIT, and each is
+//!   answered only after that COMMIT. See [`commit_settings`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use serde_json::Value;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
-use super::coalesce::Coalescer;
+use super::coalesce::{BoxFuture, Coalescer};
 use super::{
     audit_query, bulk_summary, db_error, parse_role, role_str, to_json, unique_violation,
     AuditFilter, BulkTenant, Credential, KeyChange, SettingPlan, Store, StoredKey,
@@ -55,6 +58,14 @@ const MIGRATION_LOCK: i64 = 0x7265_706f_6372_7970; // "repocryp"
 const READERS: usize = 3;
 /// Most reads answered by one query.
 const MAX_READ_BATCH: usize = 128;
+/// Tasks that commit setting writes. Two, so that one batch can be collected and wait for
+/// its tenants' locks while the other commits; writes of different tenants also proceed
+/// side by side.
+const WRITERS: usize = 2;
+/// Most setting writes committed in one transaction. Each written savepoint is a
+/// subtransaction, and PostgreSQL tracks at most 64 of them per transaction in shared
+/// memory; past that every other session's snapshot becomes "suboverflowed" and slower.
+const MAX_WRITE_BATCH: usize = 48;
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -62,6 +73,14 @@ pub struct PostgresStore {
     settings: Coalescer<TenantId, Option<Setting>>,
     grants: Coalescer<TenantId, Option<Grant>>,
     keys: Coalescer<(TenantId, String), Option<StoredKey>>,
+    writer: Coalescer<SettingJob, Setting>,
+}
+
+/// A PUT's write, handed to a writer task.
+struct SettingJob {
+    tenant: TenantId,
+    actor: Actor,
+    plan: SettingPlan,
 }
 
 impl PostgresStore {
@@ -90,6 +109,10 @@ impl PostgresStore {
             keys: Coalescer::start("key read", READERS, MAX_READ_BATCH, {
                 let pool = pool.clone();
                 Arc::new(move |keys| Box::pin(read_keys(pool.clone(), keys)))
+            }),
+            writer: Coalescer::start("setting write", WRITERS, MAX_WRITE_BATCH, {
+                let (pool, clock) = (pool.clone(), clock.clone());
+                Arc::new(move |jobs| commit_settings(pool.clone(), clock.clone(), jobs))
             }),
             pool,
             clock,
@@ -178,22 +201,34 @@ impl PostgresStore {
         before: Option<Value>,
         after: Option<Value>,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO audit_log (at, tenant_id, actor, request_id, action, before, after)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(self.clock.rfc3339())
-        .bind(tenant)
-        .bind(&actor.actor)
-        .bind(actor.request_id.as_deref())
-        .bind(action)
-        .bind(before.map(|v| v.to_string()))
-        .bind(after.map(|v| v.to_string()))
-        .execute(conn)
-        .await
-        .map_err(|e| db_error("write audit record", e))?;
-        Ok(())
+        insert_audit(conn, &self.clock, tenant, actor, action, before, after).await
     }
+}
+
+async fn insert_audit(
+    conn: &mut PgConnection,
+    clock: &Arc<dyn Clock>,
+    tenant: &str,
+    actor: &Actor,
+    action: &str,
+    before: Option<Value>,
+    after: Option<Value>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (at, tenant_id, actor, request_id, action, before, after)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(clock.rfc3339())
+    .bind(tenant)
+    .bind(&actor.actor)
+    .bind(actor.request_id.as_deref())
+    .bind(action)
+    .bind(before.map(|v| v.to_string()))
+    .bind(after.map(|v| v.to_string()))
+    .execute(conn)
+    .await
+    .map_err(|e| db_error("write audit record", e))?;
+    Ok(())
 }
 
 fn setting_from_row(row: &PgRow) -> Result<Setting> {
@@ -396,6 +431,202 @@ async fn read_keys(pool: PgPool, keys: Vec<(TenantId, String)>) -> Vec<Result<Op
     )
 }
 
+// ---- group commit of setting writes ------------------------------------------------------
+
+/// Commit a batch of setting writes (PUTs) in one transaction:
+///
+/// 1. Take every tenant's `setting:` advisory lock at once, in the order of the lock keys,
+///    so that two batches (of this replica or of another) that share tenants never wait
+///    on each other in a cycle. Each tenant's writes on every replica are serialized by
+///    these locks, as they were one transaction at a time.
+/// 2. Read the batch's settings and grants, after the locks: every write of these tenants
+///    committed before is seen (and, since the batch was collected before it began, every
+///    write that returned before any of its PUTs arrived).
+/// 3. Each PUT in turn: its plan decides on the setting as the PUTs before it in the batch
+///    left it; a refusal writes nothing. Otherwise its write and its audit record run in
+///    a savepoint of their own, which alone is rolled back if either fails.
+/// 4. One COMMIT. Only then is any PUT answered; if the COMMIT fails, every PUT that was
+///    to succeed gets the error instead, so nothing is acknowledged that is not durable.
+fn commit_settings(
+    pool: PgPool,
+    clock: Arc<dyn Clock>,
+    jobs: Vec<SettingJob>,
+) -> BoxFuture<'static, Vec<Result<Setting>>> {
+    Box::pin(async move { commit_batch(&pool, &clock, &jobs).await })
+}
+
+/// [`commit_settings`], borrowing: boxed, so the batch's future is `Send` for every
+/// lifetime (sqlx's executors otherwise trip rustc's higher-ranked lifetime inference).
+fn commit_batch<'a>(
+    pool: &'a PgPool,
+    clock: &'a Arc<dyn Clock>,
+    jobs: &'a [SettingJob],
+) -> BoxFuture<'a, Vec<Result<Setting>>> {
+    Box::pin(async move {
+        let n = jobs.len();
+        let mut tx = match pool.begin().await {
+            Ok(tx) => tx,
+            Err(e) => return all_fail(n, "begin transaction", &e),
+        };
+        let tenants = distinct(jobs.iter().map(|j| j.tenant.as_str()));
+        let lock_names: Vec<String> = tenants.iter().map(|t| format!("setting:{t}")).collect();
+        // The same lock keys as `lock_tenant`. The sorted subquery is not flattened into
+        // the outer query (it has ORDER BY and DISTINCT), so the locks are taken in its
+        // order. DISTINCT: two tenants whose names hash alike share one lock.
+        if let Err(e) = sqlx::query(
+            "SELECT pg_advisory_xact_lock(k) FROM (
+                 SELECT DISTINCT hashtextextended(name, 0) AS k
+                 FROM unnest($1::text[]) AS name ORDER BY k) AS locks",
+        )
+        .bind(&lock_names)
+        .execute(&mut *tx)
+        .await
+        {
+            return all_fail(n, "tenant lock", &e);
+        }
+        let rows = match sqlx::query(&format!(
+            "SELECT {SETTING_COLUMNS} FROM encryption_settings WHERE tenant_id = ANY($1)"
+        ))
+        .bind(&tenants)
+        .fetch_all(&mut *tx)
+        .await
+        {
+            Ok(rows) => rows,
+            Err(e) => return all_fail(n, "read setting", &e),
+        };
+        // Each tenant's setting as the batch has left it so far.
+        let mut current: HashMap<String, Setting> = HashMap::new();
+        for row in &rows {
+            match setting_from_row(row) {
+                Ok(s) => {
+                    current.insert(s.tenant_id.as_str().to_owned(), s);
+                }
+                Err(e) => {
+                    let detail = internal_detail(&e);
+                    return (0..n).map(|_| Err(Error::Store(detail.clone()))).collect();
+                }
+            }
+        }
+        let granted: HashSet<String> =
+            match sqlx::query("SELECT tenant_id FROM kms_grants WHERE tenant_id = ANY($1)")
+                .bind(&tenants)
+                .fetch_all(&mut *tx)
+                .await
+            {
+                Ok(rows) => match rows.iter().map(|r| r.try_get("tenant_id")).collect() {
+                    Ok(granted) => granted,
+                    Err(e) => return all_fail(n, "decode grant", &e),
+                },
+                Err(e) => return all_fail(n, "read grant", &e),
+            };
+        let mut results = Vec::with_capacity(n);
+        for job in jobs {
+            let tenant = job.tenant.as_str();
+            let before = current.get(tenant);
+            // A refusal is decided here, before anything is written.
+            let draft = match (job.plan)(before, granted.contains(tenant)) {
+                Ok(draft) => draft,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            if let Err(e) = savepoint(&mut tx, "SAVEPOINT put").await {
+                return all_fail(n, "savepoint", &e);
+            }
+            let written = write_setting(&mut tx, clock, job, before, draft).await;
+            if written.is_err() {
+                if let Err(e) = savepoint(&mut tx, "ROLLBACK TO SAVEPOINT put").await {
+                    return all_fail(n, "savepoint", &e);
+                }
+            }
+            if let Err(e) = savepoint(&mut tx, "RELEASE SAVEPOINT put").await {
+                return all_fail(n, "savepoint", &e);
+            }
+            if let Ok(saved) = &written {
+                current.insert(tenant.to_owned(), saved.clone());
+            }
+            results.push(written);
+        }
+        match tx.commit().await {
+            Ok(()) => results,
+            Err(e) => results
+                .into_iter()
+                .map(|r| r.and_then(|_| Err(db_error("commit setting", &e))))
+                .collect(),
+        }
+    })
+}
+
+/// A savepoint command (boxed, like [`commit_batch`]).
+fn savepoint<'a>(
+    conn: &'a mut PgConnection,
+    command: &'static str,
+) -> BoxFuture<'a, sqlx::Result<()>> {
+    Box::pin(async move { sqlx::query(command).execute(conn).await.map(|_| ()) })
+}
+
+/// One PUT's write in the batch's transaction: the row (UPDATE an existing one, INSERT a
+/// new one) and its audit record.
+/// Boxed, so the batch's future is `Send` for every lifetime (sqlx's executors otherwise
+/// trip rustc's higher-ranked lifetime inference in a spawned task).
+fn write_setting<'a>(
+    conn: &'a mut PgConnection,
+    clock: &'a Arc<dyn Clock>,
+    job: &'a SettingJob,
+    current: Option<&'a Setting>,
+    draft: crate::domain::SettingDraft,
+) -> BoxFuture<'a, Result<Setting>> {
+    Box::pin(async move {
+        let tenant = &job.tenant;
+        let now = clock.rfc3339();
+        // UPDATE an existing row, INSERT a new one: an upsert would burn an identity value
+        // on every write and exhaust the 32-bit id range long before tenants do.
+        let id: i32 = if current.is_some() {
+            sqlx::query_scalar(
+                "UPDATE encryption_settings SET encryption_type = $2,
+                 default_encryption_enabled = $3, cmk_key_id = $4, cmk_key_name = $5,
+                 updated_at = $6
+             WHERE tenant_id = $1 RETURNING id",
+            )
+        } else {
+            sqlx::query_scalar(
+                "INSERT INTO encryption_settings (tenant_id, encryption_type,
+                 default_encryption_enabled, cmk_key_id, cmk_key_name, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            )
+        }
+        .bind(tenant.as_str())
+        .bind(draft.encryption_type.map(EncryptionType::as_str))
+        .bind(draft.default_encryption_enabled)
+        .bind(draft.cmk_key_id.as_deref())
+        .bind(draft.cmk_key_name.as_deref())
+        .bind(&now)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| db_error("write setting", e))?;
+        let saved = Setting {
+            id: i64::from(id),
+            tenant_id: tenant.clone(),
+            encryption_type: draft.encryption_type,
+            default_encryption_enabled: draft.default_encryption_enabled,
+            cmk_key_id: draft.cmk_key_id,
+            cmk_key_name: draft.cmk_key_name,
+        };
+        insert_audit(
+            conn,
+            clock,
+            tenant.as_str(),
+            &job.actor,
+            "setting.update",
+            current.and_then(to_json),
+            to_json(&saved),
+        )
+        .await?;
+        Ok(saved)
+    })
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn ping(&self) -> Result<()> {
@@ -415,80 +646,21 @@ impl Store for PostgresStore {
         self.settings.call(tenant.clone()).await
     }
 
+    /// Group commit: see [`commit_settings`]. Answered only after the COMMIT of the
+    /// transaction that holds this write.
     async fn update_setting(
         &self,
         tenant: &TenantId,
         actor: &Actor,
         plan: SettingPlan,
     ) -> Result<Setting> {
-        let mut tx = self.begin().await?;
-        Self::lock_tenant(&mut tx, "setting", tenant.as_str()).await?;
-        let current = sqlx::query(&format!(
-            "SELECT {SETTING_COLUMNS} FROM encryption_settings WHERE tenant_id = $1"
-        ))
-        .bind(tenant.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| db_error("read setting", e))?
-        .as_ref()
-        .map(setting_from_row)
-        .transpose()?;
-        let granted: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM kms_grants WHERE tenant_id = $1)")
-                .bind(tenant.as_str())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(|e| db_error("read grant", e))?;
-        // A refusal returns here: the transaction is dropped and rolled back.
-        let draft = plan(current.as_ref(), granted)?;
-        let now = self.clock.rfc3339();
-        // UPDATE an existing row, INSERT a new one: an upsert would burn an identity value
-        // on every write and exhaust the 32-bit id range long before tenants do.
-        let id: i32 = if current.is_some() {
-            sqlx::query_scalar(
-                "UPDATE encryption_settings SET encryption_type = $2,
-                     default_encryption_enabled = $3, cmk_key_id = $4, cmk_key_name = $5,
-                     updated_at = $6
-                 WHERE tenant_id = $1 RETURNING id",
-            )
-        } else {
-            sqlx::query_scalar(
-                "INSERT INTO encryption_settings (tenant_id, encryption_type,
-                     default_encryption_enabled, cmk_key_id, cmk_key_name, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            )
-        }
-        .bind(tenant.as_str())
-        .bind(draft.encryption_type.map(EncryptionType::as_str))
-        .bind(draft.default_encryption_enabled)
-        .bind(draft.cmk_key_id.as_deref())
-        .bind(draft.cmk_key_name.as_deref())
-        .bind(&now)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| db_error("write setting", e))?;
-        let saved = Setting {
-            id: i64::from(id),
-            tenant_id: tenant.clone(),
-            encryption_type: draft.encryption_type,
-            default_encryption_enabled: draft.default_encryption_enabled,
-            cmk_key_id: draft.cmk_key_id,
-            cmk_key_name: draft.cmk_key_name,
-        };
-        let before = current.as_ref().and_then(to_json);
-        self.audit(
-            &mut tx,
-            tenant.as_str(),
-            actor,
-            "setting.update",
-            before,
-            to_json(&saved),
-        )
-        .await?;
-        tx.commit()
+        self.writer
+            .call(SettingJob {
+                tenant: tenant.clone(),
+                actor: actor.clone(),
+                plan,
+            })
             .await
-            .map_err(|e| db_error("commit setting", e))?;
-        Ok(saved)
     }
 
     /// Coalesced, as [`get_setting`](Self::get_setting).
