@@ -520,6 +520,7 @@ fn commit_batch<'a>(
                 Err(e) => return all_fail(n, "read grant", &e),
             };
         let mut results = Vec::with_capacity(n);
+        let mut open_savepoint = false;
         for job in jobs {
             let tenant = job.tenant.as_str();
             let before = current.get(tenant);
@@ -531,17 +532,22 @@ fn commit_batch<'a>(
                     continue;
                 }
             };
-            if let Err(e) = savepoint(&mut tx, "SAVEPOINT put").await {
+            // The previous write's savepoint is released and this one's opened in one
+            // round trip; COMMIT releases the last.
+            let open = if open_savepoint {
+                "RELEASE SAVEPOINT put; SAVEPOINT put"
+            } else {
+                "SAVEPOINT put"
+            };
+            if let Err(e) = savepoint(&mut tx, open).await {
                 return all_fail(n, "savepoint", &e);
             }
+            open_savepoint = true;
             let written = write_setting(&mut tx, clock, job, before, draft).await;
             if written.is_err() {
                 if let Err(e) = savepoint(&mut tx, "ROLLBACK TO SAVEPOINT put").await {
                     return all_fail(n, "savepoint", &e);
                 }
-            }
-            if let Err(e) = savepoint(&mut tx, "RELEASE SAVEPOINT put").await {
-                return all_fail(n, "savepoint", &e);
             }
             if let Ok(saved) = &written {
                 current.insert(tenant.to_owned(), saved.clone());
@@ -558,16 +564,21 @@ fn commit_batch<'a>(
     })
 }
 
-/// A savepoint command (boxed, like [`commit_batch`]).
+/// Savepoint commands, one or more (simple-query protocol; boxed, like [`commit_batch`]).
 fn savepoint<'a>(
     conn: &'a mut PgConnection,
-    command: &'static str,
+    commands: &'static str,
 ) -> BoxFuture<'a, sqlx::Result<()>> {
-    Box::pin(async move { sqlx::query(command).execute(conn).await.map(|_| ()) })
+    // A plain `&str` runs as a simple query, which may hold several commands.
+    Box::pin(async move { sqlx::Executor::execute(conn, commands).await.map(|_| ()) })
 }
 
-/// One PUT's write in the batch's transaction: the row (UPDATE an existing one, INSERT a
-/// new one) and its audit record.
+/// One PUT's write in the batch's transaction: the row and its audit record. An existing
+/// row is updated in the same statement that writes the audit record (one round trip; the
+/// row's id is known, so is the record's `after`); a new row is INSERTed first for its
+/// id. Never an upsert: that would burn an identity value on every write and exhaust the
+/// 32-bit id range long before tenants do.
+///
 /// Boxed, so the batch's future is `Send` for every lifetime (sqlx's executors otherwise
 /// trip rustc's higher-ranked lifetime inference in a spawned task).
 fn write_setting<'a>(
@@ -580,22 +591,53 @@ fn write_setting<'a>(
     Box::pin(async move {
         let tenant = &job.tenant;
         let now = clock.rfc3339();
-        // UPDATE an existing row, INSERT a new one: an upsert would burn an identity value
-        // on every write and exhaust the 32-bit id range long before tenants do.
-        let id: i32 = if current.is_some() {
-            sqlx::query_scalar(
-                "UPDATE encryption_settings SET encryption_type = $2,
-                 default_encryption_enabled = $3, cmk_key_id = $4, cmk_key_name = $5,
-                 updated_at = $6
-             WHERE tenant_id = $1 RETURNING id",
+        let saved = |id: i64| Setting {
+            id,
+            tenant_id: tenant.clone(),
+            encryption_type: draft.encryption_type,
+            default_encryption_enabled: draft.default_encryption_enabled,
+            cmk_key_id: draft.cmk_key_id.clone(),
+            cmk_key_name: draft.cmk_key_name.clone(),
+        };
+        if let Some(current) = current {
+            let saved = saved(current.id);
+            let written = sqlx::query(
+                "WITH row AS (
+                     UPDATE encryption_settings SET encryption_type = $2,
+                         default_encryption_enabled = $3, cmk_key_id = $4, cmk_key_name = $5,
+                         updated_at = $6
+                     WHERE tenant_id = $1 AND id = $7 RETURNING tenant_id)
+                 INSERT INTO audit_log (at, tenant_id, actor, request_id, action, before, after)
+                 SELECT $6, tenant_id, $8, $9, 'setting.update', $10, $11 FROM row",
             )
-        } else {
-            sqlx::query_scalar(
-                "INSERT INTO encryption_settings (tenant_id, encryption_type,
+            .bind(tenant.as_str())
+            .bind(draft.encryption_type.map(EncryptionType::as_str))
+            .bind(draft.default_encryption_enabled)
+            .bind(draft.cmk_key_id.as_deref())
+            .bind(draft.cmk_key_name.as_deref())
+            .bind(&now)
+            .bind(i32::try_from(current.id).map_err(|e| db_error("write setting", e))?)
+            .bind(&job.actor.actor)
+            .bind(job.actor.request_id.as_deref())
+            .bind(to_json(current).map(|v| v.to_string()))
+            .bind(to_json(&saved).map(|v| v.to_string()))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| db_error("write setting", e))?;
+            // The row is read under the tenant's lock in this transaction: it is there.
+            if written.rows_affected() != 1 {
+                return Err(db_error(
+                    "write setting",
+                    format!("{} rows updated, expected 1", written.rows_affected()),
+                ));
+            }
+            return Ok(saved);
+        }
+        let id: i32 = sqlx::query_scalar(
+            "INSERT INTO encryption_settings (tenant_id, encryption_type,
                  default_encryption_enabled, cmk_key_id, cmk_key_name, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            )
-        }
+        )
         .bind(tenant.as_str())
         .bind(draft.encryption_type.map(EncryptionType::as_str))
         .bind(draft.default_encryption_enabled)
@@ -605,21 +647,14 @@ fn write_setting<'a>(
         .fetch_one(&mut *conn)
         .await
         .map_err(|e| db_error("write setting", e))?;
-        let saved = Setting {
-            id: i64::from(id),
-            tenant_id: tenant.clone(),
-            encryption_type: draft.encryption_type,
-            default_encryption_enabled: draft.default_encryption_enabled,
-            cmk_key_id: draft.cmk_key_id,
-            cmk_key_name: draft.cmk_key_name,
-        };
+        let saved = saved(i64::from(id));
         insert_audit(
             conn,
             clock,
             tenant.as_str(),
             &job.actor,
             "setting.update",
-            current.and_then(to_json),
+            None,
             to_json(&saved),
         )
         .await?;
