@@ -287,7 +287,9 @@ mod batching {
     use std::time::Duration;
 
     use repocrypt::clock::SystemClock;
-    use repocrypt::domain::{Actor, EncryptionType, Error, KeyState, SettingDraft, TenantId};
+    use repocrypt::domain::{
+        Actor, EncryptionType, Error, KeyState, PermitPublic, SettingDraft, TenantId,
+    };
     use repocrypt::store::postgres::PostgresStore;
     use repocrypt::store::{AuditFilter, SettingPlan, Store, StoredKey};
 
@@ -338,13 +340,24 @@ mod batching {
         else {
             return;
         };
-        // 60 tenants: a setting each, a grant for every other, a key for every third.
+        // 60 tenants: a setting each, a grant for every other, permit_public for every
+        // fourth (allow, deny, allow, ...), a key for every third.
         for i in 0..60 {
             a.update_setting(&tenant(i), &actor(i), write(format!("key-of-{i}")))
                 .await
                 .unwrap();
             if i % 2 == 0 {
                 a.put_grant(&tenant(i), &actor(i)).await.unwrap();
+            }
+            if i % 4 == 1 {
+                let value = if i % 8 == 1 {
+                    PermitPublic::Allow
+                } else {
+                    PermitPublic::Deny
+                };
+                a.set_permit_public(&tenant(i), value, &actor(i))
+                    .await
+                    .unwrap();
             }
             if i % 3 == 0 {
                 let key = StoredKey {
@@ -360,15 +373,16 @@ mod batching {
                 a.kms_insert_key(&key, &actor(i)).await.unwrap();
             }
         }
-        // 2,400 reads at once over 80 tenants (20 never written) and keys asked of their
-        // own tenant and of the next one: each answer must be the caller's own.
+        // 2,400 reads at once over 80 tenants (20 never written) of settings, grants,
+        // permit_public and keys (asked of their own tenant and of the next one): each
+        // answer must be the caller's own.
         let mut tasks = Vec::new();
         for n in 0..2400usize {
             let a = a.clone();
             tasks.push(tokio::spawn(async move {
                 let i = (n * 7) % 80;
                 let t = tenant(i);
-                match n % 3 {
+                match n % 4 {
                     0 => {
                         let s = a.get_setting(&t).await.unwrap();
                         let expected = (i < 60).then(|| format!("key-of-{i}"));
@@ -385,6 +399,15 @@ mod batching {
                         assert!(
                             g.is_none_or(|g| g.tenant_id == t && g.granted_by == format!("u{i}"))
                         );
+                    }
+                    2 => {
+                        let p = a.get_permit_public(&t).await.unwrap();
+                        let expected = (i < 60 && i % 4 == 1).then_some(if i % 8 == 1 {
+                            PermitPublic::Allow
+                        } else {
+                            PermitPublic::Deny
+                        });
+                        assert_eq!(p, expected, "{t}");
                     }
                     _ => {
                         // Key k{j} belongs to tenant j; asked by tenant i.

@@ -4,7 +4,7 @@
 //!
 //! The hot paths are batched, without weakening that:
 //!
-//! - Reads of settings, grants and local-KMS keys are coalesced (`store::coalesce`):
+//! - Reads of settings, grants, tenants' `permit_public` and local-KMS keys are coalesced (`store::coalesce`):
 //!   the calls waiting at once are answered by one `... = ANY($1)` query. See
 //!   [`PostgresStore::get_setting`] for why that is as fresh as one query per call.
 //! - Setting writes (PUT) are committed in groups, as on SQLite: the PUTs waiting at once
@@ -73,6 +73,7 @@ pub struct PostgresStore {
     settings: Coalescer<TenantId, Option<Setting>>,
     grants: Coalescer<TenantId, Option<Grant>>,
     keys: Coalescer<(TenantId, String), Option<StoredKey>>,
+    permits: Coalescer<TenantId, Option<PermitPublic>>,
     writer: Coalescer<SettingJob, Setting>,
 }
 
@@ -109,6 +110,10 @@ impl PostgresStore {
             keys: Coalescer::start("key read", READERS, MAX_READ_BATCH, {
                 let pool = pool.clone();
                 Arc::new(move |keys| Box::pin(read_keys(pool.clone(), keys)))
+            }),
+            permits: Coalescer::start("tenant read", READERS, MAX_READ_BATCH, {
+                let pool = pool.clone();
+                Arc::new(move |tenants| Box::pin(read_permits(pool.clone(), tenants)))
             }),
             writer: Coalescer::start("setting write", WRITERS, MAX_WRITE_BATCH, {
                 let (pool, clock) = (pool.clone(), clock.clone());
@@ -427,6 +432,31 @@ async fn read_keys(pool: PgPool, keys: Vec<(TenantId, String)>) -> Vec<Result<Op
         |(tenant, _), row| {
             let key = key_from_row(row)?;
             Ok((key.tenant_id == tenant.as_str()).then_some(key))
+        },
+    )
+}
+
+/// The `permit_public` of the tenants of a batch of `get_permit_public` calls.
+async fn read_permits(pool: PgPool, tenants: Vec<TenantId>) -> Vec<Result<Option<PermitPublic>>> {
+    let wanted = distinct(tenants.iter().map(TenantId::as_str));
+    let rows =
+        match sqlx::query("SELECT tenant_id, permit_public FROM tenants WHERE tenant_id = ANY($1)")
+            .bind(&wanted)
+            .fetch_all(&pool)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => return all_fail(tenants.len(), "read tenant", &e),
+        };
+    answer(
+        &tenants,
+        rows_by(&rows, "tenant_id", "decode tenant"),
+        TenantId::as_str,
+        |_, row| {
+            let value: &str = row
+                .try_get("permit_public")
+                .map_err(|e| db_error("decode tenant", e))?;
+            Ok(PermitPublic::parse(value))
         },
     )
 }
@@ -759,14 +789,9 @@ impl Store for PostgresStore {
         Ok(grant)
     }
 
+    /// Coalesced, as [`get_setting`](Self::get_setting).
     async fn get_permit_public(&self, tenant: &TenantId) -> Result<Option<PermitPublic>> {
-        let value: Option<String> =
-            sqlx::query_scalar("SELECT permit_public FROM tenants WHERE tenant_id = $1")
-                .bind(tenant.as_str())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| db_error("read tenant", e))?;
-        Ok(value.as_deref().and_then(PermitPublic::parse))
+        self.permits.call(tenant.clone()).await
     }
 
     async fn set_permit_public(
