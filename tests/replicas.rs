@@ -1,6 +1,8 @@
 //! Two `repocrypt serve` replicas, each with its own data directory, on one PostgreSQL
 //! database, sharing only the root key (`REPOCRYPT_ROOT_KEY`). Needs
-//! `REPOCRYPT_TEST_DATABASE_URL`; skipped without it (a failure under `.ci/run`).
+//! `REPOCRYPT_TEST_DATABASE_URL`; skipped without it (a failure under `.ci/run`). The
+//! `batching` tests below drive two (or three) `PostgresStore`s in-process on one database:
+//! coalesced reads and group-committed writes, as seen from another replica.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod binary;
@@ -275,4 +277,380 @@ async fn two_replicas_on_one_postgres_database() {
 
     assert_eq!(a.stop(), Some(0));
     assert_eq!(b.stop(), Some(0));
+}
+
+// ---- the PostgreSQL store's batching, in-process, two store instances as two replicas ----
+
+mod batching {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use repocrypt::clock::SystemClock;
+    use repocrypt::domain::{
+        Actor, EncryptionType, Error, KeyState, PermitPublic, SettingDraft, TenantId,
+    };
+    use repocrypt::store::postgres::PostgresStore;
+    use repocrypt::store::{AuditFilter, SettingPlan, Store, StoredKey};
+
+    use super::{common, pg_url_or_skip};
+
+    /// Two stores (two replicas) on a fresh database, or None (skipped).
+    async fn replicas(test: &str) -> Option<(String, Arc<PostgresStore>, Arc<PostgresStore>)> {
+        let url = pg_url_or_skip(test)?;
+        let db = common::fresh_postgres_database(&url).await;
+        let a = PostgresStore::connect(&db, Arc::new(SystemClock))
+            .await
+            .unwrap();
+        let b = PostgresStore::connect(&db, Arc::new(SystemClock))
+            .await
+            .unwrap();
+        Some((db, Arc::new(a), Arc::new(b)))
+    }
+
+    fn tenant(i: usize) -> TenantId {
+        TenantId::parse(format!("tenant-{i:03}")).unwrap()
+    }
+
+    fn actor(i: usize) -> Actor {
+        Actor {
+            actor: format!("u{i}"),
+            request_id: Some(format!("r{i}")),
+        }
+    }
+
+    fn draft(key: &str) -> SettingDraft {
+        SettingDraft {
+            encryption_type: Some(EncryptionType::Kms),
+            default_encryption_enabled: true,
+            cmk_key_id: Some(key.to_owned()),
+            cmk_key_name: Some("n".into()),
+        }
+    }
+
+    /// A plan that writes `key` whatever is stored.
+    fn write(key: String) -> SettingPlan {
+        Arc::new(move |_: Option<&_>, _: bool| Ok(draft(&key)))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_reads_of_different_tenants_each_get_their_own() {
+        let Some((_, a, _b)) =
+            replicas("concurrent_reads_of_different_tenants_each_get_their_own").await
+        else {
+            return;
+        };
+        // 60 tenants: a setting each, a grant for every other, permit_public for every
+        // fourth (allow, deny, allow, ...), a key for every third.
+        for i in 0..60 {
+            a.update_setting(&tenant(i), &actor(i), write(format!("key-of-{i}")))
+                .await
+                .unwrap();
+            if i % 2 == 0 {
+                a.put_grant(&tenant(i), &actor(i)).await.unwrap();
+            }
+            if i % 4 == 1 {
+                let value = if i % 8 == 1 {
+                    PermitPublic::Allow
+                } else {
+                    PermitPublic::Deny
+                };
+                a.set_permit_public(&tenant(i), value, &actor(i))
+                    .await
+                    .unwrap();
+            }
+            if i % 3 == 0 {
+                let key = StoredKey {
+                    key_id: format!("k{i}"),
+                    tenant_id: tenant(i).as_str().to_owned(),
+                    alias: format!("alias-{i}"),
+                    origin: "kms".into(),
+                    state: KeyState::Enabled,
+                    material: None,
+                    deletion_at: None,
+                    created_at: "2026-01-01T00:00:00.000Z".into(),
+                };
+                a.kms_insert_key(&key, &actor(i)).await.unwrap();
+            }
+        }
+        // 2,400 reads at once over 80 tenants (20 never written) of settings, grants,
+        // permit_public and keys (asked of their own tenant and of the next one): each
+        // answer must be the caller's own.
+        let mut tasks = Vec::new();
+        for n in 0..2400usize {
+            let a = a.clone();
+            tasks.push(tokio::spawn(async move {
+                let i = (n * 7) % 80;
+                let t = tenant(i);
+                match n % 4 {
+                    0 => {
+                        let s = a.get_setting(&t).await.unwrap();
+                        let expected = (i < 60).then(|| format!("key-of-{i}"));
+                        assert_eq!(
+                            s.as_ref().and_then(|s| s.cmk_key_id.clone()),
+                            expected,
+                            "{t}"
+                        );
+                        assert!(s.is_none_or(|s| s.tenant_id == t));
+                    }
+                    1 => {
+                        let g = a.get_grant(&t).await.unwrap();
+                        assert_eq!(g.is_some(), i < 60 && i % 2 == 0, "{t}");
+                        assert!(
+                            g.is_none_or(|g| g.tenant_id == t && g.granted_by == format!("u{i}"))
+                        );
+                    }
+                    2 => {
+                        let p = a.get_permit_public(&t).await.unwrap();
+                        let expected = (i < 60 && i % 4 == 1).then_some(if i % 8 == 1 {
+                            PermitPublic::Allow
+                        } else {
+                            PermitPublic::Deny
+                        });
+                        assert_eq!(p, expected, "{t}");
+                    }
+                    _ => {
+                        // Key k{j} belongs to tenant j; asked by tenant i.
+                        let j = if n % 2 == 0 { i } else { i + 1 };
+                        let k = a.kms_get_key(&t, &format!("k{j}")).await.unwrap();
+                        let expected = i == j && j < 60 && j % 3 == 0;
+                        assert_eq!(k.is_some(), expected, "{t} asking for k{j}");
+                        assert!(k.is_none_or(
+                            |k| k.tenant_id == t.as_str() && k.key_id == format!("k{j}")
+                        ));
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_write_returned_on_one_replica_is_read_at_once_on_the_other() {
+        let Some((_, a, b)) =
+            replicas("a_write_returned_on_one_replica_is_read_at_once_on_the_other").await
+        else {
+            return;
+        };
+        let t = tenant(1);
+        // Readers on B keep its batchers busy with this very tenant, so that a read may
+        // arrive while a batch for it is in flight: it must not be answered by that batch.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut noise = Vec::new();
+        for _ in 0..16 {
+            let (b, t, stop) = (b.clone(), t.clone(), stop.clone());
+            noise.push(tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    b.get_setting(&t).await.unwrap();
+                }
+            }));
+        }
+        for i in 0..300 {
+            let key = format!("key-{i}");
+            a.update_setting(&t, &actor(i), write(key.clone()))
+                .await
+                .unwrap();
+            let seen = b.get_setting(&t).await.unwrap().unwrap();
+            assert_eq!(
+                seen.cmk_key_id.as_deref(),
+                Some(key.as_str()),
+                "write {i} not seen on B"
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for n in noise {
+            n.await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_puts_to_one_tenant_all_land_in_order_with_their_audit_records() {
+        let Some((_, a, b)) =
+            replicas("concurrent_puts_to_one_tenant_all_land_in_order_with_their_audit_records")
+                .await
+        else {
+            return;
+        };
+        let t = tenant(7);
+        let mut tasks = Vec::new();
+        for i in 0..400 {
+            let store = if i % 4 == 0 { b.clone() } else { a.clone() };
+            let t = t.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .update_setting(&t, &actor(i), write(format!("key-{i}")))
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut ids = HashSet::new();
+        for task in tasks {
+            ids.insert(task.await.unwrap().id);
+        }
+        assert_eq!(ids.len(), 1, "one record id for every write: {ids:?}");
+        let audit = a.list_audit(&AuditFilter::tenant(&t)).await.unwrap();
+        assert_eq!(audit.len(), 400);
+        let actors: HashSet<&str> = audit.iter().map(|r| r.actor.as_str()).collect();
+        assert_eq!(actors.len(), 400, "one record per write");
+        // Serialized: each write saw the one before it (in commit order) as `before`.
+        for pair in audit.windows(2) {
+            assert_eq!(
+                pair[1].before.as_ref().unwrap()["cmk_key_id"],
+                pair[0].after.as_ref().unwrap()["cmk_key_id"],
+                "record {} did not see record {}",
+                pair[1].id,
+                pair[0].id
+            );
+            assert_eq!(
+                pair[1].after.as_ref().unwrap()["cmk_key_id"],
+                format!("key-{}", &pair[1].actor[1..]),
+                "the record of {} holds its own write",
+                pair[1].actor
+            );
+        }
+        assert!(audit[0].before.is_none());
+        // The final state is the last write's, on both replicas.
+        let last = audit.last().unwrap().after.as_ref().unwrap()["cmk_key_id"].clone();
+        for store in [&a, &b] {
+            let now = store.get_setting(&t).await.unwrap().unwrap();
+            assert_eq!(serde_json::json!(now.cmk_key_id), last);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn refused_and_failed_puts_in_a_batch_do_not_affect_the_others() {
+        let Some((db, a, b)) =
+            replicas("refused_and_failed_puts_in_a_batch_do_not_affect_the_others").await
+        else {
+            return;
+        };
+        // 600 writes over 30 tenants on two replicas, so batches hold many tenants and
+        // take their locks against each other: the replicas meet the tenants in opposite
+        // orders (taking the locks in the order met deadlocks here).
+        // Every third is refused by its plan; every seventh (not refused) fails in the
+        // database (a NUL byte in text) after its savepoint was opened.
+        let mut tasks = Vec::new();
+        for i in 0..600usize {
+            let on_a = (i / 3) % 2 == 0;
+            let store = if on_a { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                let n = (i * 11) % 30;
+                let t = tenant(if on_a { n } else { 29 - n });
+                let plan: SettingPlan = Arc::new(move |_: Option<&_>, _: bool| {
+                    if i % 3 == 0 {
+                        Err(Error::MissingCmkKeyId)
+                    } else if i % 7 == 0 {
+                        Ok(draft(&format!("bad\0key-{i}")))
+                    } else {
+                        Ok(draft(&format!("key-{i}")))
+                    }
+                });
+                (i, store.update_setting(&t, &actor(i), plan).await)
+            }));
+        }
+        let mut ok = 0;
+        for task in tasks {
+            let (i, result) = task.await.unwrap();
+            match result {
+                Ok(saved) => {
+                    assert!(i % 3 != 0 && i % 7 != 0, "write {i} should have failed");
+                    assert_eq!(saved.cmk_key_id, Some(format!("key-{i}")));
+                    ok += 1;
+                }
+                Err(Error::MissingCmkKeyId) => assert_eq!(i % 3, 0, "write {i}"),
+                Err(Error::Store(detail)) => {
+                    assert!(i % 3 != 0 && i % 7 == 0, "write {i}: {detail}");
+                }
+                Err(e) => panic!("write {i}: {e:?}"),
+            }
+        }
+        assert_eq!(ok, (0..600).filter(|i| i % 3 != 0 && i % 7 != 0).count());
+        // One audit record per acknowledged write, none for the others; each tenant's row
+        // is its last record's, seen alike by a third replica.
+        let c = PostgresStore::connect(&db, Arc::new(SystemClock))
+            .await
+            .unwrap();
+        let mut records = 0;
+        for n in 0..30 {
+            let audit = a
+                .list_audit(&AuditFilter::tenant(&tenant(n)))
+                .await
+                .unwrap();
+            for r in &audit {
+                let i: usize = r.actor[1..].parse().unwrap();
+                assert!(i % 3 != 0 && i % 7 != 0, "record of write {i}");
+            }
+            records += audit.len();
+            let row = c.get_setting(&tenant(n)).await.unwrap();
+            match audit.last() {
+                None => assert!(row.is_none()),
+                Some(last) => assert_eq!(
+                    last.after.as_ref().unwrap()["cmk_key_id"],
+                    row.unwrap().cmk_key_id.unwrap()
+                ),
+            }
+        }
+        assert_eq!(records, ok);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_database_failure_reaches_every_caller_of_a_batch() {
+        let Some((db, a, _b)) =
+            replicas("a_database_failure_reaches_every_caller_of_a_batch").await
+        else {
+            return;
+        };
+        a.update_setting(&tenant(1), &actor(1), write("k".into()))
+            .await
+            .unwrap();
+        // The database goes away under the store: its connections are cut, new ones fail.
+        let url = pg_url_or_skip("a_database_failure_reaches_every_caller_of_a_batch").unwrap();
+        let name = db
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .split('?')
+            .next()
+            .unwrap()
+            .to_owned();
+        {
+            use sqlx::Connection;
+            let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+        }
+        let mut tasks = Vec::new();
+        for i in 0..200usize {
+            let a = a.clone();
+            tasks.push(tokio::spawn(async move {
+                let t = tenant(i % 5);
+                let result = match i % 4 {
+                    0 => a.get_setting(&t).await.map(|_| ()),
+                    1 => a.get_grant(&t).await.map(|_| ()),
+                    2 => a.kms_get_key(&t, "k").await.map(|_| ()),
+                    _ => a
+                        .update_setting(&t, &actor(i), write("k2".into()))
+                        .await
+                        .map(|_| ()),
+                };
+                (i, result)
+            }));
+        }
+        let all = async {
+            for task in tasks {
+                let (i, result) = task.await.unwrap();
+                assert!(
+                    matches!(result, Err(Error::Store(_))),
+                    "call {i}: {result:?}"
+                );
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), all)
+            .await
+            .expect("every caller is answered, none hangs");
+    }
 }

@@ -1,6 +1,7 @@
 //! Persistence: one trait, one implementation per database, each with its own migrations.
 
 pub mod cache;
+mod coalesce;
 pub mod postgres;
 pub mod sqlite;
 

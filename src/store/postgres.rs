@@ -1,7 +1,17 @@
 //! PostgreSQL: for several stateless replicas behind a load balancer. Nothing is cached
 //! here, so a write acknowledged by one replica is read by every other at once. Writes
 //! that read first take a per-tenant (or per-row) lock inside their transaction.
+//!
+//! The hot paths are batched, without weakening that:
+//!
+//! - Reads of settings, grants, tenants' `permit_public` and local-KMS keys are coalesced (`store::coalesce`):
+//!   the calls waiting at once are answered by one `... = ANY($1)` query. See
+//!   [`PostgresStore::get_setting`] for why that is as fresh as one query per call.
+//! - Setting writes (PUT) are committed in groups, as on SQLite: the PUTs waiting at once
+//!   run in one transaction, each in its own savepoint, with one COMMIT, and each is
+//!   answered only after that COMMIT. See [`commit_settings`].
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +20,7 @@ use serde_json::Value;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
+use super::coalesce::{BoxFuture, Coalescer};
 use super::{
     audit_query, bulk_summary, db_error, parse_role, role_str, to_json, unique_violation,
     AuditFilter, BulkTenant, Credential, KeyChange, SettingPlan, Store, StoredKey,
@@ -42,9 +53,35 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
 /// Advisory lock key that serialises migrations across replicas starting together.
 const MIGRATION_LOCK: i64 = 0x7265_706f_6372_7970; // "repocryp"
 
+/// Tasks that serve coalesced reads of one kind (settings, grants, keys): while some wait
+/// for PostgreSQL, another collects the next batch.
+const READERS: usize = 3;
+/// Most reads answered by one query.
+const MAX_READ_BATCH: usize = 128;
+/// Tasks that commit setting writes. Two, so that one batch can be collected and wait for
+/// its tenants' locks while the other commits; writes of different tenants also proceed
+/// side by side.
+const WRITERS: usize = 2;
+/// Most setting writes committed in one transaction. Each written savepoint is a
+/// subtransaction, and PostgreSQL tracks at most 64 of them per transaction in shared
+/// memory; past that every other session's snapshot becomes "suboverflowed" and slower.
+const MAX_WRITE_BATCH: usize = 48;
+
 pub struct PostgresStore {
     pool: PgPool,
     clock: Arc<dyn Clock>,
+    settings: Coalescer<TenantId, Option<Setting>>,
+    grants: Coalescer<TenantId, Option<Grant>>,
+    keys: Coalescer<(TenantId, String), Option<StoredKey>>,
+    permits: Coalescer<TenantId, Option<PermitPublic>>,
+    writer: Coalescer<SettingJob, Setting>,
+}
+
+/// A PUT's write, handed to a writer task.
+struct SettingJob {
+    tenant: TenantId,
+    actor: Actor,
+    plan: SettingPlan,
 }
 
 impl PostgresStore {
@@ -61,7 +98,30 @@ impl PostgresStore {
             .connect(url)
             .await
             .map_err(|e| db_error("cannot connect to PostgreSQL", e))?;
-        let store = PostgresStore { pool, clock };
+        let store = PostgresStore {
+            settings: Coalescer::start("setting read", READERS, MAX_READ_BATCH, {
+                let pool = pool.clone();
+                Arc::new(move |tenants| Box::pin(read_settings(pool.clone(), tenants)))
+            }),
+            grants: Coalescer::start("grant read", READERS, MAX_READ_BATCH, {
+                let pool = pool.clone();
+                Arc::new(move |tenants| Box::pin(read_grants(pool.clone(), tenants)))
+            }),
+            keys: Coalescer::start("key read", READERS, MAX_READ_BATCH, {
+                let pool = pool.clone();
+                Arc::new(move |keys| Box::pin(read_keys(pool.clone(), keys)))
+            }),
+            permits: Coalescer::start("tenant read", READERS, MAX_READ_BATCH, {
+                let pool = pool.clone();
+                Arc::new(move |tenants| Box::pin(read_permits(pool.clone(), tenants)))
+            }),
+            writer: Coalescer::start("setting write", WRITERS, MAX_WRITE_BATCH, {
+                let (pool, clock) = (pool.clone(), clock.clone());
+                Arc::new(move |jobs| commit_settings(pool.clone(), clock.clone(), jobs))
+            }),
+            pool,
+            clock,
+        };
         store.migrate(target).await?;
         Ok(store)
     }
@@ -146,22 +206,34 @@ impl PostgresStore {
         before: Option<Value>,
         after: Option<Value>,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO audit_log (at, tenant_id, actor, request_id, action, before, after)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(self.clock.rfc3339())
-        .bind(tenant)
-        .bind(&actor.actor)
-        .bind(actor.request_id.as_deref())
-        .bind(action)
-        .bind(before.map(|v| v.to_string()))
-        .bind(after.map(|v| v.to_string()))
-        .execute(conn)
-        .await
-        .map_err(|e| db_error("write audit record", e))?;
-        Ok(())
+        insert_audit(conn, &self.clock, tenant, actor, action, before, after).await
     }
+}
+
+async fn insert_audit(
+    conn: &mut PgConnection,
+    clock: &Arc<dyn Clock>,
+    tenant: &str,
+    actor: &Actor,
+    action: &str,
+    before: Option<Value>,
+    after: Option<Value>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (at, tenant_id, actor, request_id, action, before, after)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(clock.rfc3339())
+    .bind(tenant)
+    .bind(&actor.actor)
+    .bind(actor.request_id.as_deref())
+    .bind(action)
+    .bind(before.map(|v| v.to_string()))
+    .bind(after.map(|v| v.to_string()))
+    .execute(conn)
+    .await
+    .map_err(|e| db_error("write audit record", e))?;
+    Ok(())
 }
 
 fn setting_from_row(row: &PgRow) -> Result<Setting> {
@@ -232,6 +304,394 @@ const SETTING_COLUMNS: &str =
 const KEY_COLUMNS: &str =
     "key_id, tenant_id, alias, origin, key_state, material, deletion_at, created_at";
 
+// ---- coalesced reads ---------------------------------------------------------------------
+
+/// The same store error for each of `n` callers (an `Error` is not `Clone`).
+fn all_fail<V>(n: usize, what: &str, e: &sqlx::Error) -> Vec<Result<V>> {
+    (0..n).map(|_| Err(db_error(what, e))).collect()
+}
+
+/// What an error says, for the log (a store error's detail, not its "internal error").
+fn internal_detail(e: &Error) -> String {
+    e.internal_detail()
+        .map_or_else(|| e.to_string(), str::to_owned)
+}
+
+/// Each value once, in first-seen order: the array a batch query is given.
+fn distinct<'a>(values: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut seen = HashSet::new();
+    values.filter(|v| seen.insert(*v)).collect()
+}
+
+/// The rows of a batch query by the text column `column` (the rows' key).
+fn rows_by<'r>(rows: &'r [PgRow], column: &str, what: &str) -> Result<HashMap<&'r str, &'r PgRow>> {
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get::<&str, _>(column)
+                    .map_err(|e| db_error(what, e))?,
+                row,
+            ))
+        })
+        .collect()
+}
+
+/// One answer per caller from the rows of a batch query: `decode` runs once per caller,
+/// so each gets exactly the result (or error) its own query would have given.
+fn answer<K, V>(
+    items: &[K],
+    found: Result<HashMap<&str, &PgRow>>,
+    key: impl Fn(&K) -> &str,
+    decode: impl Fn(&K, &PgRow) -> Result<Option<V>>,
+) -> Vec<Result<Option<V>>> {
+    match found {
+        Ok(rows) => items
+            .iter()
+            .map(|item| match rows.get(key(item)) {
+                Some(row) => decode(item, row),
+                None => Ok(None),
+            })
+            .collect(),
+        Err(e) => {
+            let detail = internal_detail(&e);
+            items
+                .iter()
+                .map(|_| Err(Error::Store(detail.clone())))
+                .collect()
+        }
+    }
+}
+
+/// The settings of the tenants of a batch of `get_setting` calls, in one query.
+async fn read_settings(pool: PgPool, tenants: Vec<TenantId>) -> Vec<Result<Option<Setting>>> {
+    let wanted = distinct(tenants.iter().map(TenantId::as_str));
+    let rows = match sqlx::query(&format!(
+        "SELECT {SETTING_COLUMNS} FROM encryption_settings WHERE tenant_id = ANY($1)"
+    ))
+    .bind(&wanted)
+    .fetch_all(&pool)
+    .await
+    {
+        Ok(rows) => rows,
+        Err(e) => return all_fail(tenants.len(), "read setting", &e),
+    };
+    answer(
+        &tenants,
+        rows_by(&rows, "tenant_id", "decode setting"),
+        TenantId::as_str,
+        |_, row| setting_from_row(row).map(Some),
+    )
+}
+
+/// The grants of the tenants of a batch of `get_grant` calls, in one query.
+async fn read_grants(pool: PgPool, tenants: Vec<TenantId>) -> Vec<Result<Option<Grant>>> {
+    let wanted = distinct(tenants.iter().map(TenantId::as_str));
+    let rows = match sqlx::query(
+        "SELECT tenant_id, granted_by, granted_at FROM kms_grants WHERE tenant_id = ANY($1)",
+    )
+    .bind(&wanted)
+    .fetch_all(&pool)
+    .await
+    {
+        Ok(rows) => rows,
+        Err(e) => return all_fail(tenants.len(), "read grant", &e),
+    };
+    answer(
+        &tenants,
+        rows_by(&rows, "tenant_id", "decode grant"),
+        TenantId::as_str,
+        |tenant, row| {
+            let get = |e: sqlx::Error| db_error("decode grant", e);
+            Ok(Some(Grant {
+                tenant_id: tenant.clone(),
+                granted_by: row.try_get("granted_by").map_err(get)?,
+                granted_at: row.try_get("granted_at").map_err(get)?,
+            }))
+        },
+    )
+}
+
+/// The keys of a batch of `kms_get_key` calls, in one query. `key_id` is the table's
+/// primary key; a key of another tenant is not found, as with `tenant_id = $1 AND ...`.
+async fn read_keys(pool: PgPool, keys: Vec<(TenantId, String)>) -> Vec<Result<Option<StoredKey>>> {
+    let wanted = distinct(keys.iter().map(|(_, key_id)| key_id.as_str()));
+    let rows = match sqlx::query(&format!(
+        "SELECT {KEY_COLUMNS} FROM kms_keys WHERE key_id = ANY($1)"
+    ))
+    .bind(&wanted)
+    .fetch_all(&pool)
+    .await
+    {
+        Ok(rows) => rows,
+        Err(e) => return all_fail(keys.len(), "read key", &e),
+    };
+    answer(
+        &keys,
+        rows_by(&rows, "key_id", "decode key"),
+        |(_, key_id)| key_id.as_str(),
+        |(tenant, _), row| {
+            let key = key_from_row(row)?;
+            Ok((key.tenant_id == tenant.as_str()).then_some(key))
+        },
+    )
+}
+
+/// The `permit_public` of the tenants of a batch of `get_permit_public` calls.
+async fn read_permits(pool: PgPool, tenants: Vec<TenantId>) -> Vec<Result<Option<PermitPublic>>> {
+    let wanted = distinct(tenants.iter().map(TenantId::as_str));
+    let rows =
+        match sqlx::query("SELECT tenant_id, permit_public FROM tenants WHERE tenant_id = ANY($1)")
+            .bind(&wanted)
+            .fetch_all(&pool)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => return all_fail(tenants.len(), "read tenant", &e),
+        };
+    answer(
+        &tenants,
+        rows_by(&rows, "tenant_id", "decode tenant"),
+        TenantId::as_str,
+        |_, row| {
+            let value: &str = row
+                .try_get("permit_public")
+                .map_err(|e| db_error("decode tenant", e))?;
+            Ok(PermitPublic::parse(value))
+        },
+    )
+}
+
+// ---- group commit of setting writes ------------------------------------------------------
+
+/// Commit a batch of setting writes (PUTs) in one transaction:
+///
+/// 1. Take every tenant's `setting:` advisory lock at once, in the order of the lock keys,
+///    so that two batches (of this replica or of another) that share tenants never wait
+///    on each other in a cycle. Each tenant's writes on every replica are serialized by
+///    these locks, as they were one transaction at a time.
+/// 2. Read the batch's settings and grants, after the locks: every write of these tenants
+///    committed before is seen (and, since the batch was collected before it began, every
+///    write that returned before any of its PUTs arrived).
+/// 3. Each PUT in turn: its plan decides on the setting as the PUTs before it in the batch
+///    left it; a refusal writes nothing. Otherwise its write and its audit record run in
+///    a savepoint of their own, which alone is rolled back if either fails.
+/// 4. One COMMIT. Only then is any PUT answered; if the COMMIT fails, every PUT that was
+///    to succeed gets the error instead, so nothing is acknowledged that is not durable.
+fn commit_settings(
+    pool: PgPool,
+    clock: Arc<dyn Clock>,
+    jobs: Vec<SettingJob>,
+) -> BoxFuture<'static, Vec<Result<Setting>>> {
+    Box::pin(async move { commit_batch(&pool, &clock, &jobs).await })
+}
+
+/// [`commit_settings`], borrowing: boxed, so the batch's future is `Send` for every
+/// lifetime (sqlx's executors otherwise trip rustc's higher-ranked lifetime inference).
+fn commit_batch<'a>(
+    pool: &'a PgPool,
+    clock: &'a Arc<dyn Clock>,
+    jobs: &'a [SettingJob],
+) -> BoxFuture<'a, Vec<Result<Setting>>> {
+    Box::pin(async move {
+        let n = jobs.len();
+        let mut tx = match pool.begin().await {
+            Ok(tx) => tx,
+            Err(e) => return all_fail(n, "begin transaction", &e),
+        };
+        let tenants = distinct(jobs.iter().map(|j| j.tenant.as_str()));
+        let lock_names: Vec<String> = tenants.iter().map(|t| format!("setting:{t}")).collect();
+        // The same lock keys as `lock_tenant`. The sorted subquery is not flattened into
+        // the outer query (it has ORDER BY and DISTINCT), so the locks are taken in its
+        // order. DISTINCT: two tenants whose names hash alike share one lock.
+        if let Err(e) = sqlx::query(
+            "SELECT pg_advisory_xact_lock(k) FROM (
+                 SELECT DISTINCT hashtextextended(name, 0) AS k
+                 FROM unnest($1::text[]) AS name ORDER BY k) AS locks",
+        )
+        .bind(&lock_names)
+        .execute(&mut *tx)
+        .await
+        {
+            return all_fail(n, "tenant lock", &e);
+        }
+        let rows = match sqlx::query(&format!(
+            "SELECT {SETTING_COLUMNS} FROM encryption_settings WHERE tenant_id = ANY($1)"
+        ))
+        .bind(&tenants)
+        .fetch_all(&mut *tx)
+        .await
+        {
+            Ok(rows) => rows,
+            Err(e) => return all_fail(n, "read setting", &e),
+        };
+        // Each tenant's setting as the batch has left it so far.
+        let mut current: HashMap<String, Setting> = HashMap::new();
+        for row in &rows {
+            match setting_from_row(row) {
+                Ok(s) => {
+                    current.insert(s.tenant_id.as_str().to_owned(), s);
+                }
+                Err(e) => {
+                    let detail = internal_detail(&e);
+                    return (0..n).map(|_| Err(Error::Store(detail.clone()))).collect();
+                }
+            }
+        }
+        let granted: HashSet<String> =
+            match sqlx::query("SELECT tenant_id FROM kms_grants WHERE tenant_id = ANY($1)")
+                .bind(&tenants)
+                .fetch_all(&mut *tx)
+                .await
+            {
+                Ok(rows) => match rows.iter().map(|r| r.try_get("tenant_id")).collect() {
+                    Ok(granted) => granted,
+                    Err(e) => return all_fail(n, "decode grant", &e),
+                },
+                Err(e) => return all_fail(n, "read grant", &e),
+            };
+        let mut results = Vec::with_capacity(n);
+        let mut open_savepoint = false;
+        for job in jobs {
+            let tenant = job.tenant.as_str();
+            let before = current.get(tenant);
+            // A refusal is decided here, before anything is written.
+            let draft = match (job.plan)(before, granted.contains(tenant)) {
+                Ok(draft) => draft,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            // The previous write's savepoint is released and this one's opened in one
+            // round trip; COMMIT releases the last.
+            let open = if open_savepoint {
+                "RELEASE SAVEPOINT put; SAVEPOINT put"
+            } else {
+                "SAVEPOINT put"
+            };
+            if let Err(e) = savepoint(&mut tx, open).await {
+                return all_fail(n, "savepoint", &e);
+            }
+            open_savepoint = true;
+            let written = write_setting(&mut tx, clock, job, before, draft).await;
+            if written.is_err() {
+                if let Err(e) = savepoint(&mut tx, "ROLLBACK TO SAVEPOINT put").await {
+                    return all_fail(n, "savepoint", &e);
+                }
+            }
+            if let Ok(saved) = &written {
+                current.insert(tenant.to_owned(), saved.clone());
+            }
+            results.push(written);
+        }
+        match tx.commit().await {
+            Ok(()) => results,
+            Err(e) => results
+                .into_iter()
+                .map(|r| r.and_then(|_| Err(db_error("commit setting", &e))))
+                .collect(),
+        }
+    })
+}
+
+/// Savepoint commands, one or more (simple-query protocol; boxed, like [`commit_batch`]).
+fn savepoint<'a>(
+    conn: &'a mut PgConnection,
+    commands: &'static str,
+) -> BoxFuture<'a, sqlx::Result<()>> {
+    // A plain `&str` runs as a simple query, which may hold several commands.
+    Box::pin(async move { sqlx::Executor::execute(conn, commands).await.map(|_| ()) })
+}
+
+/// One PUT's write in the batch's transaction: the row and its audit record. An existing
+/// row is updated in the same statement that writes the audit record (one round trip; the
+/// row's id is known, so is the record's `after`); a new row is INSERTed first for its
+/// id. Never an upsert: that would burn an identity value on every write and exhaust the
+/// 32-bit id range long before tenants do.
+///
+/// Boxed, so the batch's future is `Send` for every lifetime (sqlx's executors otherwise
+/// trip rustc's higher-ranked lifetime inference in a spawned task).
+fn write_setting<'a>(
+    conn: &'a mut PgConnection,
+    clock: &'a Arc<dyn Clock>,
+    job: &'a SettingJob,
+    current: Option<&'a Setting>,
+    draft: crate::domain::SettingDraft,
+) -> BoxFuture<'a, Result<Setting>> {
+    Box::pin(async move {
+        let tenant = &job.tenant;
+        let now = clock.rfc3339();
+        let saved = |id: i64| Setting {
+            id,
+            tenant_id: tenant.clone(),
+            encryption_type: draft.encryption_type,
+            default_encryption_enabled: draft.default_encryption_enabled,
+            cmk_key_id: draft.cmk_key_id.clone(),
+            cmk_key_name: draft.cmk_key_name.clone(),
+        };
+        if let Some(current) = current {
+            let saved = saved(current.id);
+            let written = sqlx::query(
+                "WITH row AS (
+                     UPDATE encryption_settings SET encryption_type = $2,
+                         default_encryption_enabled = $3, cmk_key_id = $4, cmk_key_name = $5,
+                         updated_at = $6
+                     WHERE tenant_id = $1 AND id = $7 RETURNING tenant_id)
+                 INSERT INTO audit_log (at, tenant_id, actor, request_id, action, before, after)
+                 SELECT $6, tenant_id, $8, $9, 'setting.update', $10, $11 FROM row",
+            )
+            .bind(tenant.as_str())
+            .bind(draft.encryption_type.map(EncryptionType::as_str))
+            .bind(draft.default_encryption_enabled)
+            .bind(draft.cmk_key_id.as_deref())
+            .bind(draft.cmk_key_name.as_deref())
+            .bind(&now)
+            .bind(i32::try_from(current.id).map_err(|e| db_error("write setting", e))?)
+            .bind(&job.actor.actor)
+            .bind(job.actor.request_id.as_deref())
+            .bind(to_json(current).map(|v| v.to_string()))
+            .bind(to_json(&saved).map(|v| v.to_string()))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| db_error("write setting", e))?;
+            // The row is read under the tenant's lock in this transaction: it is there.
+            if written.rows_affected() != 1 {
+                return Err(db_error(
+                    "write setting",
+                    format!("{} rows updated, expected 1", written.rows_affected()),
+                ));
+            }
+            return Ok(saved);
+        }
+        let id: i32 = sqlx::query_scalar(
+            "INSERT INTO encryption_settings (tenant_id, encryption_type,
+                 default_encryption_enabled, cmk_key_id, cmk_key_name, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(tenant.as_str())
+        .bind(draft.encryption_type.map(EncryptionType::as_str))
+        .bind(draft.default_encryption_enabled)
+        .bind(draft.cmk_key_id.as_deref())
+        .bind(draft.cmk_key_name.as_deref())
+        .bind(&now)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| db_error("write setting", e))?;
+        let saved = saved(i64::from(id));
+        insert_audit(
+            conn,
+            clock,
+            tenant.as_str(),
+            &job.actor,
+            "setting.update",
+            None,
+            to_json(&saved),
+        )
+        .await?;
+        Ok(saved)
+    })
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn ping(&self) -> Result<()> {
@@ -242,111 +702,35 @@ impl Store for PostgresStore {
             .map_err(|e| db_error("ping", e))
     }
 
+    /// Coalesced: the calls waiting at once are answered by one query (see
+    /// [`read_settings`]). Linearizable like a query per call: a batch's query starts
+    /// only after every call in it arrived, so it sees every write that had returned
+    /// before any of them arrived (a write returns after its COMMIT, and each query reads
+    /// a snapshot taken when it starts). Duplicate tenants in a batch are read once.
     async fn get_setting(&self, tenant: &TenantId) -> Result<Option<Setting>> {
-        let row = sqlx::query(&format!(
-            "SELECT {SETTING_COLUMNS} FROM encryption_settings WHERE tenant_id = $1"
-        ))
-        .bind(tenant.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| db_error("read setting", e))?;
-        row.as_ref().map(setting_from_row).transpose()
+        self.settings.call(tenant.clone()).await
     }
 
+    /// Group commit: see [`commit_settings`]. Answered only after the COMMIT of the
+    /// transaction that holds this write.
     async fn update_setting(
         &self,
         tenant: &TenantId,
         actor: &Actor,
         plan: SettingPlan,
     ) -> Result<Setting> {
-        let mut tx = self.begin().await?;
-        Self::lock_tenant(&mut tx, "setting", tenant.as_str()).await?;
-        let current = sqlx::query(&format!(
-            "SELECT {SETTING_COLUMNS} FROM encryption_settings WHERE tenant_id = $1"
-        ))
-        .bind(tenant.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| db_error("read setting", e))?
-        .as_ref()
-        .map(setting_from_row)
-        .transpose()?;
-        let granted: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM kms_grants WHERE tenant_id = $1)")
-                .bind(tenant.as_str())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(|e| db_error("read grant", e))?;
-        // A refusal returns here: the transaction is dropped and rolled back.
-        let draft = plan(current.as_ref(), granted)?;
-        let now = self.clock.rfc3339();
-        // UPDATE an existing row, INSERT a new one: an upsert would burn an identity value
-        // on every write and exhaust the 32-bit id range long before tenants do.
-        let id: i32 = if current.is_some() {
-            sqlx::query_scalar(
-                "UPDATE encryption_settings SET encryption_type = $2,
-                     default_encryption_enabled = $3, cmk_key_id = $4, cmk_key_name = $5,
-                     updated_at = $6
-                 WHERE tenant_id = $1 RETURNING id",
-            )
-        } else {
-            sqlx::query_scalar(
-                "INSERT INTO encryption_settings (tenant_id, encryption_type,
-                     default_encryption_enabled, cmk_key_id, cmk_key_name, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            )
-        }
-        .bind(tenant.as_str())
-        .bind(draft.encryption_type.map(EncryptionType::as_str))
-        .bind(draft.default_encryption_enabled)
-        .bind(draft.cmk_key_id.as_deref())
-        .bind(draft.cmk_key_name.as_deref())
-        .bind(&now)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| db_error("write setting", e))?;
-        let saved = Setting {
-            id: i64::from(id),
-            tenant_id: tenant.clone(),
-            encryption_type: draft.encryption_type,
-            default_encryption_enabled: draft.default_encryption_enabled,
-            cmk_key_id: draft.cmk_key_id,
-            cmk_key_name: draft.cmk_key_name,
-        };
-        let before = current.as_ref().and_then(to_json);
-        self.audit(
-            &mut tx,
-            tenant.as_str(),
-            actor,
-            "setting.update",
-            before,
-            to_json(&saved),
-        )
-        .await?;
-        tx.commit()
+        self.writer
+            .call(SettingJob {
+                tenant: tenant.clone(),
+                actor: actor.clone(),
+                plan,
+            })
             .await
-            .map_err(|e| db_error("commit setting", e))?;
-        Ok(saved)
     }
 
+    /// Coalesced, as [`get_setting`](Self::get_setting).
     async fn get_grant(&self, tenant: &TenantId) -> Result<Option<Grant>> {
-        let row = sqlx::query("SELECT granted_by, granted_at FROM kms_grants WHERE tenant_id = $1")
-            .bind(tenant.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| db_error("read grant", e))?;
-        row.map(|r| {
-            Ok(Grant {
-                tenant_id: tenant.clone(),
-                granted_by: r
-                    .try_get("granted_by")
-                    .map_err(|e| db_error("decode grant", e))?,
-                granted_at: r
-                    .try_get("granted_at")
-                    .map_err(|e| db_error("decode grant", e))?,
-            })
-        })
-        .transpose()
+        self.grants.call(tenant.clone()).await
     }
 
     async fn put_grant(&self, tenant: &TenantId, actor: &Actor) -> Result<Grant> {
@@ -405,14 +789,9 @@ impl Store for PostgresStore {
         Ok(grant)
     }
 
+    /// Coalesced, as [`get_setting`](Self::get_setting).
     async fn get_permit_public(&self, tenant: &TenantId) -> Result<Option<PermitPublic>> {
-        let value: Option<String> =
-            sqlx::query_scalar("SELECT permit_public FROM tenants WHERE tenant_id = $1")
-                .bind(tenant.as_str())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| db_error("read tenant", e))?;
-        Ok(value.as_deref().and_then(PermitPublic::parse))
+        self.permits.call(tenant.clone()).await
     }
 
     async fn set_permit_public(
@@ -703,16 +1082,9 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(|e| db_error("commit key", e))
     }
 
+    /// Coalesced, as [`get_setting`](Self::get_setting).
     async fn kms_get_key(&self, tenant: &TenantId, key_id: &str) -> Result<Option<StoredKey>> {
-        let row = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM kms_keys WHERE tenant_id = $1 AND key_id = $2"
-        ))
-        .bind(tenant.as_str())
-        .bind(key_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| db_error("read key", e))?;
-        row.as_ref().map(key_from_row).transpose()
+        self.keys.call((tenant.clone(), key_id.to_owned())).await
     }
 
     async fn kms_list_keys(&self, tenant: &TenantId) -> Result<Vec<StoredKey>> {
