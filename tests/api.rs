@@ -1663,6 +1663,25 @@ async fn member_token_rewritten_to_admin_is_401() {
 }
 
 #[tokio::test]
+async fn a_token_in_use_is_refused_from_the_second_it_expires() {
+    // The server remembers verified tokens; expiry must still be checked on every use.
+    let t = spawn_app().await;
+    let token = t.admin(TENANT_A);
+    t.clock.advance(Duration::from_secs(TOKEN_TTL_SECS - 1));
+    for _ in 0..3 {
+        assert_eq!(
+            t.get_setting(TENANT_A, &token).await.0,
+            StatusCode::ACCEPTED
+        );
+    }
+    t.clock.advance(Duration::from_secs(1));
+    for (label, r) in each_operation(&t, Some(&token)).await {
+        assert_error(&r, StatusCode::UNAUTHORIZED, "DEV.00000003", &[]);
+        assert_eq!(t.snapshot(TENANT_A).await.audit_len, 0, "{label}");
+    }
+}
+
+#[tokio::test]
 async fn expired_token_is_401_dev00000003_on_every_operation() {
     let t = spawn_app().await;
     let token = t.admin(TENANT_A);

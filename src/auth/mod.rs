@@ -30,6 +30,7 @@ pub struct LocalAuth {
     codec: TokenCodec,
     signatures: SignatureVerifier,
     clock: Arc<dyn Clock>,
+    verified: VerifiedTokens,
 }
 
 impl LocalAuth {
@@ -38,6 +39,43 @@ impl LocalAuth {
             codec,
             signatures,
             clock,
+            verified: VerifiedTokens::new(VERIFIED_TOKENS),
+        }
+    }
+}
+
+/// Tokens remembered after their signature verified.
+const VERIFIED_TOKENS: usize = 8192;
+
+/// Tokens whose signature verified, with their identity, so that a client sending the same
+/// token on every request pays the HMAC, base64 and JSON of [`TokenCodec::verify`] once.
+/// Exact: a token is signed, so its identity cannot change, and its expiry is checked on
+/// every use. Only verified tokens enter, so forged ones cannot fill it; it is bounded
+/// (least recently used first out), about 400 bytes an entry.
+struct VerifiedTokens {
+    shards: crate::shards::Shards<lru::LruCache<String, Identity>>,
+}
+
+impl VerifiedTokens {
+    fn new(capacity: usize) -> Self {
+        let per_shard = crate::shards::per_shard(capacity);
+        VerifiedTokens {
+            shards: crate::shards::Shards::new(|| lru::LruCache::new(per_shard)),
+        }
+    }
+
+    fn shard(&self, token: &str) -> &std::sync::Mutex<lru::LruCache<String, Identity>> {
+        self.shards.at(self.shards.index(token))
+    }
+
+    fn get(&self, token: &str) -> Option<Identity> {
+        let mut shard = self.shard(token).lock().ok()?;
+        shard.get(token).cloned()
+    }
+
+    fn put(&self, token: &str, identity: &Identity) {
+        if let Ok(mut shard) = self.shard(token).lock() {
+            shard.put(token.to_owned(), identity.clone());
         }
     }
 }
@@ -45,7 +83,18 @@ impl LocalAuth {
 #[async_trait]
 impl Authenticator for LocalAuth {
     async fn authenticate_token(&self, token: &str) -> Result<Identity> {
-        let outcome = self.codec.verify(token, self.clock.unix_seconds());
+        let now = self.clock.unix_seconds();
+        let outcome = match self.verified.get(token) {
+            Some(identity) if identity.expires_at <= now => Err(crate::domain::Error::TokenExpired),
+            Some(identity) => Ok(identity),
+            None => {
+                let outcome = self.codec.verify(token, now);
+                if let Ok(identity) = &outcome {
+                    self.verified.put(token, identity);
+                }
+                outcome
+            }
+        };
         trace_outcome("token", &outcome);
         outcome
     }
