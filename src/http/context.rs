@@ -3,7 +3,9 @@
 //! check of a request signature (one layer instead of two: each layer costs a boxed
 //! service per request).
 
-use std::time::Instant;
+use std::future::Future;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::HeaderValue;
@@ -51,6 +53,19 @@ pub fn new_request_id() -> RequestId {
     RequestId(HeaderValue::from_bytes(&digits).expect("hex digits"))
 }
 
+/// `work`'s output, or `None` once `limit` has passed since `start`. The timer is made
+/// only when `work` is not done at its first poll: a GET answered from memory never
+/// needs one (making it costs a runtime-handle lookup and a clock read).
+async fn within<F: Future>(start: Instant, limit: Duration, work: F) -> Option<F::Output> {
+    let mut work = std::pin::pin!(work);
+    if let Poll::Ready(out) = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
+        return Some(out);
+    }
+    tokio::time::timeout_at((start + limit).into(), work)
+        .await
+        .ok()
+}
+
 /// The outermost layer: request id, the request timeout, metrics and the access log.
 pub async fn request_context(
     State(state): State<AppState>,
@@ -80,9 +95,9 @@ pub async fn request_context(
             next.run(req).await
         }
     };
-    let mut response = match tokio::time::timeout(limit, work.instrument(span)).await {
-        Ok(response) => response,
-        Err(_) => ApiError(Error::RequestTimeout { limit }).into_response(),
+    let mut response = match within(start, limit, work.instrument(span)).await {
+        Some(response) => response,
+        None => ApiError(Error::RequestTimeout { limit }).into_response(),
     };
     response
         .headers_mut()

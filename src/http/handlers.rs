@@ -22,6 +22,20 @@ use crate::domain::{
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// A JSON answer serialized into a buffer sized for the API's answers (a few hundred
+/// bytes), where `Json` starts at 128 bytes and grows twice.
+pub struct JsonBody<T>(pub T);
+
+impl<T: serde::Serialize> IntoResponse for JsonBody<T> {
+    fn into_response(self) -> axum::response::Response {
+        let mut body = Vec::with_capacity(512);
+        match serde_json::to_writer(&mut body, &self.0) {
+            Ok(()) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            Err(e) => ApiError(Error::Internal(format!("encode the answer: {e}"))).into_response(),
+        }
+    }
+}
+
 /// Body of UpdateTenantRepoEncryptionSetting. Every field is optional: an absent (or
 /// null) field keeps its stored value.
 #[derive(Deserialize, ToSchema)]
@@ -124,7 +138,7 @@ pub async fn update_setting(
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<SettingView>> {
+) -> ApiResult<JsonBody<SettingView>> {
     let tenant = path_tenant(path)?;
     caller.authorize_write(&tenant)?;
     require_json(&headers)?;
@@ -135,7 +149,7 @@ pub async fn update_setting(
         .service
         .update_setting(&actor(&caller, &request_id), &caller.tenant_id, patch)
         .await?;
-    Ok(Json(view))
+    Ok(JsonBody(view))
 }
 
 /// Obtain the repository encryption configuration of the current tenant.
@@ -164,7 +178,7 @@ pub async fn show_setting(
     let tenant = path_tenant(path)?;
     caller.authorize_read(&tenant)?;
     let view = state.service.show_setting(&caller.tenant_id).await?;
-    Ok((StatusCode::ACCEPTED, Json(view)))
+    Ok((StatusCode::ACCEPTED, JsonBody(view)))
 }
 
 /// Create the KMS authorization the current tenant delegates to this service.
@@ -190,7 +204,7 @@ pub async fn create_grant(
     Extension(request_id): Extension<RequestId>,
     Caller(caller): Caller,
     path: Result<Path<String>, PathRejection>,
-) -> ApiResult<Json<GrantView>> {
+) -> ApiResult<JsonBody<GrantView>> {
     // Any body (the SDK sends an empty one with Content-Type: application/json) is ignored.
     let tenant = path_tenant(path)?;
     caller.authorize_write(&tenant)?;
@@ -198,7 +212,7 @@ pub async fn create_grant(
         .service
         .create_grant(&actor(&caller, &request_id), &caller.tenant_id)
         .await?;
-    Ok(Json(view))
+    Ok(JsonBody(view))
 }
 
 /// Obtain the KMS authorization status of the current tenant.
@@ -227,7 +241,7 @@ pub async fn show_grant(
     let tenant = path_tenant(path)?;
     caller.authorize_read(&tenant)?;
     let view = state.service.show_grant(&caller.tenant_id).await?;
-    Ok((StatusCode::ACCEPTED, Json(view)))
+    Ok((StatusCode::ACCEPTED, JsonBody(view)))
 }
 
 /// Obtain tenant settings: the caller's own tenant, or the owner of `project_id`.
@@ -253,13 +267,13 @@ pub async fn show_tenant_setting(
     State(state): State<AppState>,
     Caller(caller): Caller,
     query: Result<Query<TenantSettingQuery>, QueryRejection>,
-) -> ApiResult<Json<TenantSettingView>> {
+) -> ApiResult<JsonBody<TenantSettingView>> {
     let Query(query) = query.map_err(|e| Error::InvalidQuery(e.body_text()))?;
     let view = state
         .service
         .show_tenant_setting(&caller, query.project_id.as_deref())
         .await?;
-    Ok(Json(view))
+    Ok(JsonBody(view))
 }
 
 /// Liveness: the process answers.
