@@ -1388,6 +1388,35 @@ async fn key_state_is_served_from_the_cache_until_the_ttl() {
 }
 
 #[tokio::test]
+async fn a_key_state_read_late_in_its_ttl_is_refreshed_in_the_background() {
+    let ttl = Duration::from_secs(4);
+    let t = spawn_app_with(|c| c.key_state_cache_ttl = ttl).await;
+    let start = std::time::Instant::now(); // the cached state was read after this
+    let key = t.configure_kms(TENANT_A).await;
+    let token = t.admin(TENANT_A);
+    t.disable_key(TENANT_A, &key.key_id).await;
+    assert_eq!(t.get_setting(TENANT_A, &token).await.2["key_state"], 2);
+    tokio::time::sleep(ttl / 4 * 3 + Duration::from_millis(100)).await;
+    assert_eq!(
+        t.get_setting(TENANT_A, &token).await.2["key_state"],
+        2,
+        "late in the TTL the cached state is still served, without waiting for the KMS"
+    );
+    // ...and the KMS is asked meanwhile: the new state arrives before the TTL runs out.
+    loop {
+        let sent = std::time::Instant::now();
+        assert!(
+            sent - start < ttl,
+            "the state was not refreshed ahead of the TTL"
+        );
+        if t.get_setting(TENANT_A, &token).await.2["key_state"] == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_write_decides_on_the_kms_state_not_the_cache() {
     let t = spawn_app_with(|c| c.key_state_cache_ttl = Duration::from_secs(3600)).await;
     let key = t.configure_kms(TENANT_A).await;

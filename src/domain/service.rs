@@ -1,6 +1,7 @@
 //! The operations of the API and of the admin commands, on top of the store and KMS traits.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::error::{Error, Result};
 use super::model::*;
@@ -15,7 +16,7 @@ const MAX_UPDATE_ATTEMPTS: usize = 8;
 pub struct Service {
     store: Arc<dyn Store>,
     kms: Arc<dyn Kms>,
-    cache: KeyStateCache,
+    cache: Arc<KeyStateCache>,
     region: String,
     region_type: String,
     default_permit_public: PermitPublic,
@@ -39,7 +40,7 @@ impl Service {
         Service {
             store,
             kms,
-            cache,
+            cache: Arc::new(cache),
             region,
             region_type,
             default_permit_public: PermitPublic::Deny,
@@ -89,9 +90,14 @@ impl Service {
     ) -> Option<KeyState> {
         let stale = match self.cache.lookup(tenant.as_str(), key_id) {
             Lookup::Fresh(state) => return state,
+            Lookup::Refresh(state) => {
+                self.refresh_key_state(tenant, key_id);
+                return state;
+            }
             Lookup::Stale(state) => Some(state),
             Lookup::Unknown => None,
         };
+        let read_at = Instant::now();
         let described = match joined {
             JoinedKey::Read(row) => self.kms.describe_stored(row),
             JoinedKey::NotRead => None,
@@ -103,7 +109,8 @@ impl Service {
         match answer {
             Ok(info) => {
                 let state = info.as_ref().map(|i| i.key_state);
-                self.cache.put(tenant.as_str(), key_id, info.as_ref());
+                self.cache
+                    .put(tenant.as_str(), key_id, info.as_ref(), read_at);
                 state
             }
             Err(e) => {
@@ -123,6 +130,33 @@ impl Service {
                 last
             }
         }
+    }
+
+    /// Ask the KMS for a key's state in the background and cache the answer, so that the
+    /// request that found the entry late in its TTL does not wait for it. Outside a
+    /// tokio runtime (never the case in `serve`) the entry just ages to its TTL.
+    fn refresh_key_state(&self, tenant: &TenantId, key_id: &str) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.cache.refresh_failed(tenant.as_str(), key_id);
+            return;
+        };
+        let (kms, cache) = (self.kms.clone(), self.cache.clone());
+        let (tenant, key_id) = (tenant.clone(), key_id.to_owned());
+        runtime.spawn(async move {
+            let read_at = Instant::now();
+            match kms.describe_key(&tenant, &key_id).await {
+                Ok(info) => cache.put(tenant.as_str(), &key_id, info.as_ref(), read_at),
+                Err(e) => {
+                    tracing::debug!(
+                        tenant = %tenant,
+                        key_id,
+                        error = %e.internal_detail().unwrap_or("unknown"),
+                        "refreshing a key state ahead of its TTL failed"
+                    );
+                    cache.refresh_failed(tenant.as_str(), &key_id);
+                }
+            }
+        });
     }
 
     fn view(
@@ -166,9 +200,11 @@ impl Service {
                     // A write decides on the KMS's answer now, not on the cache. Only keys
                     // that exist are remembered, under the KMS's own id: a tenant naming
                     // made-up keys must not push other tenants' states out of the cache.
+                    let read_at = Instant::now();
                     let info = self.kms.describe_key(tenant, &key_id).await?;
                     if let Some(found) = &info {
-                        self.cache.put(tenant.as_str(), &found.key_id, Some(found));
+                        self.cache
+                            .put(tenant.as_str(), &found.key_id, Some(found), read_at);
                     }
                     Some(KeyLookup { key_id, info })
                 }

@@ -7,6 +7,13 @@
 //! can take is bounded by the capacity: a few KiB an entry at most, under 200 bytes for
 //! real ids. Only keys that exist are cached from writes, so a tenant naming
 //! made-up keys cannot fill it.
+//!
+//! An entry past three quarters of its TTL is refreshed ahead of time: the first lookup to see it gets
+//! [`Lookup::Refresh`] (the state, and the duty to ask the KMS in the background) while
+//! later ones keep getting the cached state, so a tenant read more often than every
+//! quarter TTL never waits on the KMS (and one read less often waits at most every other
+//! TTL, as without it), for a third more KMS calls on such a tenant. The bound on staleness stays the TTL: an answer is stamped
+//! with the moment its read began, and an older answer never replaces a newer one.
 
 use std::cell::RefCell;
 use std::sync::Mutex;
@@ -23,7 +30,10 @@ use crate::shards::{per_shard, Shards};
 #[derive(Debug)]
 struct Entry {
     state: Option<KeyState>,
+    /// When the read that gave `state` began.
     at: Instant,
+    /// A refresh ahead of the TTL has been handed out and has not answered yet.
+    refreshing: bool,
 }
 
 /// Keyed by `tenant NUL key id` (a tenant id has no control characters, so the pair is
@@ -68,6 +78,9 @@ impl std::fmt::Debug for KeyStateCache {
 pub enum Lookup {
     /// Fetched within the TTL.
     Fresh(Option<KeyState>),
+    /// Fetched within the TTL but past three quarters of it: serve it, and refresh it in the
+    /// background (handed to one caller only until the refresh answers).
+    Refresh(Option<KeyState>),
     /// Known, but older than the TTL (usable only as a fallback).
     Stale(Option<KeyState>),
     Unknown,
@@ -88,31 +101,56 @@ impl KeyStateCache {
     }
 
     pub fn lookup(&self, tenant: &str, key_id: &str) -> Lookup {
-        let found = with_key(tenant, key_id, |key| match self.shard(key).lock() {
-            Ok(mut shard) => shard.get(key).map(|e| (e.state, e.at)),
-            Err(_) => None,
-        });
-        let out = match found {
-            Some((info, at)) if !self.ttl.is_zero() && at.elapsed() < self.ttl => {
-                Lookup::Fresh(info)
+        let ttl = self.ttl;
+        let out = with_key(tenant, key_id, |key| {
+            let Ok(mut shard) = self.shard(key).lock() else {
+                return Lookup::Unknown;
+            };
+            let Some(entry) = shard.get_mut(key) else {
+                return Lookup::Unknown;
+            };
+            let age = entry.at.elapsed();
+            if ttl.is_zero() || age >= ttl {
+                Lookup::Stale(entry.state)
+            } else if age >= ttl / 4 * 3 && !entry.refreshing {
+                entry.refreshing = true;
+                Lookup::Refresh(entry.state)
+            } else {
+                Lookup::Fresh(entry.state)
             }
-            Some((info, _)) => Lookup::Stale(info),
-            None => Lookup::Unknown,
-        };
-        self.shards.count(matches!(out, Lookup::Fresh(_)));
+        });
+        self.shards
+            .count(matches!(out, Lookup::Fresh(_) | Lookup::Refresh(_)));
         out
     }
 
-    /// Remember the KMS's answer; the least recently used entry of the shard makes room.
-    pub fn put(&self, tenant: &str, key_id: &str, info: Option<&KeyInfo>) {
+    /// Remember the KMS's answer to a read that began at `read_at`, unless the cache
+    /// already holds an answer to a later read; the least recently used entry of the
+    /// shard makes room.
+    pub fn put(&self, tenant: &str, key_id: &str, info: Option<&KeyInfo>, read_at: Instant) {
         let key = format!("{tenant}\0{key_id}");
         if let Ok(mut shard) = self.shard(&key).lock() {
+            if shard.peek(&key).is_some_and(|e| e.at > read_at) {
+                return;
+            }
             let entry = Entry {
                 state: info.map(|i| i.key_state),
-                at: Instant::now(),
+                at: read_at,
+                refreshing: false,
             };
             shard.put(key, entry);
         }
+    }
+
+    /// A refresh ahead of the TTL failed: let a later lookup try again.
+    pub fn refresh_failed(&self, tenant: &str, key_id: &str) {
+        with_key(tenant, key_id, |key| {
+            if let Ok(mut shard) = self.shard(key).lock() {
+                if let Some(entry) = shard.peek_mut(key) {
+                    entry.refreshing = false;
+                }
+            }
+        })
     }
 
     /// Keep serving what is known of a key for another TTL (the KMS is unreachable).
@@ -121,6 +159,7 @@ impl KeyStateCache {
             if let Ok(mut shard) = self.shard(key).lock() {
                 if let Some(entry) = shard.get_mut(key) {
                     entry.at = Instant::now();
+                    entry.refreshing = false;
                 }
             }
         })
@@ -161,7 +200,7 @@ mod tests {
     #[test]
     fn fresh_then_stale() {
         let c = KeyStateCache::new(Duration::from_millis(30), 10);
-        c.put("t", "k", info(KeyState::Enabled));
+        c.put("t", "k", info(KeyState::Enabled), Instant::now());
         assert!(matches!(c.lookup("t", "k"), Lookup::Fresh(Some(_))));
         std::thread::sleep(Duration::from_millis(40));
         assert!(matches!(c.lookup("t", "k"), Lookup::Stale(Some(_))));
@@ -172,7 +211,7 @@ mod tests {
     #[test]
     fn zero_ttl_is_never_fresh() {
         let c = KeyStateCache::new(Duration::ZERO, 10);
-        c.put("t", "k", info(KeyState::Enabled));
+        c.put("t", "k", info(KeyState::Enabled), Instant::now());
         assert!(matches!(c.lookup("t", "k"), Lookup::Stale(Some(_))));
     }
 
@@ -180,7 +219,7 @@ mod tests {
     fn bounded_by_capacity() {
         let c = KeyStateCache::new(Duration::from_secs(60), 64);
         for i in 0..10_000 {
-            c.put("t", &i.to_string(), None);
+            c.put("t", &i.to_string(), None, Instant::now());
         }
         assert!(c.len() <= c.capacity(), "{} > {}", c.len(), c.capacity());
         assert!(c.capacity() <= 64 + SHARDS);
@@ -197,11 +236,44 @@ mod tests {
             .filter(|k| std::ptr::eq(c.shard(&format!("t\0{k}")), c.shard("t\0a")))
             .take(2)
             .collect();
-        c.put("t", "a", info(KeyState::Enabled));
-        c.put("t", &same_shard[0], None);
+        c.put("t", "a", info(KeyState::Enabled), Instant::now());
+        c.put("t", &same_shard[0], None, Instant::now());
         assert!(matches!(c.lookup("t", "a"), Lookup::Fresh(Some(_)))); // "a" used: now newest
-        c.put("t", &same_shard[1], None); // evicts same_shard[0], not "a"
+        c.put("t", &same_shard[1], None, Instant::now()); // evicts same_shard[0], not "a"
         assert!(matches!(c.lookup("t", "a"), Lookup::Fresh(Some(_))));
         assert!(matches!(c.lookup("t", &same_shard[0]), Lookup::Unknown));
+    }
+
+    #[test]
+    fn late_in_the_ttl_one_lookup_is_asked_to_refresh() {
+        let c = KeyStateCache::new(Duration::from_millis(400), 10);
+        c.put("t", "k", info(KeyState::Enabled), Instant::now());
+        assert!(matches!(c.lookup("t", "k"), Lookup::Fresh(Some(_))));
+        std::thread::sleep(Duration::from_millis(310));
+        assert!(matches!(c.lookup("t", "k"), Lookup::Refresh(Some(_))));
+        // Handed out once: the others keep the cached state meanwhile.
+        assert!(matches!(c.lookup("t", "k"), Lookup::Fresh(Some(_))));
+        // A failed refresh lets the next lookup try again.
+        c.refresh_failed("t", "k");
+        assert!(matches!(c.lookup("t", "k"), Lookup::Refresh(Some(_))));
+        // The refresh's answer starts a new TTL.
+        c.put("t", "k", info(KeyState::Disabled), Instant::now());
+        assert!(matches!(
+            c.lookup("t", "k"),
+            Lookup::Fresh(Some(KeyState::Disabled))
+        ));
+    }
+
+    #[test]
+    fn an_older_read_does_not_replace_a_newer_one() {
+        let c = KeyStateCache::new(Duration::from_secs(60), 10);
+        let before = Instant::now();
+        c.put("t", "k", info(KeyState::Disabled), Instant::now());
+        // A refresh that began before the write above answers after it.
+        c.put("t", "k", info(KeyState::Enabled), before);
+        assert!(matches!(
+            c.lookup("t", "k"),
+            Lookup::Fresh(Some(KeyState::Disabled))
+        ));
     }
 }
