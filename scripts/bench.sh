@@ -100,6 +100,7 @@ wrk_run() {
         END {printf "%.0f %.3f %.3f %d\n", rps, ms(p50), ms(p99), bad+0}'
 }
 
+commas() { python3 -c 'import sys; print(f"{int(sys.argv[1]):,}")' "$1"; }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 # ---- data: 1,000 tenants ---------------------------------------------------------------
@@ -240,13 +241,17 @@ if part large; then
     # requests the first for their tenant (a database read each).
     head -n "$large_warm" "$work/tokens-large.txt" >"$work/tokens-large-warm.txt"
     printf '\n## %s tenants vs 1,000: open loop at %s rps, tenants rotating (latency from the due time)\n\n' "$large" "$rate"
+    printf 'Warmed rows: median of %s interleaved rounds, each on a fresh server warmed by one pass over its rotation; RSS the largest seen.\n\n' "$rounds"
     printf '| database | tenants in rotation | warmed | achieved rps | p50 ms | p99 ms | p99.9 ms | errors | RSS after, MiB | peak RSS, MiB |\n|---|---|---|---|---|---|---|---|---|---|\n'
-    for set in small large cold; do
-        dir="$small" tokens="$work/tokens-1k.txt" n=1000 warm=yes
-        [ "$set" = large ] && { dir="$big"; tokens="$work/tokens-large-warm.txt"; n="$large"; }
-        [ "$set" = cold ] && { dir="$big"; tokens="$work/tokens-large.txt"; n="$large"; warm=no; }
+    declare -A lg_runs=()
+    # run_set SET: one fresh server, warmed unless cold, one measured run; appends
+    # "rate p50 p99 p999 errors rss hwm" to lg_runs[SET].
+    run_set() {
+        local set="$1" dir="$small" tokens="$work/tokens-1k.txt"
+        [ "$set" = large ] && { dir="$big"; tokens="$work/tokens-large-warm.txt"; }
+        [ "$set" = cold ] && { dir="$big"; tokens="$work/tokens-large.txt"; }
         start_server "repocrypt-$set" "$dir"
-        if [ "$warm" = yes ]; then
+        if [ "$set" != cold ]; then
             # One pass over the whole rotation (and a second more) before measuring.
             passes="$(($(wc -l <"$tokens") / rate + 1))s"
             "$loadgen" --url "http://$addr/v4/tenants/{tenant}/repo-encryption/setting" --tokens "$tokens" \
@@ -254,12 +259,29 @@ if part large; then
         fi
         "$loadgen" --url "http://$addr/v4/tenants/{tenant}/repo-encryption/setting" --tokens "$tokens" \
             --rate "$rate" --duration "$duration" --connections "$conns" >"$work/lg.json"
-        python3 - "$work/lg.json" "$n" "$(wc -l <"$tokens")" "$warm" "$(rss_mib "$pid")" "$(hwm_mib "$pid")" <<'EOF'
-import json, sys
-r = json.load(open(sys.argv[1]))
-print(f"| {int(sys.argv[2]):,} tenants | {int(sys.argv[3]):,} | {sys.argv[4]} | {r['rate']} | {r['p50_ms']} | {r['p99_ms']} | {r['p999_ms']} | {r['errors']} | {sys.argv[5]} | {sys.argv[6]} |")
-EOF
+        lg_runs[$set]+="$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["rate"], r["p50_ms"], r["p99_ms"], r["p999_ms"], r["errors"], end=" ")' "$work/lg.json") $(rss_mib "$pid") $(hwm_mib "$pid")"$'\n'
         kill "$pid"
         wait "$pid" 2>/dev/null || true
+    }
+    for round in $(seq "$rounds"); do
+        log "[large] round $round/$rounds"
+        run_set small
+        run_set large
     done
+    run_set cold
+    for set in small large cold; do
+        n=1000 warm=yes tokens="$work/tokens-1k.txt"
+        [ "$set" = large ] && { n="$large"; tokens="$work/tokens-large-warm.txt"; }
+        [ "$set" = cold ] && { n="$large"; tokens="$work/tokens-large.txt"; warm=no; }
+        col() { printf '%s' "${lg_runs[$set]}" | awk -v c="$1" 'NF{print $c}' | median; }
+        colmax() { printf '%s' "${lg_runs[$set]}" | awk -v c="$1" 'NF{print $c}' | sort -g | tail -1; }
+        errors="$(printf '%s' "${lg_runs[$set]}" | awk 'NF{e+=$5} END{print e+0}')"
+        printf '| %s tenants | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
+            "$(commas "$n")" "$(commas "$(wc -l <"$tokens")")" "$warm" "$(col 1)" "$(col 2)" \
+            "$(col 3)" "$(col 4)" "$errors" "$(colmax 6)" "$(colmax 7)"
+    done
+    small_p99="$(printf '%s' "${lg_runs[small]}" | awk 'NF{print $3}' | median)"
+    large_p99="$(printf '%s' "${lg_runs[large]}" | awk 'NF{print $3}' | median)"
+    printf '\nwarmed p99, %s tenants against 1,000: %s\n' "$(commas "$large")" \
+        "$(awk -v a="$large_p99" -v b="$small_p99" 'BEGIN {printf "%.2f x", a / b}')"
 fi
