@@ -240,7 +240,7 @@ if part large; then
     # And the cold case: a fresh server and a rotation of $large_tokens tenants, most
     # requests the first for their tenant (a database read each).
     head -n "$large_warm" "$work/tokens-large.txt" >"$work/tokens-large-warm.txt"
-    printf '\n## %s tenants vs 1,000: open loop at %s rps, tenants rotating (latency from the due time)\n\n' "$large" "$rate"
+    printf '\n## %s tenants vs 1,000: open loop at %s rps, tenants rotating (latency from the due time)\n\n' "$(commas "$large")" "$rate"
     printf 'Warmed rows: median of %s interleaved rounds, each on a fresh server warmed by one pass over its rotation; RSS the largest seen.\n\n' "$rounds"
     printf '| database | tenants in rotation | warmed | achieved rps | p50 ms | p99 ms | p99.9 ms | errors | RSS after, MiB | peak RSS, MiB |\n|---|---|---|---|---|---|---|---|---|---|\n'
     declare -A lg_runs=()
