@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark harness: one command, one run, every figure of docs/performance.md.
 #
-#   scripts/bench.sh                 # everything, on SQLite (about 10 minutes)
+#   scripts/bench.sh                 # everything, on SQLite (about 16 minutes; 21 with PostgreSQL)
 #   BENCH_PG_URL=postgres://postgres@127.0.0.1:5432/postgres scripts/bench.sh
 #                                    # ...and the same figures on PostgreSQL
 #
@@ -17,7 +17,9 @@
 # BENCH_RATE (5000, the open-loop rate), BENCH_LARGE (1000000 tenants),
 # BENCH_LARGE_TOKENS (100000 of them in the cold rotation), BENCH_LARGE_WARM (40000 of
 # those in the warmed rotation: within the default cache of 50,000 settings), BENCH_PG_URL (unset: SQLite only),
-# BENCH_PARTS ("sqlite postgres large": which parts to run; postgres needs BENCH_PG_URL).
+# BENCH_PARTS ("sqlite postgres large": which parts to run; postgres needs BENCH_PG_URL;
+# "ratio" is a focused check of GET setting's ratio alone, with every round shown:
+# BENCH_PARTS=ratio BENCH_ROUNDS=5 scripts/bench.sh).
 # BENCH_SERVER_LOG (/dev/null): where the servers' logs go. They log as in production (one
 # access line per request), but at 50,000 lines a second a log file on the database's
 # disk fills the page cache and delays the WAL's fsyncs (PUT p99 100 ms instead of 8 ms,
@@ -207,6 +209,31 @@ parts="${BENCH_PARTS:-sqlite postgres large}"
 part() { [[ " $parts " == *" $1 "* ]]; }
 
 part sqlite && bench_store sqlite "$small"
+
+# ---- GET setting's ratio alone, every round shown ----------------------------------------------
+if part ratio; then
+    start_server repocrypt-ratio "$small"
+    rc_addr="$addr"
+    setting="/v4/tenants/$tenant/repo-encryption/setting"
+    curl -sf -H "X-Auth-Token: $token" "http://$rc_addr$setting" >"$work/response.json"
+    port="$(free_port)"
+    "$baseline" "127.0.0.1:$port" "$work/response.json" >/dev/null &
+    pids+=("$!")
+    sleep 0.3
+    printf '\n## GET setting alone: closed loop, %s connections, %s per run, %s interleaved rounds\n\n' \
+        "$conns" "$duration" "$rounds"
+    printf '| round | baseline rps | repocrypt rps | p99 ms | non-2xx | ratio |\n|---|---|---|---|---|---|\n'
+    ratios=""
+    for round in $(seq "$rounds"); do
+        log "[ratio] round $round/$rounds"
+        read -r brps _ _ _ < <(wrk_run "http://127.0.0.1:$port$setting")
+        read -r rps _ p99 bad < <(wrk_run "http://$rc_addr$setting" -H "X-Auth-Token: $token")
+        ratio="$(awk -v a="$rps" -v b="$brps" 'BEGIN {printf "%.3f", a / b}')"
+        ratios+="$ratio"$'\n'
+        printf '| %s | %s | %s | %s | %s | %s |\n' "$round" "$brps" "$rps" "$p99" "$bad" "$ratio"
+    done
+    printf '\nmedian ratio: %s\n' "$(printf '%s' "$ratios" | awk 'NF' | median)"
+fi
 
 if part postgres && [ -n "${BENCH_PG_URL:-}" ]; then
     pgdb="repocrypt_bench_$$"
