@@ -8,12 +8,15 @@
 //! real ids. Only keys that exist are cached from writes, so a tenant naming
 //! made-up keys cannot fill it.
 //!
-//! An entry past three quarters of its TTL is refreshed ahead of time: the first lookup to see it gets
-//! [`Lookup::Refresh`] (the state, and the duty to ask the KMS in the background) while
-//! later ones keep getting the cached state, so a tenant read more often than every
-//! quarter TTL never waits on the KMS (and one read less often waits at most every other
-//! TTL, as without it), for a third more KMS calls on such a tenant. The bound on staleness stays the TTL: an answer is stamped
-//! with the moment its read began, and an older answer never replaces a newer one.
+//! An entry past three quarters of its TTL is refreshed ahead of time: the first lookup to
+//! see it gets [`Lookup::Refresh`] (the state, and the duty to ask the KMS in the
+//! background) while later ones keep getting the cached state, so a tenant read more often
+//! than every quarter TTL never waits on the KMS. The price is KMS calls: about a third
+//! more for a tenant read often (one every three quarters of a TTL instead of one a TTL),
+//! and up to twice as many for one read about once a TTL (every read past three quarters
+//! refreshes, where without it every other read found the entry expired). The bound on
+//! staleness stays the TTL: an answer is stamped with the moment its read began, and an
+//! older answer never replaces a newer one.
 
 use std::cell::RefCell;
 use std::sync::Mutex;
