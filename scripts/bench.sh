@@ -121,6 +121,20 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-Auth-Token"] = "$token"
 EOF
 
+# ensure_baseline RC_ADDR: starts the baseline once, answering with what repocrypt at RC_ADDR
+# answers to GET setting; sets $base_addr.
+ensure_baseline() {
+    [ -n "${base_addr:-}" ] && return 0
+    curl -sf -H "X-Auth-Token: $token" "http://$1/v4/tenants/$tenant/repo-encryption/setting" \
+        >"$work/response.json"
+    local port
+    port="$(free_port)"
+    "$baseline" "127.0.0.1:$port" "$work/response.json" >/dev/null &
+    pids+=("$!")
+    base_addr="127.0.0.1:$port"
+    sleep 0.3
+}
+
 # bench_store LABEL DATA_DIR [ENV...]: the closed-loop rounds and the open-loop run.
 bench_store() {
     local label="$1" dir="$2"
@@ -130,15 +144,7 @@ bench_store() {
     local setting="/v4/tenants/$tenant/repo-encryption/setting"
     local grant="/v4/tenants/$tenant/repo-encryption/kms-grant"
     local tsetting="/v4/tenant/setting"
-    curl -sf -H "X-Auth-Token: $token" "http://$rc_addr$setting" >"$work/response.json"
-    if [ -z "${base_addr:-}" ]; then
-        local port
-        port="$(free_port)"
-        "$baseline" "127.0.0.1:$port" "$work/response.json" >/dev/null &
-        pids+=("$!")
-        base_addr="127.0.0.1:$port"
-        sleep 0.3
-    fi
+    ensure_baseline "$rc_addr"
     declare -A results=()
     for round in $(seq "$rounds"); do
         log "[$label] round $round/$rounds"
@@ -219,18 +225,14 @@ if part ratio; then
     start_server repocrypt-ratio "$small"
     rc_addr="$addr"
     setting="/v4/tenants/$tenant/repo-encryption/setting"
-    curl -sf -H "X-Auth-Token: $token" "http://$rc_addr$setting" >"$work/response.json"
-    port="$(free_port)"
-    "$baseline" "127.0.0.1:$port" "$work/response.json" >/dev/null &
-    pids+=("$!")
-    sleep 0.3
+    ensure_baseline "$rc_addr"
     printf '\n## GET setting alone: closed loop, %s connections, %s per run, %s interleaved rounds\n\n' \
         "$conns" "$duration" "$rounds"
     printf '| round | baseline rps | repocrypt rps | p99 ms | non-2xx | ratio |\n|---|---|---|---|---|---|\n'
     ratios=""
     for round in $(seq "$rounds"); do
         log "[ratio] round $round/$rounds"
-        read -r brps _ _ _ < <(wrk_run "http://127.0.0.1:$port$setting")
+        read -r brps _ _ _ < <(wrk_run "http://$base_addr$setting")
         read -r rps _ p99 bad < <(wrk_run "http://$rc_addr$setting" -H "X-Auth-Token: $token")
         ratio="$(awk -v a="$rps" -v b="$brps" 'BEGIN {printf "%.3f", a / b}')"
         ratios+="$ratio"$'\n'
@@ -277,10 +279,18 @@ if part large; then
     declare -A lg_runs=()
     # run_set SET: one fresh server, warmed unless cold, one measured run; appends
     # "rate p50 p99 p999 errors rss hwm" to lg_runs[SET].
+    # set_tokens SET: the tokens file of its rotation.
+    set_tokens() {
+        case "$1" in
+        small) echo "$work/tokens-1k.txt" ;;
+        large) echo "$work/tokens-large-warm.txt" ;;
+        cold) echo "$work/tokens-large.txt" ;;
+        esac
+    }
     run_set() {
-        local set="$1" dir="$small" tokens="$work/tokens-1k.txt"
-        [ "$set" = large ] && { dir="$big"; tokens="$work/tokens-large-warm.txt"; }
-        [ "$set" = cold ] && { dir="$big"; tokens="$work/tokens-large.txt"; }
+        local set="$1" dir="$big" tokens
+        tokens="$(set_tokens "$set")"
+        [ "$set" = small ] && dir="$small"
         start_server "repocrypt-$set" "$dir"
         if [ "$set" != cold ]; then
             # One pass over the whole rotation (and a second more) before measuring.
@@ -300,19 +310,19 @@ if part large; then
         run_set large
     done
     run_set cold
+    declare -A p99s=()
     for set in small large cold; do
-        n=1000 warm=yes tokens="$work/tokens-1k.txt"
-        [ "$set" = large ] && { n="$large"; tokens="$work/tokens-large-warm.txt"; }
-        [ "$set" = cold ] && { n="$large"; tokens="$work/tokens-large.txt"; warm=no; }
+        n="$large" warm=yes tokens="$(set_tokens "$set")"
+        [ "$set" = small ] && n=1000
+        [ "$set" = cold ] && warm=no
         col() { printf '%s' "${lg_runs[$set]}" | awk -v c="$1" 'NF{print $c}' | median; }
         colmax() { printf '%s' "${lg_runs[$set]}" | awk -v c="$1" 'NF{print $c}' | sort -g | tail -1; }
         errors="$(printf '%s' "${lg_runs[$set]}" | awk 'NF{e+=$5} END{print e+0}')"
+        p99s[$set]="$(col 3)"
         printf '| %s tenants | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
             "$(commas "$n")" "$(commas "$(wc -l <"$tokens")")" "$warm" "$(col 1)" "$(col 2)" \
-            "$(col 3)" "$(col 4)" "$errors" "$(colmax 6)" "$(colmax 7)"
+            "${p99s[$set]}" "$(col 4)" "$errors" "$(colmax 6)" "$(colmax 7)"
     done
-    small_p99="$(printf '%s' "${lg_runs[small]}" | awk 'NF{print $3}' | median)"
-    large_p99="$(printf '%s' "${lg_runs[large]}" | awk 'NF{print $3}' | median)"
     printf '\nwarmed p99, %s tenants against 1,000: %s\n' "$(commas "$large")" \
-        "$(awk -v a="$large_p99" -v b="$small_p99" 'BEGIN {printf "%.2f x", a / b}')"
+        "$(awk -v a="${p99s[large]}" -v b="${p99s[small]}" 'BEGIN {printf "%.2f x", a / b}')"
 fi
