@@ -138,40 +138,6 @@ async fn story(kms: Arc<dyn Kms>, store: Arc<dyn Store>, caps: Caps) -> Vec<Stri
         KeyState::Enabled
     );
 
-    // Many keys at once (background key-state refreshes): each answered as
-    // `describe_key` would, in the order asked, another tenant's key as not found.
-    let beta = kms
-        .create_key(&a, "beta", KeyOrigin::Kms, false, &me)
-        .await
-        .expect("create beta");
-    kms.disable_key(&a, &beta.key_id, &me)
-        .await
-        .expect("disable beta");
-    let asked = [
-        (a.clone(), id.clone()),
-        (b.clone(), id.clone()),
-        (a.clone(), "no-such-key".to_owned()),
-        (a.clone(), beta.key_id.clone()),
-        (a.clone(), id.clone()),
-    ];
-    let states: Vec<Option<KeyState>> = kms
-        .describe_keys(&asked)
-        .await
-        .into_iter()
-        .map(|answer| answer.expect("describe_keys").map(state))
-        .collect();
-    assert_eq!(
-        states,
-        [
-            Some(KeyState::Enabled),
-            None,
-            None,
-            Some(KeyState::Disabled),
-            Some(KeyState::Enabled)
-        ]
-    );
-    assert!(kms.describe_keys(&[]).await.is_empty());
-
     if caps.pending_import {
         let ext = kms
             .create_key(&a, "external", KeyOrigin::External, false, &me)

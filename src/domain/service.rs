@@ -7,7 +7,6 @@ use super::error::{Error, Result};
 use super::model::*;
 use super::types::*;
 use crate::kms::cache::{KeyStateCache, Lookup};
-use crate::kms::refresh::Refresher;
 use crate::kms::{KeyInfo, Kms};
 use crate::store::{JoinedKey, Store};
 
@@ -18,7 +17,6 @@ pub struct Service {
     store: Arc<dyn Store>,
     kms: Arc<dyn Kms>,
     cache: Arc<KeyStateCache>,
-    refresher: Refresher,
     region: String,
     region_type: String,
     default_permit_public: PermitPublic,
@@ -39,12 +37,10 @@ impl Service {
         region: String,
         region_type: String,
     ) -> Self {
-        let cache = Arc::new(cache);
         Service {
-            refresher: Refresher::new(kms.clone(), cache.clone()),
             store,
             kms,
-            cache,
+            cache: Arc::new(cache),
             region,
             region_type,
             default_permit_public: PermitPublic::Deny,
@@ -95,7 +91,7 @@ impl Service {
         let stale = match self.cache.lookup(tenant.as_str(), key_id) {
             Lookup::Fresh(state) => return state,
             Lookup::Refresh(state) => {
-                self.refresher.request(tenant, key_id);
+                self.refresh_key_state(tenant, key_id);
                 return state;
             }
             Lookup::Stale(state) => Some(state),
@@ -134,6 +130,33 @@ impl Service {
                 last
             }
         }
+    }
+
+    /// Ask the KMS for a key's state in the background and cache the answer, so that the
+    /// request that found the entry late in its TTL does not wait for it. Outside a
+    /// tokio runtime (never the case in `serve`) the entry just ages to its TTL.
+    fn refresh_key_state(&self, tenant: &TenantId, key_id: &str) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.cache.refresh_failed(tenant.as_str(), key_id);
+            return;
+        };
+        let (kms, cache) = (self.kms.clone(), self.cache.clone());
+        let (tenant, key_id) = (tenant.clone(), key_id.to_owned());
+        runtime.spawn(async move {
+            let read_at = Instant::now();
+            match kms.describe_key(&tenant, &key_id).await {
+                Ok(info) => cache.put(tenant.as_str(), &key_id, info.as_ref(), read_at),
+                Err(e) => {
+                    tracing::debug!(
+                        tenant = %tenant,
+                        key_id,
+                        error = %e.internal_detail().unwrap_or("unknown"),
+                        "refreshing a key state ahead of its TTL failed"
+                    );
+                    cache.refresh_failed(tenant.as_str(), &key_id);
+                }
+            }
+        });
     }
 
     fn view(

@@ -168,11 +168,6 @@ impl KeyStateCache {
         })
     }
 
-    /// How long a key state is served without asking the KMS again.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
     /// Number of entries held.
     pub fn len(&self) -> usize {
         self.shards.sum(|s| s.len())

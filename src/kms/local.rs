@@ -58,18 +58,6 @@ impl LocalKms {
         }
     }
 
-    /// What `describe_key` answers for a read of the key's row: a store that fails is a
-    /// KMS that is unavailable.
-    fn described(&self, key: Result<Option<StoredKey>>) -> Result<Option<KeyInfo>> {
-        let key = key.map_err(|e| {
-            Error::KmsUnavailable(format!(
-                "local KMS store: {}",
-                e.internal_detail().unwrap_or("")
-            ))
-        })?;
-        Ok(key.and_then(|k| self.live(k)).map(|k| info(&k)))
-    }
-
     async fn live_key(&self, tenant: &TenantId, key_id: &str) -> Result<StoredKey> {
         self.store
             .kms_get_key(tenant, key_id)
@@ -139,14 +127,13 @@ impl Kms for LocalKms {
     }
 
     async fn describe_key(&self, tenant: &TenantId, key_id: &str) -> Result<Option<KeyInfo>> {
-        let key = self.store.kms_get_key(tenant, key_id).await;
-        self.described(key)
-    }
-
-    /// One database read for all of them.
-    async fn describe_keys(&self, keys: &[(TenantId, String)]) -> Vec<Result<Option<KeyInfo>>> {
-        let found = self.store.kms_get_keys(keys).await;
-        found.into_iter().map(|key| self.described(key)).collect()
+        let key = self.store.kms_get_key(tenant, key_id).await.map_err(|e| {
+            Error::KmsUnavailable(format!(
+                "local KMS store: {}",
+                e.internal_detail().unwrap_or("")
+            ))
+        })?;
+        Ok(key.and_then(|k| self.live(k)).map(|k| info(&k)))
     }
 
     fn describe_stored(&self, key: Option<StoredKey>) -> Option<Option<KeyInfo>> {

@@ -24,17 +24,13 @@ impl MeteredKms {
     async fn timed<T>(&self, call: KmsCall, f: impl Future<Output = Result<T>>) -> Result<T> {
         let start = Instant::now();
         let result = f.await;
-        self.metrics
-            .record_kms(call, outcome(&result), start.elapsed());
+        let outcome = match &result {
+            Ok(_) => KmsOutcome::Ok,
+            Err(Error::KmsUnavailable(_)) => KmsOutcome::Unavailable,
+            Err(_) => KmsOutcome::Refused,
+        };
+        self.metrics.record_kms(call, outcome, start.elapsed());
         result
-    }
-}
-
-fn outcome<T>(result: &Result<T>) -> KmsOutcome {
-    match result {
-        Ok(_) => KmsOutcome::Ok,
-        Err(Error::KmsUnavailable(_)) => KmsOutcome::Unavailable,
-        Err(_) => KmsOutcome::Refused,
     }
 }
 
@@ -55,18 +51,6 @@ impl Kms for MeteredKms {
             self.inner.describe_key(tenant, key_id),
         )
         .await
-    }
-
-    /// Counted as one `describe_key` call per key, each with the batch's latency.
-    async fn describe_keys(&self, keys: &[(TenantId, String)]) -> Vec<Result<Option<KeyInfo>>> {
-        let start = Instant::now();
-        let answers = self.inner.describe_keys(keys).await;
-        let took = start.elapsed();
-        for answer in &answers {
-            self.metrics
-                .record_kms(KmsCall::DescribeKey, outcome(answer), took);
-        }
-        answers
     }
 
     fn describe_stored(&self, key: Option<StoredKey>) -> Option<Option<KeyInfo>> {

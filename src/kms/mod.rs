@@ -4,10 +4,8 @@ pub mod aws;
 pub mod cache;
 pub mod local;
 pub mod metered;
-pub mod refresh;
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::domain::{Actor, KeyState, Result, TenantId};
@@ -49,19 +47,6 @@ pub trait Kms: Send + Sync + 'static {
     async fn check_access(&self, tenant: &TenantId) -> Result<()>;
     /// The key with this id in this tenant's KMS, or `None`.
     async fn describe_key(&self, tenant: &TenantId, key_id: &str) -> Result<Option<KeyInfo>>;
-    /// [`describe_key`](Kms::describe_key) of many keys (background key-state refreshes):
-    /// one answer per `(tenant, key id)`, in their order. By default the calls are made
-    /// a few at a time; a KMS that can answer many keys at once does so.
-    async fn describe_keys(&self, keys: &[(TenantId, String)]) -> Vec<Result<Option<KeyInfo>>> {
-        let calls: Vec<_> = keys
-            .iter()
-            .map(|(tenant, key_id)| self.describe_key(tenant, key_id))
-            .collect();
-        futures_util::stream::iter(calls)
-            .buffered(DESCRIBE_CONCURRENCY)
-            .collect()
-            .await
-    }
     /// For a KMS that keeps its keys in the service's own database (the local KMS): what
     /// [`describe_key`](Kms::describe_key) would answer, from the key's row (`None`: no
     /// row), so that one read can bring a setting and its key
@@ -108,9 +93,6 @@ pub trait Kms: Send + Sync + 'static {
         actor: &Actor,
     ) -> Result<KeyInfo>;
 }
-
-/// Calls to a KMS that [`Kms::describe_keys`] makes at once by default.
-const DESCRIBE_CONCURRENCY: usize = 16;
 
 /// Shortest and longest deletion window a KMS accepts, in days.
 pub const MIN_PENDING_DAYS: u32 = 7;

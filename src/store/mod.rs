@@ -1,6 +1,5 @@
 //! Persistence: one trait, one implementation per database, each with its own migrations.
 
-mod batch;
 pub mod cache;
 mod coalesce;
 pub mod postgres;
@@ -167,9 +166,6 @@ pub trait Store: Send + Sync + 'static {
 
     async fn kms_insert_key(&self, key: &StoredKey, actor: &Actor) -> Result<()>;
     async fn kms_get_key(&self, tenant: &TenantId, key_id: &str) -> Result<Option<StoredKey>>;
-    /// [`kms_get_key`](Store::kms_get_key) of many keys in one query (background
-    /// key-state refreshes): one answer per `(tenant, key id)`, in their order.
-    async fn kms_get_keys(&self, keys: &[(TenantId, String)]) -> Vec<Result<Option<StoredKey>>>;
     async fn kms_list_keys(&self, tenant: &TenantId) -> Result<Vec<StoredKey>>;
     /// Apply `change` to a key of `tenant` in one transaction, with an audit record
     /// named `action`. Fails with [`Error::KeyNotFound`] for an unknown key.

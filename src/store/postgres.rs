@@ -20,7 +20,6 @@ use serde_json::Value;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
-use super::batch::{all_fail, answer, distinct, internal_detail, rows_by};
 use super::coalesce::{BoxFuture, Coalescer};
 use super::{
     audit_query, bulk_summary, db_error, parse_role, role_str, to_json, unique_violation,
@@ -306,6 +305,62 @@ const KEY_COLUMNS: &str =
     "key_id, tenant_id, alias, origin, key_state, material, deletion_at, created_at";
 
 // ---- coalesced reads ---------------------------------------------------------------------
+
+/// The same store error for each of `n` callers (an `Error` is not `Clone`).
+fn all_fail<V>(n: usize, what: &str, e: &sqlx::Error) -> Vec<Result<V>> {
+    (0..n).map(|_| Err(db_error(what, e))).collect()
+}
+
+/// What an error says, for the log (a store error's detail, not its "internal error").
+fn internal_detail(e: &Error) -> String {
+    e.internal_detail()
+        .map_or_else(|| e.to_string(), str::to_owned)
+}
+
+/// Each value once, in first-seen order: the array a batch query is given.
+fn distinct<'a>(values: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut seen = HashSet::new();
+    values.filter(|v| seen.insert(*v)).collect()
+}
+
+/// The rows of a batch query by the text column `column` (the rows' key).
+fn rows_by<'r>(rows: &'r [PgRow], column: &str, what: &str) -> Result<HashMap<&'r str, &'r PgRow>> {
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get::<&str, _>(column)
+                    .map_err(|e| db_error(what, e))?,
+                row,
+            ))
+        })
+        .collect()
+}
+
+/// One answer per caller from the rows of a batch query: `decode` runs once per caller,
+/// so each gets exactly the result (or error) its own query would have given.
+fn answer<K, V>(
+    items: &[K],
+    found: Result<HashMap<&str, &PgRow>>,
+    key: impl Fn(&K) -> &str,
+    decode: impl Fn(&K, &PgRow) -> Result<Option<V>>,
+) -> Vec<Result<Option<V>>> {
+    match found {
+        Ok(rows) => items
+            .iter()
+            .map(|item| match rows.get(key(item)) {
+                Some(row) => decode(item, row),
+                None => Ok(None),
+            })
+            .collect(),
+        Err(e) => {
+            let detail = internal_detail(&e);
+            items
+                .iter()
+                .map(|_| Err(Error::Store(detail.clone())))
+                .collect()
+        }
+    }
+}
 
 /// The settings of the tenants of a batch of `get_setting` calls, in one query.
 async fn read_settings(pool: PgPool, tenants: Vec<TenantId>) -> Vec<Result<Option<Setting>>> {
@@ -1030,11 +1085,6 @@ impl Store for PostgresStore {
     /// Coalesced, as [`get_setting`](Self::get_setting).
     async fn kms_get_key(&self, tenant: &TenantId, key_id: &str) -> Result<Option<StoredKey>> {
         self.keys.call((tenant.clone(), key_id.to_owned())).await
-    }
-
-    /// Not coalesced: already a batch.
-    async fn kms_get_keys(&self, keys: &[(TenantId, String)]) -> Vec<Result<Option<StoredKey>>> {
-        read_keys(self.pool.clone(), keys.to_vec()).await
     }
 
     async fn kms_list_keys(&self, tenant: &TenantId) -> Result<Vec<StoredKey>> {

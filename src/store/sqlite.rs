@@ -17,7 +17,6 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
-use super::batch::{all_fail, answer, distinct, rows_by};
 use super::cache::RowCache;
 use super::{
     audit_query, bulk_summary, db_error, parse_role, role_str, to_json, unique_violation,
@@ -278,21 +277,21 @@ fn commit_batch<'a>(
     Box::pin(async move {
         let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
             Ok(tx) => tx,
-            Err(e) => return all_fail(batch.len(), "begin write transaction", &e),
+            Err(e) => return all_fail(batch.len(), "begin write transaction", e),
         };
         let mut results = Vec::with_capacity(batch.len());
         for job in batch {
             if let Err(e) = sqlx::query("SAVEPOINT put").execute(&mut *tx).await {
-                return all_fail(batch.len(), "savepoint", &e);
+                return all_fail(batch.len(), "savepoint", e);
             }
             let result = write_setting(&mut tx, clock, job).await;
             if result.is_err() {
                 if let Err(e) = sqlx::query("ROLLBACK TO put").execute(&mut *tx).await {
-                    return all_fail(batch.len(), "savepoint", &e);
+                    return all_fail(batch.len(), "savepoint", e);
                 }
             }
             if let Err(e) = sqlx::query("RELEASE put").execute(&mut *tx).await {
-                return all_fail(batch.len(), "savepoint", &e);
+                return all_fail(batch.len(), "savepoint", e);
             }
             results.push(result);
         }
@@ -336,6 +335,12 @@ async fn insert_key(conn: &mut SqliteConnection, key: &StoredKey) -> sqlx::Resul
     .execute(conn)
     .await
     .map(|_| ())
+}
+
+/// The same failure for every PUT of a batch.
+fn all_fail(n: usize, what: &str, e: sqlx::Error) -> Vec<Result<Setting>> {
+    let message = db_error(what, e).to_string();
+    (0..n).map(|_| Err(Error::Store(message.clone()))).collect()
 }
 
 /// One PUT inside the writer's transaction: read, decide, write, audit.
@@ -915,33 +920,6 @@ impl Store for SqliteStore {
         .await
         .map_err(|e| db_error("read key", e))?;
         row.as_ref().map(key_from_row).transpose()
-    }
-
-    /// One query: the key ids go in as one JSON array (so the statement is the same for
-    /// any number of keys, and is prepared once). `key_id` is the table's primary key; a
-    /// key of another tenant is not found, as with `tenant_id = ? AND ...`.
-    async fn kms_get_keys(&self, keys: &[(TenantId, String)]) -> Vec<Result<Option<StoredKey>>> {
-        let wanted = distinct(keys.iter().map(|(_, key_id)| key_id.as_str()));
-        let wanted = serde_json::to_string(&wanted).unwrap_or_default();
-        let rows = match sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM kms_keys WHERE key_id IN (SELECT value FROM json_each(?))"
-        ))
-        .bind(wanted)
-        .fetch_all(&self.pool)
-        .await
-        {
-            Ok(rows) => rows,
-            Err(e) => return all_fail(keys.len(), "read keys", &e),
-        };
-        answer(
-            keys,
-            rows_by(&rows, "key_id", "decode key"),
-            |(_, key_id)| key_id.as_str(),
-            |(tenant, _), row| {
-                let key = key_from_row(row)?;
-                Ok((key.tenant_id == tenant.as_str()).then_some(key))
-            },
-        )
     }
 
     async fn kms_list_keys(&self, tenant: &TenantId) -> Result<Vec<StoredKey>> {
