@@ -277,28 +277,28 @@ fn commit_batch<'a>(
     Box::pin(async move {
         let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
             Ok(tx) => tx,
-            Err(e) => return all_fail(batch.len(), "begin write transaction", e),
+            Err(e) => return all_fail(batch.len(), "begin write transaction", &e),
         };
         let mut results = Vec::with_capacity(batch.len());
         for job in batch {
             if let Err(e) = sqlx::query("SAVEPOINT put").execute(&mut *tx).await {
-                return all_fail(batch.len(), "savepoint", e);
+                return all_fail(batch.len(), "savepoint", &e);
             }
             let result = write_setting(&mut tx, clock, job).await;
             if result.is_err() {
                 if let Err(e) = sqlx::query("ROLLBACK TO put").execute(&mut *tx).await {
-                    return all_fail(batch.len(), "savepoint", e);
+                    return all_fail(batch.len(), "savepoint", &e);
                 }
             }
             if let Err(e) = sqlx::query("RELEASE put").execute(&mut *tx).await {
-                return all_fail(batch.len(), "savepoint", e);
+                return all_fail(batch.len(), "savepoint", &e);
             }
             results.push(result);
         }
         match tx.commit().await {
             Ok(()) => results,
             Err(e) => {
-                let message = db_error("commit setting", e).to_string();
+                let message = failure("commit setting", &e);
                 results
                     .into_iter()
                     .map(|r| r.and(Err(Error::Store(message.clone()))))
@@ -338,9 +338,15 @@ async fn insert_key(conn: &mut SqliteConnection, key: &StoredKey) -> sqlx::Resul
 }
 
 /// The same failure for every PUT of a batch.
-fn all_fail(n: usize, what: &str, e: sqlx::Error) -> Vec<Result<Setting>> {
-    let message = db_error(what, e).to_string();
+fn all_fail(n: usize, what: &str, e: &sqlx::Error) -> Vec<Result<Setting>> {
+    let message = failure(what, e);
     (0..n).map(|_| Err(Error::Store(message.clone()))).collect()
+}
+
+/// What a batch's failure says in each of its PUTs' log lines: the database's error (an
+/// `Error`'s own text is only "internal error", for the client).
+fn failure(what: &str, e: &sqlx::Error) -> String {
+    format!("{what}: {e}")
 }
 
 /// One PUT inside the writer's transaction: read, decide, write, audit.
@@ -1059,5 +1065,26 @@ impl Store for SqliteStore {
             .await
             .map_err(|e| db_error("commit credential", e))?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_batch_keeps_the_database_error_for_each_put() {
+        let failed = all_fail(2, "begin write transaction", &sqlx::Error::PoolTimedOut);
+        assert_eq!(failed.len(), 2);
+        for result in failed {
+            let e = result.unwrap_err();
+            assert_eq!(e.to_string(), "internal error");
+            let detail = e.internal_detail().unwrap();
+            assert!(detail.starts_with("begin write transaction: "), "{detail}");
+            assert!(
+                detail.contains(&sqlx::Error::PoolTimedOut.to_string()),
+                "{detail}"
+            );
+        }
     }
 }
