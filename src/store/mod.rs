@@ -241,6 +241,12 @@ pub(crate) fn db_error(context: &str, e: impl std::fmt::Display) -> Error {
     Error::Store(format!("{context}: {e}"))
 }
 
+/// The same store error for each of `n` callers of a batch (an `Error` is not `Clone`):
+/// each keeps the database's error as its detail, for its request's log line.
+pub(crate) fn all_fail<V>(n: usize, what: &str, e: &sqlx::Error) -> Vec<Result<V>> {
+    (0..n).map(|_| Err(db_error(what, e))).collect()
+}
+
 /// JSON of a record, for audit `before`/`after`.
 pub(crate) fn to_json<T: Serialize>(value: &T) -> Option<serde_json::Value> {
     serde_json::to_value(value).ok()

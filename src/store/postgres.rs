@@ -22,7 +22,7 @@ use sqlx::Row;
 
 use super::coalesce::{BoxFuture, Coalescer};
 use super::{
-    audit_query, bulk_summary, db_error, parse_role, role_str, to_json, unique_violation,
+    all_fail, audit_query, bulk_summary, db_error, parse_role, role_str, to_json, unique_violation,
     AuditFilter, BulkTenant, Credential, KeyChange, SettingPlan, Store, StoredKey,
 };
 use crate::clock::Clock;
@@ -305,11 +305,6 @@ const KEY_COLUMNS: &str =
     "key_id, tenant_id, alias, origin, key_state, material, deletion_at, created_at";
 
 // ---- coalesced reads ---------------------------------------------------------------------
-
-/// The same store error for each of `n` callers (an `Error` is not `Clone`).
-fn all_fail<V>(n: usize, what: &str, e: &sqlx::Error) -> Vec<Result<V>> {
-    (0..n).map(|_| Err(db_error(what, e))).collect()
-}
 
 /// What an error says, for the log (a store error's detail, not its "internal error").
 fn internal_detail(e: &Error) -> String {

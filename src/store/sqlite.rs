@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::cache::RowCache;
 use super::{
-    audit_query, bulk_summary, db_error, parse_role, role_str, to_json, unique_violation,
+    all_fail, audit_query, bulk_summary, db_error, parse_role, role_str, to_json, unique_violation,
     AuditFilter, BulkTenant, Credential, JoinedKey, KeyChange, SettingPlan, Store, StoredKey,
 };
 use crate::clock::Clock;
@@ -297,13 +297,10 @@ fn commit_batch<'a>(
         }
         match tx.commit().await {
             Ok(()) => results,
-            Err(e) => {
-                let message = failure("commit setting", &e);
-                results
-                    .into_iter()
-                    .map(|r| r.and(Err(Error::Store(message.clone()))))
-                    .collect()
-            }
+            Err(e) => results
+                .into_iter()
+                .map(|r| r.and(Err(db_error("commit setting", &e))))
+                .collect(),
         }
     })
 }
@@ -335,18 +332,6 @@ async fn insert_key(conn: &mut SqliteConnection, key: &StoredKey) -> sqlx::Resul
     .execute(conn)
     .await
     .map(|_| ())
-}
-
-/// The same failure for every PUT of a batch.
-fn all_fail(n: usize, what: &str, e: &sqlx::Error) -> Vec<Result<Setting>> {
-    let message = failure(what, e);
-    (0..n).map(|_| Err(Error::Store(message.clone()))).collect()
-}
-
-/// What a batch's failure says in each of its PUTs' log lines: the database's error (an
-/// `Error`'s own text is only "internal error", for the client).
-fn failure(what: &str, e: &sqlx::Error) -> String {
-    format!("{what}: {e}")
 }
 
 /// One PUT inside the writer's transaction: read, decide, write, audit.
@@ -1074,7 +1059,8 @@ mod tests {
 
     #[test]
     fn a_failed_batch_keeps_the_database_error_for_each_put() {
-        let failed = all_fail(2, "begin write transaction", &sqlx::Error::PoolTimedOut);
+        let failed: Vec<Result<Setting>> =
+            all_fail(2, "begin write transaction", &sqlx::Error::PoolTimedOut);
         assert_eq!(failed.len(), 2);
         for result in failed {
             let e = result.unwrap_err();
