@@ -102,6 +102,12 @@ wrk_run() {
         END {printf "%.0f %.3f %.3f %d\n", rps, ms(p50), ms(p99), bad+0}'
 }
 
+# rotate ADDR TOKENS DURATION: GET setting on the server at ADDR at $rate requests/s for
+# DURATION, each request for the next tenant of the TOKENS file (loadgen's JSON on stdout).
+rotate() {
+    "$loadgen" --url "http://$1/v4/tenants/{tenant}/repo-encryption/setting" --tokens "$2" \
+        --rate "$rate" --duration "$3" --connections "$conns"
+}
 commas() { python3 -c 'import sys; print(f"{int(sys.argv[1]):,}")' "$1"; }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
@@ -195,11 +201,8 @@ EOF
     done
     # The steady state, as in the 1,000,000-tenant part: one pass over the rotation first
     # (a fresh server's first request for a tenant also reads its key's state).
-    "$loadgen" --url "http://$rc_addr/v4/tenants/{tenant}/repo-encryption/setting" \
-        --tokens "$work/tokens-1k.txt" --rate "$rate" --duration 1s --connections "$conns" >/dev/null
-    "$loadgen" --url "http://$rc_addr/v4/tenants/{tenant}/repo-encryption/setting" \
-        --tokens "$work/tokens-1k.txt" --rate "$rate" --duration "$duration" \
-        --connections "$conns" >"$work/lg.json"
+    rotate "$rc_addr" "$work/tokens-1k.txt" 1s >/dev/null
+    rotate "$rc_addr" "$work/tokens-1k.txt" "$duration" >"$work/lg.json"
     python3 - "$work/lg.json" "repocrypt GET setting, 1,000 tenants rotating" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -295,11 +298,9 @@ if part large; then
         if [ "$set" != cold ]; then
             # One pass over the whole rotation (and a second more) before measuring.
             passes="$(($(wc -l <"$tokens") / rate + 1))s"
-            "$loadgen" --url "http://$addr/v4/tenants/{tenant}/repo-encryption/setting" --tokens "$tokens" \
-                --rate "$rate" --duration "$passes" --connections "$conns" >/dev/null
+            rotate "$addr" "$tokens" "$passes" >/dev/null
         fi
-        "$loadgen" --url "http://$addr/v4/tenants/{tenant}/repo-encryption/setting" --tokens "$tokens" \
-            --rate "$rate" --duration "$duration" --connections "$conns" >"$work/lg.json"
+        rotate "$addr" "$tokens" "$duration" >"$work/lg.json"
         lg_runs[$set]+="$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["rate"], r["p50_ms"], r["p99_ms"], r["p999_ms"], r["errors"], end=" ")' "$work/lg.json") $(rss_mib "$pid") $(hwm_mib "$pid")"$'\n'
         kill "$pid"
         wait "$pid" 2>/dev/null || true
