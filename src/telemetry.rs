@@ -262,6 +262,7 @@ impl<'a> MakeWriter<'a> for StderrBuffer {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex as StdMutex};
+    use std::time::Instant;
 
     /// An output that records what reached it, and can be made to block.
     #[derive(Clone, Default)]
@@ -361,10 +362,26 @@ mod tests {
     fn lines_reach_the_output_in_order_within_the_flush_interval() {
         let out = Recorder::default();
         let sink = Sink::start(out.clone());
-        sink.append(b"one\n");
-        sink.append(b"two\n");
-        assert!(seen(&out).is_empty(), "written at once, not buffered");
-        std::thread::sleep(FLUSH_EVERY * 5);
+        // With the output blocked, appending still returns: a logger never waits for the
+        // write (the writer thread may be waiting in it, which is why this does not look at
+        // the clock: the thread wakes every FLUSH_EVERY whatever is buffered).
+        let closed = out.gate.lock().expect("gate");
+        let (done, appended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            sink.append(b"one\n");
+            sink.append(b"two\n");
+            let _ = done.send(());
+        });
+        assert!(
+            appended.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "append waited for the output: written at once, not buffered"
+        );
+        assert!(seen(&out).is_empty());
+        drop(closed);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while seen(&out).len() < 8 && Instant::now() < deadline {
+            std::thread::sleep(FLUSH_EVERY);
+        }
         assert_eq!(seen(&out), b"one\ntwo\n");
     }
 

@@ -200,13 +200,21 @@ mod tests {
         })))
     }
 
+    /// An instant `secs` seconds ago: entries are dated rather than waited for, so a test
+    /// thread held up on a busy machine cannot move an entry past a threshold.
+    fn ago(secs: u64) -> Instant {
+        Instant::now()
+            .checked_sub(Duration::from_secs(secs))
+            .expect("the machine has been up longer than the test's TTL")
+    }
+
     #[test]
     fn fresh_then_stale() {
-        let c = KeyStateCache::new(Duration::from_millis(30), 10);
+        let c = KeyStateCache::new(Duration::from_secs(60), 10);
         c.put("t", "k", info(KeyState::Enabled), Instant::now());
         assert!(matches!(c.lookup("t", "k"), Lookup::Fresh(Some(_))));
-        std::thread::sleep(Duration::from_millis(40));
-        assert!(matches!(c.lookup("t", "k"), Lookup::Stale(Some(_))));
+        c.put("t", "old", info(KeyState::Enabled), ago(61));
+        assert!(matches!(c.lookup("t", "old"), Lookup::Stale(Some(_))));
         assert!(matches!(c.lookup("other", "k"), Lookup::Unknown));
         assert_eq!(c.hits_and_misses(), (1, 2));
     }
@@ -249,10 +257,11 @@ mod tests {
 
     #[test]
     fn late_in_the_ttl_one_lookup_is_asked_to_refresh() {
-        let c = KeyStateCache::new(Duration::from_millis(400), 10);
-        c.put("t", "k", info(KeyState::Enabled), Instant::now());
-        assert!(matches!(c.lookup("t", "k"), Lookup::Fresh(Some(_))));
-        std::thread::sleep(Duration::from_millis(310));
+        let c = KeyStateCache::new(Duration::from_secs(60), 10);
+        c.put("t", "young", info(KeyState::Enabled), ago(44));
+        assert!(matches!(c.lookup("t", "young"), Lookup::Fresh(Some(_))));
+        // Past three quarters of the TTL (45 s), not past the TTL.
+        c.put("t", "k", info(KeyState::Enabled), ago(50));
         assert!(matches!(c.lookup("t", "k"), Lookup::Refresh(Some(_))));
         // Handed out once: the others keep the cached state meanwhile.
         assert!(matches!(c.lookup("t", "k"), Lookup::Fresh(Some(_))));
