@@ -378,11 +378,12 @@ mod tests {
         );
         assert!(seen(&out).is_empty());
         drop(closed);
+        let want = b"one\ntwo\n";
         let deadline = Instant::now() + Duration::from_secs(5);
-        while seen(&out).len() < 8 && Instant::now() < deadline {
+        while seen(&out).len() < want.len() && Instant::now() < deadline {
             std::thread::sleep(FLUSH_EVERY);
         }
-        assert_eq!(seen(&out), b"one\ntwo\n");
+        assert_eq!(seen(&out), want);
     }
 
     #[test]

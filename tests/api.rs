@@ -77,12 +77,6 @@ async fn each_operation(t: &TestApp, token: Option<&str>) -> Vec<(String, Resp)>
     out
 }
 
-fn flip_char(token: &str, at: usize) -> String {
-    let mut bytes = token.as_bytes().to_vec();
-    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
-    String::from_utf8(bytes).unwrap()
-}
-
 // =====================================================================================
 // 1. Every operation's success shape
 // =====================================================================================

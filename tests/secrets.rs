@@ -658,10 +658,7 @@ async fn story(mut run: Run) {
     run.secrets
         .add_token("a token under another root key", &forged);
     // One character of the MAC changed (not the last, whose low bits are padding).
-    let mut tampered = admin.clone().into_bytes();
-    let at = tampered.len() - 5;
-    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
-    let tampered = String::from_utf8(tampered).unwrap();
+    let tampered = common::flip_char(&admin, admin.len() - 5);
     run.secrets.add_token("a tampered token", &tampered);
     let garbage = format!("not-a-token-{}", uuid::Uuid::new_v4().simple());
     run.secrets.add("a garbage token", &garbage);

@@ -114,6 +114,14 @@ pub async fn fresh_postgres_database(url: &str) -> String {
     format!("{server}/{name}{query}")
 }
 
+/// `text` with the ASCII character at byte `at` changed to another (`A`, or `B` where it
+/// was `A`): never the same text, whatever the random secret or token was.
+pub fn flip_char(text: &str, at: usize) -> String {
+    let mut bytes = text.as_bytes().to_vec();
+    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    String::from_utf8(bytes).expect("an ASCII character replaced by another")
+}
+
 pub fn tid(tenant: &str) -> TenantId {
     TenantId::parse(tenant).expect("valid tenant id")
 }
