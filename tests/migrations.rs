@@ -147,3 +147,84 @@ async fn postgres_migrations() {
     })
     .await;
 }
+
+/// Every query is written with `$N` placeholders, some out of order or repeated (the
+/// key update binds `$3..$5` before `$1, $2`; PostgreSQL's setting update repeats `$6`).
+/// sqlx binds them by number on both databases, SQLite included, where `$N` is a named
+/// parameter: a driver that bound them in order of appearance would fail here.
+async fn placeholders_bind_by_number(url: &str) {
+    use repocrypt::domain::KeyState;
+    use repocrypt::store::StoredKey;
+    use sqlx::{Connection, Row};
+    let (store, _) = open(url, None).await.unwrap();
+    let sql = "SELECT $2 AS a, $1 AS b, $2 AS c";
+    let row: (String, String, String) = if url.starts_with("sqlite:") {
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        let r = sqlx::query(sql).bind("one").bind("two");
+        let r = r.fetch_one(&mut c).await.unwrap();
+        (r.get("a"), r.get("b"), r.get("c"))
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        let r = sqlx::query("SELECT $2::text AS a, $1::text AS b, $2::text AS c")
+            .bind("one")
+            .bind("two");
+        let r = r.fetch_one(&mut c).await.unwrap();
+        (r.get("a"), r.get("b"), r.get("c"))
+    };
+    assert_eq!(row, ("two".into(), "one".into(), "two".into()));
+
+    // The store's own out-of-order query: every field of the update reads back.
+    let tenant = TenantId::parse("tenant-placeholders").unwrap();
+    let key = StoredKey {
+        key_id: "key-placeholders".into(),
+        tenant_id: tenant.as_str().into(),
+        alias: "alias".into(),
+        origin: "kms".into(),
+        state: KeyState::Enabled,
+        material: Some(vec![1, 2, 3]),
+        deletion_at: None,
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+    };
+    store.kms_insert_key(&key, &Actor::cli()).await.unwrap();
+    let change = |k: &StoredKey| {
+        Ok(StoredKey {
+            state: KeyState::PendingDeletion,
+            material: Some(vec![9, 8]),
+            deletion_at: Some(1_900_000_000),
+            ..k.clone()
+        })
+    };
+    store
+        .kms_update_key(&tenant, &key.key_id, "kms.test", &Actor::cli(), &change)
+        .await
+        .unwrap();
+    let listed = store.kms_list_keys(&tenant).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0], change(&key).unwrap());
+    // A setting written twice (the update path) reads back, and keeps its id.
+    let id = write_setting(&store, tenant.as_str()).await;
+    assert_eq!(write_setting(&store, tenant.as_str()).await, id);
+    let read = store.get_setting(&tenant).await.unwrap().unwrap();
+    assert_eq!(
+        (read.id, read.encryption_type),
+        (id, Some(EncryptionType::Normal))
+    );
+}
+
+#[tokio::test]
+async fn placeholders_bind_by_number_on_both_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    placeholders_bind_by_number(&format!("sqlite://{}", dir.path().join("p.db").display())).await;
+    match common::test_database_url() {
+        Some(server) => {
+            placeholders_bind_by_number(&common::fresh_postgres_database(&server).await).await
+        }
+        None => {
+            assert!(
+                std::env::var_os("REPOCRYPT_REQUIRE_EXTERNAL").is_none(),
+                "REPOCRYPT_REQUIRE_EXTERNAL is set but REPOCRYPT_TEST_DATABASE_URL is not"
+            );
+            eprintln!("SKIPPED the PostgreSQL half: REPOCRYPT_TEST_DATABASE_URL is not set");
+        }
+    }
+}

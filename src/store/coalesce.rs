@@ -69,7 +69,7 @@ impl<K: Send + 'static, V: Send + 'static> Coalescer<K, V> {
     }
 
     fn stopped(&self) -> Error {
-        Error::Store(format!("the PostgreSQL {} batcher has stopped", self.name))
+        Error::Store(format!("the {} batcher has stopped", self.name))
     }
 }
 
@@ -102,10 +102,10 @@ async fn work<K: Send + 'static, V: Send + 'static>(
                     Ok(results) => format!("{} results for {n} calls", results.len()),
                     Err(e) => e.to_string(),
                 };
-                tracing::error!(batcher = name, error = %detail, "a PostgreSQL batch failed");
+                tracing::error!(batcher = name, error = %detail, "a database batch failed");
                 for reply in replies {
                     let _ = reply.send(Err(Error::Store(format!(
-                        "the PostgreSQL {name} batch failed: {detail}"
+                        "the {name} batch failed: {detail}"
                     ))));
                 }
             }

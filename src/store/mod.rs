@@ -241,6 +241,71 @@ pub(crate) fn db_error(context: &str, e: impl std::fmt::Display) -> Error {
     Error::Store(format!("{context}: {e}"))
 }
 
+/// `?` for database calls: the driver's error becomes [`Error::Store`] with what was
+/// being done, for the log (the client sees only "internal error").
+pub(crate) trait Context<T> {
+    fn context(self, what: &str) -> Result<T>;
+}
+
+impl<T> Context<T> for std::result::Result<T, sqlx::Error> {
+    fn context(self, what: &str) -> Result<T> {
+        self.map_err(|e| db_error(what, e))
+    }
+}
+
+/// A query's text composed from constants (`format!`), built once per call site instead
+/// of on every call. Every query is written with `$N` placeholders, which sqlx binds by
+/// their number on both databases (on SQLite too, where `$N` is a named parameter: the
+/// test `placeholders_bind_by_number_on_both_databases` keeps this honest).
+macro_rules! sql {
+    ($text:expr) => {{
+        static TEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| $text);
+        TEXT.as_str()
+    }};
+}
+pub(crate) use sql;
+
+/// The forward-only migrations of one database, from `migrations/<dir>/`: the same
+/// versions and names on both.
+macro_rules! migrations {
+    ($dir:literal) => {
+        &[
+            (
+                1,
+                "init",
+                include_str!(concat!("../../migrations/", $dir, "/0001_init.sql")),
+            ),
+            (
+                2,
+                "credentials",
+                include_str!(concat!("../../migrations/", $dir, "/0002_credentials.sql")),
+            ),
+            (
+                3,
+                "audit_by_time",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $dir,
+                    "/0003_audit_by_time.sql"
+                )),
+            ),
+        ]
+    };
+}
+pub(crate) use migrations;
+
+/// What an error says, for the log (a store error's detail, not its "internal error").
+pub(crate) fn internal_detail(e: &Error) -> String {
+    e.internal_detail()
+        .map_or_else(|| e.to_string(), str::to_owned)
+}
+
+/// Each value once, in first-seen order: the array a batch query is given.
+pub(crate) fn distinct<'a>(values: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut seen = std::collections::HashSet::new();
+    values.filter(|v| seen.insert(*v)).collect()
+}
+
 /// The same store error for each of `n` callers of a batch (an `Error` is not `Clone`):
 /// each keeps the database's error as its detail, for its request's log line.
 pub(crate) fn all_fail<V>(n: usize, what: &str, e: &sqlx::Error) -> Vec<Result<V>> {
@@ -265,53 +330,6 @@ pub(crate) fn parse_role(value: &str) -> Result<Role> {
         "member" => Ok(Role::Member),
         other => Err(Error::Store(format!("invalid role {other} in database"))),
     }
-}
-
-/// The query of [`Store::list_audit`], the same SQL on either database but for `at`: the
-/// expression of the `at` column that compares its text bytewise (every `at` and every
-/// bound has the same fixed-width UTC form, see [`audit_time_bound`]).
-pub(crate) fn audit_query<'a, DB>(filter: &'a AuditFilter, at: &str) -> sqlx::QueryBuilder<'a, DB>
-where
-    DB: sqlx::Database,
-    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-{
-    let mut q = sqlx::QueryBuilder::new(if filter.limit.is_some() {
-        "SELECT * FROM ("
-    } else {
-        ""
-    });
-    q.push(
-        "SELECT id, at, tenant_id, actor, request_id, action, before, after
-         FROM audit_log WHERE 1 = 1",
-    );
-    if let Some(tenant) = &filter.tenant {
-        q.push(" AND tenant_id = ").push_bind(tenant.as_str());
-    }
-    if let Some(actor) = &filter.actor {
-        q.push(" AND actor = ").push_bind(actor.as_str());
-    }
-    if let Some(since) = filter.since {
-        q.push(format!(" AND {at} >= "))
-            .push_bind(audit_time_bound(since));
-    }
-    if let Some(until) = filter.until {
-        q.push(format!(" AND {at} < "))
-            .push_bind(audit_time_bound(until));
-    }
-    match filter.limit {
-        // The most recent `limit`, listed oldest first.
-        Some(limit) => {
-            q.push(" ORDER BY id DESC LIMIT ")
-                .push_bind(i64::from(limit))
-                .push(") AS recent ORDER BY id");
-        }
-        None => {
-            q.push(" ORDER BY id");
-        }
-    }
-    q
 }
 
 /// A database's "unique constraint violated", whichever the database.

@@ -1,0 +1,115 @@
+//! Tenants' KMS grants and their `permit_public` setting.
+
+use std::sync::Arc;
+
+use sqlx::Row as _;
+
+use super::audit;
+use super::dialect::{self, Db, Row};
+use crate::clock::Clock;
+use crate::domain::{Actor, Grant, PermitPublic, Result, TenantId};
+use crate::store::Context;
+
+pub(crate) fn grant_from_row(tenant: &TenantId, row: &Row) -> Result<Grant> {
+    let what = "decode grant";
+    Ok(Grant {
+        tenant_id: tenant.clone(),
+        granted_by: row.try_get("granted_by").context(what)?,
+        granted_at: row.try_get("granted_at").context(what)?,
+    })
+}
+
+/// The grant's audit form.
+fn grant_json(grant: &Grant) -> serde_json::Value {
+    serde_json::json!({
+        "assumed": true, "granted_by": grant.granted_by, "granted_at": grant.granted_at
+    })
+}
+
+/// Record the grant (idempotent: the first grant's who and when are kept, and the audit
+/// record's `before` shows them).
+pub(crate) async fn put(
+    pool: &sqlx::Pool<Db>,
+    clock: &Arc<dyn Clock>,
+    tenant: &TenantId,
+    actor: &Actor,
+) -> Result<Grant> {
+    let mut tx = super::begin_write(pool).await?;
+    // Serialise grant writers of this tenant, so `before` is what the upsert finds.
+    dialect::lock_tenant(&mut tx, "grant", tenant.as_str()).await?;
+    let before = sqlx::query("SELECT granted_by, granted_at FROM kms_grants WHERE tenant_id = $1")
+        .bind(tenant.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .context("read grant")?
+        .map(|r| grant_from_row(tenant, &r))
+        .transpose()?;
+    let row = sqlx::query(
+        "INSERT INTO kms_grants (tenant_id, granted_by, granted_at) VALUES ($1, $2, $3)
+         ON CONFLICT (tenant_id) DO UPDATE SET tenant_id = excluded.tenant_id
+         RETURNING granted_by, granted_at",
+    )
+    .bind(tenant.as_str())
+    .bind(&actor.actor)
+    .bind(clock.rfc3339())
+    .fetch_one(&mut *tx)
+    .await
+    .context("write grant")?;
+    let grant = grant_from_row(tenant, &row)?;
+    audit::insert(
+        &mut tx,
+        clock,
+        tenant.as_str(),
+        actor,
+        "kms_grant.create",
+        before.as_ref().map(grant_json),
+        Some(grant_json(&grant)),
+    )
+    .await?;
+    tx.commit().await.context("commit grant")?;
+    Ok(grant)
+}
+
+pub(crate) fn permit_from_row(row: &Row) -> Result<Option<PermitPublic>> {
+    let value: &str = row.try_get("permit_public").context("decode tenant")?;
+    Ok(PermitPublic::parse(value))
+}
+
+pub(crate) async fn set_permit_public(
+    pool: &sqlx::Pool<Db>,
+    clock: &Arc<dyn Clock>,
+    tenant: &TenantId,
+    value: PermitPublic,
+    actor: &Actor,
+) -> Result<()> {
+    let mut tx = super::begin_write(pool).await?;
+    dialect::lock_tenant(&mut tx, "tenant", tenant.as_str()).await?;
+    let before: Option<String> =
+        sqlx::query_scalar("SELECT permit_public FROM tenants WHERE tenant_id = $1")
+            .bind(tenant.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .context("read tenant")?;
+    sqlx::query(
+        "INSERT INTO tenants (tenant_id, permit_public, updated_at) VALUES ($1, $2, $3)
+         ON CONFLICT (tenant_id) DO UPDATE SET
+             permit_public = excluded.permit_public, updated_at = excluded.updated_at",
+    )
+    .bind(tenant.as_str())
+    .bind(value.as_str())
+    .bind(clock.rfc3339())
+    .execute(&mut *tx)
+    .await
+    .context("write tenant")?;
+    audit::insert(
+        &mut tx,
+        clock,
+        tenant.as_str(),
+        actor,
+        "tenant.set_permit_public",
+        before.map(|b| serde_json::json!({ "permit_public": b })),
+        Some(serde_json::json!({ "permit_public": value.as_str() })),
+    )
+    .await?;
+    tx.commit().await.context("commit tenant")
+}

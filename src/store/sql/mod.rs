@@ -1,0 +1,220 @@
+//! The store's queries, written once for both databases.
+//!
+//! This module is compiled twice: `store::sqlite` and `store::postgres` each declare it
+//! (`#[path = "sql/mod.rs"] mod sql;`), so every query, row decoder and error context
+//! here exists once in the source and once per database in the binary, with that
+//! database's concrete sqlx types (no `sqlx::Any`, no generic bounds to satisfy). What
+//! really differs between the databases is the parent module's:
+//!
+//! - `dialect`: the sqlx types (`Db`, `Conn`, `Row`), the clauses only one database has (`FOR
+//!   UPDATE`, `COLLATE "C"`, `BEGIN IMMEDIATE`), how a list is bound (`= ANY($1)` or
+//!   `json_each`), and the locks (PostgreSQL's advisory locks, nothing on SQLite, whose
+//!   write transactions are serialized by `BEGIN IMMEDIATE`);
+//! - the store type `Backend` (the parent's `SqliteStore` or `PostgresStore`) with fields
+//!   `pool`, `clock` and `writer`, and the reads each database serves its own way
+//!   (`read_setting`, `read_setting_with_key`, `read_grant`, `read_permit_public`,
+//!   `read_key`: SQLite from its row cache, PostgreSQL coalesced), the cache hooks
+//!   (`grant_written`, `cache_stats`) and `bulk_load`.
+//!
+//! One file per aggregate: settings (and their group commit), grants and tenants,
+//! projects, audit, local-KMS keys, credentials; and the migrations.
+
+pub(super) mod audit;
+pub(super) mod credentials;
+pub(super) mod grants;
+pub(super) mod keys;
+pub(super) mod migrate;
+pub(super) mod projects;
+pub(super) mod settings;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::{dialect, Backend};
+use crate::domain::{
+    Actor, AuditRecord, Grant, PermitPublic, Project, ProjectId, Result, Setting, TenantId,
+};
+use crate::store::{
+    AuditFilter, BulkTenant, Context, Credential, JoinedKey, KeyChange, SettingPlan, Store,
+    StoredKey,
+};
+
+/// A write transaction: `BEGIN IMMEDIATE` on SQLite, so that a read-then-write never fails
+/// to upgrade its lock; a plain `BEGIN` on PostgreSQL, whose writers lock what they read.
+pub(super) async fn begin_write(
+    pool: &sqlx::Pool<dialect::Db>,
+) -> Result<sqlx::Transaction<'static, dialect::Db>> {
+    pool.begin_with(dialect::BEGIN_WRITE)
+        .await
+        .context("begin write transaction")
+}
+
+#[async_trait]
+impl Store for Backend {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .context("ping")
+    }
+
+    async fn get_setting(&self, tenant: &TenantId) -> Result<Option<Setting>> {
+        self.read_setting(tenant).await
+    }
+
+    async fn get_setting_with_key(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<(Option<Setting>, JoinedKey)> {
+        self.read_setting_with_key(tenant).await
+    }
+
+    /// Group commit: see [`settings::commit_batch`]. Answered only after the COMMIT of the
+    /// transaction that holds this write.
+    async fn update_setting(
+        &self,
+        tenant: &TenantId,
+        actor: &Actor,
+        plan: SettingPlan,
+    ) -> Result<Setting> {
+        self.writer
+            .call(settings::SettingJob {
+                tenant: tenant.clone(),
+                actor: actor.clone(),
+                plan,
+            })
+            .await
+    }
+
+    async fn get_grant(&self, tenant: &TenantId) -> Result<Option<Grant>> {
+        self.read_grant(tenant).await
+    }
+
+    async fn put_grant(&self, tenant: &TenantId, actor: &Actor) -> Result<Grant> {
+        let grant = grants::put(&self.pool, &self.clock, tenant, actor).await?;
+        self.grant_written(tenant);
+        Ok(grant)
+    }
+
+    async fn get_permit_public(&self, tenant: &TenantId) -> Result<Option<PermitPublic>> {
+        self.read_permit_public(tenant).await
+    }
+
+    async fn set_permit_public(
+        &self,
+        tenant: &TenantId,
+        value: PermitPublic,
+        actor: &Actor,
+    ) -> Result<()> {
+        grants::set_permit_public(&self.pool, &self.clock, tenant, value, actor).await
+    }
+
+    async fn add_project(&self, project: &Project, actor: &Actor) -> Result<()> {
+        projects::add(&self.pool, &self.clock, project, actor).await
+    }
+
+    async fn get_project(&self, project_id: &ProjectId) -> Result<Option<Project>> {
+        projects::get(&self.pool, project_id).await
+    }
+
+    async fn add_project_member(
+        &self,
+        project_id: &ProjectId,
+        tenant: &TenantId,
+        user_id: &str,
+        actor: &Actor,
+    ) -> Result<()> {
+        projects::add_member(&self.pool, &self.clock, project_id, tenant, user_id, actor).await
+    }
+
+    async fn is_project_member(
+        &self,
+        project_id: &ProjectId,
+        tenant: &TenantId,
+        user_id: &str,
+    ) -> Result<bool> {
+        projects::is_member(&self.pool, project_id, tenant, user_id).await
+    }
+
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        audit::list(&self.pool, filter).await
+    }
+
+    async fn bulk_load(&self, tenants: &[BulkTenant], actor: &Actor) -> Result<()> {
+        self.load_tenants(tenants, actor).await
+    }
+
+    async fn record_audit(
+        &self,
+        tenant: &TenantId,
+        actor: &Actor,
+        action: &str,
+        before: Option<Value>,
+        after: Option<Value>,
+    ) -> Result<()> {
+        let mut conn = self.pool.acquire().await.context("acquire connection")?;
+        audit::insert(
+            &mut conn,
+            &self.clock,
+            tenant.as_str(),
+            actor,
+            action,
+            before,
+            after,
+        )
+        .await
+    }
+
+    async fn kms_insert_key(&self, key: &StoredKey, actor: &Actor) -> Result<()> {
+        keys::insert(&self.pool, &self.clock, key, actor).await
+    }
+
+    async fn kms_get_key(&self, tenant: &TenantId, key_id: &str) -> Result<Option<StoredKey>> {
+        self.read_key(tenant, key_id).await
+    }
+
+    async fn kms_list_keys(&self, tenant: &TenantId) -> Result<Vec<StoredKey>> {
+        keys::list(&self.pool, tenant).await
+    }
+
+    async fn kms_update_key(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        action: &str,
+        actor: &Actor,
+        change: KeyChange<'_>,
+    ) -> Result<StoredKey> {
+        keys::update(
+            &self.pool,
+            &self.clock,
+            tenant,
+            key_id,
+            action,
+            actor,
+            change,
+        )
+        .await
+    }
+
+    async fn credential_insert(&self, credential: &Credential, actor: &Actor) -> Result<()> {
+        credentials::insert(&self.pool, &self.clock, credential, actor).await
+    }
+
+    async fn credential_get(&self, access_key: &str) -> Result<Option<Credential>> {
+        credentials::get(&self.pool, access_key).await
+    }
+
+    async fn credential_list(&self, tenant: &TenantId) -> Result<Vec<Credential>> {
+        credentials::list(&self.pool, tenant).await
+    }
+
+    async fn credential_delete(&self, access_key: &str, actor: &Actor) -> Result<bool> {
+        credentials::delete(&self.pool, &self.clock, access_key, actor).await
+    }
+
+    fn cache_stats(&self) -> Vec<crate::metrics::CacheStats> {
+        self.row_cache_stats()
+    }
+}
