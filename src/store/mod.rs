@@ -2,6 +2,7 @@
 
 pub mod cache;
 mod coalesce;
+mod dialect;
 pub mod postgres;
 pub mod sqlite;
 

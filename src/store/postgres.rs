@@ -20,87 +20,12 @@ use sqlx::Row;
 
 use super::coalesce::Coalescer;
 use super::sql;
-use super::{
-    all_fail, bulk_summary, db_error, distinct, internal_detail, migrations, unique_violation,
-    BulkTenant, Context, JoinedKey,
-};
+use super::{all_fail, db_error, distinct, internal_detail, migrations, JoinedKey};
 use crate::clock::Clock;
-use crate::domain::{Actor, Error, Grant, PermitPublic, Result, Setting, TenantId};
+use crate::domain::{Error, Grant, PermitPublic, Result, Setting, TenantId};
 use crate::store::StoredKey;
 
-/// What differs on PostgreSQL, for `store::sql`.
-mod dialect {
-    use sqlx::PgConnection;
-
-    pub(super) type Db = sqlx::Postgres;
-    pub(super) type Conn = PgConnection;
-    pub(super) type Row = sqlx::postgres::PgRow;
-
-    /// Writers lock what they read (`FOR UPDATE`, advisory locks), not the database.
-    pub(super) const BEGIN_WRITE: &str = "BEGIN";
-    pub(super) const FOR_UPDATE: &str = " FOR UPDATE";
-    pub(super) const FOR_SHARE: &str = " FOR SHARE";
-    /// `COLLATE "C"` compares bytewise whatever the database's collation (and can use
-    /// `audit_log_by_at`).
-    pub(super) const AUDIT_AT: &str = r#"at COLLATE "C""#;
-    /// An UPDATE and the INSERT of its audit record in one statement (one round trip).
-    pub(super) const DATA_MODIFYING_CTE: bool = true;
-    pub(super) const SCHEMA_MIGRATIONS_TABLE: &str =
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-        version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)";
-
-    /// A list of values bound as one parameter: an array.
-    pub(super) const IN_LIST: &str = "= ANY($1)";
-    pub(super) fn list<'a>(values: &[&'a str]) -> Vec<&'a str> {
-        values.to_vec()
-    }
-
-    /// Serialise writers of these tenants' rows (`scope` names which rows) until the
-    /// transaction ends, on every replica: one advisory lock per tenant, all taken by one
-    /// query in the order of their keys, so that two transactions that share tenants never
-    /// wait on each other in a cycle. The sorted subquery is not flattened into the outer
-    /// query (it has ORDER BY and DISTINCT), so the locks are taken in its order.
-    /// DISTINCT: two tenants whose names hash alike share one lock.
-    pub(super) async fn lock_tenants(
-        conn: &mut Conn,
-        scope: &str,
-        tenants: &[&str],
-    ) -> sqlx::Result<()> {
-        let names: Vec<String> = tenants.iter().map(|t| format!("{scope}:{t}")).collect();
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(k) FROM (
-                 SELECT DISTINCT hashtextextended(name, 0) AS k
-                 FROM unnest($1::text[]) AS name ORDER BY k) AS locks",
-        )
-        .bind(&names)
-        .execute(conn)
-        .await
-        .map(|_| ())
-    }
-
-    /// [`lock_tenants`] for one tenant.
-    pub(super) async fn lock_tenant(
-        conn: &mut Conn,
-        scope: &str,
-        tenant: &str,
-    ) -> crate::domain::Result<()> {
-        lock_tenants(conn, scope, &[tenant])
-            .await
-            .map_err(|e| crate::store::db_error("tenant lock", e))
-    }
-
-    /// Advisory lock key that serialises migrations across replicas starting together.
-    const MIGRATION_LOCK: i64 = 0x7265_706f_6372_7970; // "repocryp"
-
-    pub(super) async fn lock_migrations(conn: &mut Conn) -> crate::domain::Result<()> {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(MIGRATION_LOCK)
-            .execute(conn)
-            .await
-            .map(|_| ())
-            .map_err(|e| crate::store::db_error("migration lock", e))
-    }
-}
+use super::dialect::postgres as dialect;
 
 #[path = "sql/mod.rs"]
 #[allow(clippy::duplicate_mod)] // also `store::sqlite`'s: the queries are written once
@@ -222,92 +147,10 @@ impl PostgresStore {
     }
 
     /// Nothing is cached: every replica reads what was written.
-    fn grant_written(&self, _tenant: &TenantId) {}
+    fn tenant_written(&self, _tenant: &str) {}
 
     fn row_cache_stats(&self) -> Vec<crate::metrics::CacheStats> {
         Vec::new()
-    }
-
-    /// A bulk load: each table in one `INSERT ... SELECT FROM UNNEST` of arrays.
-    async fn load_tenants(&self, tenants: &[BulkTenant], actor: &Actor) -> Result<()> {
-        let mut tx = sql::begin_write(&self.pool).await?;
-        let now = self.clock.rfc3339();
-        let col = |f: fn(&BulkTenant) -> Option<String>| -> Vec<Option<String>> {
-            tenants.iter().map(f).collect()
-        };
-        let tenant_ids = col(|t| Some(t.key.tenant_id.clone()));
-        let key_ids = col(|t| Some(t.key.key_id.clone()));
-        let aliases = col(|t| Some(t.key.alias.clone()));
-        let origins = col(|t| Some(t.key.origin.clone()));
-        let states: Vec<i32> = tenants
-            .iter()
-            .map(|t| i32::from(t.key.state.code()))
-            .collect();
-        let materials: Vec<Option<Vec<u8>>> =
-            tenants.iter().map(|t| t.key.material.clone()).collect();
-        let types = col(|t| t.setting.encryption_type.map(|e| e.as_str().to_owned()));
-        let defaults: Vec<bool> = tenants
-            .iter()
-            .map(|t| t.setting.default_encryption_enabled)
-            .collect();
-        let cmk_ids = col(|t| t.setting.cmk_key_id.clone());
-        let cmk_names = col(|t| t.setting.cmk_key_name.clone());
-        sqlx::query(
-            "INSERT INTO kms_keys (key_id, tenant_id, alias, origin, key_state, material, created_at)
-             SELECT k, t, a, o, s, m, $7 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::bytea[]) AS u(k, t, a, o, s, m)",
-        )
-        .bind(&key_ids)
-        .bind(&tenant_ids)
-        .bind(&aliases)
-        .bind(&origins)
-        .bind(&states)
-        .bind(&materials)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| {
-            if unique_violation(&e) {
-                Error::AlreadyExists(
-                    "some of these tenants already have a key, grant or setting: load into a database without them".into(),
-                )
-            } else {
-                db_error("bulk load keys", e)
-            }
-        })?;
-        sqlx::query(
-            "INSERT INTO kms_grants (tenant_id, granted_by, granted_at)
-             SELECT t, $2, $3 FROM UNNEST($1::text[]) AS u(t)",
-        )
-        .bind(&tenant_ids)
-        .bind(&actor.actor)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| db_error("bulk load grants", e))?;
-        sqlx::query(
-            "INSERT INTO encryption_settings (tenant_id, encryption_type, default_encryption_enabled, cmk_key_id, cmk_key_name, updated_at)
-             SELECT t, e, d, k, n, $6 FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::text[], $5::text[]) AS u(t, e, d, k, n)",
-        )
-        .bind(&tenant_ids)
-        .bind(&types)
-        .bind(&defaults)
-        .bind(&cmk_ids)
-        .bind(&cmk_names)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| db_error("bulk load settings", e))?;
-        sql::audit::insert(
-            &mut tx,
-            &self.clock,
-            "*",
-            actor,
-            "bench.load",
-            None,
-            Some(bulk_summary(tenants)),
-        )
-        .await?;
-        tx.commit().await.context("commit bulk load")
     }
 }
 

@@ -14,58 +14,12 @@ use sqlx::Row as _;
 use super::cache::RowCache;
 use super::coalesce::Coalescer;
 use super::sql;
-use super::{bulk_summary, db_error, migrations, unique_violation, BulkTenant, Context, JoinedKey};
+use super::{db_error, migrations, Context, JoinedKey};
 use crate::clock::Clock;
-use crate::domain::{Actor, EncryptionType, Error, Grant, PermitPublic, Result, Setting, TenantId};
+use crate::domain::{Error, Grant, PermitPublic, Result, Setting, TenantId};
 use crate::store::StoredKey;
 
-/// What differs on SQLite, for `store::sql`.
-mod dialect {
-    use sqlx::SqliteConnection;
-
-    pub(super) type Db = sqlx::Sqlite;
-    pub(super) type Conn = SqliteConnection;
-    pub(super) type Row = sqlx::sqlite::SqliteRow;
-
-    /// Takes the database's write lock at once, so that a read-then-write never fails to
-    /// upgrade its lock; it also serializes every writer, so no other lock is needed.
-    pub(super) const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
-    pub(super) const FOR_UPDATE: &str = "";
-    pub(super) const FOR_SHARE: &str = "";
-    /// SQLite compares text bytewise.
-    pub(super) const AUDIT_AT: &str = "at";
-    /// SQLite cannot UPDATE inside a WITH clause.
-    pub(super) const DATA_MODIFYING_CTE: bool = false;
-    pub(super) const SCHEMA_MIGRATIONS_TABLE: &str =
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-        version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)";
-
-    /// A list of values bound as one parameter: a JSON array, read with `json_each`.
-    pub(super) const IN_LIST: &str = "IN (SELECT value FROM json_each($1))";
-    pub(super) fn list(values: &[&str]) -> String {
-        serde_json::Value::from(values).to_string()
-    }
-
-    pub(super) async fn lock_tenants(
-        _conn: &mut Conn,
-        _scope: &str,
-        _tenants: &[&str],
-    ) -> sqlx::Result<()> {
-        Ok(())
-    }
-
-    pub(super) async fn lock_tenant(
-        _conn: &mut Conn,
-        _scope: &str,
-        _tenant: &str,
-    ) -> crate::domain::Result<()> {
-        Ok(())
-    }
-
-    pub(super) async fn lock_migrations(_conn: &mut Conn) -> crate::domain::Result<()> {
-        Ok(())
-    }
-}
+use super::dialect::sqlite as dialect;
 
 #[path = "sql/mod.rs"]
 #[allow(clippy::duplicate_mod)] // also `store::postgres`'s: the queries are written once
@@ -270,8 +224,10 @@ impl SqliteStore {
         row.as_ref().map(sql::keys::from_row).transpose()
     }
 
-    fn grant_written(&self, tenant: &TenantId) {
-        self.grants.invalidate(tenant.as_str());
+    /// A write outside the setting writer (a grant, a bulk load) committed.
+    fn tenant_written(&self, tenant: &str) {
+        self.settings.invalidate(tenant);
+        self.grants.invalidate(tenant);
     }
 
     fn row_cache_stats(&self) -> Vec<crate::metrics::CacheStats> {
@@ -282,68 +238,6 @@ impl SqliteStore {
         .into_iter()
         .map(|(name, (hits, misses))| crate::metrics::CacheStats { name, hits, misses })
         .collect()
-    }
-
-    /// A bulk load: one row at a time, in one transaction (SQLite has no arrays).
-    async fn load_tenants(&self, tenants: &[BulkTenant], actor: &Actor) -> Result<()> {
-        let mut tx = sql::begin_write(&self.pool).await?;
-        let now = self.clock.rfc3339();
-        for t in tenants {
-            let k = &t.key;
-            sql::keys::insert_row(&mut tx, k)
-                .await
-                .map_err(|e| bulk_error(e, "bulk load key", &k.tenant_id))?;
-            sqlx::query(
-                "INSERT INTO kms_grants (tenant_id, granted_by, granted_at) VALUES ($1, $2, $3)",
-            )
-            .bind(&k.tenant_id)
-            .bind(&actor.actor)
-            .bind(&now)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| bulk_error(e, "bulk load grant", &k.tenant_id))?;
-            sqlx::query(
-                "INSERT INTO encryption_settings (tenant_id, encryption_type,
-                     default_encryption_enabled, cmk_key_id, cmk_key_name, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(&k.tenant_id)
-            .bind(t.setting.encryption_type.map(EncryptionType::as_str))
-            .bind(t.setting.default_encryption_enabled)
-            .bind(t.setting.cmk_key_id.as_deref())
-            .bind(t.setting.cmk_key_name.as_deref())
-            .bind(&now)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| bulk_error(e, "bulk load setting", &k.tenant_id))?;
-        }
-        sql::audit::insert(
-            &mut tx,
-            &self.clock,
-            "*",
-            actor,
-            "bench.load",
-            None,
-            Some(bulk_summary(tenants)),
-        )
-        .await?;
-        tx.commit().await.context("commit bulk load")?;
-        for t in tenants {
-            self.settings.invalidate(&t.key.tenant_id);
-            self.grants.invalidate(&t.key.tenant_id);
-        }
-        Ok(())
-    }
-}
-
-/// A bulk load's failure: a tenant already there is the caller's mistake, said plainly.
-fn bulk_error(e: sqlx::Error, what: &str, tenant: &str) -> Error {
-    if unique_violation(&e) {
-        Error::AlreadyExists(format!(
-            "tenant {tenant} already has a key, grant or setting: load into a database without these tenants"
-        ))
-    } else {
-        db_error(what, e)
     }
 }
 

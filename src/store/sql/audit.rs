@@ -5,7 +5,8 @@ use std::sync::Arc;
 use serde_json::Value;
 use sqlx::Row as _;
 
-use super::dialect::{self, Conn, Db, Row};
+use super::dialect::{self, Conn, Db};
+use super::Row;
 use crate::clock::Clock;
 use crate::domain::{Actor, AuditRecord, Result};
 use crate::store::coalesce::BoxFuture;

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use sqlx::Row as _;
 
 use super::audit;
-use super::dialect::{Db, Row};
+use super::dialect::Db;
+use super::Row;
 use crate::clock::Clock;
 use crate::domain::{Actor, Result, TenantId};
 use crate::store::{parse_role, role_str, sql, to_json, Context, Credential};

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use sqlx::Row as _;
 
 use super::audit;
-use super::dialect::{self, Db, Row};
+use super::dialect::Db;
+use super::Row;
 use crate::clock::Clock;
 use crate::domain::{Actor, Grant, PermitPublic, Result, TenantId};
 use crate::store::Context;
@@ -36,7 +37,7 @@ pub(crate) async fn put(
 ) -> Result<Grant> {
     let mut tx = super::begin_write(pool).await?;
     // Serialise grant writers of this tenant, so `before` is what the upsert finds.
-    dialect::lock_tenant(&mut tx, "grant", tenant.as_str()).await?;
+    super::lock_tenant(&mut tx, "grant", tenant.as_str()).await?;
     let before = sqlx::query("SELECT granted_by, granted_at FROM kms_grants WHERE tenant_id = $1")
         .bind(tenant.as_str())
         .fetch_optional(&mut *tx)
@@ -83,7 +84,7 @@ pub(crate) async fn set_permit_public(
     actor: &Actor,
 ) -> Result<()> {
     let mut tx = super::begin_write(pool).await?;
-    dialect::lock_tenant(&mut tx, "tenant", tenant.as_str()).await?;
+    super::lock_tenant(&mut tx, "tenant", tenant.as_str()).await?;
     let before: Option<String> =
         sqlx::query_scalar("SELECT permit_public FROM tenants WHERE tenant_id = $1")
             .bind(tenant.as_str())

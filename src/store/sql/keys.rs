@@ -5,7 +5,8 @@ use std::sync::Arc;
 use sqlx::Row as _;
 
 use super::audit;
-use super::dialect::{self, Conn, Db, Row};
+use super::dialect::{self, Conn, Db};
+use super::Row;
 use crate::clock::Clock;
 use crate::domain::{Actor, Error, KeyState, Result, TenantId};
 use crate::store::{sql, to_json, unique_violation, Context, KeyChange, StoredKey};

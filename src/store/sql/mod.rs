@@ -14,12 +14,13 @@
 //!   `pool`, `clock` and `writer`, and the reads each database serves its own way
 //!   (`read_setting`, `read_setting_with_key`, `read_grant`, `read_permit_public`,
 //!   `read_key`: SQLite from its row cache, PostgreSQL coalesced), the cache hooks
-//!   (`grant_written`, `cache_stats`) and `bulk_load`.
+//!   (`tenant_written`, `row_cache_stats`).
 //!
 //! One file per aggregate: settings (and their group commit), grants and tenants,
-//! projects, audit, local-KMS keys, credentials; and the migrations.
+//! projects, audit, local-KMS keys, credentials; and the migrations and bulk loads.
 
 pub(super) mod audit;
+pub(super) mod bulk;
 pub(super) mod credentials;
 pub(super) mod grants;
 pub(super) mod keys;
@@ -35,9 +36,12 @@ use crate::domain::{
     Actor, AuditRecord, Grant, PermitPublic, Project, ProjectId, Result, Setting, TenantId,
 };
 use crate::store::{
-    AuditFilter, BulkTenant, Context, Credential, JoinedKey, KeyChange, SettingPlan, Store,
-    StoredKey,
+    bulk_summary, AuditFilter, BulkTenant, Context, Credential, JoinedKey, KeyChange, SettingPlan,
+    Store, StoredKey,
 };
+
+/// A row of the database's.
+pub(super) type Row = <dialect::Db as sqlx::Database>::Row;
 
 /// A write transaction: `BEGIN IMMEDIATE` on SQLite, so that a read-then-write never fails
 /// to upgrade its lock; a plain `BEGIN` on PostgreSQL, whose writers lock what they read.
@@ -47,6 +51,14 @@ pub(super) async fn begin_write(
     pool.begin_with(dialect::BEGIN_WRITE)
         .await
         .context("begin write transaction")
+}
+
+/// Serialise writers of one tenant's rows (`scope` names which) until the transaction
+/// ends: `dialect::lock_tenants` for one tenant.
+pub(super) async fn lock_tenant(conn: &mut dialect::Conn, scope: &str, tenant: &str) -> Result<()> {
+    dialect::lock_tenants(conn, scope, &[tenant])
+        .await
+        .context("tenant lock")
 }
 
 #[async_trait]
@@ -93,7 +105,7 @@ impl Store for Backend {
 
     async fn put_grant(&self, tenant: &TenantId, actor: &Actor) -> Result<Grant> {
         let grant = grants::put(&self.pool, &self.clock, tenant, actor).await?;
-        self.grant_written(tenant);
+        self.tenant_written(tenant.as_str());
         Ok(grant)
     }
 
@@ -142,7 +154,24 @@ impl Store for Backend {
     }
 
     async fn bulk_load(&self, tenants: &[BulkTenant], actor: &Actor) -> Result<()> {
-        self.load_tenants(tenants, actor).await
+        let mut tx = begin_write(&self.pool).await?;
+        let now = self.clock.rfc3339();
+        bulk::insert_tenants(&mut tx, tenants, actor, &now).await?;
+        audit::insert(
+            &mut tx,
+            &self.clock,
+            "*",
+            actor,
+            "bench.load",
+            None,
+            Some(bulk_summary(tenants)),
+        )
+        .await?;
+        tx.commit().await.context("commit bulk load")?;
+        for t in tenants {
+            self.tenant_written(&t.key.tenant_id);
+        }
+        Ok(())
     }
 
     async fn record_audit(

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use sqlx::Row as _;
 
 use super::audit;
-use super::dialect::{self, Conn, Db, Row};
+use super::dialect::{self, Conn, Db};
+use super::Row;
 use crate::clock::Clock;
 use crate::domain::{Actor, EncryptionType, Error, Result, Setting, SettingDraft, TenantId};
 use crate::store::coalesce::BoxFuture;
