@@ -516,13 +516,7 @@ fn init(config: &Config) -> Result<()> {
 }
 
 fn nonempty(flag: &str, value: &str) -> Result<String> {
-    if value.is_empty() || value.chars().count() > 1000 {
-        Err(Error::InvalidArgument(format!(
-            "{flag} must be 1 to 1000 characters"
-        )))
-    } else {
-        Ok(value.to_owned())
-    }
+    crate::domain::check_text_arg(flag, value).map(|()| value.to_owned())
 }
 
 async fn credential(app: &App, actor: &Actor, cmd: CredentialCommand) -> Result<()> {

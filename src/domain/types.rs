@@ -10,18 +10,35 @@ use super::error::Error;
 pub const MIN_LEN: usize = 1;
 pub const MAX_LEN: usize = 1000;
 
-fn check_len(field: &'static str, value: &str) -> Result<(), Error> {
+/// The one length rule for text: in the API (tenant ids, CMK ids and names), on the
+/// command line (`--user`, `--user-name`, `--actor`) and in the configuration (`region`,
+/// `region_type`, `kms_region`). 1 to 1000 characters, counted as Unicode scalar values,
+/// nothing trimmed (a single space is one character). `Err` holds the count.
+pub fn text_len(value: &str) -> Result<usize, usize> {
     let n = value.chars().count();
-    if n < MIN_LEN {
-        return Err(Error::invalid(field, "must not be empty"));
+    if (MIN_LEN..=MAX_LEN).contains(&n) {
+        Ok(n)
+    } else {
+        Err(n)
     }
-    if n > MAX_LEN {
-        return Err(Error::invalid(
+}
+
+/// [`text_len`] for a command-line flag or a configuration key `name`.
+pub fn check_text_arg(name: &str, value: &str) -> Result<(), Error> {
+    text_len(value).map(|_| ()).map_err(|_| {
+        Error::InvalidArgument(format!("{name} must be {MIN_LEN} to {MAX_LEN} characters"))
+    })
+}
+
+fn check_len(field: &'static str, value: &str) -> Result<(), Error> {
+    match text_len(value) {
+        Ok(_) => Ok(()),
+        Err(0) => Err(Error::invalid(field, "must not be empty")),
+        Err(n) => Err(Error::invalid(
             field,
             format!("must be at most {MAX_LEN} characters, got {n}"),
-        ));
+        )),
     }
-    Ok(())
 }
 
 /// A tenant (domain) id: 1..=1000 characters, no control characters.
@@ -274,6 +291,18 @@ pub(crate) fn truncate(s: &str, max_chars: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_length_is_1_to_1000_characters_untrimmed() {
+        assert_eq!(text_len(""), Err(0));
+        assert_eq!(text_len(" "), Ok(1));
+        assert_eq!(text_len(&"é".repeat(1000)), Ok(1000));
+        assert_eq!(text_len(&"é".repeat(1001)), Err(1001));
+        assert!(check_text_arg("--user", "\t").is_ok());
+        let err = check_text_arg("--user", "").expect_err("empty").to_string();
+        assert_eq!(err, "--user must be 1 to 1000 characters");
+        assert!(check_len("f", "").is_err() && check_len("f", &"x".repeat(1001)).is_err());
+    }
 
     #[test]
     fn encryption_type_is_case_insensitive_and_canonical() {
