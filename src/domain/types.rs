@@ -41,10 +41,24 @@ fn check_len(field: &'static str, value: &str) -> Result<(), Error> {
     }
 }
 
-/// A tenant (domain) id: 1..=1000 characters, no control characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+/// A tenant (domain) id: 1..=1000 characters, no control characters. Deserialized
+/// through [`TenantId::parse`], so no invalid one can be made that way either.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct TenantId(String);
+
+impl Serialize for TenantId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for TenantId {
+    type Error = Error;
+    fn try_from(value: String) -> Result<Self, Error> {
+        TenantId::parse(value)
+    }
+}
 
 impl TenantId {
     pub fn parse(value: impl Into<String>) -> Result<Self, Error> {
@@ -87,10 +101,24 @@ impl ProjectId {
     }
 }
 
-/// A CMK id or name as sent by a client: 1..=1000 characters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
+/// A CMK id or name as sent by a client: 1..=1000 characters. Deserialized through
+/// [`CmkText::parse`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub struct CmkText(String);
+
+impl Serialize for CmkText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for CmkText {
+    type Error = Error;
+    fn try_from(value: String) -> Result<Self, Error> {
+        CmkText::parse("cmk_key_id or cmk_key_name", &value)
+    }
+}
 
 impl CmkText {
     pub fn parse(field: &'static str, value: &str) -> Result<Self, Error> {
@@ -291,6 +319,29 @@ pub(crate) fn truncate(s: &str, max_chars: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deserializing_goes_through_parse() {
+        let tenant: TenantId = serde_json::from_str(r#""t1""#).expect("valid tenant");
+        assert_eq!(tenant.as_str(), "t1");
+        let long = serde_json::to_string(&"x".repeat(1001)).expect("json");
+        for bad in [r#""""#, r#""a\u0007b""#, long.as_str()] {
+            let err = serde_json::from_str::<TenantId>(bad)
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("tenant_id"), "{bad}: {err}");
+        }
+        let cmk: CmkText = serde_json::from_str(r#"" ""#).expect("one character");
+        assert_eq!(cmk.as_str(), " ");
+        for bad in [r#""""#, long.as_str()] {
+            let err = serde_json::from_str::<CmkText>(bad)
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("cmk_key_id"), "{bad}: {err}");
+        }
+        // Serialized as before: the plain string.
+        assert_eq!(serde_json::to_string(&tenant).expect("json"), r#""t1""#);
+    }
 
     #[test]
     fn text_length_is_1_to_1000_characters_untrimmed() {
