@@ -115,6 +115,7 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 small="$work/small"
 mkdir -p "$small"
 log "loading 1,000 tenants"
+REPOCRYPT_DATA_DIR="$small" "$bin" init >/dev/null # the root key bench load needs
 REPOCRYPT_DATA_DIR="$small" "$bin" bench load --tenants 1000 --tokens 1000 \
     --tokens-file "$work/tokens-1k.txt" 2>&1 | tail -1 >&2
 read -r tenant token < <(head -1 "$work/tokens-1k.txt")
@@ -269,6 +270,7 @@ if part large; then
     big="$work/large"
     mkdir -p "$big"
     log "loading $large tenants (about a minute per million)"
+    REPOCRYPT_DATA_DIR="$big" "$bin" init >/dev/null
     REPOCRYPT_DATA_DIR="$big" "$bin" bench load --tenants "$large" --tokens "$large_tokens" \
         --tokens-file "$work/tokens-large.txt" 2>&1 | tail -2 >&2
     # The steady state: a rotation that fits the default caches (50,000 settings), each

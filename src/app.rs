@@ -33,10 +33,26 @@ pub struct App {
 }
 
 impl App {
-    /// Open the data directory, the database (migrating it) and the KMS.
+    /// Open the data directory (creating it and its root key on first start: what
+    /// `serve` does), the database (migrating it) and the KMS.
     pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<App> {
         keys::create_private_dir(&config.data_dir)?;
         let root = RootKey::load_or_create(&config.data_dir, config.root_key.as_deref())?;
+        Self::open_with_root(config, clock, root).await
+    }
+
+    /// Like [`App::open`], for the admin commands: the root key must exist already (in the
+    /// data directory, or in `REPOCRYPT_ROOT_KEY`). A data directory without one is
+    /// refused, not given a new key that no server shares.
+    pub async fn open_existing(config: Config, clock: Arc<dyn Clock>) -> Result<App> {
+        let root = RootKey::load(&config.data_dir, config.root_key.as_deref())?;
+        // A key from the environment needs no file, but the SQLite database may still
+        // live in the data directory.
+        keys::create_private_dir(&config.data_dir)?;
+        Self::open_with_root(config, clock, root).await
+    }
+
+    async fn open_with_root(config: Config, clock: Arc<dyn Clock>, root: RootKey) -> Result<App> {
         let url = &config.database_url;
         let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
             Arc::new(SqliteStore::open(url, clock.clone(), None, config.row_cache_capacity).await?)

@@ -32,8 +32,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the HTTP API.
+    /// Run the HTTP API (creating the data directory and its root key on first start).
     Serve,
+    /// Create the data directory and its root key, if missing, and say where they are.
+    /// Every command but `serve` and `init` needs them to exist.
+    Init,
     /// Issue tokens for X-Auth-Token.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -374,9 +377,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 "--ttl must be between 1s and 365 days".into(),
             ));
         }
-        crate::keys::create_private_dir(&config.data_dir)?;
-        let root =
-            crate::keys::RootKey::load_or_create(&config.data_dir, config.root_key.as_deref())?;
+        let root = crate::keys::RootKey::load(&config.data_dir, config.root_key.as_deref())?;
         let codec = crate::auth::token::TokenCodec::new(&root);
         let now = clock.unix_seconds();
         let identity = Identity {
@@ -389,11 +390,18 @@ pub async fn run(cli: Cli) -> Result<()> {
         return print_line(&codec.issue(&identity, now)?);
     }
 
-    let app = App::open(config, clock).await?;
+    if let Command::Init = cli.command {
+        return init(&config);
+    }
+
+    let app = match cli.command {
+        Command::Serve => App::open(config, clock).await?,
+        _ => App::open_existing(config, clock).await?,
+    };
     let actor = Actor::cli();
     match cli.command {
         Command::Serve => serve(app).await,
-        Command::Token(_) => Ok(()),
+        Command::Init | Command::Token(_) => Ok(()),
         Command::Kms(cmd) => kms(&app, &actor, cmd).await,
         Command::Credential(cmd) => credential(&app, &actor, cmd).await,
         Command::Project(ProjectCommand::Add {
@@ -473,10 +481,8 @@ pub async fn run(cli: Cli) -> Result<()> {
                     "--token-ttl must be between 1s and 365 days".into(),
                 ));
             }
-            let root = crate::keys::RootKey::load_or_create(
-                &app.config.data_dir,
-                app.config.root_key.as_deref(),
-            )?;
+            let root =
+                crate::keys::RootKey::load(&app.config.data_dir, app.config.root_key.as_deref())?;
             let opts = crate::bench::LoadOptions {
                 count: tenants,
                 tokens_file,
@@ -488,14 +494,29 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn nonempty(flag: &str, value: &str) -> Result<String> {
-    if value.is_empty() || value.chars().count() > 1000 {
-        Err(Error::InvalidArgument(format!(
-            "{flag} must be 1 to 1000 characters"
-        )))
-    } else {
-        Ok(value.to_owned())
+/// `repocrypt init`: the data directory and its root key, made if missing.
+fn init(config: &Config) -> Result<()> {
+    let dir = &config.data_dir;
+    if let Some(value) = config.root_key.as_deref() {
+        crate::keys::RootKey::load(dir, Some(value))?;
+        crate::keys::create_private_dir(dir)?;
+        return print_line(&format!(
+            "data directory {}; the root key is {} (no root key file is needed)",
+            dir.display(),
+            crate::keys::ROOT_KEY_ENV
+        ));
     }
+    let (_, created) = crate::keys::RootKey::file_or_create(dir)?;
+    let path = dir.join(crate::keys::ROOT_KEY_FILE);
+    print_line(&if created {
+        format!("created a new root key at {}", path.display())
+    } else {
+        format!("root key already at {} (kept)", path.display())
+    })
+}
+
+fn nonempty(flag: &str, value: &str) -> Result<String> {
+    crate::domain::check_text_arg(flag, value).map(|()| value.to_owned())
 }
 
 async fn credential(app: &App, actor: &Actor, cmd: CredentialCommand) -> Result<()> {

@@ -304,13 +304,7 @@ fn redact_authority(url: &str) -> String {
 }
 
 fn nonempty(name: &str, value: String) -> Result<String, Error> {
-    if value.trim().is_empty() || value.chars().count() > 1000 {
-        Err(Error::InvalidArgument(format!(
-            "{name} must be 1 to 1000 characters"
-        )))
-    } else {
-        Ok(value)
-    }
+    crate::domain::check_text_arg(name, &value).map(|()| value)
 }
 
 impl Config {
@@ -573,6 +567,32 @@ mod tests {
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.region, "flag-region");
         assert_eq!(c.key_state_cache_ttl, Duration::ZERO);
+    }
+
+    #[test]
+    fn text_settings_follow_the_apis_length_rule() {
+        let long = "é".repeat(1000);
+        let too_long = "x".repeat(1001);
+        for value in ["", " ", "  ", "\t", "a", long.as_str(), too_long.as_str()] {
+            // The API's verdict on the same text.
+            let api = crate::domain::CmkText::parse("cmk_key_name", value).is_ok();
+            for key in ["region", "region_type", "kms_region"] {
+                let mut args = ConfigArgs::default();
+                let text = Some(value.to_owned());
+                match key {
+                    "region" => args.region = text,
+                    "region_type" => args.region_type = text,
+                    _ => args.kms_region = text,
+                }
+                let loaded = Config::load(&args);
+                assert_eq!(loaded.is_ok(), api, "{key} = {value:?}: {loaded:?}");
+                if let Err(e) = loaded {
+                    assert_eq!(e.to_string(), format!("{key} must be 1 to 1000 characters"));
+                }
+            }
+            let arg = crate::domain::check_text_arg("--user", value);
+            assert_eq!(arg.is_ok(), api, "--user {value:?}");
+        }
     }
 
     #[test]

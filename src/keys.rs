@@ -1,4 +1,4 @@
-//! The root secret. One 32-byte key, created on first start in the data directory (mode
+//! The root secret. One 32-byte key, created by `serve` or `init` in the data directory (mode
 //! 0600) or given by `REPOCRYPT_ROOT_KEY`; the local KMS's wrapping key and the token
 //! signing key are derived from it with HMAC-SHA256 under distinct labels, so replicas
 //! share exactly one secret.
@@ -54,23 +54,59 @@ impl RootKey {
     }
 
     /// Load the key: the environment's if given, else the data directory's file,
-    /// creating it (0600) on first start.
+    /// creating it (0600) on first start. Only `serve` and `init` may create it; the
+    /// admin commands use [`RootKey::load`], so a mistyped data directory is refused
+    /// instead of getting a new key that no server shares.
     pub fn load_or_create(data_dir: &Path, env_value: Option<&str>) -> Result<Self, Error> {
         if let Some(v) = env_value {
-            return Self::from_base64(v)
-                .map_err(|e| Error::InvalidArgument(format!("{ROOT_KEY_ENV}: {e}")));
+            return Self::from_env(v);
         }
+        Self::file_or_create(data_dir).map(|(key, _created)| key)
+    }
+
+    /// Load the key, the environment's if given, else the data directory's file; a
+    /// missing file is an error that names it and says how to make one.
+    pub fn load(data_dir: &Path, env_value: Option<&str>) -> Result<Self, Error> {
+        if let Some(v) = env_value {
+            return Self::from_env(v);
+        }
+        let path = data_dir.join(ROOT_KEY_FILE);
+        Self::read_file(&path)?.ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "no root key at {}: run `repocrypt serve` or `repocrypt init` with this \
+                 data directory first, or set {ROOT_KEY_ENV}",
+                path.display()
+            ))
+        })
+    }
+
+    fn from_env(value: &str) -> Result<Self, Error> {
+        Self::from_base64(value).map_err(|e| Error::InvalidArgument(format!("{ROOT_KEY_ENV}: {e}")))
+    }
+
+    /// The key in `path`, or None if there is no such file.
+    fn read_file(path: &Path) -> Result<Option<Self>, Error> {
+        match fs::read_to_string(path) {
+            Ok(text) => Self::from_base64(&text)
+                .map(Some)
+                .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::InvalidArgument(format!(
+                "cannot read {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// The data directory's key, created (with the directory) if missing; true if it
+    /// was created now.
+    pub fn file_or_create(data_dir: &Path) -> Result<(Self, bool), Error> {
         let path = data_dir.join(ROOT_KEY_FILE);
         let io = |what: &str, e: std::io::Error| {
             Error::InvalidArgument(format!("{what} {}: {e}", path.display()))
         };
-        match fs::read_to_string(&path) {
-            Ok(text) => {
-                return Self::from_base64(&text)
-                    .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io("cannot read", e)),
+        if let Some(key) = Self::read_file(&path)? {
+            return Ok((key, false));
         }
         create_private_dir(data_dir)?;
         let mut bytes = [0u8; 32];
@@ -87,12 +123,12 @@ impl RootKey {
                     .and_then(|_| f.sync_all())
                     .map_err(|e| io("cannot write", e))?;
                 tracing::info!(path = %path.display(), "created a new root key");
-                Ok(key)
+                Ok((key, true))
             }
             // Another process created it first: use theirs.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let text = fs::read_to_string(&path).map_err(|e| io("cannot read", e))?;
-                Self::from_base64(&text)
+                Self::from_base64(&text).map(|key| (key, false))
             }
             Err(e) => Err(io("cannot create", e)),
         }
@@ -196,6 +232,34 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn load_never_creates_a_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("typo");
+        let err = RootKey::load(&data, None)
+            .expect_err("no key there")
+            .to_string();
+        assert!(
+            err.contains(&data.join(ROOT_KEY_FILE).display().to_string()),
+            "{err}"
+        );
+        assert!(
+            err.contains("repocrypt init") && err.contains(ROOT_KEY_ENV),
+            "{err}"
+        );
+        assert!(!data.exists(), "nothing created");
+        let k = RootKey::from_bytes([9; 32]);
+        let got = RootKey::load(&data, Some(&k.to_base64())).expect("env key, no file needed");
+        assert_eq!(got.0, [9; 32]);
+        assert!(!data.exists());
+        let (created, fresh) = RootKey::file_or_create(&data).expect("create");
+        assert!(fresh);
+        assert_eq!(RootKey::load(&data, None).expect("load").0, created.0);
+        let (again, fresh) = RootKey::file_or_create(&data).expect("reload");
+        assert!(!fresh);
+        assert_eq!(again.0, created.0);
     }
 
     #[test]

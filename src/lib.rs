@@ -1,8 +1,9 @@
 //! repocrypt: the CodeArts Repo V4 tenant repository-encryption API.
 //!
 //! Layers: `http` (routing, extractors, error mapping) over `domain` (the rules) over
-//! `store` (SQLite) and `kms` (local), with `auth` (identity), `config`, `cli` and
-//! `telemetry` beside them.
+//! `store` (SQLite or PostgreSQL) and `kms` (the local KMS, in the store, or AWS KMS and
+//! anything speaking its API), with `auth` (identity), `config`, `cli` and `telemetry`
+//! beside them.
 
 pub mod app;
 pub mod auth;

@@ -197,9 +197,17 @@ pub enum KmsOutcome {
     Refused,
     /// The KMS could not be reached or failed (the `RC.503001` cases).
     Unavailable,
+    /// The call failed in this service, not in the KMS: its database (the local KMS's keys,
+    /// the AWS KMS's key bindings) or another internal error (`RC.503002`, `RC.500000`).
+    Error,
 }
 
-const OUTCOMES: [KmsOutcome; 3] = [KmsOutcome::Ok, KmsOutcome::Refused, KmsOutcome::Unavailable];
+const OUTCOMES: [KmsOutcome; 4] = [
+    KmsOutcome::Ok,
+    KmsOutcome::Refused,
+    KmsOutcome::Unavailable,
+    KmsOutcome::Error,
+];
 
 impl KmsOutcome {
     fn name(self) -> &'static str {
@@ -207,6 +215,7 @@ impl KmsOutcome {
             KmsOutcome::Ok => "ok",
             KmsOutcome::Refused => "refused",
             KmsOutcome::Unavailable => "unavailable",
+            KmsOutcome::Error => "error",
         }
     }
 }
@@ -218,7 +227,7 @@ struct OperationMetrics {
 
 #[derive(Default)]
 struct KmsMetrics {
-    outcomes: [AtomicU64; 3],
+    outcomes: [AtomicU64; OUTCOMES.len()],
     latency: Histogram,
 }
 
@@ -315,7 +324,7 @@ impl Metrics {
             &mut out,
             "repocrypt_kms_calls_total",
             "counter",
-            "Calls to the KMS, by call and outcome (ok, refused, unavailable).",
+            "Calls to the KMS, by call and outcome (ok, refused, unavailable, error).",
         );
         for (call, m) in KmsCall::ALL.iter().zip(&self.kms) {
             for (outcome, count) in OUTCOMES.iter().zip(&m.outcomes) {

@@ -135,24 +135,18 @@ struct State<W> {
     buf: Vec<u8>,
     /// The spare buffer swapped in while the other is written out.
     spare: Vec<u8>,
-    /// Set while the writer thread holds the buffer's contents outside the lock.
+    /// Set while the writer thread (or a logger, without one) holds the buffer's contents
+    /// outside the lock.
     writing: bool,
+    /// Set when there is no writer thread: each logger writes out what it appended.
+    synchronous: bool,
     out: Option<W>,
 }
 
 impl<W: Write + Send + 'static> Sink<W> {
     /// A sink writing to `out`, and its writer thread (which lives as long as the process).
     pub fn start(out: W) -> &'static Self {
-        let sink: &'static Self = Box::leak(Box::new(Sink {
-            state: Mutex::new(State {
-                buf: Vec::with_capacity(FLUSH_AT),
-                spare: Vec::with_capacity(FLUSH_AT),
-                writing: false,
-                out: Some(out),
-            }),
-            full: Condvar::new(),
-            drained: Condvar::new(),
-        }));
+        let sink = Self::leak(out);
         let spawned = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || loop {
@@ -165,9 +159,30 @@ impl<W: Write + Send + 'static> Sink<W> {
             });
         if spawned.is_err() {
             // No thread: every line is written out at once by its logger instead.
-            sink.lock().spare = Vec::new();
+            sink.write_synchronously();
         }
         sink
+    }
+
+    fn leak(out: W) -> &'static Self {
+        Box::leak(Box::new(Sink {
+            state: Mutex::new(State {
+                buf: Vec::with_capacity(FLUSH_AT),
+                spare: Vec::with_capacity(FLUSH_AT),
+                writing: false,
+                synchronous: false,
+                out: Some(out),
+            }),
+            full: Condvar::new(),
+            drained: Condvar::new(),
+        }))
+    }
+
+    /// From now on each logger writes out what it appends, before `append` returns (for a
+    /// sink without a writer thread, which would otherwise never be written out and, at
+    /// [`BUFFER_LIMIT`], block its loggers for ever).
+    fn write_synchronously(&self) {
+        self.lock().synchronous = true;
     }
 
     fn lock(&self) -> MutexGuard<'_, State<W>> {
@@ -181,7 +196,11 @@ impl<W: Write + Send + 'static> Sink<W> {
             state = self.drained.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         state.buf.extend_from_slice(bytes);
-        if state.buf.len() >= FLUSH_AT {
+        if state.synchronous {
+            // Waits for another logger's write under way, then writes this line (and any
+            // appended meanwhile), in order.
+            self.write_out(state);
+        } else if state.buf.len() >= FLUSH_AT {
             self.full.notify_one();
         }
     }
@@ -384,6 +403,34 @@ mod tests {
             std::thread::sleep(FLUSH_EVERY);
         }
         assert_eq!(seen(&out), want);
+    }
+
+    #[test]
+    fn without_a_writer_thread_each_logger_writes_its_line_at_once() {
+        let out = Recorder::default();
+        let sink = Sink::leak(out.clone());
+        sink.write_synchronously();
+        sink.append(b"one\n");
+        assert_eq!(seen(&out), b"one\n", "written before append returned");
+        // Twice the buffer limit, from four loggers: none of them waits for ever.
+        let line = vec![b'x'; 1024];
+        let (done, finished) = std::sync::mpsc::channel();
+        for _ in 0..4 {
+            let (line, done) = (line.clone(), done.clone());
+            std::thread::spawn(move || {
+                for _ in 0..BUFFER_LIMIT / 2 / line.len() {
+                    sink.append(&line);
+                }
+                let _ = done.send(());
+            });
+        }
+        for _ in 0..4 {
+            assert!(
+                finished.recv_timeout(Duration::from_secs(10)).is_ok(),
+                "a logger blocked: nothing writes the buffer out"
+            );
+        }
+        assert_eq!(seen(&out).len(), 4 + 2 * BUFFER_LIMIT, "lines were lost");
     }
 
     #[test]

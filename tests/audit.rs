@@ -39,7 +39,16 @@ struct Db {
 }
 
 impl Db {
+    /// A database for the data in `dir`, whose root key `repocrypt init` makes first (the
+    /// admin commands need one).
     async fn new(dir: &Path) -> Db {
+        let init = Command::new(BIN)
+            .arg("init")
+            .current_dir(dir)
+            .env_remove("REPOCRYPT_ROOT_KEY")
+            .output()
+            .expect("run repocrypt init");
+        assert!(init.status.success(), "init: {}", stderr(&init));
         match test_database_url() {
             Some(server) => {
                 let url = fresh_postgres_database(&server).await;

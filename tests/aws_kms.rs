@@ -276,6 +276,8 @@ async fn aws_backend_end_to_end_and_outage() {
 #[test]
 fn aws_backend_needs_a_region() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let init = binary::cli_in(dir.path(), &["init"]);
+    assert!(init.status.success(), "init: {}", stderr(&init));
     let out = std::process::Command::new(binary::BIN)
         .args(["kms", "list-keys", "--tenant", TENANT])
         .current_dir(dir.path())

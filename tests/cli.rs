@@ -34,6 +34,12 @@ fn refused(dir: &Path, args: &[&str], needle: &str) {
     assert!(stdout(&out).is_empty(), "nothing on stdout on failure");
 }
 
+/// `repocrypt init` in `dir`: the data directory and root key admin commands need.
+fn init(dir: &Path) {
+    let out = cli_in(dir, &["init"]);
+    assert!(out.status.success(), "init failed: {}", stderr(&out));
+}
+
 fn state(v: &Value) -> i64 {
     v["key_state"].as_i64().expect("key_state is an integer")
 }
@@ -41,6 +47,7 @@ fn state(v: &Value) -> i64 {
 #[test]
 fn token_issue_prints_only_the_token() {
     let dir = tempfile::tempdir().unwrap();
+    init(dir.path());
     let out = cli_in(
         dir.path(),
         &[
@@ -52,7 +59,7 @@ fn token_issue_prints_only_the_token() {
     assert_eq!(text.lines().count(), 1);
     assert!(text.starts_with("rc1."), "{text}");
     assert!(stderr(&out).is_empty(), "no log noise: {}", stderr(&out));
-    // The root key was created 0600 in the default data directory.
+    // `init` created the root key 0600 in the default data directory.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -78,9 +85,104 @@ fn token_issue_prints_only_the_token() {
     assert_eq!(usage.status.code(), Some(2), "usage errors exit 2");
 }
 
+/// Only `serve` and `init` create a root key: every admin command given a data directory
+/// without one (a mistyped `--data-dir`) fails, naming the file it looked for, instead of
+/// making a new key (and a token no server accepts).
+#[test]
+fn admin_commands_refuse_a_data_dir_without_a_root_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pid = "0123456789abcdef0123456789abcdef";
+    let commands: [&[&str]; 9] = [
+        &["token", "issue", "--tenant", "t1", "--user", "u1"],
+        &["credential", "create", "--tenant", "t1", "--user", "u1"],
+        &["credential", "list", "--tenant", "t1"],
+        &["kms", "list-keys", "--tenant", "t1"],
+        &["kms", "create-key", "--tenant", "t1", "--alias", "a1"],
+        &[
+            "project",
+            "add",
+            "--tenant",
+            "t1",
+            "--project-id",
+            pid,
+            "--name",
+            "p",
+        ],
+        &["tenant", "set", "--tenant", "t1", "--permit-public", "deny"],
+        &["audit", "list"],
+        &["bench", "load", "--tenants", "1"],
+    ];
+    for args in commands {
+        let mut all = vec!["--data-dir", "typo"];
+        all.extend_from_slice(args);
+        refused(d, &all, "typo/root.key");
+        refused(d, &all, "repocrypt init");
+        refused(d, &all, "REPOCRYPT_ROOT_KEY");
+        assert!(!d.join("typo").exists(), "{args:?} created the directory");
+        // Nor in the default data directory.
+        refused(d, args, "repocrypt-data/root.key");
+        assert!(!d.join("repocrypt-data").exists(), "{args:?}");
+    }
+
+    // A root key from the environment needs no file.
+    let root = repocrypt::keys::RootKey::from_bytes([7; 32]).to_base64();
+    let out = std::process::Command::new(binary::BIN)
+        .args([
+            "--data-dir",
+            "elsewhere",
+            "token",
+            "issue",
+            "--tenant",
+            "t1",
+            "--user",
+            "u1",
+        ])
+        .current_dir(d)
+        .env("REPOCRYPT_ROOT_KEY", &root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("rc1."));
+    assert!(!d.join("elsewhere/root.key").exists());
+
+    // `init` creates the key and says where; a second `init` keeps it.
+    let out = cli_in(d, &["--data-dir", "typo", "init"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("created a new root key at typo/root.key"),
+        "{}",
+        stdout(&out)
+    );
+    let key = std::fs::read(d.join("typo/root.key")).unwrap();
+    let out = cli_in(d, &["--data-dir", "typo", "init"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("already at typo/root.key"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(std::fs::read(d.join("typo/root.key")).unwrap(), key, "kept");
+    let out = cli_in(
+        d,
+        &[
+            "--data-dir",
+            "typo",
+            "token",
+            "issue",
+            "--tenant",
+            "t1",
+            "--user",
+            "u1",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 #[test]
 fn kms_reaches_all_five_key_states() {
     let dir = tempfile::tempdir().unwrap();
+    init(dir.path());
     let d = dir.path();
     let k = ok_json(
         d,
@@ -157,6 +259,7 @@ fn kms_reaches_all_five_key_states() {
 #[test]
 fn kms_refuses_what_a_real_kms_forbids() {
     let dir = tempfile::tempdir().unwrap();
+    init(dir.path());
     let d = dir.path();
     let k = ok_json(d, &["kms", "create-key", "--tenant", "t1", "--alias", "a1"]);
     let id = k["key_id"].as_str().unwrap().to_owned();
@@ -237,6 +340,7 @@ fn kms_refuses_what_a_real_kms_forbids() {
 #[test]
 fn key_material_is_stored_only_encrypted() {
     let dir = tempfile::tempdir().unwrap();
+    init(dir.path());
     let d = dir.path();
     let material: Vec<u8> = (0..32u8)
         .map(|i| i.wrapping_mul(37).wrapping_add(11))
@@ -289,6 +393,7 @@ fn key_material_is_stored_only_encrypted() {
 #[test]
 fn project_tenant_and_audit_commands() {
     let dir = tempfile::tempdir().unwrap();
+    init(dir.path());
     let d = dir.path();
     let pid = "0123456789abcdef0123456789abcdef";
     let p = ok_json(
@@ -432,6 +537,7 @@ fn sigterm_finishes_in_flight_requests_and_exits_zero() {
 #[test]
 fn bad_configuration_is_reported_not_panicked() {
     let dir = tempfile::tempdir().unwrap();
+    init(dir.path());
     let d = dir.path();
     std::fs::write(d.join("bad.toml"), "listen = 5\n").unwrap();
     refused(
@@ -456,6 +562,7 @@ fn bad_configuration_is_reported_not_panicked() {
 #[test]
 fn bench_load_adds_tenants_with_keys_settings_and_tokens() {
     let dir = tempfile::tempdir().unwrap();
+    init(dir.path());
     let out = cli_in(
         dir.path(),
         &[

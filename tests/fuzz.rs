@@ -524,7 +524,7 @@ fn text_rule(value: &J) -> Option<String> {
     }
 }
 
-/// The rules of DESIGN.md and the README for a body: an object of known fields; a
+/// The rules of the README ("The API") for a body: an object of known fields; a
 /// field given twice is refused; null is absent; strings are 1 to
 /// 1000 characters; `encryption_type` is KMS or normal in any ASCII case;
 /// `default_encryption_enabled` is a boolean.

@@ -455,3 +455,73 @@ async fn aws_kms_that_cannot_be_reached_is_unavailable_not_a_500() {
         started.elapsed()
     );
 }
+
+/// `check_access` asks this tenant's keys, not only whether the database answers: a
+/// tenant whose key rows cannot be read is refused while the database pings and another
+/// tenant's access is fine.
+#[tokio::test]
+async fn local_kms_access_check_reads_the_tenants_own_keys() {
+    use sqlx::Connection;
+    let t = spawn_app().await;
+    let (kms, store) = (t.app.kms.clone(), t.app.store.clone());
+    let (a, b) = (tid(TENANT_A), tid(TENANT_B));
+    kms.create_key(&a, "alpha", KeyOrigin::Kms, false, &actor())
+        .await
+        .expect("create_key");
+    kms.check_access(&a).await.expect("A's keys read");
+    let url = &t.app.config.database_url;
+    if url.starts_with("sqlite:") {
+        // A row of A's that cannot be decoded (SQLite keeps the text in an INTEGER column).
+        let mut c = sqlx::SqliteConnection::connect(url).await.expect("sqlite");
+        sqlx::query("UPDATE kms_keys SET deletion_at = 'soon' WHERE tenant_id = ?")
+            .bind(a.as_str())
+            .execute(&mut c)
+            .await
+            .expect("corrupt A's key");
+        c.close().await.expect("close");
+    } else {
+        // PostgreSQL types its columns: the key table is gone instead.
+        let mut c = sqlx::PgConnection::connect(url).await.expect("postgres");
+        sqlx::query("ALTER TABLE kms_keys RENAME TO kms_keys_gone")
+            .execute(&mut c)
+            .await
+            .expect("rename");
+        c.close().await.expect("close");
+    }
+    store.ping().await.expect("the database itself answers");
+    let refused = kms.check_access(&a).await;
+    assert!(
+        matches!(refused, Err(Error::KmsUnavailable(_))),
+        "{refused:?}"
+    );
+    if url.starts_with("sqlite:") {
+        kms.check_access(&b).await.expect("B's keys still read");
+    }
+}
+
+/// On AWS KMS a tenant is bound to its keys by a tag: a tenant id that cannot be a tag
+/// value can have no key, and its access check says so; others pass, keys or none.
+#[tokio::test]
+async fn aws_kms_access_check_is_for_the_tenant() {
+    let Some(moto) = Moto::start("aws_kms_access_check_is_for_the_tenant") else {
+        return;
+    };
+    let t = spawn_app().await;
+    let kms = aws_kms(&moto, t.app.store.clone()).await;
+    let a = tid(TENANT_A);
+    kms.check_access(&a).await.expect("no keys yet");
+    kms.create_key(&a, "alpha", KeyOrigin::Kms, false, &actor())
+        .await
+        .expect("create_key");
+    kms.check_access(&a).await.expect("with a key");
+    kms.check_access(&tid(TENANT_B))
+        .await
+        .expect("another tenant");
+    for bad in ["t#1", "tenant!", &"x".repeat(257)] {
+        let refused = kms.check_access(&tid(bad)).await;
+        assert!(
+            matches!(&refused, Err(Error::InvalidArgument(m)) if m.contains("tag value")),
+            "{bad}: {refused:?}"
+        );
+    }
+}

@@ -61,11 +61,7 @@ impl Credentials {
         role: Role,
         actor: &Actor,
     ) -> Result<(Credential, SecretKey)> {
-        if user_id.is_empty() || user_id.chars().count() > 1000 {
-            return Err(Error::InvalidArgument(
-                "--user must be 1 to 1000 characters".into(),
-            ));
-        }
+        crate::domain::check_text_arg("--user", user_id)?;
         let access_key = random_string(ACCESS_KEY_LEN, UPPER_DIGITS);
         let secret = SecretKey(random_string(SECRET_KEY_LEN, ALNUM));
         let credential = Credential {

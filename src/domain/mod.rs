@@ -1,4 +1,5 @@
-//! The rules of the seeds and DESIGN.md: no HTTP, no SQL.
+//! The rules of the seeds, as README.md's "The API" section states them, and the choices
+//! docs/decisions.md records where the seeds are silent: no HTTP, no SQL.
 
 pub mod error;
 pub mod model;

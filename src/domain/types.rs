@@ -10,24 +10,55 @@ use super::error::Error;
 pub const MIN_LEN: usize = 1;
 pub const MAX_LEN: usize = 1000;
 
-fn check_len(field: &'static str, value: &str) -> Result<(), Error> {
+/// The one length rule for text: in the API (tenant ids, CMK ids and names), on the
+/// command line (`--user`, `--user-name`, `--actor`) and in the configuration (`region`,
+/// `region_type`, `kms_region`). 1 to 1000 characters, counted as Unicode scalar values,
+/// nothing trimmed (a single space is one character). `Err` holds the count.
+pub fn text_len(value: &str) -> Result<usize, usize> {
     let n = value.chars().count();
-    if n < MIN_LEN {
-        return Err(Error::invalid(field, "must not be empty"));
+    if (MIN_LEN..=MAX_LEN).contains(&n) {
+        Ok(n)
+    } else {
+        Err(n)
     }
-    if n > MAX_LEN {
-        return Err(Error::invalid(
-            field,
-            format!("must be at most {MAX_LEN} characters, got {n}"),
-        ));
-    }
-    Ok(())
 }
 
-/// A tenant (domain) id: 1..=1000 characters, no control characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+/// [`text_len`] for a command-line flag or a configuration key `name`.
+pub fn check_text_arg(name: &str, value: &str) -> Result<(), Error> {
+    text_len(value).map(|_| ()).map_err(|_| {
+        Error::InvalidArgument(format!("{name} must be {MIN_LEN} to {MAX_LEN} characters"))
+    })
+}
+
+fn check_len(field: &'static str, value: &str) -> Result<(), Error> {
+    match text_len(value) {
+        Ok(_) => Ok(()),
+        Err(0) => Err(Error::invalid(field, "must not be empty")),
+        Err(n) => Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_LEN} characters, got {n}"),
+        )),
+    }
+}
+
+/// A tenant (domain) id: 1..=1000 characters, no control characters. Deserialized
+/// through [`TenantId::parse`], so no invalid one can be made that way either.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct TenantId(String);
+
+impl Serialize for TenantId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for TenantId {
+    type Error = Error;
+    fn try_from(value: String) -> Result<Self, Error> {
+        TenantId::parse(value)
+    }
+}
 
 impl TenantId {
     pub fn parse(value: impl Into<String>) -> Result<Self, Error> {
@@ -70,10 +101,24 @@ impl ProjectId {
     }
 }
 
-/// A CMK id or name as sent by a client: 1..=1000 characters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
+/// A CMK id or name as sent by a client: 1..=1000 characters. Deserialized through
+/// [`CmkText::parse`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub struct CmkText(String);
+
+impl Serialize for CmkText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for CmkText {
+    type Error = Error;
+    fn try_from(value: String) -> Result<Self, Error> {
+        CmkText::parse("cmk_key_id or cmk_key_name", &value)
+    }
+}
 
 impl CmkText {
     pub fn parse(field: &'static str, value: &str) -> Result<Self, Error> {
@@ -274,6 +319,41 @@ pub(crate) fn truncate(s: &str, max_chars: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deserializing_goes_through_parse() {
+        let tenant: TenantId = serde_json::from_str(r#""t1""#).expect("valid tenant");
+        assert_eq!(tenant.as_str(), "t1");
+        let long = serde_json::to_string(&"x".repeat(1001)).expect("json");
+        for bad in [r#""""#, r#""a\u0007b""#, long.as_str()] {
+            let err = serde_json::from_str::<TenantId>(bad)
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("tenant_id"), "{bad}: {err}");
+        }
+        let cmk: CmkText = serde_json::from_str(r#"" ""#).expect("one character");
+        assert_eq!(cmk.as_str(), " ");
+        for bad in [r#""""#, long.as_str()] {
+            let err = serde_json::from_str::<CmkText>(bad)
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("cmk_key_id"), "{bad}: {err}");
+        }
+        // Serialized as before: the plain string.
+        assert_eq!(serde_json::to_string(&tenant).expect("json"), r#""t1""#);
+    }
+
+    #[test]
+    fn text_length_is_1_to_1000_characters_untrimmed() {
+        assert_eq!(text_len(""), Err(0));
+        assert_eq!(text_len(" "), Ok(1));
+        assert_eq!(text_len(&"é".repeat(1000)), Ok(1000));
+        assert_eq!(text_len(&"é".repeat(1001)), Err(1001));
+        assert!(check_text_arg("--user", "\t").is_ok());
+        let err = check_text_arg("--user", "").expect_err("empty").to_string();
+        assert_eq!(err, "--user must be 1 to 1000 characters");
+        assert!(check_len("f", "").is_err() && check_len("f", &"x".repeat(1001)).is_err());
+    }
 
     #[test]
     fn encryption_type_is_case_insensitive_and_canonical() {

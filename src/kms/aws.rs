@@ -492,6 +492,21 @@ fn tag_value_char(c: char) -> bool {
     c.is_alphanumeric() || " _.:/=+-@".contains(c)
 }
 
+/// The tag that binds a key to this tenant; refused for a tenant id AWS does not take as a
+/// tag value (such a tenant can have no key in AWS KMS).
+fn tenant_tag(tenant: &TenantId) -> Result<Tag> {
+    if !tenant.as_str().chars().all(tag_value_char) || tenant.as_str().len() > 256 {
+        return Err(Error::InvalidArgument(
+            "this tenant id cannot be an AWS tag value (letters, digits, spaces and _.:/=+-@, at most 256)".into(),
+        ));
+    }
+    Tag::builder()
+        .tag_key(TENANT_TAG)
+        .tag_value(tenant.as_str())
+        .build()
+        .map_err(|e| Error::Internal(format!("build tag: {e}")))
+}
+
 /// The API's key state for an AWS key state. AWS has states the API does not; each maps
 /// to the API state that tells a caller the same thing about using the key now:
 /// - `PendingReplicaDeletion` (a multi-Region replica being deleted): 4, pending deletion.
@@ -591,8 +606,31 @@ where
 
 #[async_trait]
 impl Kms for AwsKms {
-    async fn check_access(&self, _tenant: &TenantId) -> Result<()> {
-        self.ping().await
+    /// A tenant's keys are the keys tagged with its id (all tenants share the service's
+    /// credentials): the id must be one AWS takes as a tag value, else the tenant can have
+    /// no key, and the calls that find a tenant's keys must answer: ListKeys, and a key's
+    /// tags (ListResourceTags). Any failure is reported, an access denied included (the key
+    /// lookups take that for "not this tenant's key").
+    async fn check_access(&self, tenant: &TenantId) -> Result<()> {
+        tenant_tag(tenant)?;
+        let page = self
+            .client
+            .list_keys()
+            .limit(1)
+            .send()
+            .await
+            .map_err(|e| unavailable(e, "ListKeys"))?;
+        let Some(key_id) = page.keys().first().and_then(|k| k.key_id()) else {
+            return Ok(());
+        };
+        match self.client.list_resource_tags().key_id(key_id).send().await {
+            Ok(_) => Ok(()),
+            // The key was deleted since ListKeys: the tags were readable as far as we know.
+            Err(e) if e.as_service_error().and_then(|s| s.code()) == Some("NotFoundException") => {
+                Ok(())
+            }
+            Err(e) => Err(unavailable(e, "ListResourceTags")),
+        }
     }
 
     async fn ping(&self) -> Result<()> {
@@ -627,16 +665,7 @@ impl Kms for AwsKms {
         }
         let alias = alias.strip_prefix("alias/").unwrap_or(alias);
         validate_aws_alias(alias)?;
-        if !tenant.as_str().chars().all(tag_value_char) || tenant.as_str().len() > 256 {
-            return Err(Error::InvalidArgument(
-                "this tenant id cannot be an AWS tag value (letters, digits, spaces and _.:/=+-@, at most 256)".into(),
-            ));
-        }
-        let tag = Tag::builder()
-            .tag_key(TENANT_TAG)
-            .tag_value(tenant.as_str())
-            .build()
-            .map_err(|e| Error::Internal(format!("build tag: {e}")))?;
+        let tag = tenant_tag(tenant)?;
         let origin_name = origin.as_str();
         self.record_request(
             tenant,

@@ -122,8 +122,19 @@ impl Kms for LocalKms {
             .map_err(|e| Error::KmsUnavailable(format!("local KMS store: {e}")))
     }
 
-    async fn check_access(&self, _tenant: &TenantId) -> Result<()> {
-        self.ping().await
+    /// The tenant's KMS is its keys in the service's database: reachable when a read of
+    /// them answers (a database that answers a ping may still fail this tenant's rows).
+    async fn check_access(&self, tenant: &TenantId) -> Result<()> {
+        self.store
+            .kms_list_keys(tenant)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                Error::KmsUnavailable(format!(
+                    "local KMS store: {}",
+                    e.internal_detail().unwrap_or("")
+                ))
+            })
     }
 
     async fn describe_key(&self, tenant: &TenantId, key_id: &str) -> Result<Option<KeyInfo>> {

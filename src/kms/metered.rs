@@ -24,13 +24,20 @@ impl MeteredKms {
     async fn timed<T>(&self, call: KmsCall, f: impl Future<Output = Result<T>>) -> Result<T> {
         let start = Instant::now();
         let result = f.await;
-        let outcome = match &result {
-            Ok(_) => KmsOutcome::Ok,
-            Err(Error::KmsUnavailable(_)) => KmsOutcome::Unavailable,
-            Err(_) => KmsOutcome::Refused,
-        };
-        self.metrics.record_kms(call, outcome, start.elapsed());
+        self.metrics
+            .record_kms(call, outcome(&result), start.elapsed());
         result
+    }
+}
+
+/// How a call's result is counted: a failure of this service (its database, an internal
+/// error) is an `error`, not a refusal by the KMS.
+fn outcome<T>(result: &Result<T>) -> KmsOutcome {
+    match result {
+        Ok(_) => KmsOutcome::Ok,
+        Err(Error::KmsUnavailable(_)) => KmsOutcome::Unavailable,
+        Err(Error::Store(_) | Error::Internal(_)) => KmsOutcome::Error,
+        Err(_) => KmsOutcome::Refused,
     }
 }
 
@@ -125,5 +132,113 @@ impl Kms for MeteredKms {
             .inner
             .import_key_material(tenant, key_id, material, actor);
         self.timed(KmsCall::ImportKeyMaterial, call).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::KeyState;
+
+    /// How a stub's calls end.
+    type Ending = fn() -> Result<()>;
+
+    /// A KMS whose every call ends with what its function returns.
+    struct Stub(Ending);
+
+    impl Stub {
+        fn key(&self) -> Result<KeyInfo> {
+            (self.0)().map(|()| KeyInfo {
+                key_id: "k".into(),
+                key_name: "n".into(),
+                key_state: KeyState::Enabled,
+            })
+        }
+    }
+
+    #[async_trait]
+    impl Kms for Stub {
+        async fn ping(&self) -> Result<()> {
+            (self.0)()
+        }
+        async fn check_access(&self, _: &TenantId) -> Result<()> {
+            (self.0)()
+        }
+        async fn describe_key(&self, _: &TenantId, _: &str) -> Result<Option<KeyInfo>> {
+            self.key().map(Some)
+        }
+        async fn create_key(
+            &self,
+            _: &TenantId,
+            _: &str,
+            _: KeyOrigin,
+            _: bool,
+            _: &Actor,
+        ) -> Result<KeyInfo> {
+            self.key()
+        }
+        async fn list_keys(&self, _: &TenantId) -> Result<Vec<KeyInfo>> {
+            self.key().map(|k| vec![k])
+        }
+        async fn enable_key(&self, _: &TenantId, _: &str, _: &Actor) -> Result<KeyInfo> {
+            self.key()
+        }
+        async fn disable_key(&self, _: &TenantId, _: &str, _: &Actor) -> Result<KeyInfo> {
+            self.key()
+        }
+        async fn schedule_key_deletion(
+            &self,
+            _: &TenantId,
+            _: &str,
+            _: u32,
+            _: &Actor,
+        ) -> Result<KeyInfo> {
+            self.key()
+        }
+        async fn cancel_key_deletion(&self, _: &TenantId, _: &str, _: &Actor) -> Result<KeyInfo> {
+            self.key()
+        }
+        async fn import_key_material(
+            &self,
+            _: &TenantId,
+            _: &str,
+            _: Option<Vec<u8>>,
+            _: &Actor,
+        ) -> Result<KeyInfo> {
+            self.key()
+        }
+    }
+
+    #[tokio::test]
+    async fn failures_of_the_service_are_errors_not_refusals_by_the_kms() {
+        let cases: [(Ending, &str); 6] = [
+            (|| Ok(()), "ok"),
+            (|| Err(Error::KeyNotFound { key_id: "k".into() }), "refused"),
+            (|| Err(Error::AlreadyExists("alias".into())), "refused"),
+            (
+                || Err(Error::KmsUnavailable("timeout".into())),
+                "unavailable",
+            ),
+            (|| Err(Error::Store("database is locked".into())), "error"),
+            (|| Err(Error::Internal("sealed blob".into())), "error"),
+        ];
+        let tenant = TenantId::parse("t1").expect("tenant");
+        for (result, label) in cases {
+            let metrics = Arc::new(Metrics::new());
+            let kms = MeteredKms::new(Arc::new(Stub(result)), metrics.clone());
+            let _ = kms.describe_key(&tenant, "k").await;
+            let _ = kms.list_keys(&tenant).await;
+            let text = metrics.render(&[], &[]);
+            for call in ["describe_key", "list_keys"] {
+                let line =
+                    format!("repocrypt_kms_calls_total{{call=\"{call}\",outcome=\"{label}\"}} 1");
+                assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
+            }
+            let counted = text
+                .lines()
+                .filter(|l| l.starts_with("repocrypt_kms_calls_total{") && !l.ends_with(" 0"))
+                .count();
+            assert_eq!(counted, 2, "each call counted once, under {label}:\n{text}");
+        }
     }
 }
