@@ -14,11 +14,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
-use super::error::ApiError;
+use super::error::WebError;
 use super::extract::verify_signature;
 use super::routes::Route;
 use super::AppState;
-use crate::domain::Error;
 use crate::metrics::Operation;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -108,7 +107,7 @@ pub async fn request_context(
     };
     let mut response = match within(start, limit, work.instrument(span)).await {
         Some(response) => response,
-        None => ApiError(Error::RequestTimeout { limit }).into_response(),
+        None => WebError::RequestTimeout { limit }.into_response(),
     };
     response
         .headers_mut()

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::context::RequestId;
-use super::error::{ApiError, ErrorBody};
+use super::error::{ErrorBody, WebError};
 use super::extract::Caller;
 use super::limits::check_json_depth;
 use super::AppState;
@@ -20,7 +20,7 @@ use crate::domain::{
     parse_setting_patch, Actor, Error, GrantView, Identity, SettingView, TenantSettingView,
 };
 
-type ApiResult<T> = Result<T, ApiError>;
+type ApiResult<T> = Result<T, WebError>;
 
 /// A JSON answer serialized into a buffer sized for the API's answers (a few hundred
 /// bytes), where `Json` starts at 128 bytes and grows twice.
@@ -31,7 +31,9 @@ impl<T: serde::Serialize> IntoResponse for JsonBody<T> {
         let mut body = Vec::with_capacity(512);
         match serde_json::to_writer(&mut body, &self.0) {
             Ok(()) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-            Err(e) => ApiError(Error::Internal(format!("encode the answer: {e}"))).into_response(),
+            Err(e) => {
+                WebError::from(Error::Internal(format!("encode the answer: {e}"))).into_response()
+            }
         }
     }
 }
@@ -84,7 +86,7 @@ fn path_tenant(path: Result<Path<String>, PathRejection>) -> Result<String, Erro
     })
 }
 
-fn require_json(headers: &HeaderMap) -> Result<(), Error> {
+fn require_json(headers: &HeaderMap) -> Result<(), WebError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -95,7 +97,7 @@ fn require_json(headers: &HeaderMap) -> Result<(), Error> {
     {
         Ok(())
     } else {
-        Err(Error::UnsupportedMediaType)
+        Err(WebError::UnsupportedMediaType)
     }
 }
 
@@ -268,7 +270,7 @@ pub async fn show_tenant_setting(
     Caller(caller): Caller,
     query: Result<Query<TenantSettingQuery>, QueryRejection>,
 ) -> ApiResult<JsonBody<TenantSettingView>> {
-    let Query(query) = query.map_err(|e| Error::InvalidQuery(e.body_text()))?;
+    let Query(query) = query.map_err(|e| WebError::InvalidQuery(e.body_text()))?;
     let view = state
         .service
         .show_tenant_setting(&caller, query.project_id.as_deref())
@@ -360,10 +362,10 @@ pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-pub async fn not_found() -> ApiError {
-    ApiError(Error::RouteNotFound)
+pub async fn not_found() -> WebError {
+    WebError::RouteNotFound
 }
 
-pub async fn method_not_allowed() -> ApiError {
-    ApiError(Error::MethodNotAllowed)
+pub async fn method_not_allowed() -> WebError {
+    WebError::MethodNotAllowed
 }
