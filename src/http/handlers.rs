@@ -9,6 +9,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use serde::Deserialize;
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::RefOr;
 use utoipa::{IntoParams, ToSchema};
 
 use super::context::RequestId;
@@ -17,7 +19,8 @@ use super::extract::Caller;
 use super::limits::check_json_depth;
 use super::AppState;
 use crate::domain::{
-    parse_setting_patch, Actor, Error, GrantView, Identity, SettingView, TenantSettingView,
+    parse_setting_patch, Actor, Error, FieldKind, GrantView, Identity, SettingView,
+    TenantSettingView, BODY_FIELDS, MAX_LEN, MIN_LEN,
 };
 
 type ApiResult<T> = Result<T, WebError>;
@@ -38,27 +41,41 @@ impl<T: serde::Serialize> IntoResponse for JsonBody<T> {
     }
 }
 
-/// Body of UpdateTenantRepoEncryptionSetting. Every field is optional: an absent (or
-/// null) field keeps its stored value.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct UpdateSettingBody {
-    /// Must equal the tenant in the path when present.
-    #[schema(min_length = 1, max_length = 1000)]
-    tenant_id: Option<String>,
-    /// `KMS` or `Normal`, case-insensitive.
-    #[schema(pattern = "^([Kk][Mm][Ss]|[Nn][Oo][Rr][Mm][Aa][Ll])$", example = "KMS")]
-    encryption_type: Option<String>,
-    /// Needs encryption_type KMS when true.
-    default_encryption_enabled: Option<bool>,
-    /// Must match the key's name in KMS when present; filled in from KMS otherwise.
-    #[schema(min_length = 1, max_length = 1000)]
-    cmk_key_name: Option<String>,
-    /// Id of a key in this tenant's KMS.
-    #[schema(min_length = 1, max_length = 1000)]
-    cmk_key_id: Option<String>,
+/// Body of UpdateTenantRepoEncryptionSetting, as the OpenAPI document describes it: built
+/// from the fields the parser reads ([`BODY_FIELDS`]), so the two cannot differ.
+pub struct UpdateSettingBody;
+
+impl utoipa::PartialSchema for UpdateSettingBody {
+    fn schema() -> RefOr<Schema> {
+        let nullable = |t| SchemaType::from_iter([t, Type::Null]);
+        let mut body = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            // (The line break is the one the derived schema had from a doc comment.)
+            .description(Some(
+                "Body of UpdateTenantRepoEncryptionSetting. Every field is optional: an absent (or\n\
+                 null) field keeps its stored value.",
+            ))
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        for field in &BODY_FIELDS {
+            let property = match field.kind {
+                FieldKind::Text(_) => ObjectBuilder::new()
+                    .schema_type(nullable(Type::String))
+                    .min_length(Some(MIN_LEN))
+                    .max_length(Some(MAX_LEN)),
+                #[allow(deprecated)] // `examples` is not the `example` clients read
+                FieldKind::EncryptionType(_) => ObjectBuilder::new()
+                    .schema_type(nullable(Type::String))
+                    .pattern(Some("^([Kk][Mm][Ss]|[Nn][Oo][Rr][Mm][Aa][Ll])$"))
+                    .example(Some("KMS".into())),
+                FieldKind::Boolean(_) => ObjectBuilder::new().schema_type(nullable(Type::Boolean)),
+            };
+            body = body.property(field.name, property.description(Some(field.description)));
+        }
+        body.into()
+    }
 }
+
+impl ToSchema for UpdateSettingBody {}
 
 /// Query of ShowProjectTenantSettings.
 #[derive(Deserialize, IntoParams)]
