@@ -59,7 +59,8 @@ impl Histogram {
     }
 }
 
-/// What `/metrics` counts a request under.
+/// What `/metrics` counts a request under: one of the routes of `http::routes::ROUTES`,
+/// or none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
     ShowSetting,
@@ -76,7 +77,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    const ALL: [Operation; 10] = [
+    pub const ALL: [Operation; 10] = [
         Operation::ShowSetting,
         Operation::UpdateSetting,
         Operation::ShowGrant,
@@ -89,58 +90,11 @@ impl Operation {
         Operation::Other,
     ];
 
-    /// The operation of a matched route (as axum names it) and a method.
-    /// One of the API's operations (which authenticate their callers).
-    pub fn is_api(self) -> bool {
-        matches!(
-            self,
-            Operation::ShowSetting
-                | Operation::UpdateSetting
-                | Operation::ShowGrant
-                | Operation::CreateGrant
-                | Operation::ShowTenantSetting
-        )
-    }
-
-    pub fn of(route: Option<&str>, method: &axum::http::Method) -> Operation {
-        use axum::http::Method;
-        let m = method;
-        match route {
-            Some("/v4/tenants/{tenant_id}/repo-encryption/setting") if m == Method::GET => {
-                Operation::ShowSetting
-            }
-            Some("/v4/tenants/{tenant_id}/repo-encryption/setting") if m == Method::PUT => {
-                Operation::UpdateSetting
-            }
-            Some("/v4/tenants/{tenant_id}/repo-encryption/kms-grant") if m == Method::GET => {
-                Operation::ShowGrant
-            }
-            Some("/v4/tenants/{tenant_id}/repo-encryption/kms-grant") if m == Method::POST => {
-                Operation::CreateGrant
-            }
-            Some("/v4/tenant/setting") if m == Method::GET => Operation::ShowTenantSetting,
-            Some("/healthz") => Operation::Health,
-            Some("/readyz") => Operation::Ready,
-            Some("/metrics") => Operation::Metrics,
-            Some("/openapi.json") => Operation::OpenApi,
-            _ => Operation::Other,
-        }
-    }
-
-    /// The OpenAPI operation id for the API's operations.
+    /// The label of its requests: an API operation's OpenAPI operation id, or the name
+    /// of one of the other routes (`http::routes::ROUTES`, the one list of them), or
+    /// `other`.
     pub fn name(self) -> &'static str {
-        match self {
-            Operation::ShowSetting => "ShowTenantRepoEncryptionSetting",
-            Operation::UpdateSetting => "UpdateTenantRepoEncryptionSetting",
-            Operation::ShowGrant => "ShowTenantKmsGrant",
-            Operation::CreateGrant => "CreateTenantKmsGrant",
-            Operation::ShowTenantSetting => "ShowProjectTenantSettings",
-            Operation::Health => "healthz",
-            Operation::Ready => "readyz",
-            Operation::Metrics => "metrics",
-            Operation::OpenApi => "openapi",
-            Operation::Other => "other",
-        }
+        crate::http::routes::route_of(self).map_or("other", |r| r.id)
     }
 }
 

@@ -455,3 +455,107 @@ async fn each_access_key_has_its_own_rate_limit() {
         StatusCode::ACCEPTED
     );
 }
+
+/// Every operation of the route table is served at its method and path, counted under its
+/// label in `/metrics`, in the OpenAPI document with that method and operation id when it
+/// is an API operation (and only then), and an API operation wants a token or a verified
+/// signature. So a route renamed or added in one place only fails here.
+#[tokio::test]
+async fn every_route_in_the_table_is_served_documented_counted_and_authenticated() {
+    use std::collections::HashMap;
+
+    use repocrypt::http::routes::{Verb, ROUTES};
+
+    let t = spawn_app().await;
+    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let wrong = Cred {
+        ak: cred.ak.clone(),
+        sk: flip_char(&cred.sk, cred.sk.len() - 1),
+    };
+    let token = t.admin(TENANT_A);
+    let mut sent: HashMap<&str, u64> = HashMap::new();
+    let (status, _, doc) = t.send(Method::GET, "/openapi.json", &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    *sent.entry("openapi").or_default() += 1;
+    for route in &ROUTES {
+        let method = route.method.method();
+        let uri = route.path.replace("{tenant_id}", TENANT_A);
+        let body: &[u8] = match route.method {
+            Verb::Put => br#"{"encryption_type":"normal"}"#,
+            Verb::Get | Verb::Post => b"",
+        };
+        let what = format!("{method} {} ({})", route.path, route.id);
+        let documented = &doc["paths"][route.path][method.as_str().to_ascii_lowercase()];
+        if !route.is_api() {
+            assert!(documented.is_null(), "{what} is documented: {documented}");
+            let (status, _, v) = t.send(method, &uri, &[], "").await;
+            assert!(status.is_success(), "{what}: {status} {v}");
+            *sent.entry(route.id).or_default() += 1;
+            continue;
+        }
+        assert_eq!(documented["operationId"], route.id, "{what}: {documented}");
+        assert_eq!(
+            documented["security"],
+            serde_json::json!([{ "X-Auth-Token": [] }, { "SDK-HMAC-SHA256": [] }]),
+            "{what}"
+        );
+        let json = [("content-type", "application/json")];
+        let anonymous = t.send(method.clone(), &uri, &json, body.to_vec()).await;
+        assert_error(&anonymous, StatusCode::UNAUTHORIZED, "RC.401001", &[]);
+        // Refused as a bad signature, not as missing credentials: the signature was checked.
+        let h = signed_headers(&wrong, method.as_str(), &uri, body, &now_date(&t), &[]);
+        expect_401(&t, method.clone(), &uri, &h, body, "RC.401006").await;
+        let h = signed_headers(&cred, method.as_str(), &uri, body, &now_date(&t), &[]);
+        let (status, _, v) = send_signed(&t, method.clone(), &uri, &h, body).await;
+        assert!(status.is_success(), "{what} signed: {status} {v}");
+        let with_token = [("x-auth-token", token.as_str()), json[0]];
+        let (status, _, v) = t.send(method, &uri, &with_token, body.to_vec()).await;
+        assert!(status.is_success(), "{what} with a token: {status} {v}");
+        *sent.entry(route.id).or_default() += 4;
+    }
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().unwrap() {
+            assert!(
+                ROUTES.iter().any(|r| r.is_api()
+                    && r.path == path
+                    && r.method.method().as_str().eq_ignore_ascii_case(method)
+                    && operation["operationId"] == r.id),
+                "{method} {path} is documented but not in the route table"
+            );
+        }
+    }
+    // The scrape counts itself only after it is answered.
+    let (status, _, text) = t.send(Method::GET, "/metrics", &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    let text = text.as_str().unwrap();
+    for route in &ROUTES {
+        let series = format!(
+            "repocrypt_http_request_duration_seconds_count{{operation=\"{}\"}} ",
+            route.id
+        );
+        let counted = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse::<u64>().ok());
+        assert_eq!(counted, Some(sent[route.id]), "{}: {text}", route.id);
+    }
+}
+
+/// HEAD is answered by a GET operation's handler, and is that operation: its signature is
+/// checked too.
+#[tokio::test]
+async fn a_signed_head_request_is_verified_like_its_get() {
+    let t = spawn_app().await;
+    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let uri = setting_path(TENANT_A);
+    let h = signed_headers(&cred, "HEAD", &uri, b"", &now_date(&t), &[]);
+    let (status, _, _) = send_signed(&t, Method::HEAD, &uri, &h, b"").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let wrong = Cred {
+        ak: cred.ak.clone(),
+        sk: flip_char(&cred.sk, cred.sk.len() - 1),
+    };
+    let h = signed_headers(&wrong, "HEAD", &uri, b"", &now_date(&t), &[]);
+    let (status, _, _) = send_signed(&t, Method::HEAD, &uri, &h, b"").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}

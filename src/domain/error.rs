@@ -1,5 +1,7 @@
 //! The one error type of the service. Every failure a client can see has a stable
-//! `error_code`; the mapping to HTTP status lives in `http::error`, in one `match`.
+//! `error_code`; the mapping to HTTP status lives in `http::error`, in one `match`, beside
+//! the HTTP layer's own failures (no route, wrong method or media type, request timeout,
+//! rate limits, a malformed query string: `http::error::WebError`).
 
 use std::fmt;
 
@@ -16,8 +18,6 @@ pub enum Error {
     TenantMismatch { body: String },
     #[error("project_id must be a string of exactly 32 letters or digits")]
     InvalidProjectId,
-    #[error("invalid query string: {0}")]
-    InvalidQuery(String),
     #[error("encryption_type KMS needs a cmk_key_id: send one, or configure one first")]
     MissingCmkKeyId,
     #[error("the tenant has not granted KMS use to this service: call POST /v4/tenants/{tenant}/repo-encryption/kms-grant first")]
@@ -67,28 +67,13 @@ pub enum Error {
     #[error("Insufficient permissions. Apply for the required permissions and try again.")]
     NotProjectMember,
 
-    // ---- 404 / 405 / 409 / 413 / 415 -------------------------------------------------
+    // ---- 404 / 409 / 413 -------------------------------------------------------------
     #[error("project {0} does not exist")]
     ProjectNotFound(String),
-    #[error("no such resource")]
-    RouteNotFound,
-    #[error("method not allowed on this resource")]
-    MethodNotAllowed,
     #[error("the setting was changed concurrently too many times; retry the request")]
     Conflict,
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
-    #[error("Content-Type must be application/json")]
-    UnsupportedMediaType,
-    #[error("the request did not complete within {}: send it whole and promptly, then retry", humantime::format_duration(*.limit))]
-    RequestTimeout { limit: std::time::Duration },
-    #[error("too many requests for this {scope}: retry in {retry_after} s")]
-    RateLimited {
-        /// `tenant` or `credential`.
-        scope: &'static str,
-        /// Whole seconds until a request would be admitted.
-        retry_after: u64,
-    },
 
     // ---- 503 / 500 -------------------------------------------------------------------
     #[error("the KMS is unavailable; retry later")]
@@ -120,7 +105,6 @@ impl Error {
             InvalidField { .. } => "RC.400002",
             TenantMismatch { .. } => "RC.400003",
             InvalidProjectId => "RC.400004",
-            InvalidQuery(_) => "RC.400005",
             MissingCmkKeyId => "RC.400006",
             KmsGrantMissing { .. } => "RC.400007",
             KeyNotFound { .. } => "RC.400008",
@@ -141,17 +125,9 @@ impl Error {
             AdminRequired => "RC.403001",
             NotProjectMember => "DEV-23-50804",
             ProjectNotFound(_) => "RC.404001",
-            RouteNotFound => "RC.404000",
-            MethodNotAllowed => "RC.405000",
             Conflict => "RC.409001",
             AlreadyExists(_) => "RC.409002",
             PayloadTooLarge { .. } => "RC.413001",
-            UnsupportedMediaType => "RC.415001",
-            RequestTimeout { .. } => "RC.408001",
-            RateLimited {
-                scope: "tenant", ..
-            } => "RC.429001",
-            RateLimited { .. } => "RC.429002",
             KmsUnavailable(_) => "RC.503001",
             Store(_) => "RC.503002",
             Internal(_) => "RC.500000",

@@ -9,6 +9,6 @@ pub mod types;
 
 pub use error::{Error, Result};
 pub use model::*;
-pub use patch::{parse_setting_patch, MAX_BODY_BYTES};
+pub use patch::{parse_setting_patch, BodyField, FieldKind, BODY_FIELDS, MAX_BODY_BYTES};
 pub use service::Service;
 pub use types::*;

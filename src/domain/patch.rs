@@ -10,12 +10,54 @@ use super::types::{truncate, CmkText, EncryptionType};
 /// Largest body the API accepts.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-const FIELDS: [&str; 5] = [
-    "tenant_id",
-    "encryption_type",
-    "default_encryption_enabled",
-    "cmk_key_name",
-    "cmk_key_id",
+/// A field of the body and how its value is read into a [`SettingPatch`].
+pub struct BodyField {
+    pub name: &'static str,
+    pub kind: FieldKind,
+    /// What the OpenAPI schema says of it.
+    pub description: &'static str,
+}
+
+/// What a field's value must be (besides `null`, which keeps the stored value), with
+/// where it goes in the patch.
+#[derive(Clone, Copy)]
+pub enum FieldKind {
+    /// A string of [`MIN_LEN`](super::types::MIN_LEN)..=[`MAX_LEN`](super::types::MAX_LEN)
+    /// characters.
+    Text(fn(&mut SettingPatch, String)),
+    /// `KMS` or `normal`, in any case ([`EncryptionType::parse`]).
+    EncryptionType(fn(&mut SettingPatch, EncryptionType)),
+    Boolean(fn(&mut SettingPatch, bool)),
+}
+
+/// The fields of an UpdateTenantRepoEncryptionSetting body: what the parser reads, and
+/// what the OpenAPI document's schema of the body is built from.
+pub const BODY_FIELDS: [BodyField; 5] = [
+    BodyField {
+        name: "tenant_id",
+        kind: FieldKind::Text(|p, v| p.tenant_id = Some(v)),
+        description: "Must equal the tenant in the path when present.",
+    },
+    BodyField {
+        name: "encryption_type",
+        kind: FieldKind::EncryptionType(|p, v| p.encryption_type = Some(v)),
+        description: "`KMS` or `Normal`, case-insensitive.",
+    },
+    BodyField {
+        name: "default_encryption_enabled",
+        kind: FieldKind::Boolean(|p, v| p.default_encryption_enabled = Some(v)),
+        description: "Needs encryption_type KMS when true.",
+    },
+    BodyField {
+        name: "cmk_key_name",
+        kind: FieldKind::Text(|p, v| p.cmk_key_name = Some(v)),
+        description: "Must match the key's name in KMS when present; filled in from KMS otherwise.",
+    },
+    BodyField {
+        name: "cmk_key_id",
+        kind: FieldKind::Text(|p, v| p.cmk_key_id = Some(v)),
+        description: "Id of a key in this tenant's KMS.",
+    },
 ];
 
 /// Parse the raw bytes of an UpdateTenantRepoEncryptionSetting body.
@@ -119,45 +161,36 @@ impl<'de> Visitor<'de> for TopVisitor {
 }
 
 fn patch_from_map(map: Map<String, Value>) -> Result<SettingPatch, Error> {
-    if let Some(unknown) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+    let field = |key: &str| BODY_FIELDS.iter().find(|f| f.name == key);
+    if let Some(unknown) = map.keys().find(|k| field(k).is_none()) {
+        let names: Vec<&str> = BODY_FIELDS.iter().map(|f| f.name).collect();
         return Err(Error::BadRequestBody(format!(
             "unknown field `{}`: expected one of {}",
             truncate(unknown, 64),
-            FIELDS.join(", ")
+            names.join(", ")
         )));
     }
     let mut patch = SettingPatch::default();
     for (key, value) in map {
+        let Some(field) = field(&key) else { continue };
         if value.is_null() {
             continue; // null means "keep the stored value", like an absent field
         }
-        match key.as_str() {
-            "tenant_id" => {
-                let s = string(&value, "tenant_id")?;
-                CmkText::parse("tenant_id", s)?;
-                patch.tenant_id = Some(s.to_owned());
+        let name = field.name;
+        match field.kind {
+            FieldKind::Text(set) => {
+                let s = string(&value, name)?;
+                set(&mut patch, CmkText::parse(name, s)?.into_string());
             }
-            "encryption_type" => {
-                patch.encryption_type =
-                    Some(EncryptionType::parse(string(&value, "encryption_type")?)?);
+            FieldKind::EncryptionType(set) => {
+                set(&mut patch, EncryptionType::parse(string(&value, name)?)?);
             }
-            "default_encryption_enabled" => {
-                patch.default_encryption_enabled = Some(value.as_bool().ok_or_else(|| {
-                    Error::invalid(
-                        "default_encryption_enabled",
-                        format!("must be a boolean, got {}", kind(&value)),
-                    )
-                })?);
+            FieldKind::Boolean(set) => {
+                let b = value.as_bool().ok_or_else(|| {
+                    Error::invalid(name, format!("must be a boolean, got {}", kind(&value)))
+                })?;
+                set(&mut patch, b);
             }
-            "cmk_key_name" => {
-                let s = string(&value, "cmk_key_name")?;
-                patch.cmk_key_name = Some(CmkText::parse("cmk_key_name", s)?.into_string());
-            }
-            "cmk_key_id" => {
-                let s = string(&value, "cmk_key_id")?;
-                patch.cmk_key_id = Some(CmkText::parse("cmk_key_id", s)?.into_string());
-            }
-            _ => {}
         }
     }
     Ok(patch)

@@ -1,7 +1,8 @@
 //! Per-request context: the request id (echoed or generated), the request timeout, the
 //! request's metrics and one log line per request; and, for the API's operations, the
 //! check of a request signature (one layer instead of two: each layer costs a boxed
-//! service per request).
+//! service per request). Each route has its own copy of the layer, which knows the route
+//! (see `http::router`), so a request's operation is the route it matched.
 
 use std::future::Future;
 use std::task::Poll;
@@ -13,10 +14,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
-use super::error::ApiError;
+use super::error::WebError;
 use super::extract::verify_signature;
+use super::routes::Route;
 use super::AppState;
-use crate::domain::Error;
 use crate::metrics::Operation;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -66,9 +67,18 @@ async fn within<F: Future>(start: Instant, limit: Duration, work: F) -> Option<F
         .ok()
 }
 
-/// The outermost layer: request id, the request timeout, metrics and the access log.
+/// What one route's [`request_context`] layer knows.
+#[derive(Clone)]
+pub struct RouteContext {
+    pub state: AppState,
+    /// `None` for the fallbacks: no route, or a method the route does not have.
+    pub route: Option<&'static Route>,
+}
+
+/// The layer of each route and fallback: request id, the request timeout, metrics and the
+/// access log.
 pub async fn request_context(
-    State(state): State<AppState>,
+    State(RouteContext { state, route }): State<RouteContext>,
     mut req: Request,
     next: Next,
 ) -> Response {
@@ -78,7 +88,7 @@ pub async fn request_context(
     };
     req.extensions_mut().insert(id.clone());
     let matched = req.extensions().get::<MatchedPath>().cloned();
-    let operation = Operation::of(matched.as_ref().map(MatchedPath::as_str), req.method());
+    let operation = route.map_or(Operation::Other, |r| r.operation);
     // Logs below `info` inside the request carry its id; the access line names it itself,
     // so no span needs to be built at the default level (it would cost a fifth of a GET).
     let span = tracing::debug_span!("request", request_id = %id.as_str());
@@ -86,7 +96,7 @@ pub async fn request_context(
     let method = req.method().clone();
     let limit = state.limits.request_timeout;
     let work = async {
-        if operation.is_api() {
+        if route.is_some_and(Route::is_api) {
             match verify_signature(&state, req).await {
                 Ok(req) => next.run(req).await,
                 Err(refused) => refused,
@@ -97,28 +107,28 @@ pub async fn request_context(
     };
     let mut response = match within(start, limit, work.instrument(span)).await {
         Some(response) => response,
-        None => ApiError(Error::RequestTimeout { limit }).into_response(),
+        None => WebError::RequestTimeout { limit }.into_response(),
     };
     response
         .headers_mut()
         .insert(REQUEST_ID_HEADER, id.0.clone());
     let id = id.as_str();
-    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let path = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let status = response.status().as_u16();
     let elapsed = start.elapsed();
     state.metrics.record_request(operation, status, elapsed);
     let micros = elapsed.as_micros() as u64;
     match response.extensions().get::<super::error::Failure>() {
         Some(f) => tracing::error!(
-            request_id = %id, method = %method, route = %route, status, latency_us = micros,
+            request_id = %id, method = %method, route = %path, status, latency_us = micros,
             error_code = f.code, detail = %f.detail, "request failed"
         ),
         None => {
             if tracing::enabled!(tracing::Level::INFO)
-                && !crate::telemetry::access_line(id, method.as_str(), route, status, micros)
+                && !crate::telemetry::access_line(id, method.as_str(), path, status, micros)
             {
                 tracing::info!(
-                    request_id = %id, method = %method, route = %route, status,
+                    request_id = %id, method = %method, route = %path, status,
                     latency_us = micros, "request"
                 )
             }

@@ -1,4 +1,5 @@
-//! The one place where service errors become HTTP responses.
+//! The one place where errors become HTTP responses: the domain's [`Error`]s and the HTTP
+//! layer's own, together a [`WebError`].
 
 use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderValue, StatusCode};
@@ -18,17 +19,72 @@ pub struct ErrorBody {
     pub error_msg: String,
 }
 
-/// An [`Error`] on its way to the client.
-#[derive(Debug)]
-pub struct ApiError(pub Error);
+/// Everything a request can fail with: the domain's errors, and the HTTP layer's own
+/// (no route, wrong method, wrong media type, too slow, too many, a malformed query
+/// string), which the service never sees.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error(transparent)]
+    Domain(#[from] Error),
+    #[error("no such resource")]
+    RouteNotFound,
+    #[error("method not allowed on this resource")]
+    MethodNotAllowed,
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("the request did not complete within {}: send it whole and promptly, then retry", humantime::format_duration(*.limit))]
+    RequestTimeout { limit: std::time::Duration },
+    #[error("too many requests for this {scope}: retry in {retry_after} s")]
+    RateLimited {
+        scope: RateScope,
+        /// Whole seconds until a request would be admitted.
+        retry_after: u64,
+    },
+    #[error("invalid query string: {0}")]
+    InvalidQuery(String),
+}
 
-impl From<Error> for ApiError {
-    fn from(e: Error) -> Self {
-        ApiError(e)
+/// Which rate limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateScope {
+    Tenant,
+    Credential,
+}
+
+impl std::fmt::Display for RateScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RateScope::Tenant => "tenant",
+            RateScope::Credential => "credential",
+        })
     }
 }
 
-/// HTTP status of each error.
+impl WebError {
+    /// HTTP status and `error_code`: the domain's by [`status_of`] and [`Error::code`],
+    /// the HTTP layer's here.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use WebError::*;
+        match self {
+            Domain(e) => (status_of(e), e.code()),
+            RouteNotFound => (StatusCode::NOT_FOUND, "RC.404000"),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "RC.405000"),
+            UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "RC.415001"),
+            RequestTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "RC.408001"),
+            RateLimited {
+                scope: RateScope::Tenant,
+                ..
+            } => (StatusCode::TOO_MANY_REQUESTS, "RC.429001"),
+            RateLimited {
+                scope: RateScope::Credential,
+                ..
+            } => (StatusCode::TOO_MANY_REQUESTS, "RC.429002"),
+            InvalidQuery(_) => (StatusCode::BAD_REQUEST, "RC.400005"),
+        }
+    }
+}
+
+/// HTTP status of each of the domain's errors.
 pub fn status_of(e: &Error) -> StatusCode {
     use Error::*;
     match e {
@@ -36,7 +92,6 @@ pub fn status_of(e: &Error) -> StatusCode {
         | InvalidField { .. }
         | TenantMismatch { .. }
         | InvalidProjectId
-        | InvalidQuery(_)
         | MissingCmkKeyId
         | KmsGrantMissing { .. }
         | KeyNotFound { .. }
@@ -54,13 +109,9 @@ pub fn status_of(e: &Error) -> StatusCode {
         | SignatureMismatch
         | NonceReplayed => StatusCode::UNAUTHORIZED,
         ForeignTenant | AdminRequired | NotProjectMember => StatusCode::FORBIDDEN,
-        ProjectNotFound(_) | RouteNotFound => StatusCode::NOT_FOUND,
-        MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ProjectNotFound(_) => StatusCode::NOT_FOUND,
         Conflict | AlreadyExists(_) => StatusCode::CONFLICT,
         PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-        RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         KmsUnavailable(_) | Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -73,19 +124,22 @@ pub struct Failure {
     pub detail: String,
 }
 
-impl IntoResponse for ApiError {
+impl IntoResponse for WebError {
     fn into_response(self) -> Response {
-        let status = status_of(&self.0);
-        let failure = self.0.internal_detail().map(|detail| Failure {
-            code: self.0.code(),
-            detail: detail.to_owned(),
-        });
+        let (status, code) = self.status_and_code();
+        let failure = match &self {
+            WebError::Domain(e) => e.internal_detail().map(|detail| Failure {
+                code,
+                detail: detail.to_owned(),
+            }),
+            _ => None,
+        };
         let body = ErrorBody {
-            error_code: self.0.code().to_owned(),
-            error_msg: self.0.to_string(),
+            error_code: code.to_owned(),
+            error_msg: self.to_string(),
         };
         let mut response = (status, Json(body)).into_response();
-        if let Error::RateLimited { retry_after, .. } = self.0 {
+        if let WebError::RateLimited { retry_after, .. } = self {
             response
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(retry_after));
@@ -95,5 +149,79 @@ impl IntoResponse for ApiError {
             response.extensions_mut().insert(f);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_http_layers_failures_keep_their_status_code_and_message() {
+        let cases = [
+            (
+                WebError::RouteNotFound,
+                404,
+                "RC.404000",
+                "no such resource",
+            ),
+            (
+                WebError::MethodNotAllowed,
+                405,
+                "RC.405000",
+                "method not allowed on this resource",
+            ),
+            (
+                WebError::UnsupportedMediaType,
+                415,
+                "RC.415001",
+                "Content-Type must be application/json",
+            ),
+            (
+                WebError::RequestTimeout {
+                    limit: std::time::Duration::from_secs(10),
+                },
+                408,
+                "RC.408001",
+                "the request did not complete within 10s: send it whole and promptly, then retry",
+            ),
+            (
+                WebError::RateLimited {
+                    scope: RateScope::Tenant,
+                    retry_after: 1,
+                },
+                429,
+                "RC.429001",
+                "too many requests for this tenant: retry in 1 s",
+            ),
+            (
+                WebError::RateLimited {
+                    scope: RateScope::Credential,
+                    retry_after: 2,
+                },
+                429,
+                "RC.429002",
+                "too many requests for this credential: retry in 2 s",
+            ),
+            (
+                WebError::InvalidQuery("x".into()),
+                400,
+                "RC.400005",
+                "invalid query string: x",
+            ),
+            (
+                WebError::from(Error::Conflict),
+                409,
+                "RC.409001",
+                "the setting was changed concurrently too many times; retry the request",
+            ),
+        ];
+        for (e, status, code, msg) in cases {
+            assert_eq!(
+                e.status_and_code(),
+                (StatusCode::from_u16(status).unwrap(), code)
+            );
+            assert_eq!(e.to_string(), msg);
+        }
     }
 }

@@ -10,7 +10,7 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use super::error::ApiError;
+use super::error::{RateScope, WebError};
 use super::AppState;
 use crate::auth::sdk_signature::parse_authorization;
 use crate::auth::signature::SignedRequest;
@@ -22,9 +22,9 @@ pub const AUTH_TOKEN_HEADER: &str = "x-auth-token";
 pub struct Caller(pub Identity);
 
 impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
+    type Rejection = WebError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, WebError> {
         let mut values = parts.headers.get_all(AUTH_TOKEN_HEADER).iter();
         let Some(value) = values.next() else {
             // No token: a verified signature (see `verify_signature`) or nothing.
@@ -56,19 +56,19 @@ impl FromRequestParts<AppState> for Caller {
 /// Take a request from the credential's and then the tenant's rate limits. The credential
 /// goes first so that one user over their own rate does not also drain the tenant's
 /// bucket for the tenant's other users.
-fn admit(state: &AppState, identity: &Identity, credential: impl Hash) -> Result<(), Error> {
+fn admit(state: &AppState, identity: &Identity, credential: impl Hash) -> Result<(), WebError> {
     let limits = &state.rate_limiters;
     if let Some(l) = &limits.credential {
         l.check(credential)
-            .map_err(|retry_after| Error::RateLimited {
-                scope: "credential",
+            .map_err(|retry_after| WebError::RateLimited {
+                scope: RateScope::Credential,
                 retry_after,
             })?;
     }
     if let Some(l) = &limits.tenant {
         l.check(&identity.tenant_id)
-            .map_err(|retry_after| Error::RateLimited {
-                scope: "tenant",
+            .map_err(|retry_after| WebError::RateLimited {
+                scope: RateScope::Tenant,
                 retry_after,
             })?;
     }
@@ -93,7 +93,7 @@ pub async fn verify_signature(state: &AppState, req: Request) -> Result<Request,
         .iter()
         .any(|v| v.len() > state.limits.max_token_bytes);
     if too_long {
-        return Err(ApiError(Error::SignatureMalformed(format!(
+        return Err(WebError::from(Error::SignatureMalformed(format!(
             "the Authorization header is longer than {} bytes",
             state.limits.max_token_bytes
         )))
@@ -104,13 +104,13 @@ pub async fn verify_signature(state: &AppState, req: Request) -> Result<Request,
     let bytes = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(ApiError(Error::PayloadTooLarge { limit }).into_response())
+            return Err(WebError::from(Error::PayloadTooLarge { limit }).into_response())
         }
         Err(_) => {
-            return Err(
-                ApiError(Error::BadRequestBody("cannot read the request body".into()))
-                    .into_response(),
-            )
+            return Err(WebError::from(Error::BadRequestBody(
+                "cannot read the request body".into(),
+            ))
+            .into_response())
         }
     };
     let verified = {
@@ -132,7 +132,7 @@ pub async fn verify_signature(state: &AppState, req: Request) -> Result<Request,
             body: &bytes,
         };
         let verified = state.auth.authenticate_signature(&request).await;
-        verified.and_then(|identity| {
+        verified.map_err(WebError::from).and_then(|identity| {
             // The verified header's access key is the credential the rate limit counts.
             let access_key = parse_authorization(authorization).map_or("", |a| a.access_key);
             admit(state, &identity, access_key).map(|()| identity)
@@ -143,6 +143,6 @@ pub async fn verify_signature(state: &AppState, req: Request) -> Result<Request,
             parts.extensions.insert(SignedIdentity(identity));
             Ok(Request::from_parts(parts, Body::from(bytes)))
         }
-        Err(e) => Err(ApiError(e).into_response()),
+        Err(e) => Err(e.into_response()),
     }
 }

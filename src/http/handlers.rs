@@ -9,18 +9,21 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use serde::Deserialize;
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::RefOr;
 use utoipa::{IntoParams, ToSchema};
 
 use super::context::RequestId;
-use super::error::{ApiError, ErrorBody};
+use super::error::{ErrorBody, WebError};
 use super::extract::Caller;
 use super::limits::check_json_depth;
 use super::AppState;
 use crate::domain::{
-    parse_setting_patch, Actor, Error, GrantView, Identity, SettingView, TenantSettingView,
+    parse_setting_patch, Actor, Error, FieldKind, GrantView, Identity, SettingView,
+    TenantSettingView, BODY_FIELDS, MAX_LEN, MIN_LEN,
 };
 
-type ApiResult<T> = Result<T, ApiError>;
+type ApiResult<T> = Result<T, WebError>;
 
 /// A JSON answer serialized into a buffer sized for the API's answers (a few hundred
 /// bytes), where `Json` starts at 128 bytes and grows twice.
@@ -31,32 +34,48 @@ impl<T: serde::Serialize> IntoResponse for JsonBody<T> {
         let mut body = Vec::with_capacity(512);
         match serde_json::to_writer(&mut body, &self.0) {
             Ok(()) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-            Err(e) => ApiError(Error::Internal(format!("encode the answer: {e}"))).into_response(),
+            Err(e) => {
+                WebError::from(Error::Internal(format!("encode the answer: {e}"))).into_response()
+            }
         }
     }
 }
 
-/// Body of UpdateTenantRepoEncryptionSetting. Every field is optional: an absent (or
-/// null) field keeps its stored value.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct UpdateSettingBody {
-    /// Must equal the tenant in the path when present.
-    #[schema(min_length = 1, max_length = 1000)]
-    tenant_id: Option<String>,
-    /// `KMS` or `Normal`, case-insensitive.
-    #[schema(pattern = "^([Kk][Mm][Ss]|[Nn][Oo][Rr][Mm][Aa][Ll])$", example = "KMS")]
-    encryption_type: Option<String>,
-    /// Needs encryption_type KMS when true.
-    default_encryption_enabled: Option<bool>,
-    /// Must match the key's name in KMS when present; filled in from KMS otherwise.
-    #[schema(min_length = 1, max_length = 1000)]
-    cmk_key_name: Option<String>,
-    /// Id of a key in this tenant's KMS.
-    #[schema(min_length = 1, max_length = 1000)]
-    cmk_key_id: Option<String>,
+/// Body of UpdateTenantRepoEncryptionSetting, as the OpenAPI document describes it: built
+/// from the fields the parser reads ([`BODY_FIELDS`]), so the two cannot differ.
+pub struct UpdateSettingBody;
+
+impl utoipa::PartialSchema for UpdateSettingBody {
+    fn schema() -> RefOr<Schema> {
+        let nullable = |t| SchemaType::from_iter([t, Type::Null]);
+        let mut body = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            // (The line break is the one the derived schema had from a doc comment.)
+            .description(Some(
+                "Body of UpdateTenantRepoEncryptionSetting. Every field is optional: an absent (or\n\
+                 null) field keeps its stored value.",
+            ))
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        for field in &BODY_FIELDS {
+            let property = match field.kind {
+                FieldKind::Text(_) => ObjectBuilder::new()
+                    .schema_type(nullable(Type::String))
+                    .min_length(Some(MIN_LEN))
+                    .max_length(Some(MAX_LEN)),
+                #[allow(deprecated)] // `examples` is not the `example` clients read
+                FieldKind::EncryptionType(_) => ObjectBuilder::new()
+                    .schema_type(nullable(Type::String))
+                    .pattern(Some("^([Kk][Mm][Ss]|[Nn][Oo][Rr][Mm][Aa][Ll])$"))
+                    .example(Some("KMS".into())),
+                FieldKind::Boolean(_) => ObjectBuilder::new().schema_type(nullable(Type::Boolean)),
+            };
+            body = body.property(field.name, property.description(Some(field.description)));
+        }
+        body.into()
+    }
 }
+
+impl ToSchema for UpdateSettingBody {}
 
 /// Query of ShowProjectTenantSettings.
 #[derive(Deserialize, IntoParams)]
@@ -84,7 +103,7 @@ fn path_tenant(path: Result<Path<String>, PathRejection>) -> Result<String, Erro
     })
 }
 
-fn require_json(headers: &HeaderMap) -> Result<(), Error> {
+fn require_json(headers: &HeaderMap) -> Result<(), WebError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -95,7 +114,7 @@ fn require_json(headers: &HeaderMap) -> Result<(), Error> {
     {
         Ok(())
     } else {
-        Err(Error::UnsupportedMediaType)
+        Err(WebError::UnsupportedMediaType)
     }
 }
 
@@ -268,7 +287,7 @@ pub async fn show_tenant_setting(
     Caller(caller): Caller,
     query: Result<Query<TenantSettingQuery>, QueryRejection>,
 ) -> ApiResult<JsonBody<TenantSettingView>> {
-    let Query(query) = query.map_err(|e| Error::InvalidQuery(e.body_text()))?;
+    let Query(query) = query.map_err(|e| WebError::InvalidQuery(e.body_text()))?;
     let view = state
         .service
         .show_tenant_setting(&caller, query.project_id.as_deref())
@@ -360,10 +379,10 @@ pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-pub async fn not_found() -> ApiError {
-    ApiError(Error::RouteNotFound)
+pub async fn not_found() -> WebError {
+    WebError::RouteNotFound
 }
 
-pub async fn method_not_allowed() -> ApiError {
-    ApiError(Error::MethodNotAllowed)
+pub async fn method_not_allowed() -> WebError {
+    WebError::MethodNotAllowed
 }

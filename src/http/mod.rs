@@ -6,12 +6,13 @@ pub mod extract;
 pub mod handlers;
 pub mod limits;
 pub mod openapi;
+pub mod routes;
 pub mod server;
 
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::handler::Handler;
 use axum::{middleware, Router};
 
 use crate::auth::Authenticator;
@@ -92,28 +93,27 @@ pub fn router(deps: Deps) -> Router {
         readiness: Arc::default(),
         openapi: openapi::document().into(),
     }));
-    let v4 = Router::new()
-        .route(
-            "/v4/tenants/{tenant_id}/repo-encryption/setting",
-            get(handlers::show_setting).put(handlers::update_setting),
-        )
-        .route(
-            "/v4/tenants/{tenant_id}/repo-encryption/kms-grant",
-            get(handlers::show_grant).post(handlers::create_grant),
-        )
-        .route("/v4/tenant/setting", get(handlers::show_tenant_setting));
-    Router::new()
-        .merge(v4)
-        .route("/healthz", get(handlers::healthz))
-        .route("/readyz", get(handlers::readyz))
-        .route("/metrics", get(handlers::metrics))
-        .route("/openapi.json", get(handlers::openapi))
-        .fallback(handlers::not_found)
-        .method_not_allowed_fallback(handlers::method_not_allowed)
-        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
+    // Each route, and each fallback, has its own request-context layer, which knows the
+    // route: what the request is counted as and whether its signature is checked.
+    let context = |route| {
+        middleware::from_fn_with_state(
+            context::RouteContext {
+                state: state.clone(),
+                route,
+            },
             context::request_context,
-        ))
+        )
+    };
+    let mut router = Router::new();
+    for route in &routes::ROUTES {
+        router = router.route(
+            route.path,
+            route.method_router().route_layer(context(Some(route))),
+        );
+    }
+    router
+        .fallback(handlers::not_found.layer(context(None)))
+        .method_not_allowed_fallback(handlers::method_not_allowed.layer(context(None)))
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .with_state(state)
 }

@@ -1,4 +1,5 @@
-//! The OpenAPI 3 document, generated from the handlers' annotations.
+//! The OpenAPI 3 document: the API operations of `routes::ROUTES`, each described by its
+//! handler's annotation.
 
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
@@ -7,6 +8,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
 use super::handlers;
+use super::routes::{Access, ROUTES};
 use crate::domain::{
     EncryptionTypeOut, GrantView, KeyStateCode, PermitPublicOut, SettingView, TenantSettingView,
 };
@@ -16,13 +18,6 @@ use crate::domain::{
     info(
         title = "repocrypt: CodeArts Repo V4 tenant repository encryption",
         description = "Per-tenant repository encryption settings, KMS grants and tenant settings."
-    ),
-    paths(
-        handlers::update_setting,
-        handlers::show_setting,
-        handlers::create_grant,
-        handlers::show_grant,
-        handlers::show_tenant_setting,
     ),
     components(schemas(
         SettingView,
@@ -34,10 +29,24 @@ use crate::domain::{
         PermitPublicOut,
         KeyStateCode
     )),
-    modifiers(&Security, &RequestIdHeader),
+    modifiers(&Paths, &Security, &RequestIdHeader),
     tags((name = "Tenant", description = "V4 tenant operations"))
 )]
 pub struct ApiDoc;
+
+/// The API operations of the route table, as their handlers' annotations describe them.
+struct Paths;
+
+impl Modify for Paths {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for route in &ROUTES {
+            if let Access::Api(doc) = route.access {
+                let (path, methods, operation) = doc();
+                openapi.paths.add_path_operation(path, methods, operation);
+            }
+        }
+    }
+}
 
 struct Security;
 
