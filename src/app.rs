@@ -18,12 +18,14 @@ use crate::kms::Kms;
 use crate::metrics::Metrics;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::Store;
+use crate::store::{Database, KeyStore, Store};
 
 pub struct App {
     pub config: Config,
     pub clock: Arc<dyn Clock>,
     pub store: Arc<dyn Store>,
+    /// The local KMS's keys, in the same database as `store`.
+    pub keys: Arc<dyn KeyStore>,
     pub kms: Arc<dyn Kms>,
     pub service: Arc<Service>,
     pub tokens: TokenCodec,
@@ -54,7 +56,7 @@ impl App {
 
     async fn open_with_root(config: Config, clock: Arc<dyn Clock>, root: RootKey) -> Result<App> {
         let url = &config.database_url;
-        let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
+        let database: Arc<dyn Database> = if url.starts_with("sqlite:") {
             Arc::new(SqliteStore::open(url, clock.clone(), None, config.row_cache_capacity).await?)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Arc::new(PostgresStore::connect(url, clock.clone()).await?)
@@ -64,8 +66,10 @@ impl App {
                 crate::config::redact_url(url)
             )));
         };
+        let store = database.clone().settings();
+        let keys = database.clone().keys();
         let kms: Arc<dyn Kms> = match config.kms_backend {
-            KmsBackend::Local => Arc::new(LocalKms::new(store.clone(), &root, clock.clone())),
+            KmsBackend::Local => Arc::new(LocalKms::new(keys.clone(), &root, clock.clone())),
             KmsBackend::Aws => {
                 let settings = AwsSettings {
                     endpoint: config.kms_endpoint.clone(),
@@ -86,7 +90,11 @@ impl App {
             config.region_type.clone(),
         ));
         let tokens = TokenCodec::new(&root);
-        let credentials = Arc::new(Credentials::new(store.clone(), &root, clock.clone()));
+        let credentials = Arc::new(Credentials::new(
+            database.credentials(),
+            &root,
+            clock.clone(),
+        ));
         let auth: Arc<dyn Authenticator> = Arc::new(LocalAuth::new(
             tokens.clone(),
             SignatureVerifier::new(
@@ -104,6 +112,7 @@ impl App {
             config,
             clock,
             store,
+            keys,
             kms,
             service,
         })

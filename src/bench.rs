@@ -47,7 +47,7 @@ pub async fn load(
         Some(path) => Some(create_private(path)?),
         None => None,
     };
-    let kms = LocalKms::new(app.store.clone(), root, app.clock.clone());
+    let kms = LocalKms::new(app.keys.clone(), root, app.clock.clone());
     let started = Instant::now();
     let mut batch = Vec::with_capacity(BATCH);
     for i in 0..opts.count {
@@ -63,7 +63,7 @@ pub async fn load(
             key,
         });
         if batch.len() == BATCH || i + 1 == opts.count {
-            app.store.bulk_load(&batch, actor).await?;
+            app.keys.bulk_load(&batch, actor).await?;
             batch.clear();
             let done = i + 1;
             if done % 100_000 == 0 || done == opts.count {

@@ -185,13 +185,7 @@ struct KmsMetrics {
     latency: Histogram,
 }
 
-/// A cache's counters, read at scrape time.
-#[derive(Debug, Clone, Copy)]
-pub struct CacheStats {
-    pub name: &'static str,
-    pub hits: u64,
-    pub misses: u64,
-}
+pub use crate::domain::ports::CacheStats;
 
 pub struct Metrics {
     operations: Vec<OperationMetrics>,

@@ -46,7 +46,7 @@ use repocrypt::domain::{
 use repocrypt::http::error::status_of;
 use repocrypt::keys::RootKey;
 use repocrypt::store::sqlite::SqliteStore;
-use repocrypt::store::Store;
+use repocrypt::store::CredentialStore;
 
 // ---------------------------------------------------------------------------------------
 // The runner
@@ -2153,7 +2153,7 @@ impl Verifier {
         let clock: Arc<dyn Clock> = Arc::new(ManualClock::at_unix(NOW));
         let url = format!("sqlite://{}", dir.path().join("fuzz.db").display());
         let (verifier, ak, sk, identity) = rt.block_on(async {
-            let store: Arc<dyn Store> =
+            let store: Arc<dyn CredentialStore> =
                 Arc::new(SqliteStore::connect(&url, clock.clone()).await.unwrap());
             let root = RootKey::from_bytes([0x33; 32]);
             let credentials = Arc::new(Credentials::new(store, &root, clock.clone()));

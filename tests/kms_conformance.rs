@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use repocrypt::domain::{parse_setting_patch, Actor, Error, KeyState, Service};
+use repocrypt::http::views::SettingView;
 use repocrypt::kms::aws::{AwsKms, AwsSettings, Credentials, TENANT_TAG};
 use repocrypt::kms::cache::KeyStateCache;
 use repocrypt::kms::{KeyOrigin, Kms};
@@ -192,10 +193,12 @@ async fn story(kms: Arc<dyn Kms>, store: Arc<dyn Store>, caps: Caps) -> Vec<Stri
         )
         .expect("patch")
     };
-    let view = service
-        .update_setting(&me, &a, select(&id))
-        .await
-        .expect("A selects its key");
+    let view = SettingView::from(
+        service
+            .update_setting(&me, &a, select(&id))
+            .await
+            .expect("A selects its key"),
+    );
     assert_eq!(view.cmk_key_id.as_deref(), Some(id.as_str()));
     assert_eq!(view.cmk_key_name.as_deref(), Some("alpha"));
     assert_eq!(view.key_state, Some(KeyState::Enabled));
@@ -357,10 +360,12 @@ async fn aws_kms_conformance() {
             .as_bytes(),
     )
     .expect("patch");
-    let view = service
-        .update_setting(&actor(), &a, patch)
-        .await
-        .expect("by ARN");
+    let view = SettingView::from(
+        service
+            .update_setting(&actor(), &a, patch)
+            .await
+            .expect("by ARN"),
+    );
     assert_eq!(view.cmk_key_id.as_deref(), Some(id.as_str()));
     assert_eq!(view.key_state, Some(KeyState::Enabled));
     // AWS-managed keys belong to nobody (and are not even looked up); aliases follow AWS's

@@ -11,10 +11,10 @@ use repocrypt::clock::{Clock, SystemClock};
 use repocrypt::domain::{Actor, EncryptionType, Result, SettingDraft, TenantId};
 use repocrypt::store::postgres::{self, PostgresStore};
 use repocrypt::store::sqlite::{self, SqliteStore};
-use repocrypt::store::Store;
+use repocrypt::store::Database;
 
 /// Open the database at `url`, migrated up to `target` (None: the newest).
-async fn open(url: &str, target: Option<i64>) -> Result<(Arc<dyn Store>, i64)> {
+async fn open(url: &str, target: Option<i64>) -> Result<(Arc<dyn Database>, i64)> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     if url.starts_with("sqlite:") {
         let s = SqliteStore::connect_at(url, clock, target).await?;
@@ -40,7 +40,7 @@ fn newest(url: &str) -> i64 {
     m.len() as i64
 }
 
-async fn write_setting(store: &Arc<dyn Store>, tenant: &str) -> i64 {
+async fn write_setting(store: &Arc<dyn Database>, tenant: &str) -> i64 {
     let plan = |_: Option<&repocrypt::domain::Setting>, _: bool| {
         Ok(SettingDraft {
             encryption_type: Some(EncryptionType::Normal),

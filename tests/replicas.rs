@@ -291,7 +291,7 @@ mod batching {
         Actor, EncryptionType, Error, KeyState, PermitPublic, SettingDraft, TenantId,
     };
     use repocrypt::store::postgres::PostgresStore;
-    use repocrypt::store::{AuditFilter, SettingPlan, Store, StoredKey};
+    use repocrypt::store::{AuditFilter, KeyStore, SettingPlan, Store, StoredKey};
 
     use super::{common, pg_url_or_skip};
 

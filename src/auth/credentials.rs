@@ -3,12 +3,47 @@
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use rand::Rng;
+use serde::Serialize;
 
 use crate::clock::Clock;
 use crate::domain::{Actor, Error, Identity, Result, Role, TenantId};
 use crate::keys::{RootKey, Sealer, LABEL_CREDENTIAL};
-use crate::store::{Credential, Store};
+
+/// An AK/SK credential. `sealed_secret` is the secret key encrypted under the root key.
+#[derive(Clone, PartialEq, Serialize)]
+pub struct Credential {
+    pub access_key: String,
+    pub tenant_id: String,
+    pub user_id: String,
+    pub role: Role,
+    #[serde(skip)]
+    pub sealed_secret: Vec<u8>,
+    pub created_at: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("access_key", &self.access_key)
+            .field("tenant_id", &self.tenant_id)
+            .field("user_id", &self.user_id)
+            .field("role", &self.role)
+            .field("sealed_secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Where credentials are kept: the service's database. The SQL stores implement it.
+#[async_trait]
+pub trait CredentialStore: Send + Sync + 'static {
+    async fn credential_insert(&self, credential: &Credential, actor: &Actor) -> Result<()>;
+    async fn credential_get(&self, access_key: &str) -> Result<Option<Credential>>;
+    async fn credential_list(&self, tenant: &TenantId) -> Result<Vec<Credential>>;
+    /// `false` when there was no such access key.
+    async fn credential_delete(&self, access_key: &str, actor: &Actor) -> Result<bool>;
+}
 
 const ACCESS_KEY_LEN: usize = 20;
 const SECRET_KEY_LEN: usize = 40;
@@ -29,7 +64,7 @@ impl std::fmt::Debug for SecretKey {
 }
 
 pub struct Credentials {
-    store: Arc<dyn Store>,
+    store: Arc<dyn CredentialStore>,
     sealer: Sealer,
     clock: Arc<dyn Clock>,
 }
@@ -45,7 +80,7 @@ const UPPER_DIGITS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
 impl Credentials {
-    pub fn new(store: Arc<dyn Store>, root: &RootKey, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(store: Arc<dyn CredentialStore>, root: &RootKey, clock: Arc<dyn Clock>) -> Self {
         Credentials {
             store,
             sealer: Sealer::new(root, LABEL_CREDENTIAL),

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod model;
 pub mod patch;
+pub mod ports;
 pub mod service;
 pub mod types;
 

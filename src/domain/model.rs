@@ -1,7 +1,6 @@
-//! Records the store keeps and the views the API returns.
+//! Records the store keeps and what the operations answer.
 
 use serde::Serialize;
-use utoipa::ToSchema;
 
 use super::types::{EncryptionType, KeyState, PermitPublic, TenantId};
 
@@ -64,88 +63,22 @@ pub struct AuditRecord {
     pub after: Option<serde_json::Value>,
 }
 
-/// Response of PUT and GET `/v4/tenants/{tenant_id}/repo-encryption/setting`.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct SettingView {
-    /// Record id, assigned on first write; absent for a tenant that never wrote a setting.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 2147483647, format = Int64, nullable = false)]
-    pub id: Option<i64>,
-    #[schema(min_length = 1, max_length = 1000)]
-    pub tenant_id: String,
-    /// `KMS`, `normal`, or null for a tenant that never configured anything.
-    #[schema(value_type = Option<EncryptionTypeOut>)]
-    pub encryption_type: Option<EncryptionType>,
-    pub default_encryption_enabled: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 1000, nullable = false)]
-    pub cmk_key_name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 1000, nullable = false)]
-    pub cmk_key_id: Option<String>,
-    /// Current state of the key in KMS: 1 to be activated, 2 enabled, 3 disabled,
-    /// 4 pending deletion, 5 pending import.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<KeyStateCode>, nullable = false)]
+/// What GET and PUT setting answer: the tenant's stored setting (if any), its key's
+/// current state in KMS, and the service's region.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingReport {
+    pub tenant_id: TenantId,
+    pub setting: Option<Setting>,
+    /// The state of the setting's key now; `None` without a key, or when the key is gone.
     pub key_state: Option<KeyState>,
-    #[schema(min_length = 1, max_length = 1000)]
     pub region: String,
-    #[schema(min_length = 1, max_length = 1000)]
     pub region_type: String,
 }
 
-/// Response of the kms-grant operations.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct GrantView {
-    #[schema(min_length = 1, max_length = 1000)]
-    pub tenant_id: String,
-    pub assumed: bool,
-}
-
-/// Response of `GET /v4/tenant/setting`.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct TenantSettingView {
+/// What `GET /v4/tenant/setting` answers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TenantSetting {
     pub default_encryption_enabled: bool,
-    #[schema(value_type = Option<EncryptionTypeOut>)]
     pub encryption_type: Option<EncryptionType>,
-    #[schema(value_type = PermitPublicOut)]
     pub permit_public: PermitPublic,
 }
-
-/// `encryption_type` as the service writes it.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub enum EncryptionTypeOut {
-    #[schema(rename = "KMS")]
-    Kms,
-    #[schema(rename = "normal")]
-    Normal,
-}
-
-/// `permit_public`: `allow` or `deny`.
-#[derive(ToSchema)]
-#[schema(rename_all = "lowercase")]
-#[allow(dead_code)]
-pub enum PermitPublicOut {
-    Allow,
-    Deny,
-}
-
-/// Key state code: 1 to be activated, 2 enabled, 3 disabled, 4 pending deletion, 5 pending import.
-pub struct KeyStateCode;
-
-impl utoipa::PartialSchema for KeyStateCode {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
-        ObjectBuilder::new()
-            .schema_type(Type::Integer)
-            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
-            .enum_values(Some([1, 2, 3, 4, 5]))
-            .description(Some(
-                "1 to be activated, 2 enabled, 3 disabled, 4 pending deletion, 5 pending import",
-            ))
-            .into()
-    }
-}
-
-impl ToSchema for KeyStateCode {}

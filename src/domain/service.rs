@@ -5,10 +5,9 @@ use std::time::Instant;
 
 use super::error::{Error, Result};
 use super::model::*;
+use super::ports::{CacheStats, JoinedKey, KeyInfo, Kms, Store};
 use super::types::*;
 use crate::kms::cache::{KeyStateCache, Lookup};
-use crate::kms::{KeyInfo, Kms};
-use crate::store::{JoinedKey, Store};
 
 /// How often an update is retried when the key id changed under it.
 const MAX_UPDATE_ATTEMPTS: usize = 8;
@@ -52,9 +51,9 @@ impl Service {
     }
 
     /// The counters of every in-memory cache behind the service, for `/metrics`.
-    pub fn cache_stats(&self) -> Vec<crate::metrics::CacheStats> {
+    pub fn cache_stats(&self) -> Vec<CacheStats> {
         let (hits, misses) = self.cache.hits_and_misses();
-        let mut stats = vec![crate::metrics::CacheStats {
+        let mut stats = vec![CacheStats {
             name: "key_state",
             hits,
             misses,
@@ -65,7 +64,7 @@ impl Service {
 
     // ---- GET setting -------------------------------------------------------------------
 
-    pub async fn show_setting(&self, tenant: &TenantId) -> Result<SettingView> {
+    pub async fn show_setting(&self, tenant: &TenantId) -> Result<SettingReport> {
         // A local KMS keeps its keys in the database: a setting read from there brings
         // its key's row along (one read, not two, when the setting is not cached).
         let (setting, joined) = if self.kms.keys_in_store() {
@@ -77,7 +76,7 @@ impl Service {
             Some(key_id) => self.current_key_state(tenant, key_id, joined).await,
             None => None,
         };
-        Ok(self.view(tenant, setting.as_ref(), key_state))
+        Ok(self.report(tenant, setting, key_state))
     }
 
     /// The key's state now: from the cache within its TTL, else from the key's row read
@@ -159,20 +158,16 @@ impl Service {
         });
     }
 
-    fn view(
+    fn report(
         &self,
         tenant: &TenantId,
-        setting: Option<&Setting>,
+        setting: Option<Setting>,
         key_state: Option<KeyState>,
-    ) -> SettingView {
-        SettingView {
-            id: setting.map(|s| s.id),
-            tenant_id: tenant.as_str().to_owned(),
-            encryption_type: setting.and_then(|s| s.encryption_type),
-            default_encryption_enabled: setting.is_some_and(|s| s.default_encryption_enabled),
-            cmk_key_name: setting.and_then(|s| s.cmk_key_name.clone()),
-            cmk_key_id: setting.and_then(|s| s.cmk_key_id.clone()),
-            key_state: setting.and_then(|s| s.cmk_key_id.as_ref()).and(key_state),
+    ) -> SettingReport {
+        SettingReport {
+            tenant_id: tenant.clone(),
+            setting,
+            key_state,
             region: self.region.clone(),
             region_type: self.region_type.clone(),
         }
@@ -185,7 +180,7 @@ impl Service {
         actor: &Actor,
         tenant: &TenantId,
         patch: SettingPatch,
-    ) -> Result<SettingView> {
+    ) -> Result<SettingReport> {
         if let Some(body_tenant) = &patch.tenant_id {
             if body_tenant != tenant.as_str() {
                 return Err(Error::TenantMismatch {
@@ -227,7 +222,7 @@ impl Service {
                         (_, Some(k)) => self.current_key_state(tenant, k, JoinedKey::NotRead).await,
                         (_, None) => None,
                     };
-                    return Ok(self.view(tenant, Some(&saved), key_state));
+                    return Ok(self.report(tenant, Some(saved), key_state));
                 }
             }
         }
@@ -236,21 +231,17 @@ impl Service {
 
     // ---- KMS grant -----------------------------------------------------------------------
 
-    pub async fn create_grant(&self, actor: &Actor, tenant: &TenantId) -> Result<GrantView> {
+    /// Record that the tenant delegates KMS use to this service, once the service can
+    /// reach the tenant's KMS. Idempotent.
+    pub async fn create_grant(&self, actor: &Actor, tenant: &TenantId) -> Result<()> {
         self.kms.check_access(tenant).await?;
         self.store.put_grant(tenant, actor).await?;
-        Ok(GrantView {
-            tenant_id: tenant.as_str().to_owned(),
-            assumed: true,
-        })
+        Ok(())
     }
 
-    pub async fn show_grant(&self, tenant: &TenantId) -> Result<GrantView> {
-        let grant = self.store.get_grant(tenant).await?;
-        Ok(GrantView {
-            tenant_id: tenant.as_str().to_owned(),
-            assumed: grant.is_some(),
-        })
+    /// Whether the tenant has granted KMS use (`assumed`).
+    pub async fn show_grant(&self, tenant: &TenantId) -> Result<bool> {
+        Ok(self.store.get_grant(tenant).await?.is_some())
     }
 
     // ---- GET /v4/tenant/setting -------------------------------------------------------
@@ -259,7 +250,7 @@ impl Service {
         &self,
         caller: &Identity,
         project_id: Option<&str>,
-    ) -> Result<TenantSettingView> {
+    ) -> Result<TenantSetting> {
         let owner = match project_id {
             None => caller.tenant_id.clone(),
             Some(raw) => {
@@ -287,7 +278,7 @@ impl Service {
             .get_permit_public(&owner)
             .await?
             .unwrap_or(self.default_permit_public);
-        Ok(TenantSettingView {
+        Ok(TenantSetting {
             default_encryption_enabled: setting
                 .as_ref()
                 .is_some_and(|s| s.default_encryption_enabled),

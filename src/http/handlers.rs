@@ -17,10 +17,10 @@ use super::context::RequestId;
 use super::error::{ErrorBody, WebError};
 use super::extract::Caller;
 use super::limits::check_json_depth;
+use super::views::{GrantView, SettingView, TenantSettingView};
 use super::AppState;
 use crate::domain::{
-    parse_setting_patch, Actor, Error, FieldKind, GrantView, Identity, SettingView,
-    TenantSettingView, BODY_FIELDS, MAX_LEN, MIN_LEN,
+    parse_setting_patch, Actor, Error, FieldKind, Identity, BODY_FIELDS, MAX_LEN, MIN_LEN,
 };
 
 type ApiResult<T> = Result<T, WebError>;
@@ -168,7 +168,7 @@ pub async fn update_setting(
         .service
         .update_setting(&actor(&caller, &request_id), &caller.tenant_id, patch)
         .await?;
-    Ok(JsonBody(view))
+    Ok(JsonBody(view.into()))
 }
 
 /// Obtain the repository encryption configuration of the current tenant.
@@ -196,7 +196,7 @@ pub async fn show_setting(
 ) -> ApiResult<impl IntoResponse> {
     let tenant = path_tenant(path)?;
     caller.authorize_read(&tenant)?;
-    let view = state.service.show_setting(&caller.tenant_id).await?;
+    let view: SettingView = state.service.show_setting(&caller.tenant_id).await?.into();
     Ok((StatusCode::ACCEPTED, JsonBody(view)))
 }
 
@@ -227,11 +227,11 @@ pub async fn create_grant(
     // Any body (the SDK sends an empty one with Content-Type: application/json) is ignored.
     let tenant = path_tenant(path)?;
     caller.authorize_write(&tenant)?;
-    let view = state
+    state
         .service
         .create_grant(&actor(&caller, &request_id), &caller.tenant_id)
         .await?;
-    Ok(JsonBody(view))
+    Ok(JsonBody(GrantView::new(&caller.tenant_id, true)))
 }
 
 /// Obtain the KMS authorization status of the current tenant.
@@ -259,8 +259,11 @@ pub async fn show_grant(
 ) -> ApiResult<impl IntoResponse> {
     let tenant = path_tenant(path)?;
     caller.authorize_read(&tenant)?;
-    let view = state.service.show_grant(&caller.tenant_id).await?;
-    Ok((StatusCode::ACCEPTED, JsonBody(view)))
+    let assumed = state.service.show_grant(&caller.tenant_id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        JsonBody(GrantView::new(&caller.tenant_id, assumed)),
+    ))
 }
 
 /// Obtain tenant settings: the caller's own tenant, or the owner of `project_id`.
@@ -292,7 +295,7 @@ pub async fn show_tenant_setting(
         .service
         .show_tenant_setting(&caller, query.project_id.as_deref())
         .await?;
-    Ok(JsonBody(view))
+    Ok(JsonBody(view.into()))
 }
 
 /// Liveness: the process answers.

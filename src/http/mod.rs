@@ -8,6 +8,7 @@ pub mod limits;
 pub mod openapi;
 pub mod routes;
 pub mod server;
+pub mod views;
 
 use std::sync::Arc;
 

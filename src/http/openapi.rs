@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi};
 use super::error::ErrorBody;
 use super::handlers;
 use super::routes::{Access, ROUTES};
-use crate::domain::{
+use super::views::{
     EncryptionTypeOut, GrantView, KeyStateCode, PermitPublicOut, SettingView, TenantSettingView,
 };
 

@@ -9,21 +9,98 @@ use rand::RngCore;
 
 use super::{KeyInfo, KeyOrigin, Kms, MAX_PENDING_DAYS, MIN_PENDING_DAYS};
 use crate::clock::Clock;
-use crate::domain::{Actor, Error, KeyState, Result, TenantId};
+use crate::domain::ports::KeyRecord;
+use crate::domain::{Actor, Error, KeyState, Result, SettingDraft, TenantId};
 use crate::keys::{RootKey, Sealer, LABEL_KMS_WRAP};
-use crate::store::{Store, StoredKey};
+use serde::Serialize;
 
 /// Length of key material (AES-256).
 pub const MATERIAL_LEN: usize = 32;
 
+/// A change to a local-KMS key, run inside the write transaction.
+pub type KeyChange<'a> = &'a (dyn Fn(&StoredKey) -> Result<StoredKey> + Send + Sync);
+
+/// A key of the local KMS as the store keeps it. `material` is encrypted under the root
+/// key; it never leaves the `kms::local` module in clear.
+#[derive(Clone, PartialEq, Serialize)]
+pub struct StoredKey {
+    pub key_id: String,
+    pub tenant_id: String,
+    pub alias: String,
+    pub origin: String,
+    pub state: KeyState,
+    #[serde(skip)]
+    pub material: Option<Vec<u8>>,
+    /// Unix seconds at which a key pending deletion is deleted.
+    pub deletion_at: Option<i64>,
+    pub created_at: String,
+}
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("key_id", &self.key_id)
+            .field("tenant_id", &self.tenant_id)
+            .field("alias", &self.alias)
+            .field("state", &self.state)
+            .field("material", &self.material.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl StoredKey {
+    /// What a read of a setting brings of its key ([`KeyRecord`]).
+    pub fn record(&self) -> KeyRecord {
+        KeyRecord {
+            key_id: self.key_id.clone(),
+            alias: self.alias.clone(),
+            state: self.state,
+            deletion_at: self.deletion_at,
+        }
+    }
+}
+
+/// One tenant of a bulk load (`repocrypt bench load`): a local-KMS key, a grant and a
+/// setting that uses the key.
+#[derive(Debug, Clone)]
+pub struct BulkTenant {
+    pub key: StoredKey,
+    pub setting: SettingDraft,
+}
+
+/// What the local KMS needs from the service's database: its keys' rows, each change in a
+/// transaction with its audit record. The SQL stores implement it.
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// Cheap round trip: the local KMS is reachable when its database is.
+    async fn ping(&self) -> Result<()>;
+    async fn kms_insert_key(&self, key: &StoredKey, actor: &Actor) -> Result<()>;
+    async fn kms_get_key(&self, tenant: &TenantId, key_id: &str) -> Result<Option<StoredKey>>;
+    async fn kms_list_keys(&self, tenant: &TenantId) -> Result<Vec<StoredKey>>;
+    /// Apply `change` to a key of `tenant` in one transaction, with an audit record
+    /// named `action`. Fails with [`Error::KeyNotFound`] for an unknown key.
+    async fn kms_update_key(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        action: &str,
+        actor: &Actor,
+        change: KeyChange<'_>,
+    ) -> Result<StoredKey>;
+
+    /// Insert many new tenants in one transaction (benchmarks, migrations from another
+    /// system), with one audit record for the batch under the tenant `*`.
+    async fn bulk_load(&self, tenants: &[BulkTenant], actor: &Actor) -> Result<()>;
+}
+
 pub struct LocalKms {
-    store: Arc<dyn Store>,
+    store: Arc<dyn KeyStore>,
     wrap: Sealer,
     clock: Arc<dyn Clock>,
 }
 
 impl LocalKms {
-    pub fn new(store: Arc<dyn Store>, root: &RootKey, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(store: Arc<dyn KeyStore>, root: &RootKey, clock: Arc<dyn Clock>) -> Self {
         let wrap = Sealer::new(root, LABEL_KMS_WRAP);
         LocalKms { store, wrap, clock }
     }
@@ -51,11 +128,14 @@ impl LocalKms {
     }
 
     /// A key pending deletion whose window has passed is deleted.
+    /// `false` for a key past its deletion date: it is gone.
+    fn is_live(&self, state: KeyState, deletion_at: Option<i64>) -> bool {
+        !matches!((state, deletion_at),
+            (KeyState::PendingDeletion, Some(at)) if at <= self.clock.unix_seconds() as i64)
+    }
+
     fn live(&self, key: StoredKey) -> Option<StoredKey> {
-        match (key.state, key.deletion_at) {
-            (KeyState::PendingDeletion, Some(at)) if at <= self.clock.unix_seconds() as i64 => None,
-            _ => Some(key),
-        }
+        self.is_live(key.state, key.deletion_at).then_some(key)
     }
 
     async fn live_key(&self, tenant: &TenantId, key_id: &str) -> Result<StoredKey> {
@@ -147,8 +227,15 @@ impl Kms for LocalKms {
         Ok(key.and_then(|k| self.live(k)).map(|k| info(&k)))
     }
 
-    fn describe_stored(&self, key: Option<StoredKey>) -> Option<Option<KeyInfo>> {
-        Some(key.and_then(|k| self.live(k)).map(|k| info(&k)))
+    fn describe_stored(&self, key: Option<KeyRecord>) -> Option<Option<KeyInfo>> {
+        Some(
+            key.filter(|k| self.is_live(k.state, k.deletion_at))
+                .map(|k| KeyInfo {
+                    key_id: k.key_id,
+                    key_name: k.alias,
+                    key_state: k.state,
+                }),
+        )
     }
 
     fn keys_in_store(&self) -> bool {

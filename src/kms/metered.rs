@@ -7,9 +7,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{KeyInfo, KeyOrigin, Kms};
+use crate::domain::ports::KeyRecord;
 use crate::domain::{Actor, Error, Result, TenantId};
 use crate::metrics::{KmsCall, KmsOutcome, Metrics};
-use crate::store::StoredKey;
 
 pub struct MeteredKms {
     inner: Arc<dyn Kms>,
@@ -60,7 +60,7 @@ impl Kms for MeteredKms {
         .await
     }
 
-    fn describe_stored(&self, key: Option<StoredKey>) -> Option<Option<KeyInfo>> {
+    fn describe_stored(&self, key: Option<KeyRecord>) -> Option<Option<KeyInfo>> {
         // Part of a database read, not a call to a KMS: not counted as one.
         self.inner.describe_stored(key)
     }

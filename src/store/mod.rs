@@ -6,214 +6,35 @@ mod dialect;
 pub mod postgres;
 pub mod sqlite;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::domain::{
-    Actor, AuditRecord, Error, Grant, KeyState, PermitPublic, Project, ProjectId, Result, Role,
-    Setting, SettingDraft, TenantId,
-};
+pub use crate::auth::credentials::{Credential, CredentialStore};
+pub use crate::domain::ports::{AuditFilter, JoinedKey, SettingPlan, Store};
+pub use crate::kms::local::{BulkTenant, KeyChange, KeyStore, StoredKey};
 
-/// A pure function from the stored setting (if any) and whether the tenant has granted
-/// KMS use, to the new setting. The store runs it inside the write transaction, so the
-/// decision and the write see the same data. It owns what it needs, so a store may hand it
-/// to a writer task that commits many of them together.
-pub type SettingPlan =
-    std::sync::Arc<dyn Fn(Option<&Setting>, bool) -> Result<SettingDraft> + Send + Sync>;
+use crate::domain::{Error, Result, Role};
 
-/// A change to a local-KMS key, run inside the write transaction.
-pub type KeyChange<'a> = &'a (dyn Fn(&StoredKey) -> Result<StoredKey> + Send + Sync);
-
-/// A key of the local KMS as the store keeps it. `material` is encrypted under the root
-/// key; it never leaves the `kms::local` module in clear.
-#[derive(Clone, PartialEq, Serialize)]
-pub struct StoredKey {
-    pub key_id: String,
-    pub tenant_id: String,
-    pub alias: String,
-    pub origin: String,
-    pub state: KeyState,
-    #[serde(skip)]
-    pub material: Option<Vec<u8>>,
-    /// Unix seconds at which a key pending deletion is deleted.
-    pub deletion_at: Option<i64>,
-    pub created_at: String,
+/// Everything the service's database keeps: the domain's [`Store`], the local KMS's
+/// [`KeyStore`] and the [`CredentialStore`]. Both SQL backends are one; the app hands each
+/// part to whoever needs it.
+pub trait Database: Store + KeyStore + CredentialStore {
+    fn keys(self: Arc<Self>) -> Arc<dyn KeyStore>;
+    fn credentials(self: Arc<Self>) -> Arc<dyn CredentialStore>;
+    fn settings(self: Arc<Self>) -> Arc<dyn Store>;
 }
 
-impl std::fmt::Debug for StoredKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoredKey")
-            .field("key_id", &self.key_id)
-            .field("tenant_id", &self.tenant_id)
-            .field("alias", &self.alias)
-            .field("state", &self.state)
-            .field("material", &self.material.as_ref().map(|_| "<redacted>"))
-            .finish()
+impl<T: Store + KeyStore + CredentialStore> Database for T {
+    fn keys(self: Arc<Self>) -> Arc<dyn KeyStore> {
+        self
     }
-}
-
-/// An AK/SK credential. `sealed_secret` is the secret key encrypted under the root key.
-#[derive(Clone, PartialEq, Serialize)]
-pub struct Credential {
-    pub access_key: String,
-    pub tenant_id: String,
-    pub user_id: String,
-    pub role: Role,
-    #[serde(skip)]
-    pub sealed_secret: Vec<u8>,
-    pub created_at: String,
-}
-
-impl std::fmt::Debug for Credential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credential")
-            .field("access_key", &self.access_key)
-            .field("tenant_id", &self.tenant_id)
-            .field("user_id", &self.user_id)
-            .field("role", &self.role)
-            .field("sealed_secret", &"<redacted>")
-            .finish()
+    fn credentials(self: Arc<Self>) -> Arc<dyn CredentialStore> {
+        self
     }
-}
-
-/// One tenant of a bulk load (`repocrypt bench load`): a local-KMS key, a grant and a
-/// setting that uses the key.
-#[derive(Debug, Clone)]
-pub struct BulkTenant {
-    pub key: StoredKey,
-    pub setting: crate::domain::SettingDraft,
-}
-
-/// The key row that came with a setting from [`Store::get_setting_with_key`].
-#[derive(Debug)]
-pub enum JoinedKey {
-    /// Not read (the setting came from a cache, or the backend reads keys separately).
-    NotRead,
-    /// The row of the setting's key, if there is one.
-    Read(Option<StoredKey>),
-}
-
-#[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Cheap round trip, for readiness checks.
-    async fn ping(&self) -> Result<()>;
-
-    async fn get_setting(&self, tenant: &TenantId) -> Result<Option<Setting>>;
-    /// The setting and, in the same read where the backend can, the local KMS's row of
-    /// the key it names. The default reads the setting alone.
-    async fn get_setting_with_key(
-        &self,
-        tenant: &TenantId,
-    ) -> Result<(Option<Setting>, JoinedKey)> {
-        Ok((self.get_setting(tenant).await?, JoinedKey::NotRead))
-    }
-    /// Read the setting and the grant, run `plan`, write the result and its audit record,
-    /// all in one transaction. The id is assigned on first write and kept afterwards.
-    async fn update_setting(
-        &self,
-        tenant: &TenantId,
-        actor: &Actor,
-        plan: SettingPlan,
-    ) -> Result<Setting>;
-
-    async fn get_grant(&self, tenant: &TenantId) -> Result<Option<Grant>>;
-    /// Record the grant (idempotent: the first grant's who and when are kept) and audit it.
-    async fn put_grant(&self, tenant: &TenantId, actor: &Actor) -> Result<Grant>;
-
-    async fn get_permit_public(&self, tenant: &TenantId) -> Result<Option<PermitPublic>>;
-    async fn set_permit_public(
-        &self,
-        tenant: &TenantId,
-        value: PermitPublic,
-        actor: &Actor,
-    ) -> Result<()>;
-
-    /// Fails with [`Error::AlreadyExists`] when the project id is taken.
-    async fn add_project(&self, project: &Project, actor: &Actor) -> Result<()>;
-    async fn get_project(&self, project_id: &ProjectId) -> Result<Option<Project>>;
-    /// Fails with [`Error::ProjectNotFound`] when the project does not exist.
-    async fn add_project_member(
-        &self,
-        project_id: &ProjectId,
-        tenant: &TenantId,
-        user_id: &str,
-        actor: &Actor,
-    ) -> Result<()>;
-    async fn is_project_member(
-        &self,
-        project_id: &ProjectId,
-        tenant: &TenantId,
-        user_id: &str,
-    ) -> Result<bool>;
-
-    /// The audit records `filter` selects, oldest first.
-    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>>;
-    /// Insert many new tenants in one transaction (benchmarks, migrations from another
-    /// system), with one audit record for the batch under the tenant `*`.
-    async fn bulk_load(&self, tenants: &[BulkTenant], actor: &Actor) -> Result<()>;
-    /// Record a change made outside the database (an external KMS's key lifecycle), in a
-    /// transaction of its own. A caller that must fail closed writes a record *before* it
-    /// makes the change and does not make it when this fails.
-    async fn record_audit(
-        &self,
-        tenant: &TenantId,
-        actor: &Actor,
-        action: &str,
-        before: Option<serde_json::Value>,
-        after: Option<serde_json::Value>,
-    ) -> Result<()>;
-
-    async fn kms_insert_key(&self, key: &StoredKey, actor: &Actor) -> Result<()>;
-    async fn kms_get_key(&self, tenant: &TenantId, key_id: &str) -> Result<Option<StoredKey>>;
-    async fn kms_list_keys(&self, tenant: &TenantId) -> Result<Vec<StoredKey>>;
-    /// Apply `change` to a key of `tenant` in one transaction, with an audit record
-    /// named `action`. Fails with [`Error::KeyNotFound`] for an unknown key.
-    async fn kms_update_key(
-        &self,
-        tenant: &TenantId,
-        key_id: &str,
-        action: &str,
-        actor: &Actor,
-        change: KeyChange<'_>,
-    ) -> Result<StoredKey>;
-
-    async fn credential_insert(&self, credential: &Credential, actor: &Actor) -> Result<()>;
-    async fn credential_get(&self, access_key: &str) -> Result<Option<Credential>>;
-    async fn credential_list(&self, tenant: &TenantId) -> Result<Vec<Credential>>;
-    /// `false` when there was no such access key.
-    async fn credential_delete(&self, access_key: &str, actor: &Actor) -> Result<bool>;
-
-    /// The counters of this store's in-memory caches, for `/metrics`.
-    fn cache_stats(&self) -> Vec<crate::metrics::CacheStats> {
-        Vec::new()
-    }
-}
-
-/// Which audit records to list. Every field narrows the selection; the default selects
-/// every record.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AuditFilter {
-    /// Records of this tenant only (`*` for bulk loads).
-    pub tenant: Option<TenantId>,
-    /// Records of this actor only: an API caller's user id, or `cli`.
-    pub actor: Option<String>,
-    /// Records written at or after this time.
-    pub since: Option<SystemTime>,
-    /// Records written before this time.
-    pub until: Option<SystemTime>,
-    /// Only the `limit` most recent of the records selected (still listed oldest first).
-    pub limit: Option<u32>,
-}
-
-impl AuditFilter {
-    /// Every record of one tenant.
-    pub fn tenant(tenant: &TenantId) -> Self {
-        AuditFilter {
-            tenant: Some(tenant.clone()),
-            ..Self::default()
-        }
+    fn settings(self: Arc<Self>) -> Arc<dyn Store> {
+        self
     }
 }
 

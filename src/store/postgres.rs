@@ -149,7 +149,7 @@ impl PostgresStore {
     /// Nothing is cached: every replica reads what was written.
     fn tenant_written(&self, _tenant: &str) {}
 
-    fn row_cache_stats(&self) -> Vec<crate::metrics::CacheStats> {
+    fn row_cache_stats(&self) -> Vec<crate::domain::ports::CacheStats> {
         Vec::new()
     }
 }

@@ -175,7 +175,9 @@ impl SqliteStore {
         };
         let setting = sql::settings::from_row(&row)?;
         let key_id: Option<String> = row.try_get("key_id").context("decode key")?;
-        let key = key_id.map(|_| sql::keys::from_row(&row)).transpose()?;
+        let key = key_id
+            .map(|_| sql::keys::from_row(&row).map(|k| k.record()))
+            .transpose()?;
         self.settings
             .fill(tenant.as_str(), ticket, Some(setting.clone()));
         Ok((Some(setting), JoinedKey::Read(key)))
@@ -230,13 +232,13 @@ impl SqliteStore {
         self.grants.invalidate(tenant);
     }
 
-    fn row_cache_stats(&self) -> Vec<crate::metrics::CacheStats> {
+    fn row_cache_stats(&self) -> Vec<crate::domain::ports::CacheStats> {
         [
             ("settings", self.settings.hits_and_misses()),
             ("grants", self.grants.hits_and_misses()),
         ]
         .into_iter()
-        .map(|(name, (hits, misses))| crate::metrics::CacheStats { name, hits, misses })
+        .map(|(name, (hits, misses))| crate::domain::ports::CacheStats { name, hits, misses })
         .collect()
     }
 }

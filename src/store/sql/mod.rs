@@ -32,12 +32,13 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::{dialect, Backend};
+use crate::domain::ports::CacheStats;
 use crate::domain::{
     Actor, AuditRecord, Grant, PermitPublic, Project, ProjectId, Result, Setting, TenantId,
 };
 use crate::store::{
-    bulk_summary, AuditFilter, BulkTenant, Context, Credential, JoinedKey, KeyChange, SettingPlan,
-    Store, StoredKey,
+    bulk_summary, AuditFilter, BulkTenant, Context, Credential, CredentialStore, JoinedKey,
+    KeyChange, KeyStore, SettingPlan, Store, StoredKey,
 };
 
 /// A row of the database's.
@@ -53,6 +54,15 @@ pub(super) async fn begin_write(
         .context("begin write transaction")
 }
 
+/// Cheap round trip, for readiness checks.
+async fn ping(pool: &sqlx::Pool<dialect::Db>) -> Result<()> {
+    sqlx::query("SELECT 1")
+        .execute(pool)
+        .await
+        .map(|_| ())
+        .context("ping")
+}
+
 /// Serialise writers of one tenant's rows (`scope` names which) until the transaction
 /// ends: `dialect::lock_tenants` for one tenant.
 pub(super) async fn lock_tenant(conn: &mut dialect::Conn, scope: &str, tenant: &str) -> Result<()> {
@@ -64,11 +74,7 @@ pub(super) async fn lock_tenant(conn: &mut dialect::Conn, scope: &str, tenant: &
 #[async_trait]
 impl Store for Backend {
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .context("ping")
+        ping(&self.pool).await
     }
 
     async fn get_setting(&self, tenant: &TenantId) -> Result<Option<Setting>> {
@@ -153,27 +159,6 @@ impl Store for Backend {
         audit::list(&self.pool, filter).await
     }
 
-    async fn bulk_load(&self, tenants: &[BulkTenant], actor: &Actor) -> Result<()> {
-        let mut tx = begin_write(&self.pool).await?;
-        let now = self.clock.rfc3339();
-        bulk::insert_tenants(&mut tx, tenants, actor, &now).await?;
-        audit::insert(
-            &mut tx,
-            &self.clock,
-            "*",
-            actor,
-            "bench.load",
-            None,
-            Some(bulk_summary(tenants)),
-        )
-        .await?;
-        tx.commit().await.context("commit bulk load")?;
-        for t in tenants {
-            self.tenant_written(&t.key.tenant_id);
-        }
-        Ok(())
-    }
-
     async fn record_audit(
         &self,
         tenant: &TenantId,
@@ -193,6 +178,17 @@ impl Store for Backend {
             after,
         )
         .await
+    }
+
+    fn cache_stats(&self) -> Vec<CacheStats> {
+        self.row_cache_stats()
+    }
+}
+
+#[async_trait]
+impl KeyStore for Backend {
+    async fn ping(&self) -> Result<()> {
+        ping(&self.pool).await
     }
 
     async fn kms_insert_key(&self, key: &StoredKey, actor: &Actor) -> Result<()> {
@@ -227,6 +223,30 @@ impl Store for Backend {
         .await
     }
 
+    async fn bulk_load(&self, tenants: &[BulkTenant], actor: &Actor) -> Result<()> {
+        let mut tx = begin_write(&self.pool).await?;
+        let now = self.clock.rfc3339();
+        bulk::insert_tenants(&mut tx, tenants, actor, &now).await?;
+        audit::insert(
+            &mut tx,
+            &self.clock,
+            "*",
+            actor,
+            "bench.load",
+            None,
+            Some(bulk_summary(tenants)),
+        )
+        .await?;
+        tx.commit().await.context("commit bulk load")?;
+        for t in tenants {
+            self.tenant_written(&t.key.tenant_id);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl CredentialStore for Backend {
     async fn credential_insert(&self, credential: &Credential, actor: &Actor) -> Result<()> {
         credentials::insert(&self.pool, &self.clock, credential, actor).await
     }
@@ -241,9 +261,5 @@ impl Store for Backend {
 
     async fn credential_delete(&self, access_key: &str, actor: &Actor) -> Result<bool> {
         credentials::delete(&self.pool, &self.clock, access_key, actor).await
-    }
-
-    fn cache_stats(&self) -> Vec<crate::metrics::CacheStats> {
-        self.row_cache_stats()
     }
 }

@@ -1,0 +1,233 @@
+//! The ports: what the core needs from the outside, owned by the core. The store
+//! (`store::sqlite`, `store::postgres`) and the KMS backends (`kms::local`, `kms::aws`)
+//! implement them; nothing here knows of SQL, HTTP or a command line.
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use super::{
+    Actor, AuditRecord, Grant, KeyState, PermitPublic, Project, ProjectId, Result, Setting,
+    SettingDraft, TenantId,
+};
+
+// ---- storage -------------------------------------------------------------------------
+
+/// A pure function from the stored setting (if any) and whether the tenant has granted
+/// KMS use, to the new setting. The store runs it inside the write transaction, so the
+/// decision and the write see the same data. It owns what it needs, so a store may hand it
+/// to a writer task that commits many of them together.
+pub type SettingPlan =
+    std::sync::Arc<dyn Fn(Option<&Setting>, bool) -> Result<SettingDraft> + Send + Sync>;
+
+/// A key as the service's own database keeps it, for a KMS whose keys live there (the
+/// local KMS): what a read of a setting can bring of its key in the same query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub key_id: String,
+    pub alias: String,
+    pub state: KeyState,
+    /// Unix seconds at which a key pending deletion is deleted.
+    pub deletion_at: Option<i64>,
+}
+
+/// The key record that came with a setting from [`Store::get_setting_with_key`].
+#[derive(Debug)]
+pub enum JoinedKey {
+    /// Not read (the setting came from a cache, or the backend reads keys separately).
+    NotRead,
+    /// The record of the setting's key, if there is one.
+    Read(Option<KeyRecord>),
+}
+
+/// A cache's counters, read at scrape time.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheStats {
+    pub name: &'static str,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap round trip, for readiness checks.
+    async fn ping(&self) -> Result<()>;
+
+    async fn get_setting(&self, tenant: &TenantId) -> Result<Option<Setting>>;
+    /// The setting and, in the same read where the backend can, the local KMS's row of
+    /// the key it names. The default reads the setting alone.
+    async fn get_setting_with_key(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<(Option<Setting>, JoinedKey)> {
+        Ok((self.get_setting(tenant).await?, JoinedKey::NotRead))
+    }
+    /// Read the setting and the grant, run `plan`, write the result and its audit record,
+    /// all in one transaction. The id is assigned on first write and kept afterwards.
+    async fn update_setting(
+        &self,
+        tenant: &TenantId,
+        actor: &Actor,
+        plan: SettingPlan,
+    ) -> Result<Setting>;
+
+    async fn get_grant(&self, tenant: &TenantId) -> Result<Option<Grant>>;
+    /// Record the grant (idempotent: the first grant's who and when are kept) and audit it.
+    async fn put_grant(&self, tenant: &TenantId, actor: &Actor) -> Result<Grant>;
+
+    async fn get_permit_public(&self, tenant: &TenantId) -> Result<Option<PermitPublic>>;
+    async fn set_permit_public(
+        &self,
+        tenant: &TenantId,
+        value: PermitPublic,
+        actor: &Actor,
+    ) -> Result<()>;
+
+    /// Fails with [`Error::AlreadyExists`] when the project id is taken.
+    async fn add_project(&self, project: &Project, actor: &Actor) -> Result<()>;
+    async fn get_project(&self, project_id: &ProjectId) -> Result<Option<Project>>;
+    /// Fails with [`Error::ProjectNotFound`] when the project does not exist.
+    async fn add_project_member(
+        &self,
+        project_id: &ProjectId,
+        tenant: &TenantId,
+        user_id: &str,
+        actor: &Actor,
+    ) -> Result<()>;
+    async fn is_project_member(
+        &self,
+        project_id: &ProjectId,
+        tenant: &TenantId,
+        user_id: &str,
+    ) -> Result<bool>;
+
+    /// The audit records `filter` selects, oldest first.
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>>;
+    /// Record a change made outside the database (an external KMS's key lifecycle), in a
+    /// transaction of its own. A caller that must fail closed writes a record *before* it
+    /// makes the change and does not make it when this fails.
+    async fn record_audit(
+        &self,
+        tenant: &TenantId,
+        actor: &Actor,
+        action: &str,
+        before: Option<serde_json::Value>,
+        after: Option<serde_json::Value>,
+    ) -> Result<()>;
+
+    /// The counters of this store's in-memory caches, for `/metrics`.
+    fn cache_stats(&self) -> Vec<CacheStats> {
+        Vec::new()
+    }
+}
+
+/// Which audit records to list. Every field narrows the selection; the default selects
+/// every record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Records of this tenant only (`*` for bulk loads).
+    pub tenant: Option<TenantId>,
+    /// Records of this actor only: an API caller's user id, or `cli`.
+    pub actor: Option<String>,
+    /// Records written at or after this time.
+    pub since: Option<SystemTime>,
+    /// Records written before this time.
+    pub until: Option<SystemTime>,
+    /// Only the `limit` most recent of the records selected (still listed oldest first).
+    pub limit: Option<u32>,
+}
+
+impl AuditFilter {
+    /// Every record of one tenant.
+    pub fn tenant(tenant: &TenantId) -> Self {
+        AuditFilter {
+            tenant: Some(tenant.clone()),
+            ..Self::default()
+        }
+    }
+}
+
+// ---- key management ------------------------------------------------------------------
+
+/// What the API needs to know of a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyInfo {
+    pub key_id: String,
+    pub key_name: String,
+    pub key_state: KeyState,
+}
+
+/// Where a key's material comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOrigin {
+    /// Generated by the KMS.
+    Kms,
+    /// Imported later (the key starts in state 5, pending import).
+    External,
+}
+
+impl KeyOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyOrigin::Kms => "kms",
+            KeyOrigin::External => "external",
+        }
+    }
+}
+
+/// A key management service. Every call is scoped to a tenant: a key of another tenant
+/// is reported as not found, never as forbidden, so a tenant cannot learn of it.
+#[async_trait]
+pub trait Kms: Send + Sync + 'static {
+    /// Check that the KMS as a whole answers (readiness checks).
+    async fn ping(&self) -> Result<()>;
+    /// Check that the service can reach this tenant's KMS with its credentials.
+    async fn check_access(&self, tenant: &TenantId) -> Result<()>;
+    /// The key with this id in this tenant's KMS, or `None`.
+    async fn describe_key(&self, tenant: &TenantId, key_id: &str) -> Result<Option<KeyInfo>>;
+    /// For a KMS that keeps its keys in the service's own database (the local KMS): what
+    /// [`describe_key`](Kms::describe_key) would answer, from the key's record (`None`: no
+    /// record), so that one read can bring a setting and its key
+    /// ([`Store::get_setting_with_key`]). `None` for a KMS whose keys live elsewhere.
+    fn describe_stored(&self, _key: Option<KeyRecord>) -> Option<Option<KeyInfo>> {
+        None
+    }
+    /// Whether [`describe_stored`](Kms::describe_stored) answers.
+    fn keys_in_store(&self) -> bool {
+        false
+    }
+
+    async fn create_key(
+        &self,
+        tenant: &TenantId,
+        alias: &str,
+        origin: KeyOrigin,
+        inactive: bool,
+        actor: &Actor,
+    ) -> Result<KeyInfo>;
+    async fn list_keys(&self, tenant: &TenantId) -> Result<Vec<KeyInfo>>;
+    async fn enable_key(&self, tenant: &TenantId, key_id: &str, actor: &Actor) -> Result<KeyInfo>;
+    async fn disable_key(&self, tenant: &TenantId, key_id: &str, actor: &Actor) -> Result<KeyInfo>;
+    async fn schedule_key_deletion(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        pending_days: u32,
+        actor: &Actor,
+    ) -> Result<KeyInfo>;
+    async fn cancel_key_deletion(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        actor: &Actor,
+    ) -> Result<KeyInfo>;
+    /// Import material into an external key (state 5 to 2). `None` generates it.
+    async fn import_key_material(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        material: Option<Vec<u8>>,
+        actor: &Actor,
+    ) -> Result<KeyInfo>;
+}
