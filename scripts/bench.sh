@@ -51,7 +51,7 @@ if [ ! -x "$oha" ]; then
 fi
 
 log "building release"
-cargo build --release --bin repocrypt --example baseline --example loadgen >&2
+cargo build --release --features bench --bin repocrypt --example baseline --example loadgen >&2
 bin="$repo/target/release/repocrypt"
 baseline="$repo/target/release/examples/baseline"
 loadgen="$repo/target/release/examples/loadgen"

@@ -105,11 +105,13 @@ pub enum Command {
     /// Read the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Benchmark tooling.
+    /// Benchmark tooling (built with `--features bench`).
+    #[cfg(feature = "bench")]
     #[command(subcommand)]
     Bench(BenchCommand),
 }
 
+#[cfg(feature = "bench")]
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Add tenants bench 0..N, each with a local-KMS key, a grant and a KMS setting, in
@@ -521,6 +523,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        #[cfg(feature = "bench")]
         Command::Bench(BenchCommand::Load {
             tenants,
             tokens_file,

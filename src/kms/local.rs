@@ -10,7 +10,7 @@ use rand::RngCore;
 use super::{KeyInfo, KeyOrigin, Kms, MAX_PENDING_DAYS, MIN_PENDING_DAYS};
 use crate::clock::Clock;
 use crate::domain::ports::KeyRecord;
-use crate::domain::{Actor, Error, KeyState, Result, SettingDraft, TenantId};
+use crate::domain::{Actor, Error, KeyState, Result, TenantId};
 use crate::keys::{RootKey, Sealer, LABEL_KMS_WRAP};
 use serde::Serialize;
 
@@ -60,12 +60,13 @@ impl StoredKey {
     }
 }
 
+#[cfg(feature = "bench")]
 /// One tenant of a bulk load (`repocrypt bench load`): a local-KMS key, a grant and a
 /// setting that uses the key.
 #[derive(Debug, Clone)]
 pub struct BulkTenant {
     pub key: StoredKey,
-    pub setting: SettingDraft,
+    pub setting: crate::domain::SettingDraft,
 }
 
 /// What the local KMS needs from the service's database: its keys' rows, each change in a
@@ -88,6 +89,7 @@ pub trait KeyStore: Send + Sync + 'static {
         change: KeyChange<'_>,
     ) -> Result<StoredKey>;
 
+    #[cfg(feature = "bench")]
     /// Insert many new tenants in one transaction (benchmarks, migrations from another
     /// system), with one audit record for the batch under the tenant `*`.
     async fn bulk_load(&self, tenants: &[BulkTenant], actor: &Actor) -> Result<()>;
@@ -105,6 +107,7 @@ impl LocalKms {
         LocalKms { store, wrap, clock }
     }
 
+    #[cfg(feature = "bench")]
     /// A new enabled key's row with fresh sealed material, not yet stored (bulk loads).
     pub fn new_key_row(&self, tenant: &TenantId, alias: &str) -> Result<StoredKey> {
         validate_alias(alias)?;

@@ -13,7 +13,9 @@ use serde::Serialize;
 
 pub use crate::auth::credentials::{Credential, CredentialStore};
 pub use crate::domain::ports::{AuditFilter, JoinedKey, SettingPlan, Store};
-pub use crate::kms::local::{BulkTenant, KeyChange, KeyStore, StoredKey};
+#[cfg(feature = "bench")]
+pub use crate::kms::local::BulkTenant;
+pub use crate::kms::local::{KeyChange, KeyStore, StoredKey};
 
 use crate::domain::{Error, Result, Role};
 
@@ -160,6 +162,7 @@ pub(crate) fn unique_violation(e: &sqlx::Error) -> bool {
         .is_some_and(|d| d.is_unique_violation())
 }
 
+#[cfg(feature = "bench")]
 /// The audit record of a bulk load: how many tenants, the first and the last.
 pub fn bulk_summary(tenants: &[BulkTenant]) -> serde_json::Value {
     serde_json::json!({

@@ -20,6 +20,7 @@
 //! projects, audit, local-KMS keys, credentials; and the migrations and bulk loads.
 
 pub(super) mod audit;
+#[cfg(feature = "bench")]
 pub(super) mod bulk;
 pub(super) mod credentials;
 pub(super) mod grants;
@@ -36,9 +37,11 @@ use crate::domain::ports::CacheStats;
 use crate::domain::{
     Actor, AuditRecord, Grant, PermitPublic, Project, ProjectId, Result, Setting, TenantId,
 };
+#[cfg(feature = "bench")]
+use crate::store::{bulk_summary, BulkTenant};
 use crate::store::{
-    bulk_summary, AuditFilter, BulkTenant, Context, Credential, CredentialStore, JoinedKey,
-    KeyChange, KeyStore, SettingPlan, Store, StoredKey,
+    AuditFilter, Context, Credential, CredentialStore, JoinedKey, KeyChange, KeyStore, SettingPlan,
+    Store, StoredKey,
 };
 
 /// A row of the database's.
@@ -223,6 +226,7 @@ impl KeyStore for Backend {
         .await
     }
 
+    #[cfg(feature = "bench")]
     async fn bulk_load(&self, tenants: &[BulkTenant], actor: &Actor) -> Result<()> {
         let mut tx = begin_write(&self.pool).await?;
         let now = self.clock.rfc3339();
