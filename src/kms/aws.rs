@@ -24,7 +24,7 @@ use serde_json::json;
 
 use super::{KeyInfo, KeyOrigin, Kms, MIN_PENDING_DAYS};
 use crate::domain::{Actor, Error, KeyState, Result, TenantId};
-use crate::store::Store;
+use crate::domain::ports::Store;
 
 /// The tag that binds a key to a tenant.
 pub const TENANT_TAG: &str = "repocrypt:tenant";
