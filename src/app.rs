@@ -39,7 +39,7 @@ impl App {
     /// `serve` does), the database (migrating it) and the KMS.
     pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<App> {
         keys::create_private_dir(&config.data_dir)?;
-        let root = RootKey::load_or_create(&config.data_dir, config.root_key.as_deref())?;
+        let root = RootKey::load_or_create(&config.data_dir, config.expose_root_key())?;
         Self::open_with_root(config, clock, root).await
     }
 
@@ -47,7 +47,7 @@ impl App {
     /// data directory, or in `REPOCRYPT_ROOT_KEY`). A data directory without one is
     /// refused, not given a new key that no server shares.
     pub async fn open_existing(config: Config, clock: Arc<dyn Clock>) -> Result<App> {
-        let root = RootKey::load(&config.data_dir, config.root_key.as_deref())?;
+        let root = RootKey::load(&config.data_dir, config.expose_root_key())?;
         // A key from the environment needs no file, but the SQLite database may still
         // live in the data directory.
         keys::create_private_dir(&config.data_dir)?;
@@ -124,8 +124,8 @@ impl App {
             auth: self.auth.clone(),
             kms: self.kms.clone(),
             metrics: self.metrics.clone(),
-            limits: self.config.limits,
-            rate_limits: self.config.rate_limits,
+            limits: self.config.limits(),
+            rate_limits: self.config.rate_limits(),
         })
     }
 }

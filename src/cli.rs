@@ -429,7 +429,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 "--ttl must be between 1s and 365 days".into(),
             ));
         }
-        let root = crate::keys::RootKey::load(&config.data_dir, config.root_key.as_deref())?;
+        let root = crate::keys::RootKey::load(&config.data_dir, config.expose_root_key())?;
         let codec = crate::auth::token::TokenCodec::new(&root);
         let now = clock.unix_seconds();
         let identity = Identity {
@@ -536,7 +536,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 ));
             }
             let root =
-                crate::keys::RootKey::load(&app.config.data_dir, app.config.root_key.as_deref())?;
+                crate::keys::RootKey::load(&app.config.data_dir, app.config.expose_root_key())?;
             let opts = crate::bench::LoadOptions {
                 count: tenants,
                 tokens_file,
@@ -551,7 +551,7 @@ pub async fn run(cli: Cli) -> Result<()> {
 /// `repocrypt init`: the data directory and its root key, made if missing.
 fn init(config: &Config) -> Result<()> {
     let dir = &config.data_dir;
-    if let Some(value) = config.root_key.as_deref() {
+    if let Some(value) = config.expose_root_key() {
         crate::keys::RootKey::load(dir, Some(value))?;
         crate::keys::create_private_dir(dir)?;
         return print_line(&format!(
@@ -648,7 +648,7 @@ async fn kms(app: &App, actor: &Actor, cmd: KmsCommand) -> Result<()> {
 async fn serve(app: App) -> Result<()> {
     let addr = app.config.listen;
     // Certificate problems are reported before the port is taken.
-    let tls = match &app.config.tls {
+    let tls = match &app.config.tls() {
         Some(files) => Some(crate::http::server::tls_config(files)?),
         None => None,
     };
@@ -664,13 +664,13 @@ async fn serve(app: App) -> Result<()> {
         scheme,
         database = %crate::config::redact_url(&app.config.database_url),
         data_dir = %app.config.data_dir.display(),
-        limits = ?app.config.limits,
-        rate_limits = ?app.config.rate_limits,
+        limits = ?app.config.limits(),
+        rate_limits = ?app.config.rate_limits(),
         "repocrypt started"
     );
     print_line(&format!("repocrypt listening on {scheme}://{local}"))?;
     let options = crate::http::server::ServerOptions {
-        limits: app.config.limits,
+        limits: app.config.limits(),
         tls,
     };
     crate::http::server::serve(listener, app.router(), options, shutdown_signal())

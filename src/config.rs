@@ -1,10 +1,22 @@
-//! Layered configuration: flags > environment (`REPOCRYPT_*`) > TOML file > defaults.
+//! Configuration: one type, [`Config`], whose fields are the settings; the TOML file's keys
+//! are its field names. [`Config::load`] layers, with figment, the defaults
+//! ([`Config::default`]), the TOML file (`--config`), and the flags with their
+//! environment variables (`REPOCRYPT_*`, read by clap: [`ConfigArgs`]), then checks the result
+//! once ([`Config::validate`]). Precedence: flag > environment > file > default.
+//!
+//! Adding a setting: a field here (with its default in `Default for Config`, its check in
+//! `validate` if it has one), its flag in [`ConfigArgs`] (same name; the environment
+//! variable is `REPOCRYPT_` and the name in capitals), and its row in README.md's table (a
+//! test compares the table with these).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 
 use crate::domain::Error;
 
@@ -21,7 +33,7 @@ pub const DEFAULT_RATE_LIMIT_PER_TENANT: u32 = 1000;
 pub const DEFAULT_RATE_LIMIT_PER_CREDENTIAL: u32 = 500;
 
 /// Where tenants' keys live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum KmsBackend {
     /// The embedded KMS, in the service's own database.
@@ -30,18 +42,21 @@ pub enum KmsBackend {
     Aws,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-/// The configuration flags every subcommand takes (with their environment variables).
-#[derive(Debug, Clone, Default, clap::Args)]
+/// The settings as flags and environment variables: clap's view of [`Config`], one
+/// field per setting of the same name (`None`: not given). Every subcommand takes them.
+/// [`Config::load`] lays the given ones over the file, as they are serialized here.
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
 pub struct ConfigArgs {
     /// TOML configuration file.
     #[arg(long, env = "REPOCRYPT_CONFIG", global = true, value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "REPOCRYPT_LISTEN", global = true, value_name = "ADDR")]
@@ -66,9 +81,27 @@ pub struct ConfigArgs {
     pub region_type: Option<String>,
     /// How long a key state read from the KMS is reused, e.g. `10s`; `0` turns the cache off [default: 10s].
     #[arg(long, env = "REPOCRYPT_KEY_STATE_CACHE_TTL", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(serialize_with = "duration::serialize_option")]
     pub key_state_cache_ttl: Option<Duration>,
+    /// Most key states kept in memory; the least recently used go first [default: 100000].
+    #[arg(
+        long,
+        env = "REPOCRYPT_KEY_STATE_CACHE_CAPACITY",
+        global = true,
+        value_name = "N"
+    )]
+    pub key_state_cache_capacity: Option<usize>,
+    /// SQLite only: most settings (and as many grants) kept in memory; 0 turns it off [default: 50000].
+    #[arg(
+        long,
+        env = "REPOCRYPT_ROW_CACHE_CAPACITY",
+        global = true,
+        value_name = "N"
+    )]
+    pub row_cache_capacity: Option<usize>,
     /// Largest difference between a signed request's X-Sdk-Date and the server's clock [default: 15m].
     #[arg(long, env = "REPOCRYPT_SIGNATURE_MAX_SKEW", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(serialize_with = "duration::serialize_option")]
     pub signature_max_skew: Option<Duration>,
     /// KMS backend: `local` (embedded) or `aws` (AWS KMS API) [default: local].
     #[arg(
@@ -96,6 +129,7 @@ pub struct ConfigArgs {
     pub kms_region: Option<String>,
     /// Longest time one KMS operation may take, retries included; at most 2s [default: 2s].
     #[arg(long, env = "REPOCRYPT_KMS_TIMEOUT", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(serialize_with = "duration::serialize_option")]
     pub kms_timeout: Option<Duration>,
     /// Log filter, e.g. `info` or `repocrypt=debug` [default: info for serve, warn otherwise].
     #[arg(long, env = "REPOCRYPT_LOG", global = true, value_name = "FILTER")]
@@ -129,7 +163,44 @@ pub struct ConfigArgs {
     pub max_connections: Option<usize>,
     /// Longest time a request may take, reading its body included (408 after) [default: 10s].
     #[arg(long, env = "REPOCRYPT_REQUEST_TIMEOUT", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(serialize_with = "duration::serialize_option")]
     pub request_timeout: Option<Duration>,
+    /// Longest time a client may take to send a request's head or finish the TLS handshake; idle keep-alive connections are closed after it too [default: 10s].
+    #[arg(long, env = "REPOCRYPT_HEADER_READ_TIMEOUT", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(serialize_with = "duration::serialize_option")]
+    pub header_read_timeout: Option<Duration>,
+    /// Largest request body, 1024 to 65536 (413 above it) [default: 65536].
+    #[arg(
+        long,
+        env = "REPOCRYPT_MAX_BODY_BYTES",
+        global = true,
+        value_name = "BYTES"
+    )]
+    pub max_body_bytes: Option<usize>,
+    /// Largest request head, request line and headers together, 8192 to 262144 (431 above it) [default: 32768].
+    #[arg(
+        long,
+        env = "REPOCRYPT_MAX_HEADER_BYTES",
+        global = true,
+        value_name = "BYTES"
+    )]
+    pub max_header_bytes: Option<usize>,
+    /// Longest X-Auth-Token or Authorization value, 256 to --max-header-bytes (401 above it) [default: 16384].
+    #[arg(
+        long,
+        env = "REPOCRYPT_MAX_TOKEN_BYTES",
+        global = true,
+        value_name = "BYTES"
+    )]
+    pub max_token_bytes: Option<usize>,
+    /// Deepest nesting of arrays and objects in a JSON body, 1 to 128 (400 above it) [default: 32].
+    #[arg(
+        long,
+        env = "REPOCRYPT_JSON_MAX_DEPTH",
+        global = true,
+        value_name = "N"
+    )]
+    pub json_max_depth: Option<usize>,
     /// PEM certificate chain: serve HTTPS (with --tls-key) instead of plain HTTP.
     #[arg(long, env = "REPOCRYPT_TLS_CERT", global = true, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -138,39 +209,7 @@ pub struct ConfigArgs {
     pub tls_key: Option<PathBuf>,
 }
 
-/// The TOML file: the same settings, snake_case.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<SocketAddr>,
-    data_dir: Option<PathBuf>,
-    database_url: Option<String>,
-    region: Option<String>,
-    region_type: Option<String>,
-    key_state_cache_ttl: Option<String>,
-    key_state_cache_capacity: Option<usize>,
-    row_cache_capacity: Option<usize>,
-    signature_max_skew: Option<String>,
-    kms_backend: Option<KmsBackend>,
-    kms_endpoint: Option<String>,
-    kms_region: Option<String>,
-    kms_timeout: Option<String>,
-    log: Option<String>,
-    log_format: Option<LogFormat>,
-    rate_limit_per_tenant: Option<u32>,
-    rate_limit_per_credential: Option<u32>,
-    max_connections: Option<usize>,
-    request_timeout: Option<String>,
-    header_read_timeout: Option<String>,
-    max_body_bytes: Option<usize>,
-    max_header_bytes: Option<usize>,
-    max_token_bytes: Option<usize>,
-    json_max_depth: Option<usize>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-}
-
-/// Bounds on what one client can make the server hold or do.
+/// Bounds on what one client can make the server hold or do: [`Config::limits`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Connections served at once.
@@ -191,79 +230,122 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// The limits of the default configuration.
     fn default() -> Self {
-        Limits {
-            max_connections: 1024,
-            max_body_bytes: crate::domain::MAX_BODY_BYTES,
-            max_header_bytes: 32 * 1024,
-            max_token_bytes: 16 * 1024,
-            json_max_depth: 32,
-            request_timeout: Duration::from_secs(10),
-            header_read_timeout: Duration::from_secs(10),
-        }
+        Config::default().limits()
     }
 }
 
-/// Token-bucket rates in requests per second; 0 turns a limit off.
+/// Token-bucket rates in requests per second; 0 turns a limit off: [`Config::rate_limits`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimits {
     pub per_tenant: u32,
     pub per_credential: u32,
 }
 
-/// A certificate chain and its key, both PEM files.
+/// A certificate chain and its key, both PEM files: [`Config::tls`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
-/// The resolved configuration.
-#[derive(Clone)]
+/// The configuration: every setting, resolved. The TOML file's keys are these field
+/// names; a key that is none of them is refused.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// Defaults to `sqlite://DATA_DIR/repocrypt.db`, in the data directory of the layers.
     pub database_url: String,
     pub region: String,
     pub region_type: String,
+    #[serde(with = "duration")]
     pub key_state_cache_ttl: Duration,
     pub key_state_cache_capacity: usize,
     /// Settings (and as many grants) SQLite keeps in memory; 0 turns it off.
     pub row_cache_capacity: usize,
+    #[serde(with = "duration")]
     pub signature_max_skew: Duration,
     pub kms_backend: KmsBackend,
     pub kms_endpoint: Option<String>,
     pub kms_region: Option<String>,
+    #[serde(with = "duration")]
     pub kms_timeout: Duration,
     pub log: Option<String>,
     pub log_format: LogFormat,
-    /// Base64 root key from `REPOCRYPT_ROOT_KEY` (never a flag: argv is visible to all).
-    pub root_key: Option<String>,
-    pub limits: Limits,
-    pub rate_limits: RateLimits,
-    /// HTTPS when set; plain HTTP otherwise.
-    pub tls: Option<TlsFiles>,
+    pub rate_limit_per_tenant: u32,
+    pub rate_limit_per_credential: u32,
+    pub max_connections: usize,
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_token_bytes: usize,
+    pub json_max_depth: usize,
+    /// HTTPS when both are set; plain HTTP when neither is.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Base64 root key from `REPOCRYPT_ROOT_KEY` only: never a flag (argv is visible to
+    /// all) nor a file key.
+    #[serde(skip)]
+    pub root_key: Option<SecretString>,
 }
 
+impl Default for Config {
+    fn default() -> Self {
+        let data_dir = PathBuf::from(DEFAULT_DATA_DIR);
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: default_database_url(&data_dir),
+            data_dir,
+            region: DEFAULT_REGION.into(),
+            region_type: DEFAULT_REGION_TYPE.into(),
+            key_state_cache_ttl: DEFAULT_KEY_STATE_CACHE_TTL,
+            key_state_cache_capacity: DEFAULT_KEY_STATE_CACHE_CAPACITY,
+            row_cache_capacity: crate::store::sqlite::DEFAULT_ROW_CACHE_CAPACITY,
+            signature_max_skew: DEFAULT_SIGNATURE_MAX_SKEW,
+            kms_backend: KmsBackend::Local,
+            kms_endpoint: None,
+            kms_region: None,
+            kms_timeout: DEFAULT_KMS_TIMEOUT,
+            log: None,
+            log_format: LogFormat::Text,
+            rate_limit_per_tenant: DEFAULT_RATE_LIMIT_PER_TENANT,
+            rate_limit_per_credential: DEFAULT_RATE_LIMIT_PER_CREDENTIAL,
+            max_connections: 1024,
+            request_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            max_body_bytes: crate::domain::MAX_BODY_BYTES,
+            max_header_bytes: 32 * 1024,
+            max_token_bytes: 16 * 1024,
+            json_max_depth: 32,
+            tls_cert: None,
+            tls_key: None,
+            root_key: None,
+        }
+    }
+}
+
+/// Every setting, through its serialization: database URLs redacted, the root key only
+/// said to be there.
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("listen", &self.listen)
-            .field("data_dir", &self.data_dir)
-            .field("database_url", &redact_url(&self.database_url))
-            .field("region", &self.region)
-            .field("key_state_cache_ttl", &self.key_state_cache_ttl)
-            .field("kms_backend", &self.kms_backend)
-            .field(
-                "kms_endpoint",
-                &self.kms_endpoint.as_deref().map(redact_url),
-            )
-            .field("kms_region", &self.kms_region)
-            .field("kms_timeout", &self.kms_timeout)
-            .field("root_key", &self.root_key.as_ref().map(|_| "<redacted>"))
-            .field("limits", &self.limits)
-            .field("rate_limits", &self.rate_limits)
-            .field("tls", &self.tls)
+        let mut out = f.debug_struct("Config");
+        if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(self) {
+            for (name, value) in &fields {
+                match (name.as_str(), value.as_str()) {
+                    ("database_url" | "kms_endpoint", Some(url)) => {
+                        out.field(name, &redact_url(url))
+                    }
+                    _ => out.field(name, &format_args!("{value}")),
+                };
+            }
+        }
+        out.field("root_key", &self.root_key.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -303,49 +385,87 @@ fn redact_authority(url: &str) -> String {
     }
 }
 
-fn nonempty(name: &str, value: String) -> Result<String, Error> {
-    crate::domain::check_text_arg(name, &value).map(|()| value)
-}
-
 impl Config {
-    /// Resolve flags/env (already merged by clap) over the file over the defaults.
+    /// The defaults, under the file named by `--config`, under the flags and environment
+    /// variables clap has read; then [`Config::validate`]. The root key comes from
+    /// `REPOCRYPT_ROOT_KEY`.
     pub fn load(args: &ConfigArgs) -> Result<Self, Error> {
-        let file = match &args.config {
-            Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+        let mut layers = Figment::new();
+        if let Some(path) = &args.config {
+            // Read here for a plain message on a missing or unreadable file.
+            std::fs::metadata(path).map_err(|e| {
+                Error::InvalidArgument(format!("cannot read config file {}: {e}", path.display()))
+            })?;
+            layers = layers.merge(Toml::file_exact(path));
+        }
+        let layers = layers.merge(Serialized::defaults(given(args)?));
+        // The default database lives in the data directory the layers name.
+        let data_dir = layers
+            .find_value("data_dir")
+            .ok()
+            .and_then(|v| v.deserialize::<PathBuf>().ok())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let layers = layers.join(Serialized::default(
+            "database_url",
+            default_database_url(&data_dir),
+        ));
+        let mut config: Config = layers.extract().map_err(figment_error)?;
+        config.root_key = std::env::var(crate::keys::ROOT_KEY_ENV)
+            .ok()
+            .map(SecretString::from);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Each setting against its range, naming the first one out of it.
+    pub fn validate(&self) -> Result<(), Error> {
+        let in_range = |name: &str, value: usize, min: usize, max: usize| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(Error::InvalidArgument(format!(
+                    "{name} is {value}: it must be from {min} to {max}"
+                )))
+            }
         };
-        let limits = limits(args, &file)?;
-        let ttl = duration(
-            "key_state_cache_ttl",
-            args.key_state_cache_ttl,
-            file.key_state_cache_ttl.as_deref(),
-            DEFAULT_KEY_STATE_CACHE_TTL,
+        in_range("max_connections", self.max_connections, 1, 1_000_000)?;
+        in_range(
+            "max_body_bytes",
+            self.max_body_bytes,
+            1024,
+            crate::domain::MAX_BODY_BYTES,
         )?;
-        let signature_max_skew = duration(
-            "signature_max_skew",
-            args.signature_max_skew,
-            file.signature_max_skew.as_deref(),
-            DEFAULT_SIGNATURE_MAX_SKEW,
+        // hyper needs at least 8 KiB of read buffer, and its ~400 KiB read buffer caps a head.
+        in_range("max_header_bytes", self.max_header_bytes, 8192, 256 * 1024)?;
+        in_range(
+            "max_token_bytes",
+            self.max_token_bytes,
+            256,
+            self.max_header_bytes,
         )?;
-        if signature_max_skew.is_zero() {
+        in_range("json_max_depth", self.json_max_depth, 1, 128)?;
+        for (name, value) in [
+            ("request_timeout", self.request_timeout),
+            ("header_read_timeout", self.header_read_timeout),
+        ] {
+            if value.is_zero() || value > Duration::from_secs(300) {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} must be more than 0 and at most 5m"
+                )));
+            }
+        }
+        if self.signature_max_skew.is_zero() {
             return Err(Error::InvalidArgument(
                 "signature_max_skew must be positive".into(),
             ));
         }
-        let kms_timeout = duration(
-            "kms_timeout",
-            args.kms_timeout,
-            file.kms_timeout.as_deref(),
-            DEFAULT_KMS_TIMEOUT,
-        )?;
-        if kms_timeout.is_zero() || kms_timeout > MAX_KMS_TIMEOUT {
+        if self.kms_timeout.is_zero() || self.kms_timeout > MAX_KMS_TIMEOUT {
             return Err(Error::InvalidArgument(format!(
                 "kms_timeout must be more than 0 and at most {}",
                 humantime::format_duration(MAX_KMS_TIMEOUT)
             )));
         }
-        let kms_endpoint = args.kms_endpoint.clone().or(file.kms_endpoint);
-        if let Some(url) = &kms_endpoint {
+        if let Some(url) = &self.kms_endpoint {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(Error::InvalidArgument(format!(
                     "kms_endpoint `{}` must be an http:// or https:// URL",
@@ -353,174 +473,120 @@ impl Config {
                 )));
             }
         }
-        let kms_region = match args.kms_region.clone().or(file.kms_region) {
-            Some(r) => Some(nonempty("kms_region", r)?),
-            None => None,
-        };
-        let listen = match args.listen.or(file.listen) {
-            Some(l) => l,
-            None => DEFAULT_LISTEN
-                .parse()
-                .map_err(|_| Error::Internal("bad default listen address".into()))?,
-        };
-        let data_dir = args
-            .data_dir
-            .clone()
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        let database_url = args
-            .database_url
-            .clone()
-            .or(file.database_url)
-            .unwrap_or_else(|| default_database_url(&data_dir));
-        let rate_limits = RateLimits {
-            per_tenant: args
-                .rate_limit_per_tenant
-                .or(file.rate_limit_per_tenant)
-                .unwrap_or(DEFAULT_RATE_LIMIT_PER_TENANT),
-            per_credential: args
-                .rate_limit_per_credential
-                .or(file.rate_limit_per_credential)
-                .unwrap_or(DEFAULT_RATE_LIMIT_PER_CREDENTIAL),
-        };
-        let tls = match (
-            args.tls_cert.clone().or(file.tls_cert),
-            args.tls_key.clone().or(file.tls_key),
-        ) {
-            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
-            (None, None) => None,
-            _ => {
-                return Err(Error::InvalidArgument(
-                    "tls_cert and tls_key go together: give both to serve HTTPS, or neither".into(),
-                ))
+        if let Some(region) = &self.kms_region {
+            crate::domain::check_text_arg("kms_region", region)?;
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(Error::InvalidArgument(
+                "tls_cert and tls_key go together: give both to serve HTTPS, or neither".into(),
+            ));
+        }
+        crate::domain::check_text_arg("region", &self.region)?;
+        crate::domain::check_text_arg("region_type", &self.region_type)
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            max_body_bytes: self.max_body_bytes,
+            max_header_bytes: self.max_header_bytes,
+            max_token_bytes: self.max_token_bytes,
+            json_max_depth: self.json_max_depth,
+            request_timeout: self.request_timeout,
+            header_read_timeout: self.header_read_timeout,
+        }
+    }
+
+    pub fn rate_limits(&self) -> RateLimits {
+        RateLimits {
+            per_tenant: self.rate_limit_per_tenant,
+            per_credential: self.rate_limit_per_credential,
+        }
+    }
+
+    /// The certificate and key to serve HTTPS with; `None` unless both are set.
+    pub fn tls(&self) -> Option<TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The root key's base64 text, for [`crate::keys::RootKey`].
+    pub fn expose_root_key(&self) -> Option<&str> {
+        self.root_key.as_ref().map(|k| k.expose_secret())
+    }
+}
+
+/// The flags and environment variables given: `args` serialized, without those not given.
+fn given(args: &ConfigArgs) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+    match serde_json::to_value(args) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            map.retain(|_, v| !v.is_null());
+            Ok(map)
+        }
+        Ok(_) => Err(Error::Internal("flags serialize to a map".into())),
+        Err(e) => Err(Error::Internal(format!("serializing flags: {e}"))),
+    }
+}
+
+/// A figment error as one line naming the setting, and the file when it came from there.
+fn figment_error(e: figment::Error) -> Error {
+    use figment::error::{Kind, OneOf};
+    let key = e.path.join(".");
+    let detail = match &e.kind {
+        Kind::UnknownField(found, _) => format!("unknown key `{found}`"),
+        _ if key.is_empty() => e.kind.to_string(),
+        Kind::UnknownVariant(found, expected) => {
+            format!(
+                "{key}: unknown value `{found}`, expected {}",
+                OneOf(expected)
+            )
+        }
+        // The duration parser's own message starts with the text it refused.
+        Kind::Message(msg) if msg.starts_with('`') => format!("{key} {msg}"),
+        kind => format!("{key}: {kind}"),
+    };
+    Error::InvalidArgument(match e.metadata.and_then(|m| m.source) {
+        Some(figment::Source::File(path)) => {
+            format!("config file {}: {detail}", path.display())
+        }
+        _ => detail,
+    })
+}
+
+/// Durations as humantime text (`10s`, `1h`, `500ms`, `0`), in both directions.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{de, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    pub fn serialize_option<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        struct Text;
+        impl de::Visitor<'_> for Text {
+            type Value = Duration;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration such as \"10s\" or \"1h\"")
             }
-        };
-        Ok(Config {
-            limits,
-            rate_limits,
-            tls,
-            listen,
-            database_url,
-            region: nonempty(
-                "region",
-                args.region
-                    .clone()
-                    .or(file.region)
-                    .unwrap_or_else(|| DEFAULT_REGION.into()),
-            )?,
-            region_type: nonempty(
-                "region_type",
-                args.region_type
-                    .clone()
-                    .or(file.region_type)
-                    .unwrap_or_else(|| DEFAULT_REGION_TYPE.into()),
-            )?,
-            key_state_cache_ttl: ttl,
-            signature_max_skew,
-            kms_backend: args
-                .kms_backend
-                .or(file.kms_backend)
-                .unwrap_or(KmsBackend::Local),
-            kms_endpoint,
-            kms_region,
-            kms_timeout,
-            key_state_cache_capacity: file
-                .key_state_cache_capacity
-                .unwrap_or(DEFAULT_KEY_STATE_CACHE_CAPACITY),
-            row_cache_capacity: file
-                .row_cache_capacity
-                .unwrap_or(crate::store::sqlite::DEFAULT_ROW_CACHE_CAPACITY),
-            log: args.log.clone().or(file.log),
-            log_format: args
-                .log_format
-                .or(file.log_format)
-                .unwrap_or(LogFormat::Text),
-            root_key: std::env::var(crate::keys::ROOT_KEY_ENV).ok(),
-            data_dir,
-        })
-    }
-}
-
-/// The limits from flags, the file and the defaults, each checked against its range.
-fn limits(args: &ConfigArgs, file: &FileConfig) -> Result<Limits, Error> {
-    let d = Limits::default();
-    let limits = Limits {
-        max_connections: args
-            .max_connections
-            .or(file.max_connections)
-            .unwrap_or(d.max_connections),
-        max_body_bytes: file.max_body_bytes.unwrap_or(d.max_body_bytes),
-        max_header_bytes: file.max_header_bytes.unwrap_or(d.max_header_bytes),
-        max_token_bytes: file.max_token_bytes.unwrap_or(d.max_token_bytes),
-        json_max_depth: file.json_max_depth.unwrap_or(d.json_max_depth),
-        request_timeout: duration(
-            "request_timeout",
-            args.request_timeout,
-            file.request_timeout.as_deref(),
-            d.request_timeout,
-        )?,
-        header_read_timeout: duration(
-            "header_read_timeout",
-            None,
-            file.header_read_timeout.as_deref(),
-            d.header_read_timeout,
-        )?,
-    };
-    let in_range = |name: &str, value: usize, min: usize, max: usize| {
-        if (min..=max).contains(&value) {
-            Ok(())
-        } else {
-            Err(Error::InvalidArgument(format!(
-                "{name} is {value}: it must be from {min} to {max}"
-            )))
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Duration, E> {
+                humantime::parse_duration(s).map_err(|e| E::custom(format!("`{s}`: {e}")))
+            }
         }
-    };
-    in_range("max_connections", limits.max_connections, 1, 1_000_000)?;
-    in_range(
-        "max_body_bytes",
-        limits.max_body_bytes,
-        1024,
-        crate::domain::MAX_BODY_BYTES,
-    )?;
-    // hyper needs at least 8 KiB of read buffer, and its ~400 KiB read buffer caps a head.
-    in_range(
-        "max_header_bytes",
-        limits.max_header_bytes,
-        8192,
-        256 * 1024,
-    )?;
-    in_range(
-        "max_token_bytes",
-        limits.max_token_bytes,
-        256,
-        limits.max_header_bytes,
-    )?;
-    in_range("json_max_depth", limits.json_max_depth, 1, 128)?;
-    for (name, value) in [
-        ("request_timeout", limits.request_timeout),
-        ("header_read_timeout", limits.header_read_timeout),
-    ] {
-        if value.is_zero() || value > Duration::from_secs(300) {
-            return Err(Error::InvalidArgument(format!(
-                "{name} must be more than 0 and at most 5m"
-            )));
-        }
-    }
-    Ok(limits)
-}
-
-/// A duration from a flag/env (already parsed), else the file (text), else the default.
-fn duration(
-    name: &str,
-    arg: Option<Duration>,
-    file: Option<&str>,
-    default: Duration,
-) -> Result<Duration, Error> {
-    match (arg, file) {
-        (Some(d), _) => Ok(d),
-        (None, Some(s)) => humantime::parse_duration(s)
-            .map_err(|e| Error::InvalidArgument(format!("{name} `{s}`: {e}"))),
-        (None, None) => Ok(default),
+        d.deserialize_str(Text)
     }
 }
 
@@ -528,17 +594,11 @@ pub fn default_database_url(data_dir: &Path) -> String {
     format!("sqlite://{}", data_dir.join("repocrypt.db").display())
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::InvalidArgument(format!("cannot read config file {}: {e}", path.display()))
-    })?;
-    toml::from_str(&text)
-        .map_err(|e| Error::InvalidArgument(format!("config file {}: {e}", path.display())))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::Cli;
+    use clap::Parser;
 
     #[test]
     fn defaults() {
@@ -661,14 +721,14 @@ mod tests {
         };
         let c = Config::load(&args).expect("load");
         assert_eq!(
-            c.rate_limits,
+            c.rate_limits(),
             RateLimits {
                 per_tenant: 70,
                 per_credential: 0
             }
         );
         assert_eq!(
-            c.limits,
+            c.limits(),
             Limits {
                 max_connections: 10,
                 max_body_bytes: 4096,
@@ -680,16 +740,16 @@ mod tests {
             }
         );
         assert_eq!(
-            c.tls,
+            c.tls(),
             Some(TlsFiles {
                 cert: "c.pem".into(),
                 key: "k.pem".into()
             })
         );
         let d = Config::load(&ConfigArgs::default()).expect("defaults");
-        assert_eq!(d.limits, Limits::default());
-        assert_eq!(d.rate_limits.per_tenant, DEFAULT_RATE_LIMIT_PER_TENANT);
-        assert_eq!(d.tls, None);
+        assert_eq!(d.limits(), Limits::default());
+        assert_eq!(d.rate_limits().per_tenant, DEFAULT_RATE_LIMIT_PER_TENANT);
+        assert_eq!(d.tls(), None);
     }
 
     #[test]
@@ -716,6 +776,270 @@ mod tests {
         assert!(err("header_read_timeout = \"0s\"\n").contains("header_read_timeout"));
         assert!(err("tls_key = \"k.pem\"\n").contains("tls_cert and tls_key go together"));
         assert!(err("rate_limit_per_tenant = -1\n").contains("rate_limit_per_tenant"));
+    }
+
+    /// The settings as the code has them: (flag, environment variable, file key) for each
+    /// flag of [`ConfigArgs`] (the file key is its id, but `--config` is no key), and the
+    /// root key, which is only an environment variable.
+    fn settings_in_the_code() -> Vec<(String, String, String)> {
+        use clap::Args;
+        let command = ConfigArgs::augment_args(clap::Command::new("repocrypt"));
+        let mut rows: Vec<_> = command
+            .get_arguments()
+            .map(|arg| {
+                let id = arg.get_id().as_str();
+                (
+                    arg.get_long().map(|l| format!("--{l}")).unwrap_or_default(),
+                    arg.get_env()
+                        .map(|e| e.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    if id == "config" {
+                        String::new()
+                    } else {
+                        id.to_owned()
+                    },
+                )
+            })
+            .collect();
+        rows.push((
+            String::new(),
+            crate::keys::ROOT_KEY_ENV.to_owned(),
+            String::new(),
+        ));
+        rows
+    }
+
+    /// Config's fields (the file keys) and their defaults, as serialized.
+    fn file_keys_and_defaults() -> serde_json::Map<String, serde_json::Value> {
+        match serde_json::to_value(Config::default()) {
+            Ok(serde_json::Value::Object(map)) => map,
+            other => panic!("Config serializes to a map: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_setting_is_a_flag_an_environment_variable_and_a_file_key() {
+        let command = <ConfigArgs as clap::Args>::augment_args(clap::Command::new("repocrypt"));
+        let mut flags: Vec<String> = Vec::new();
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str().to_owned();
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            assert_eq!(
+                env,
+                Some(format!("REPOCRYPT_{}", id.to_uppercase())),
+                "--{id}'s environment variable"
+            );
+            assert!(arg.get_long().is_some(), "{id} has a long flag");
+            assert!(arg.is_global_set(), "--{id} is taken by every subcommand");
+            if id != "config" {
+                flags.push(id);
+            }
+        }
+        let keys: Vec<String> = file_keys_and_defaults().keys().cloned().collect();
+        flags.sort();
+        let mut sorted_keys = keys.clone();
+        sorted_keys.sort();
+        assert_eq!(flags, sorted_keys, "a flag for each file key, and no other");
+        // And the flags' serialization (the top layer) uses the same names.
+        let all = ConfigArgs {
+            listen: Some(DEFAULT_LISTEN.parse().expect("address")),
+            data_dir: Some("d".into()),
+            database_url: Some("sqlite://x".into()),
+            region: Some("r".into()),
+            region_type: Some("t".into()),
+            key_state_cache_ttl: Some(Duration::from_secs(1)),
+            key_state_cache_capacity: Some(1),
+            row_cache_capacity: Some(1),
+            signature_max_skew: Some(Duration::from_secs(1)),
+            kms_backend: Some(KmsBackend::Aws),
+            kms_endpoint: Some("http://k".into()),
+            kms_region: Some("k".into()),
+            kms_timeout: Some(Duration::from_secs(1)),
+            log: Some("info".into()),
+            log_format: Some(LogFormat::Json),
+            rate_limit_per_tenant: Some(1),
+            rate_limit_per_credential: Some(1),
+            max_connections: Some(1),
+            request_timeout: Some(Duration::from_secs(1)),
+            header_read_timeout: Some(Duration::from_secs(1)),
+            max_body_bytes: Some(1024),
+            max_header_bytes: Some(8192),
+            max_token_bytes: Some(256),
+            json_max_depth: Some(1),
+            tls_cert: Some("c".into()),
+            tls_key: Some("k".into()),
+            config: None,
+        };
+        let mut given_keys: Vec<String> =
+            given(&all).expect("serializes").keys().cloned().collect();
+        given_keys.sort();
+        assert_eq!(given_keys, sorted_keys);
+        Config::load(&all).expect("every flag given loads");
+    }
+
+    #[test]
+    fn readme_table_lists_every_setting() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .expect("README has a Configuration section");
+        let header = "| flag | environment | file key | default | meaning |";
+        let table = section
+            .split(header)
+            .nth(1)
+            .expect("the Configuration section has the settings table");
+        let rows: Vec<Vec<String>> = table
+            .lines()
+            .skip(2) // the rest of the header line and |---|
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                l.trim()
+                    .trim_matches('|')
+                    .split('|')
+                    .map(|c| c.trim().to_owned())
+                    .collect()
+            })
+            .collect();
+        let unquote = |cell: &str| cell.trim_matches('`').to_owned();
+        let mut in_readme: Vec<(String, String, String)> = rows
+            .iter()
+            .map(|r| {
+                assert_eq!(r.len(), 5, "a README row of five cells: {r:?}");
+                (unquote(&r[0]), unquote(&r[1]), unquote(&r[2]))
+            })
+            .collect();
+        let mut in_code = settings_in_the_code();
+        in_readme.sort();
+        in_code.sort();
+        let missing: Vec<_> = in_code.iter().filter(|s| !in_readme.contains(s)).collect();
+        let unknown: Vec<_> = in_readme.iter().filter(|s| !in_code.contains(s)).collect();
+        assert!(
+            missing.is_empty() && unknown.is_empty(),
+            "README.md's configuration table and the code differ: settings missing from the \
+             README (flag, environment, file key): {missing:?}; rows naming no setting: {unknown:?}"
+        );
+        // A default written as one value is the code's default.
+        let defaults = file_keys_and_defaults();
+        for r in &rows {
+            let key = unquote(&r[2]);
+            let Some(value) = defaults.get(&key) else {
+                continue;
+            };
+            let code = match value {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                _ => continue, // no default (none, or chosen elsewhere): said in words
+            };
+            let readme_default = unquote(&r[3]).replace("DATA_DIR", DEFAULT_DATA_DIR);
+            assert_eq!(readme_default, code, "README's default of {key}");
+        }
+    }
+
+    #[test]
+    fn formerly_file_only_settings_come_from_flags() {
+        let c = Config::load(&ConfigArgs {
+            key_state_cache_capacity: Some(7),
+            row_cache_capacity: Some(0),
+            header_read_timeout: Some(Duration::from_millis(1500)),
+            max_body_bytes: Some(2048),
+            max_header_bytes: Some(9000),
+            max_token_bytes: Some(300),
+            json_max_depth: Some(3),
+            ..Default::default()
+        })
+        .expect("load");
+        assert_eq!(c.key_state_cache_capacity, 7);
+        assert_eq!(c.row_cache_capacity, 0);
+        assert_eq!(c.header_read_timeout, Duration::from_millis(1500));
+        assert_eq!(
+            (
+                c.max_body_bytes,
+                c.max_header_bytes,
+                c.max_token_bytes,
+                c.json_max_depth
+            ),
+            (2048, 9000, 300, 3)
+        );
+        let err = Config::load(&ConfigArgs {
+            max_header_bytes: Some(8192),
+            max_token_bytes: Some(9000),
+            ..Default::default()
+        })
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert_eq!(err, "max_token_bytes is 9000: it must be from 256 to 8192");
+    }
+
+    #[test]
+    fn a_bad_duration_names_the_setting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        for key in [
+            "key_state_cache_ttl",
+            "signature_max_skew",
+            "kms_timeout",
+            "request_timeout",
+            "header_read_timeout",
+        ] {
+            for (value, why) in [
+                ("\"soon\"", "expected number"),
+                ("\"10 parsecs\"", "unknown time unit"),
+                ("10", "expected a duration"),
+            ] {
+                std::fs::write(&file, format!("{key} = {value}\n")).expect("write");
+                let err = Config::load(&ConfigArgs {
+                    config: Some(file.clone()),
+                    ..Default::default()
+                })
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+                assert!(
+                    err.starts_with(&format!("config file {}: {key}", file.display())),
+                    "{err}"
+                );
+                assert!(err.contains(why), "{key} = {value}: {err}");
+            }
+            // On the command line (and so in the environment, which clap reads too).
+            let flag = format!("--{}", key.replace('_', "-"));
+            let err = Cli::try_parse_from(["repocrypt", &flag, "soon", "serve"])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(&flag) && err.contains("soon"), "{err}");
+        }
+        // What was accepted stays accepted.
+        std::fs::write(&file, "key_state_cache_ttl = \"0\"\nsignature_max_skew = \"1h 30m\"\nkms_timeout = \"1500ms\"\nrequest_timeout = \"2min\"\n").expect("write");
+        let c = Config::load(&ConfigArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        })
+        .expect("load");
+        assert_eq!(c.key_state_cache_ttl, Duration::ZERO);
+        assert_eq!(c.signature_max_skew, Duration::from_secs(5400));
+        assert_eq!(c.kms_timeout, Duration::from_millis(1500));
+        assert_eq!(c.request_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn debug_redacts_the_root_key_and_passwords() {
+        let mut c = Config::load(&ConfigArgs {
+            database_url: Some("postgres://u:hunter2@h/db".into()),
+            ..Default::default()
+        })
+        .expect("load");
+        c.root_key = Some(SecretString::from("c2VjcmV0LXJvb3Qta2V5"));
+        let text = format!("{c:?}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("c2VjcmV0"),
+            "{text}"
+        );
+        assert!(text.contains("postgres://u:***@h/db"), "{text}");
+        assert!(text.contains("root_key: Some(\"<redacted>\")"), "{text}");
+        assert!(text.contains("json_max_depth: 32"), "{text}");
+        assert_eq!(c.expose_root_key(), Some("c2VjcmV0LXJvb3Qta2V5"));
     }
 
     #[test]

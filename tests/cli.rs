@@ -635,3 +635,144 @@ fn bench_load_adds_tenants_with_keys_settings_and_tokens() {
         "tokens.txt",
     );
 }
+
+// ---- configuration layers --------------------------------------------------------------
+
+/// Run `repocrypt ARGS` in `dir` with exactly the `REPOCRYPT_*` variables of `env`.
+fn cli_env(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(binary::BIN);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("REPOCRYPT_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.args(args)
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run repocrypt")
+}
+
+#[test]
+fn a_setting_resolves_flag_over_environment_over_file_over_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("c.toml"), "data_dir = \"from-file\"\n").unwrap();
+    let env = [("REPOCRYPT_DATA_DIR", "from-env")];
+    let file = ["--config", "c.toml"];
+    let data_dir = |env: &[(&str, &str)], args: &[&str]| {
+        let args: Vec<&str> = args.iter().copied().chain(["init"]).collect();
+        let out = cli_env(d, env, &args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    let flag_env_file = data_dir(&env, &[&file[..], &["--data-dir", "from-flag"]].concat());
+    assert!(
+        flag_env_file.contains("from-flag/root.key"),
+        "{flag_env_file}"
+    );
+    let env_file = data_dir(&env, &file);
+    assert!(env_file.contains("from-env/root.key"), "{env_file}");
+    let just_file = data_dir(&[], &file);
+    assert!(just_file.contains("from-file/root.key"), "{just_file}");
+    let default = data_dir(&[], &[]);
+    assert!(default.contains("repocrypt-data/root.key"), "{default}");
+
+    // The same order for a number: the value checked is the one on top.
+    std::fs::write(d.join("c.toml"), "max_body_bytes = 10\n").unwrap();
+    let env = [("REPOCRYPT_MAX_BODY_BYTES", "20")];
+    let out = cli_env(
+        d,
+        &env,
+        &["--config", "c.toml", "--max-body-bytes", "30", "init"],
+    );
+    assert!(
+        stderr(&out).contains("max_body_bytes is 30:"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli_env(d, &env, &["--config", "c.toml", "init"]);
+    assert!(
+        stderr(&out).contains("max_body_bytes is 20:"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli_env(d, &[], &["--config", "c.toml", "init"]);
+    assert!(
+        stderr(&out).contains("max_body_bytes is 10:"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn formerly_file_only_settings_work_from_a_flag_and_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // (file key, a valid value, a value refused with `needle` in the message)
+    for (key, good, bad, needle) in [
+        (
+            "key_state_cache_capacity",
+            "5",
+            "lots",
+            "key-state-cache-capacity",
+        ),
+        ("row_cache_capacity", "0", "lots", "row-cache-capacity"),
+        (
+            "header_read_timeout",
+            "2s",
+            "0s",
+            "header_read_timeout must be",
+        ),
+        ("max_body_bytes", "4096", "100", "max_body_bytes is 100"),
+        (
+            "max_header_bytes",
+            "16384",
+            "100",
+            "max_header_bytes is 100",
+        ),
+        ("max_token_bytes", "1024", "100", "max_token_bytes is 100"),
+        ("json_max_depth", "8", "0", "json_max_depth is 0"),
+    ] {
+        let flag = format!("--{}", key.replace('_', "-"));
+        let env = format!("REPOCRYPT_{}", key.to_uppercase());
+        // A file value that would be refused, under a good one from the flag or environment.
+        std::fs::write(d.join("c.toml"), format!("{key} = \"{bad}\"\n")).unwrap();
+        let file = cli_env(d, &[], &["--config", "c.toml", "init"]);
+        assert!(
+            !file.status.success(),
+            "{key} = {bad:?} in the file is refused"
+        );
+        let out = cli_env(d, &[], &["--config", "c.toml", &flag, good, "init"]);
+        assert!(out.status.success(), "{flag} {good}: {}", stderr(&out));
+        let out = cli_env(d, &[(&env, good)], &["--config", "c.toml", "init"]);
+        assert!(out.status.success(), "{env}={good}: {}", stderr(&out));
+        // A bad value from either is refused, naming the setting.
+        let out = cli_env(d, &[], &[&flag, bad, "init"]);
+        assert!(!out.status.success(), "{flag} {bad}");
+        assert!(
+            stderr(&out).contains(needle),
+            "{flag} {bad}: {}",
+            stderr(&out)
+        );
+        let out = cli_env(d, &[(&env, bad)], &["init"]);
+        assert!(!out.status.success(), "{env}={bad}");
+        assert!(
+            stderr(&out).contains(needle),
+            "{env}={bad}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn a_bad_duration_in_the_file_is_refused_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("c.toml"), "header_read_timeout = \"10 parsecs\"\n").unwrap();
+    refused(
+        d,
+        &["--config", "c.toml", "init"],
+        "config file c.toml: header_read_timeout `10 parsecs`: unknown time unit \"parsecs\"",
+    );
+}

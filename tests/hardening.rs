@@ -25,7 +25,7 @@ fn code(body: &serde_json::Value) -> &str {
 
 #[tokio::test]
 async fn bodies_over_the_configured_limit_get_413_naming_it() {
-    let t = spawn_app_with(|c| c.limits.max_body_bytes = 2048).await;
+    let t = spawn_app_with(|c| c.max_body_bytes = 2048).await;
     let admin = t.admin(TENANT_A);
     let big = format!(r#"{{"cmk_key_name":"{}"}}"#, "x".repeat(3000));
     let (status, _, body) = t
@@ -49,7 +49,7 @@ async fn bodies_over_the_configured_limit_get_413_naming_it() {
 
 #[tokio::test]
 async fn json_nested_deeper_than_the_limit_is_refused_before_parsing() {
-    let t = spawn_app_with(|c| c.limits.json_max_depth = 4).await;
+    let t = spawn_app_with(|c| c.json_max_depth = 4).await;
     let admin = t.admin(TENANT_A);
     let deep = |n: usize| format!(r#"{{"tenant_id":{}1{}}}"#, "[".repeat(n), "]".repeat(n));
     let (status, _, body) = t
@@ -90,7 +90,7 @@ async fn json_nested_deeper_than_the_limit_is_refused_before_parsing() {
 
 #[tokio::test]
 async fn tokens_and_authorization_headers_over_the_limit_get_401() {
-    let t = spawn_app_with(|c| c.limits.max_token_bytes = 1024).await;
+    let t = spawn_app_with(|c| c.max_token_bytes = 1024).await;
     let long = "A".repeat(1025);
     let (status, _, body) = t
         .send(
@@ -134,8 +134,8 @@ async fn tokens_and_authorization_headers_over_the_limit_get_401() {
 #[tokio::test]
 async fn a_tenant_over_its_rate_gets_429_with_retry_after_and_others_do_not() {
     let t = spawn_app_with(|c| {
-        c.rate_limits.per_tenant = 1;
-        c.rate_limits.per_credential = 0;
+        c.rate_limit_per_tenant = 1;
+        c.rate_limit_per_credential = 0;
     })
     .await;
     let alice = t.admin(TENANT_A);
@@ -175,8 +175,8 @@ async fn a_tenant_over_its_rate_gets_429_with_retry_after_and_others_do_not() {
 #[tokio::test]
 async fn a_credential_over_its_rate_gets_429_while_the_tenants_other_users_go_on() {
     let t = spawn_app_with(|c| {
-        c.rate_limits.per_tenant = 0;
-        c.rate_limits.per_credential = 1;
+        c.rate_limit_per_tenant = 0;
+        c.rate_limit_per_credential = 1;
     })
     .await;
     let alice = t.admin(TENANT_A);
@@ -205,8 +205,8 @@ async fn a_credential_over_its_rate_gets_429_while_the_tenants_other_users_go_on
 #[tokio::test]
 async fn a_user_over_their_own_rate_does_not_use_up_the_tenants() {
     let t = spawn_app_with(|c| {
-        c.rate_limits.per_tenant = 2; // a bucket of 4
-        c.rate_limits.per_credential = 1; // a bucket of 2
+        c.rate_limit_per_tenant = 2; // a bucket of 4
+        c.rate_limit_per_credential = 1; // a bucket of 2
     })
     .await;
     let alice = t.admin(TENANT_A);
@@ -231,8 +231,8 @@ async fn a_user_over_their_own_rate_does_not_use_up_the_tenants() {
 #[tokio::test]
 async fn a_rate_of_zero_turns_the_limits_off() {
     let t = spawn_app_with(|c| {
-        c.rate_limits.per_tenant = 0;
-        c.rate_limits.per_credential = 0;
+        c.rate_limit_per_tenant = 0;
+        c.rate_limit_per_credential = 0;
     })
     .await;
     let alice = t.admin(TENANT_A);
@@ -247,8 +247,8 @@ async fn a_rate_of_zero_turns_the_limits_off() {
 #[tokio::test]
 async fn the_default_rates_are_far_above_a_normal_client() {
     let t = spawn_app().await;
-    assert_eq!(t.app.config.rate_limits.per_tenant, 1000);
-    assert_eq!(t.app.config.rate_limits.per_credential, 500);
+    assert_eq!(t.app.config.rate_limits().per_tenant, 1000);
+    assert_eq!(t.app.config.rate_limits().per_credential, 500);
     let alice = t.admin(TENANT_A);
     // A burst of 500 requests at once is admitted.
     for _ in 0..500 {
@@ -280,7 +280,7 @@ fn value(text: &str, series: &str) -> u64 {
 #[tokio::test]
 async fn metrics_count_requests_kms_calls_caches_and_rejections() {
     let t = spawn_app_with(|c| {
-        c.rate_limits.per_tenant = 1;
+        c.rate_limit_per_tenant = 1;
         c.key_state_cache_ttl = Duration::from_secs(60);
     })
     .await;

@@ -430,8 +430,8 @@ async fn signed_bodies_over_64_kib_are_413() {
 #[tokio::test]
 async fn each_access_key_has_its_own_rate_limit() {
     let t = spawn_app_with(|c| {
-        c.rate_limits.per_tenant = 0;
-        c.rate_limits.per_credential = 1;
+        c.rate_limit_per_tenant = 0;
+        c.rate_limit_per_credential = 1;
     })
     .await;
     let first = credential(&t, TENANT_A, Role::Admin).await;
