@@ -81,7 +81,11 @@ impl App {
         };
         let metrics = Arc::new(Metrics::new());
         let kms: Arc<dyn Kms> = Arc::new(MeteredKms::new(kms, metrics.clone()));
-        let cache = KeyStateCache::new(config.key_state_cache_ttl, config.key_state_cache_capacity);
+        let cache = KeyStateCache::new(
+            config.key_state_cache_ttl,
+            config.key_state_cache_capacity,
+            clock.clone(),
+        );
         let service = Arc::new(Service::new(
             store.clone(),
             kms.clone(),
@@ -126,6 +130,7 @@ impl App {
             metrics: self.metrics.clone(),
             limits: self.config.limits(),
             rate_limits: self.config.rate_limits(),
+            clock: self.clock.clone(),
         })
     }
 }

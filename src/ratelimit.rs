@@ -9,10 +9,12 @@
 use std::hash::Hash;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use lru::LruCache;
 
+use crate::clock::Clock;
 use crate::shards::{index_of, per_shard, Shards};
 
 /// Buckets each limiter keeps at most (about 40 bytes each).
@@ -32,6 +34,8 @@ pub struct RateLimiter {
     capacity: f64,
     buckets: Shards<LruCache<u64, Bucket>>,
     rejected: AtomicU64,
+    /// What refills are measured with (`Clock::monotonic`).
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -43,8 +47,8 @@ impl std::fmt::Debug for RateLimiter {
 }
 
 impl RateLimiter {
-    /// `rate` requests per second for each key.
-    pub fn new(rate: NonZeroU32, max_buckets: usize) -> Self {
+    /// `rate` requests per second for each key, on `clock`'s monotonic reading.
+    pub fn new(rate: NonZeroU32, max_buckets: usize, clock: Arc<dyn Clock>) -> Self {
         let rate = f64::from(rate.get());
         let per_shard = per_shard(max_buckets);
         RateLimiter {
@@ -52,18 +56,19 @@ impl RateLimiter {
             capacity: rate * BURST_SECONDS,
             buckets: Shards::new(|| LruCache::new(per_shard)),
             rejected: AtomicU64::new(0),
+            clock,
         }
     }
 
     /// `None` for a rate of 0 (no limit).
-    pub fn per_second(rate: u32) -> Option<Self> {
-        NonZeroU32::new(rate).map(|r| RateLimiter::new(r, MAX_BUCKETS))
+    pub fn per_second(rate: u32, clock: Arc<dyn Clock>) -> Option<Self> {
+        NonZeroU32::new(rate).map(|r| RateLimiter::new(r, MAX_BUCKETS, clock))
     }
 
     /// Take one request from `key`'s bucket, or say in how many whole seconds (at least
     /// 1) one will be available.
     pub fn check(&self, key: impl Hash) -> Result<(), u64> {
-        self.check_at(key, Instant::now())
+        self.check_at(key, self.clock.monotonic())
     }
 
     pub fn check_at(&self, key: impl Hash, now: Instant) -> Result<(), u64> {
@@ -101,10 +106,12 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{ManualClock, SystemClock};
     use std::time::Duration;
 
     fn limiter(rate: u32) -> RateLimiter {
-        RateLimiter::new(NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN), 1000)
+        let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
+        RateLimiter::new(rate, 1000, Arc::new(SystemClock))
     }
 
     #[test]
@@ -152,11 +159,28 @@ mod tests {
 
     #[test]
     fn memory_is_bounded() {
-        let l = RateLimiter::new(NonZeroU32::MIN, 1000);
+        let l = RateLimiter::new(NonZeroU32::MIN, 1000, Arc::new(SystemClock));
         let t0 = Instant::now();
         for i in 0..50_000u32 {
             let _ = l.check_at(i, t0);
         }
         assert!(l.buckets.sum(|s| s.len()) <= 1000 + crate::shards::SHARDS);
+    }
+
+    #[test]
+    fn check_reads_the_clock_it_was_given() {
+        let clock = Arc::new(ManualClock::at_unix(1_767_225_600));
+        let l = RateLimiter::new(
+            NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN),
+            1000,
+            clock.clone(),
+        );
+        let admitted = (0..20).filter(|_| l.check("t1").is_ok()).count();
+        assert_eq!(admitted, 10);
+        assert_eq!(l.check("t1"), Err(1));
+        clock.advance(Duration::from_millis(400));
+        assert_eq!(l.check("t1"), Ok(()));
+        assert_eq!(l.check("t1"), Ok(()));
+        assert_eq!(l.check("t1"), Err(1));
     }
 }

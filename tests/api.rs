@@ -1364,22 +1364,21 @@ async fn key_state_is_the_same_read_with_the_setting_or_asked_of_the_kms() {
 
 #[tokio::test]
 async fn key_state_is_served_from_the_cache_until_the_ttl() {
-    // Long enough that a busy CI machine does not run the setup past it: the state is
-    // cached between `start` and `configured`.
-    let ttl = Duration::from_secs(2);
+    // The app's clock stands still until the test moves it: the state cached by the PUT
+    // is as old as the test says, however slow the machine.
+    let ttl = Duration::from_secs(60);
     let t = spawn_app_with(|c| c.key_state_cache_ttl = ttl).await;
-    let start = std::time::Instant::now();
     let key = t.configure_kms(TENANT_A).await;
-    let configured = std::time::Instant::now();
     let token = t.admin(TENANT_A);
     t.disable_key(TENANT_A, &key.key_id).await;
+    // Just short of the refresh-ahead point, so no refresh can land meanwhile.
+    t.clock.advance(ttl / 4 * 3 - Duration::from_millis(1));
     let cached = t.get_setting(TENANT_A, &token).await;
-    assert!(start.elapsed() < ttl, "the setup outlasted the TTL");
     assert_eq!(
         cached.2["key_state"], 2,
         "within the TTL the cached state is served"
     );
-    tokio::time::sleep_until((configured + ttl + Duration::from_millis(100)).into()).await;
+    t.clock.advance(ttl / 4 + Duration::from_millis(1));
     let fresh = t.get_setting(TENANT_A, &token).await;
     assert_eq!(
         fresh.2["key_state"], 3,
@@ -1389,26 +1388,25 @@ async fn key_state_is_served_from_the_cache_until_the_ttl() {
 
 #[tokio::test]
 async fn a_key_state_read_late_in_its_ttl_is_refreshed_in_the_background() {
-    // The state is read between `start` and the end of the setup, and must be refreshed
-    // before `start + ttl`: the TTL leaves the setup seconds on a busy CI machine.
     let ttl = Duration::from_secs(8);
     let t = spawn_app_with(|c| c.key_state_cache_ttl = ttl).await;
-    let start = std::time::Instant::now(); // the cached state was read after this
     let key = t.configure_kms(TENANT_A).await;
     let token = t.admin(TENANT_A);
     t.disable_key(TENANT_A, &key.key_id).await;
     assert_eq!(t.get_setting(TENANT_A, &token).await.2["key_state"], 2);
-    tokio::time::sleep_until((start + ttl / 4 * 3 + Duration::from_millis(100)).into()).await;
+    t.clock.advance(ttl / 4 * 3 + Duration::from_millis(100));
     assert_eq!(
         t.get_setting(TENANT_A, &token).await.2["key_state"],
         2,
         "late in the TTL the cached state is still served, without waiting for the KMS"
     );
-    // ...and the KMS is asked meanwhile: the new state arrives before the TTL runs out.
+    // ...and the KMS is asked meanwhile: the new state arrives before the TTL runs out
+    // (the app's clock stays short of it, so only the background refresh can bring it).
+    // The refresh is a task on the runtime: wait for it in real time, a bounded while.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let sent = std::time::Instant::now();
         assert!(
-            sent - start < ttl,
+            std::time::Instant::now() < deadline,
             "the state was not refreshed ahead of the TTL"
         );
         if t.get_setting(TENANT_A, &token).await.2["key_state"] == 3 {

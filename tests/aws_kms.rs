@@ -161,7 +161,22 @@ async fn aws_backend_end_to_end_and_outage() {
     }
     assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
 
-    // Lifecycle through the CLI shows in GET (after the 1 s cache).
+    // Lifecycle through the CLI shows in GET once the 1 s cache runs out. The binary runs
+    // on the real clock: poll, a bounded while, rather than sleep past the TTL.
+    let state_becomes = |want: u64| {
+        let (http, setting, admin) = (&http, setting(TENANT), &admin);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let (_, body, _) = http.call(reqwest::Method::GET, &setting, admin, None).await;
+                if body["key_state"] == want {
+                    return body;
+                }
+                assert!(Instant::now() < deadline, "{body}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
     run(
         &server,
         &env,
@@ -174,20 +189,14 @@ async fn aws_backend_end_to_end_and_outage() {
             &key_id,
         ],
     );
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (_, body, _) = http
-        .call(reqwest::Method::GET, &setting(TENANT), &admin, None)
-        .await;
+    let body = state_becomes(3).await;
     assert_eq!(body["key_state"], 3, "{body}");
     run(
         &server,
         &env,
         &["kms", "enable-key", "--tenant", TENANT, "--key-id", &key_id],
     );
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (_, before, _) = http
-        .call(reqwest::Method::GET, &setting(TENANT), &admin, None)
-        .await;
+    let before = state_becomes(2).await;
     assert_eq!(before["key_state"], 2, "{before}");
     let audit_before = run(&server, &env, &["audit", "list", "--tenant", TENANT]);
 

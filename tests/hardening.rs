@@ -164,8 +164,14 @@ async fn a_tenant_over_its_rate_gets_429_with_retry_after_and_others_do_not() {
         t.get_setting(TENANT_B, &other).await.0,
         StatusCode::ACCEPTED
     );
-    // The bucket refills at the rate.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The bucket refills at the rate (on the app's clock, which stands still until moved):
+    // one request a second.
+    t.clock.advance(Duration::from_millis(999));
+    assert_eq!(
+        t.get_setting(TENANT_A, &alice).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    t.clock.advance(Duration::from_millis(1));
     assert_eq!(
         t.get_setting(TENANT_A, &alice).await.0,
         StatusCode::ACCEPTED
@@ -424,15 +430,16 @@ async fn readyz_fails_while_the_database_is_unreachable_and_recovers() {
     let ready = || async { t.send(Method::GET, "/readyz", &[], "").await };
     assert_eq!(ready().await.0, StatusCode::OK);
     relay.set_up(false);
-    tokio::time::sleep(Duration::from_millis(1100)).await; // past the reuse window
+    t.clock.advance(Duration::from_millis(1100)); // past the reuse window
     let (status, _, body) = ready().await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["status"], "unready");
     assert_eq!(body["database"], "unreachable");
     relay.set_up(true);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The pool reconnects in real time; each probe is past the reuse window.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
+        t.clock.advance(Duration::from_millis(1100));
         let (status, _, body) = ready().await;
         if status == StatusCode::OK {
             break;

@@ -11,6 +11,7 @@ mod moto;
 use std::sync::Arc;
 use std::time::Duration;
 
+use repocrypt::clock::SystemClock;
 use repocrypt::domain::{parse_setting_patch, Actor, Error, KeyState, Service};
 use repocrypt::http::views::SettingView;
 use repocrypt::kms::aws::{AwsKms, AwsSettings, Credentials, TENANT_TAG};
@@ -179,7 +180,7 @@ async fn story(kms: Arc<dyn Kms>, store: Arc<dyn Store>, caps: Caps) -> Vec<Stri
     let service = Service::new(
         store.clone(),
         kms.clone(),
-        KeyStateCache::new(Duration::ZERO, 100),
+        KeyStateCache::new(Duration::ZERO, 100, Arc::new(SystemClock)),
         "r".into(),
         "primary".into(),
     );
@@ -350,7 +351,7 @@ async fn aws_kms_conformance() {
     let service = Service::new(
         t.app.store.clone(),
         kms.clone(),
-        KeyStateCache::new(Duration::ZERO, 100),
+        KeyStateCache::new(Duration::ZERO, 100, Arc::new(SystemClock)),
         "r".into(),
         "primary".into(),
     );

@@ -1,7 +1,6 @@
 //! The operations of the API and of the admin commands, on top of the store and KMS traits.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::error::{Error, Result};
 use super::model::*;
@@ -96,7 +95,7 @@ impl Service {
             Lookup::Stale(state) => Some(state),
             Lookup::Unknown => None,
         };
-        let read_at = Instant::now();
+        let read_at = self.cache.now();
         let described = match joined {
             JoinedKey::Read(row) => self.kms.describe_stored(row),
             JoinedKey::NotRead => None,
@@ -142,7 +141,7 @@ impl Service {
         let (kms, cache) = (self.kms.clone(), self.cache.clone());
         let (tenant, key_id) = (tenant.clone(), key_id.to_owned());
         runtime.spawn(async move {
-            let read_at = Instant::now();
+            let read_at = cache.now();
             match kms.describe_key(&tenant, &key_id).await {
                 Ok(info) => cache.put(tenant.as_str(), &key_id, info.as_ref(), read_at),
                 Err(e) => {
@@ -195,7 +194,7 @@ impl Service {
                     // A write decides on the KMS's answer now, not on the cache. Only keys
                     // that exist are remembered, under the KMS's own id: a tenant naming
                     // made-up keys must not push other tenants' states out of the cache.
-                    let read_at = Instant::now();
+                    let read_at = self.cache.now();
                     let info = self.kms.describe_key(tenant, &key_id).await?;
                     if let Some(found) = &info {
                         self.cache

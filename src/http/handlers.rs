@@ -319,7 +319,11 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let (database, kms) = {
         let mut last = state.readiness.last.lock().await;
         match *last {
-            Some((at, db, kms)) if at.elapsed() < READINESS_REUSE => (db, kms),
+            Some((at, db, kms))
+                if state.clock.monotonic().saturating_duration_since(at) < READINESS_REUSE =>
+            {
+                (db, kms)
+            }
             _ => {
                 // A hung dependency is an unreachable one, reported well within the
                 // request timeout.
@@ -341,7 +345,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
                 if let Err(e) = &kms {
                     tracing::warn!(error = %e, detail = e.internal_detail().unwrap_or(""), "readiness: KMS unreachable");
                 }
-                *last = Some((Instant::now(), db.is_ok(), kms.is_ok()));
+                *last = Some((state.clock.monotonic(), db.is_ok(), kms.is_ok()));
                 (db.is_ok(), kms.is_ok())
             }
         }

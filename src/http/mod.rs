@@ -17,6 +17,7 @@ use axum::handler::Handler;
 use axum::{middleware, Router};
 
 use crate::auth::Authenticator;
+use crate::clock::Clock;
 use crate::config::{Limits, RateLimits};
 use crate::domain::Service;
 use crate::kms::Kms;
@@ -31,6 +32,8 @@ pub struct Deps {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub rate_limits: RateLimits,
+    /// What the rate limits and the readiness reuse window measure time with.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// The rate limits in force (`None`: off).
@@ -41,10 +44,10 @@ pub struct RateLimiters {
 }
 
 impl RateLimiters {
-    pub fn new(rates: RateLimits) -> Self {
+    pub fn new(rates: RateLimits, clock: Arc<dyn Clock>) -> Self {
         RateLimiters {
-            tenant: RateLimiter::per_second(rates.per_tenant),
-            credential: RateLimiter::per_second(rates.per_credential),
+            tenant: RateLimiter::per_second(rates.per_tenant, clock.clone()),
+            credential: RateLimiter::per_second(rates.per_credential, clock),
         }
     }
 
@@ -81,6 +84,7 @@ pub struct Shared {
     pub rate_limiters: Arc<RateLimiters>,
     pub readiness: Arc<handlers::Readiness>,
     pub openapi: axum::body::Bytes,
+    pub clock: Arc<dyn Clock>,
 }
 
 pub fn router(deps: Deps) -> Router {
@@ -90,9 +94,10 @@ pub fn router(deps: Deps) -> Router {
         kms: deps.kms,
         metrics: deps.metrics,
         limits: deps.limits,
-        rate_limiters: Arc::new(RateLimiters::new(deps.rate_limits)),
+        rate_limiters: Arc::new(RateLimiters::new(deps.rate_limits, deps.clock.clone())),
         readiness: Arc::default(),
         openapi: openapi::document().into(),
+        clock: deps.clock,
     }));
     // Each route, and each fallback, has its own request-context layer, which knows the
     // route: what the request is counted as and whether its signature is checked.

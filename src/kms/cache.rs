@@ -19,12 +19,13 @@
 //! older answer never replaces a newer one.
 
 use std::cell::RefCell;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
 use super::KeyInfo;
+use crate::clock::Clock;
 use crate::domain::KeyState;
 #[cfg(test)]
 use crate::shards::SHARDS;
@@ -66,6 +67,8 @@ fn with_key<R>(tenant: &str, key_id: &str, f: impl FnOnce(&str) -> R) -> R {
 pub struct KeyStateCache {
     ttl: Duration,
     shards: Shards<Shard>,
+    /// What ages are measured with (`Clock::monotonic`).
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for KeyStateCache {
@@ -91,12 +94,19 @@ pub enum Lookup {
 
 impl KeyStateCache {
     /// A TTL of zero turns caching off (the fallback still remembers the last answer).
-    pub fn new(ttl: Duration, capacity: usize) -> Self {
+    /// Ages are read from `clock`'s monotonic reading.
+    pub fn new(ttl: Duration, capacity: usize, clock: Arc<dyn Clock>) -> Self {
         let per_shard = per_shard(capacity);
         KeyStateCache {
             ttl,
             shards: Shards::new(|| LruCache::new(per_shard)),
+            clock,
         }
+    }
+
+    /// The moment a read of the KMS begins, to give [`KeyStateCache::put`].
+    pub fn now(&self) -> Instant {
+        self.clock.monotonic()
     }
 
     fn shard(&self, key: &str) -> &Mutex<Shard> {
@@ -104,7 +114,7 @@ impl KeyStateCache {
     }
 
     pub fn lookup(&self, tenant: &str, key_id: &str) -> Lookup {
-        let ttl = self.ttl;
+        let (ttl, now) = (self.ttl, self.now());
         let out = with_key(tenant, key_id, |key| {
             let Ok(mut shard) = self.shard(key).lock() else {
                 return Lookup::Unknown;
@@ -112,7 +122,7 @@ impl KeyStateCache {
             let Some(entry) = shard.get_mut(key) else {
                 return Lookup::Unknown;
             };
-            let age = entry.at.elapsed();
+            let age = now.saturating_duration_since(entry.at);
             if ttl.is_zero() || age >= ttl {
                 Lookup::Stale(entry.state)
             } else if age >= ttl / 4 * 3 && !entry.refreshing {
@@ -161,7 +171,7 @@ impl KeyStateCache {
         with_key(tenant, key_id, |key| {
             if let Ok(mut shard) = self.shard(key).lock() {
                 if let Some(entry) = shard.get_mut(key) {
-                    entry.at = Instant::now();
+                    entry.at = self.now();
                     entry.refreshing = false;
                 }
             }
@@ -191,6 +201,7 @@ impl KeyStateCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
 
     fn info(state: KeyState) -> Option<&'static KeyInfo> {
         Some(Box::leak(Box::new(KeyInfo {
@@ -200,20 +211,22 @@ mod tests {
         })))
     }
 
-    /// An instant `secs` seconds ago: entries are dated rather than waited for, so a test
+    /// A cache on a clock the test moves: entries age only when it says so, so a test
     /// thread held up on a busy machine cannot move an entry past a threshold.
-    fn ago(secs: u64) -> Instant {
-        Instant::now()
-            .checked_sub(Duration::from_secs(secs))
-            .expect("the machine has been up longer than the test's TTL")
+    fn cache(ttl: u64, capacity: usize) -> (KeyStateCache, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::at_unix(1_767_225_600));
+        let c = KeyStateCache::new(Duration::from_secs(ttl), capacity, clock.clone());
+        (c, clock)
     }
 
     #[test]
     fn fresh_then_stale() {
-        let c = KeyStateCache::new(Duration::from_secs(60), 10);
-        c.put("t", "k", info(KeyState::Enabled), Instant::now());
+        let (c, clock) = cache(60, 10);
+        c.put("t", "k", info(KeyState::Enabled), c.now());
+        c.put("t", "old", info(KeyState::Enabled), c.now());
+        clock.advance(Duration::from_secs(44));
         assert!(matches!(c.lookup("t", "k"), Lookup::Fresh(Some(_))));
-        c.put("t", "old", info(KeyState::Enabled), ago(61));
+        clock.advance(Duration::from_secs(17));
         assert!(matches!(c.lookup("t", "old"), Lookup::Stale(Some(_))));
         assert!(matches!(c.lookup("other", "k"), Lookup::Unknown));
         assert_eq!(c.hits_and_misses(), (1, 2));
@@ -221,16 +234,16 @@ mod tests {
 
     #[test]
     fn zero_ttl_is_never_fresh() {
-        let c = KeyStateCache::new(Duration::ZERO, 10);
-        c.put("t", "k", info(KeyState::Enabled), Instant::now());
+        let (c, _) = cache(0, 10);
+        c.put("t", "k", info(KeyState::Enabled), c.now());
         assert!(matches!(c.lookup("t", "k"), Lookup::Stale(Some(_))));
     }
 
     #[test]
     fn bounded_by_capacity() {
-        let c = KeyStateCache::new(Duration::from_secs(60), 64);
+        let (c, _) = cache(60, 64);
         for i in 0..10_000 {
-            c.put("t", &i.to_string(), None, Instant::now());
+            c.put("t", &i.to_string(), None, c.now());
         }
         assert!(c.len() <= c.capacity(), "{} > {}", c.len(), c.capacity());
         assert!(c.capacity() <= 64 + SHARDS);
@@ -241,27 +254,29 @@ mod tests {
     fn the_least_recently_used_entry_goes_first() {
         // Two entries a shard: a third key in the same shard evicts the older unless it
         // was used since.
-        let c = KeyStateCache::new(Duration::from_secs(60), SHARDS * 2);
+        let (c, _) = cache(60, SHARDS * 2);
         let same_shard: Vec<String> = (0..10_000)
             .map(|i| i.to_string())
             .filter(|k| std::ptr::eq(c.shard(&format!("t\0{k}")), c.shard("t\0a")))
             .take(2)
             .collect();
-        c.put("t", "a", info(KeyState::Enabled), Instant::now());
-        c.put("t", &same_shard[0], None, Instant::now());
+        c.put("t", "a", info(KeyState::Enabled), c.now());
+        c.put("t", &same_shard[0], None, c.now());
         assert!(matches!(c.lookup("t", "a"), Lookup::Fresh(Some(_)))); // "a" used: now newest
-        c.put("t", &same_shard[1], None, Instant::now()); // evicts same_shard[0], not "a"
+        c.put("t", &same_shard[1], None, c.now()); // evicts same_shard[0], not "a"
         assert!(matches!(c.lookup("t", "a"), Lookup::Fresh(Some(_))));
         assert!(matches!(c.lookup("t", &same_shard[0]), Lookup::Unknown));
     }
 
     #[test]
     fn late_in_the_ttl_one_lookup_is_asked_to_refresh() {
-        let c = KeyStateCache::new(Duration::from_secs(60), 10);
-        c.put("t", "young", info(KeyState::Enabled), ago(44));
+        let (c, clock) = cache(60, 10);
+        c.put("t", "young", info(KeyState::Enabled), c.now());
+        c.put("t", "k", info(KeyState::Enabled), c.now());
+        clock.advance(Duration::from_millis(44_999));
         assert!(matches!(c.lookup("t", "young"), Lookup::Fresh(Some(_))));
         // Past three quarters of the TTL (45 s), not past the TTL.
-        c.put("t", "k", info(KeyState::Enabled), ago(50));
+        clock.advance(Duration::from_secs(5));
         assert!(matches!(c.lookup("t", "k"), Lookup::Refresh(Some(_))));
         // Handed out once: the others keep the cached state meanwhile.
         assert!(matches!(c.lookup("t", "k"), Lookup::Fresh(Some(_))));
@@ -269,7 +284,8 @@ mod tests {
         c.refresh_failed("t", "k");
         assert!(matches!(c.lookup("t", "k"), Lookup::Refresh(Some(_))));
         // The refresh's answer starts a new TTL.
-        c.put("t", "k", info(KeyState::Disabled), Instant::now());
+        c.put("t", "k", info(KeyState::Disabled), c.now());
+        clock.advance(Duration::from_secs(44));
         assert!(matches!(
             c.lookup("t", "k"),
             Lookup::Fresh(Some(KeyState::Disabled))
@@ -278,14 +294,26 @@ mod tests {
 
     #[test]
     fn an_older_read_does_not_replace_a_newer_one() {
-        let c = KeyStateCache::new(Duration::from_secs(60), 10);
-        let before = Instant::now();
-        c.put("t", "k", info(KeyState::Disabled), Instant::now());
+        let (c, clock) = cache(60, 10);
+        let before = c.now();
+        clock.advance(Duration::from_millis(1));
+        c.put("t", "k", info(KeyState::Disabled), c.now());
         // A refresh that began before the write above answers after it.
         c.put("t", "k", info(KeyState::Enabled), before);
         assert!(matches!(
             c.lookup("t", "k"),
             Lookup::Fresh(Some(KeyState::Disabled))
         ));
+    }
+
+    #[test]
+    fn touch_serves_the_last_state_for_another_ttl() {
+        let (c, clock) = cache(60, 10);
+        c.put("t", "k", info(KeyState::Enabled), c.now());
+        clock.advance(Duration::from_secs(61));
+        assert!(matches!(c.lookup("t", "k"), Lookup::Stale(Some(_))));
+        c.touch("t", "k");
+        clock.advance(Duration::from_secs(44));
+        assert!(matches!(c.lookup("t", "k"), Lookup::Fresh(Some(_))));
     }
 }
