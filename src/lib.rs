@@ -16,6 +16,8 @@ pub mod domain;
 pub mod http;
 pub mod keys;
 pub mod kms;
+#[cfg(test)]
+mod layers;
 pub mod metrics;
 pub mod ratelimit;
 pub mod shards;

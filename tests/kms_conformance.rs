@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use repocrypt::clock::SystemClock;
+use repocrypt::domain::key_states::KeyStateCache;
 use repocrypt::domain::{parse_setting_patch, Actor, Error, KeyState, Service};
 use repocrypt::http::views::SettingView;
 use repocrypt::kms::aws::{AwsKms, AwsSettings, Credentials, TENANT_TAG};
-use repocrypt::kms::cache::KeyStateCache;
 use repocrypt::kms::{KeyOrigin, Kms};
 use repocrypt::store::{AuditFilter, Store};
 

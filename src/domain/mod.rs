@@ -2,6 +2,7 @@
 //! docs/decisions.md records where the seeds are silent: no HTTP, no SQL.
 
 pub mod error;
+pub mod key_states;
 pub mod model;
 pub mod patch;
 pub mod ports;

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use super::error::{Error, Result};
+use super::key_states::{KeyStateCache, Lookup};
 use super::model::*;
 use super::ports::{CacheStats, JoinedKey, KeyInfo, Kms, Store};
 use super::types::*;
-use crate::kms::cache::{KeyStateCache, Lookup};
 
 /// How often an update is retried when the key id changed under it.
 const MAX_UPDATE_ATTEMPTS: usize = 8;

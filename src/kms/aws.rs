@@ -23,8 +23,8 @@ use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use serde_json::json;
 
 use super::{KeyInfo, KeyOrigin, Kms, MIN_PENDING_DAYS};
-use crate::domain::{Actor, Error, KeyState, Result, TenantId};
 use crate::domain::ports::Store;
+use crate::domain::{Actor, Error, KeyState, Result, TenantId};
 
 /// The tag that binds a key to a tenant.
 pub const TENANT_TAG: &str = "repocrypt:tenant";

@@ -1,7 +1,6 @@
 //! Key management: one trait, one implementation per backend.
 
 pub mod aws;
-pub mod cache;
 pub mod local;
 pub mod metered;
 

@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
-use super::KeyInfo;
+use super::ports::KeyInfo;
+use super::types::KeyState;
 use crate::clock::Clock;
-use crate::domain::KeyState;
 #[cfg(test)]
 use crate::shards::SHARDS;
 use crate::shards::{per_shard, Shards};
@@ -211,6 +211,11 @@ mod tests {
         })))
     }
 
+    /// Room for every key of a test in any one shard: a shard holds `capacity / SHARDS`
+    /// entries, and which shard a key falls in changes from run to run (the hasher is
+    /// seeded at random), so a smaller cache would evict a test's own entries now and then.
+    const ROOMY: usize = SHARDS * 8;
+
     /// A cache on a clock the test moves: entries age only when it says so, so a test
     /// thread held up on a busy machine cannot move an entry past a threshold.
     fn cache(ttl: u64, capacity: usize) -> (KeyStateCache, Arc<ManualClock>) {
@@ -221,7 +226,7 @@ mod tests {
 
     #[test]
     fn fresh_then_stale() {
-        let (c, clock) = cache(60, 10);
+        let (c, clock) = cache(60, ROOMY);
         c.put("t", "k", info(KeyState::Enabled), c.now());
         c.put("t", "old", info(KeyState::Enabled), c.now());
         clock.advance(Duration::from_secs(44));
@@ -234,7 +239,7 @@ mod tests {
 
     #[test]
     fn zero_ttl_is_never_fresh() {
-        let (c, _) = cache(0, 10);
+        let (c, _) = cache(0, ROOMY);
         c.put("t", "k", info(KeyState::Enabled), c.now());
         assert!(matches!(c.lookup("t", "k"), Lookup::Stale(Some(_))));
     }
@@ -270,7 +275,7 @@ mod tests {
 
     #[test]
     fn late_in_the_ttl_one_lookup_is_asked_to_refresh() {
-        let (c, clock) = cache(60, 10);
+        let (c, clock) = cache(60, ROOMY);
         c.put("t", "young", info(KeyState::Enabled), c.now());
         c.put("t", "k", info(KeyState::Enabled), c.now());
         clock.advance(Duration::from_millis(44_999));
@@ -294,7 +299,7 @@ mod tests {
 
     #[test]
     fn an_older_read_does_not_replace_a_newer_one() {
-        let (c, clock) = cache(60, 10);
+        let (c, clock) = cache(60, ROOMY);
         let before = c.now();
         clock.advance(Duration::from_millis(1));
         c.put("t", "k", info(KeyState::Disabled), c.now());
@@ -308,7 +313,7 @@ mod tests {
 
     #[test]
     fn touch_serves_the_last_state_for_another_ttl() {
-        let (c, clock) = cache(60, 10);
+        let (c, clock) = cache(60, ROOMY);
         c.put("t", "k", info(KeyState::Enabled), c.now());
         clock.advance(Duration::from_secs(61));
         assert!(matches!(c.lookup("t", "k"), Lookup::Stale(Some(_))));
