@@ -4,6 +4,10 @@
 //! Labels come from fixed lists (operations, KMS calls, outcomes), never from request
 //! data, so no tenant id, key id or credential can reach a scrape and the number of
 //! series is bounded.
+//!
+//! Why not `prometheus-client`: it writes OpenMetrics (`_total` outside the `# TYPE` name,
+//! `le="1.0"`, `# EOF`), not the text format 0.0.4 served here (docs/performance.md,
+//! 2026-12-01).
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};

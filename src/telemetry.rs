@@ -8,6 +8,10 @@
 //! [`BUFFER_LIMIT`] (stderr blocked, a full pipe) waits for it to drain, as it would have
 //! waited on stderr itself. [`flush`] writes out what is buffered; the binary calls it
 //! before it exits, and a panic calls it before the panic's own message.
+//!
+//! Why not `tracing-appender`'s non-blocking writer and `tracing`'s formatter for the
+//! access line: docs/performance.md, 2026-12-01 (11% fewer GETs a second, and 16% more
+//! instructions a GET; no flush after which logging goes on, no fallback without a thread).
 
 use std::io::{IsTerminal, Write};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
