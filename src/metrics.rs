@@ -4,6 +4,10 @@
 //! Labels come from fixed lists (operations, KMS calls, outcomes), never from request
 //! data, so no tenant id, key id or credential can reach a scrape and the number of
 //! series is bounded.
+//!
+//! Why not `prometheus-client`: it writes OpenMetrics (`_total` outside the `# TYPE` name,
+//! `le="1.0"`, `# EOF`), not the text format 0.0.4 served here (docs/performance.md,
+//! 2026-12-01).
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -413,6 +417,57 @@ mod tests {
         for (i, outcome) in OUTCOMES.iter().enumerate() {
             assert_eq!(*outcome as usize, i);
         }
+    }
+
+    /// `/metrics` is served as `text/plain; version=0.0.4`, and a scraper reading that
+    /// format finds a sample's type by its family's `# TYPE` line: a counter's family is
+    /// named with its `_total` (OpenMetrics names it without, as `prometheus-client`
+    /// writes it), a histogram's samples add `_bucket`, `_sum` and `_count` to theirs, and
+    /// there is no OpenMetrics `# EOF`. See docs/performance.md (2026-12-01).
+    #[test]
+    fn every_sample_is_typed_by_its_own_family_in_the_text_format() {
+        let m = Metrics::new();
+        m.record_request(Operation::ShowSetting, 200, Duration::from_millis(1));
+        m.record_kms(KmsCall::Ping, KmsOutcome::Ok, Duration::from_millis(1));
+        let caches = [CacheStats {
+            name: "key_state",
+            hits: 1,
+            misses: 1,
+        }];
+        let text = m.render(&caches, &[("tenant", 1)]);
+        let mut types = std::collections::HashMap::new();
+        let mut helps = std::collections::HashSet::new();
+        let mut samples = 0;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').expect("a help text");
+                assert!(!help.is_empty(), "{line}");
+                helps.insert(name.to_owned());
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("a type");
+                assert!(helps.contains(name), "TYPE before HELP: {line}");
+                types.insert(name.to_owned(), kind.to_owned());
+            } else {
+                assert!(!line.starts_with('#'), "{line}");
+                let name = line.split(['{', ' ']).next().expect("a name");
+                let family = match types.get(name).map(String::as_str) {
+                    Some("counter") => {
+                        assert!(name.ends_with("_total"), "{line}");
+                        name
+                    }
+                    Some(kind) => panic!("{kind} sample under its own name: {line}"),
+                    None => ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| name.strip_suffix(s))
+                        .filter(|f| types.get(*f).is_some_and(|k| k == "histogram"))
+                        .unwrap_or_else(|| panic!("no TYPE for {line}")),
+                };
+                assert!(helps.contains(family), "no HELP for {line}");
+                samples += 1;
+            }
+        }
+        assert_eq!(types.len(), 7, "{text}");
+        assert!(samples > 0);
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! [`BUFFER_LIMIT`] (stderr blocked, a full pipe) waits for it to drain, as it would have
 //! waited on stderr itself. [`flush`] writes out what is buffered; the binary calls it
 //! before it exits, and a panic calls it before the panic's own message.
+//!
+//! Why not `tracing-appender`'s non-blocking writer and `tracing`'s formatter for the
+//! access line: docs/performance.md, 2026-12-01 (11% fewer GETs a second, and 16% more
+//! instructions a GET; no flush after which logging goes on, no fallback without a thread).
 
 use std::io::{IsTerminal, Write};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
@@ -403,6 +407,38 @@ mod tests {
             std::thread::sleep(FLUSH_EVERY);
         }
         assert_eq!(seen(&out), want);
+    }
+
+    /// Many lines reach the output in a write or two, not one write a line (what a
+    /// channel of lines to an unbuffered stderr, such as `tracing-appender`'s worker, does:
+    /// see docs/performance.md, 2026-12-01).
+    #[test]
+    fn lines_appended_together_are_written_out_together() {
+        let out = Recorder::default();
+        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        struct Counting(Recorder, Arc<std::sync::atomic::AtomicUsize>);
+        impl Write for Counting {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.0.write(buf)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::start(Counting(out.clone(), writes.clone()));
+        // While the output is blocked the writer thread holds at most what it had taken
+        // out; the rest waits for the next write.
+        let closed = out.gate.lock().expect("gate");
+        for i in 0..100 {
+            sink.append(format!("line {i}\n").as_bytes());
+        }
+        drop(closed);
+        sink.flush();
+        let want: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(String::from_utf8(seen(&out)).expect("utf-8"), want);
+        let writes = writes.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(writes <= 2, "{writes} writes for 100 lines");
     }
 
     #[test]
