@@ -4,9 +4,10 @@
 //! (`#[path = "sql/mod.rs"] mod sql;`), so every query, row decoder and error context
 //! here exists once in the source and once per database in the binary, with that
 //! database's concrete sqlx types (no `sqlx::Any`, no generic bounds to satisfy). What
-//! really differs between the databases is the parent module's:
+//! really differs between the databases comes from the parent module:
 //!
-//! - `dialect`: the sqlx types (`Db`, `Conn`, `Row`), the clauses only one database has (`FOR
+//! - `dialect` (its database's half of `store/dialect.rs`): the sqlx types (`Db`, `Conn`;
+//!   `Row` follows from `Db` here), the clauses only one database has (`FOR
 //!   UPDATE`, `COLLATE "C"`, `BEGIN IMMEDIATE`), how a list is bound (`= ANY($1)` or
 //!   `json_each`), and the locks (PostgreSQL's advisory locks, nothing on SQLite, whose
 //!   write transactions are serialized by `BEGIN IMMEDIATE`);
