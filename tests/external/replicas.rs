@@ -3,10 +3,9 @@
 //! `REPOCRYPT_TEST_DATABASE_URL`; skipped without it (a failure under `.ci/run`). The
 //! `batching` tests below drive two (or three) `PostgresStore`s in-process on one database:
 //! coalesced reads and group-committed writes, as seen from another replica.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod binary;
-mod common;
+use crate::binary;
+use crate::common;
 
 use std::process::Command;
 

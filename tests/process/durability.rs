@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Crash durability: concurrent writers PUT settings into the real binary, the server is
 //! killed with SIGKILL in the middle of it, restarted on the same data, and every write it
 //! acknowledged (a complete 200 response) must be there: readable through the API, in the
@@ -7,7 +6,7 @@
 //! Runs on SQLite (the default data directory), and also on PostgreSQL when
 //! `REPOCRYPT_TEST_DATABASE_URL` names a server (a fresh database per run, dropped at the end).
 
-mod binary;
+use crate::binary;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,8 +1,7 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! In-process API tests: every test drives `App::router()` with `tower::ServiceExt::oneshot`
 //! on its own temp directory, database, root key and manual clock.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -24,11 +24,10 @@
 //! Three runs: the local KMS on SQLite (text logs); the AWS KMS backend on a `moto_server`
 //! (JSON logs; skipped without moto unless `REPOCRYPT_REQUIRE_EXTERNAL`); PostgreSQL with a
 //! password in the database URL (skipped without `REPOCRYPT_TEST_DATABASE_URL`, likewise).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod binary;
-mod common;
-mod moto;
+use crate::binary;
+use crate::common;
+use crate::moto;
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};

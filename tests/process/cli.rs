@@ -1,7 +1,6 @@
 //! The command line and the process: admin commands, key states, graceful shutdown.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod binary;
+use crate::binary;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

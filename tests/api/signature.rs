@@ -1,9 +1,8 @@
 //! AK/SK request signatures through the router: what verifies, what is refused, and
 //! token precedence. The canonicalisation itself is checked against vectors computed by
 //! the official SDK in `src/auth/sdk_signature.rs`; `tests/sdk/` drives the real SDK.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use axum::http::{Method, StatusCode};
 use common::*;

@@ -6,11 +6,10 @@
 //! The audit log is made to fail on purpose with a trigger on `audit_log` that raises
 //! `audit unavailable`. Everything runs on SQLite, or on a fresh PostgreSQL database when
 //! `REPOCRYPT_TEST_DATABASE_URL` is set; the AWS test needs moto (see tests/moto).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod binary;
-mod common;
-mod moto;
+use crate::binary;
+use crate::common;
+use crate::moto;
 
 use std::collections::BTreeSet;
 use std::path::Path;

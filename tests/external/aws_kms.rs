@@ -1,10 +1,9 @@
 //! The real binary on the AWS KMS backend, against a `moto_server` of the test's own:
 //! configuration from the environment (credentials from the standard AWS chain), the
 //! `repocrypt kms` commands, the API, and an outage (moto stopped mid-test).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod binary;
-mod moto;
+use crate::binary;
+use crate::moto;
 
 use std::time::{Duration, Instant};
 

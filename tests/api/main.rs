@@ -1,0 +1,14 @@
+//! In-process tests: the router, the service, the stores and the KMS backends, driven
+//! without the real binary (one test binary: `cargo test --test api`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../common/mod.rs"]
+mod common;
+#[path = "../moto/mod.rs"]
+mod moto;
+
+mod api;
+mod group_commit;
+mod kms_conformance;
+mod migrations;
+mod signature;
