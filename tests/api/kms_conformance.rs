@@ -5,7 +5,7 @@
 //! its audit records, tenant isolation, and a PUT/GET of a setting.
 
 use crate::common;
-use crate::moto;
+use crate::common::moto;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,8 +4,6 @@
 
 #[path = "../common/mod.rs"]
 mod common;
-#[path = "../moto/mod.rs"]
-mod moto;
 
 mod api;
 mod group_commit;

@@ -3,12 +3,8 @@
 //! against moto (`REPOCRYPT_MOTO_SERVER`) (one test binary: `cargo test --test external`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../binary/mod.rs"]
-mod binary;
 #[path = "../common/mod.rs"]
 mod common;
-#[path = "../moto/mod.rs"]
-mod moto;
 
 mod aws_kms;
 mod replicas;

@@ -2,8 +2,8 @@
 //! decides, with the real binary where the accept loop does (connections, request heads,
 //! timeouts, TLS).
 
-use crate::binary;
 use crate::common;
+use crate::common::binary;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

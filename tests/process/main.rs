@@ -3,12 +3,8 @@
 //! enforces, and the README walkthrough (one test binary: `cargo test --test process`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../binary/mod.rs"]
-mod binary;
 #[path = "../common/mod.rs"]
 mod common;
-#[path = "../moto/mod.rs"]
-mod moto;
 
 mod audit;
 mod cli;

@@ -1,7 +1,7 @@
 //! Starts the real binary on a free port and runs the README's walkthrough block against it,
 //! so the README cannot drift from what the service does.
 
-use crate::binary;
+use crate::common::binary;
 
 use std::process::Command;
 
