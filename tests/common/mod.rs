@@ -150,6 +150,25 @@ pub fn tenant_setting_path(query: Option<&str>) -> String {
     }
 }
 
+/// The two kinds of caller of the API; the authorization tests run under both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// `X-Auth-Token`.
+    Token,
+    /// `Authorization: SDK-HMAC-SHA256 …` with a credential of the app's.
+    AkSk,
+}
+
+/// Both kinds of caller, for `for kind in CALLERS`.
+pub const CALLERS: [Caller; 2] = [Caller::Token, Caller::AkSk];
+
+/// How one caller authenticates (see [`TestApp::caller`]).
+#[derive(Clone, Debug)]
+pub enum Auth {
+    Token(String),
+    AkSk(Cred),
+}
+
 /// The headers of an in-process request signed with `cred` at `date`, for [`SIGNED_HOST`].
 pub fn signed_headers(
     cred: &Cred,
@@ -243,6 +262,87 @@ impl TestApp {
             ak: c.access_key,
             sk: secret.expose().to_owned(),
         }
+    }
+
+    // ---- callers of either kind (a token, or an AK/SK signature) ------------------------
+
+    /// The clock's now as an `X-Sdk-Date`.
+    pub fn sdk_now(&self) -> String {
+        sdk::sdk_date(self.clock.unix_seconds())
+    }
+
+    /// `user` of `tenant` with `role`, calling as `kind`: a token issued for them, or an
+    /// AK/SK credential created for them through the app.
+    pub async fn caller(&self, kind: Caller, tenant: &str, user: &str, role: Role) -> Auth {
+        match kind {
+            Caller::Token => Auth::Token(self.token(tenant, user, role)),
+            Caller::AkSk => Auth::AkSk(self.credential(tenant, user, role).await),
+        }
+    }
+
+    /// The tenant's admin (the user of [`TestApp::admin`]) as `kind`.
+    pub async fn admin_as(&self, kind: Caller, tenant: &str) -> Auth {
+        self.caller(kind, tenant, &admin_user(tenant), Role::Admin)
+            .await
+    }
+
+    /// A plain member of the tenant (the user of [`TestApp::member`]) as `kind`.
+    pub async fn member_as(&self, kind: Caller, tenant: &str) -> Auth {
+        self.caller(
+            kind,
+            tenant,
+            &format!("member-{}", short(tenant)),
+            Role::Member,
+        )
+        .await
+    }
+
+    /// `method uri` with a JSON `body` (or none when empty), authenticated as `auth`.
+    pub async fn send_as(&self, auth: &Auth, method: Method, uri: &str, body: &str) -> Resp {
+        let headers: Vec<(String, String)> = match auth {
+            Auth::Token(token) => vec![
+                ("x-auth-token".into(), token.clone()),
+                ("content-type".into(), "application/json".into()),
+            ],
+            Auth::AkSk(cred) => signed_headers(
+                cred,
+                method.as_str(),
+                uri,
+                body.as_bytes(),
+                &self.sdk_now(),
+                &[],
+            ),
+        };
+        let h: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        self.send(method, uri, &h, body.to_owned()).await
+    }
+
+    pub async fn put_setting_as(&self, auth: &Auth, tenant: &str, body: &Value) -> Resp {
+        self.send_as(auth, Method::PUT, &setting_path(tenant), &body.to_string())
+            .await
+    }
+
+    pub async fn get_setting_as(&self, auth: &Auth, tenant: &str) -> Resp {
+        self.send_as(auth, Method::GET, &setting_path(tenant), "")
+            .await
+    }
+
+    pub async fn post_grant_as(&self, auth: &Auth, tenant: &str) -> Resp {
+        self.send_as(auth, Method::POST, &grant_path(tenant), "")
+            .await
+    }
+
+    pub async fn get_grant_as(&self, auth: &Auth, tenant: &str) -> Resp {
+        self.send_as(auth, Method::GET, &grant_path(tenant), "")
+            .await
+    }
+
+    pub async fn tenant_setting_as(&self, auth: &Auth, query: Option<&str>) -> Resp {
+        self.send_as(auth, Method::GET, &tenant_setting_path(query), "")
+            .await
     }
 
     // ---- the five operations -----------------------------------------------------------
