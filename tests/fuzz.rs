@@ -15,6 +15,11 @@
 //! against vectors produced by the official SDK), not by calling the code under test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+/// `sdk_date`, shared with the other test binaries (only that: the signing oracle below is
+/// this file's own, written from the documented rules).
+#[path = "common/sdk.rs"]
+mod sdk;
+
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +52,7 @@ use repocrypt::http::error::status_of;
 use repocrypt::keys::RootKey;
 use repocrypt::store::sqlite::SqliteStore;
 use repocrypt::store::CredentialStore;
+use sdk::sdk_date;
 
 // ---------------------------------------------------------------------------------------
 // The runner
@@ -1806,14 +1812,6 @@ fn aksk_authorization_valid_and_broken() {
 /// 2026-01-01T00:00:00Z.
 const NOW: u64 = 1_767_225_600;
 const MAX_SKEW: u64 = 900;
-
-/// `YYYYMMDDTHHMMSSZ`.
-fn sdk_date(unix: u64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_secs(unix);
-    humantime::format_rfc3339_seconds(t)
-        .to_string()
-        .replace(['-', ':'], "")
-}
 
 /// A request as the client meant it: decoded path segments and query pairs, headers with
 /// lower-case names (signed or not), the body.

@@ -7,6 +7,10 @@
 
 #![allow(dead_code)]
 
+pub mod binary;
+pub mod moto;
+pub mod sdk;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +29,8 @@ use repocrypt::domain::{Actor, AuditRecord, Identity, PermitPublic, Role, Tenant
 use repocrypt::kms::{KeyInfo, KeyOrigin};
 use repocrypt::store::AuditFilter;
 
+use sdk::{Cred, Signer};
+
 /// 2026-01-01T00:00:00Z.
 pub const START_UNIX: u64 = 1_767_225_600;
 /// Lifetime of the tokens `token()` issues.
@@ -35,6 +41,8 @@ pub const TENANT_B: &str = "28c4e7f1a0b94d2e9c3b5a6d7e8f9012";
 
 pub const REGION: &str = "cn-north-7";
 pub const REGION_TYPE: &str = "primary";
+/// The `Host` of the in-process signed requests.
+pub const SIGNED_HOST: &str = "repocrypt.test";
 
 /// Status, headers and JSON body of a response (`Null` for an empty body, a JSON string
 /// holding the raw text when the body is not JSON).
@@ -134,6 +142,52 @@ pub fn grant_path(tenant: &str) -> String {
     format!("/v4/tenants/{tenant}/repo-encryption/kms-grant")
 }
 
+/// `/v4/tenant/setting`, with `query` appended verbatim after `?` when given.
+pub fn tenant_setting_path(query: Option<&str>) -> String {
+    match query {
+        Some(q) => format!("/v4/tenant/setting?{q}"),
+        None => "/v4/tenant/setting".to_owned(),
+    }
+}
+
+/// The two kinds of caller of the API; the authorization tests run under both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// `X-Auth-Token`.
+    Token,
+    /// `Authorization: SDK-HMAC-SHA256 …` with a credential of the app's.
+    AkSk,
+}
+
+/// Both kinds of caller, for `for kind in CALLERS`.
+pub const CALLERS: [Caller; 2] = [Caller::Token, Caller::AkSk];
+
+/// How one caller authenticates (see [`TestApp::caller`]).
+#[derive(Clone, Debug)]
+pub enum Auth {
+    Token(String),
+    AkSk(Cred),
+}
+
+/// The headers of an in-process request signed with `cred` at `date`, for [`SIGNED_HOST`].
+pub fn signed_headers(
+    cred: &Cred,
+    method: &str,
+    uri: &str,
+    body: &[u8],
+    date: &str,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    Signer {
+        ak: &cred.ak,
+        secret: cred.sk.as_bytes(),
+        host: SIGNED_HOST,
+        date,
+    }
+    .sign(method, uri, body, extra)
+    .headers
+}
+
 /// Drive `router` with one request.
 pub async fn send_to(
     router: Router,
@@ -193,6 +247,102 @@ impl TestApp {
     /// Token of a plain member of the tenant.
     pub fn member(&self, tenant: &str) -> String {
         self.token(tenant, &format!("member-{}", short(tenant)), Role::Member)
+    }
+
+    /// An AK/SK credential of `user` in `tenant`, created through the app (as
+    /// `repocrypt credential create` does).
+    pub async fn credential(&self, tenant: &str, user: &str, role: Role) -> Cred {
+        let (c, secret) = self
+            .app
+            .credentials
+            .create(&tid(tenant), user, role, &Actor::cli())
+            .await
+            .expect("credential is created");
+        Cred {
+            ak: c.access_key,
+            sk: secret.expose().to_owned(),
+        }
+    }
+
+    // ---- callers of either kind (a token, or an AK/SK signature) ------------------------
+
+    /// The clock's now as an `X-Sdk-Date`.
+    pub fn sdk_now(&self) -> String {
+        sdk::sdk_date(self.clock.unix_seconds())
+    }
+
+    /// `user` of `tenant` with `role`, calling as `kind`: a token issued for them, or an
+    /// AK/SK credential created for them through the app.
+    pub async fn caller(&self, kind: Caller, tenant: &str, user: &str, role: Role) -> Auth {
+        match kind {
+            Caller::Token => Auth::Token(self.token(tenant, user, role)),
+            Caller::AkSk => Auth::AkSk(self.credential(tenant, user, role).await),
+        }
+    }
+
+    /// The tenant's admin (the user of [`TestApp::admin`]) as `kind`.
+    pub async fn admin_as(&self, kind: Caller, tenant: &str) -> Auth {
+        self.caller(kind, tenant, &admin_user(tenant), Role::Admin)
+            .await
+    }
+
+    /// A plain member of the tenant (the user of [`TestApp::member`]) as `kind`.
+    pub async fn member_as(&self, kind: Caller, tenant: &str) -> Auth {
+        self.caller(
+            kind,
+            tenant,
+            &format!("member-{}", short(tenant)),
+            Role::Member,
+        )
+        .await
+    }
+
+    /// `method uri` with a JSON `body` (or none when empty), authenticated as `auth`.
+    pub async fn send_as(&self, auth: &Auth, method: Method, uri: &str, body: &str) -> Resp {
+        let headers: Vec<(String, String)> = match auth {
+            Auth::Token(token) => vec![
+                ("x-auth-token".into(), token.clone()),
+                ("content-type".into(), "application/json".into()),
+            ],
+            Auth::AkSk(cred) => signed_headers(
+                cred,
+                method.as_str(),
+                uri,
+                body.as_bytes(),
+                &self.sdk_now(),
+                &[],
+            ),
+        };
+        let h: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        self.send(method, uri, &h, body.to_owned()).await
+    }
+
+    pub async fn put_setting_as(&self, auth: &Auth, tenant: &str, body: &Value) -> Resp {
+        self.send_as(auth, Method::PUT, &setting_path(tenant), &body.to_string())
+            .await
+    }
+
+    pub async fn get_setting_as(&self, auth: &Auth, tenant: &str) -> Resp {
+        self.send_as(auth, Method::GET, &setting_path(tenant), "")
+            .await
+    }
+
+    pub async fn post_grant_as(&self, auth: &Auth, tenant: &str) -> Resp {
+        self.send_as(auth, Method::POST, &grant_path(tenant), "")
+            .await
+    }
+
+    pub async fn get_grant_as(&self, auth: &Auth, tenant: &str) -> Resp {
+        self.send_as(auth, Method::GET, &grant_path(tenant), "")
+            .await
+    }
+
+    pub async fn tenant_setting_as(&self, auth: &Auth, query: Option<&str>) -> Resp {
+        self.send_as(auth, Method::GET, &tenant_setting_path(query), "")
+            .await
     }
 
     // ---- the five operations -----------------------------------------------------------
@@ -269,10 +419,7 @@ impl TestApp {
 
     /// `GET /v4/tenant/setting`, with `query` appended verbatim after `?` when given.
     pub async fn tenant_setting(&self, token: &str, query: Option<&str>) -> Resp {
-        let uri = match query {
-            Some(q) => format!("/v4/tenant/setting?{q}"),
-            None => "/v4/tenant/setting".to_owned(),
-        };
+        let uri = tenant_setting_path(query);
         self.send(Method::GET, &uri, &[("x-auth-token", token)], Body::empty())
             .await
     }

@@ -1,10 +1,9 @@
 //! Limits, rate limits, `/metrics`, `/readyz` and TLS: in-process where the router alone
 //! decides, with the real binary where the accept loop does (connections, request heads,
 //! timeouts, TLS).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod binary;
-mod common;
+use crate::common;
+use crate::common::binary;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

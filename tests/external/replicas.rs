@@ -3,14 +3,11 @@
 //! `REPOCRYPT_TEST_DATABASE_URL`; skipped without it (a failure under `.ci/run`). The
 //! `batching` tests below drive two (or three) `PostgresStore`s in-process on one database:
 //! coalesced reads and group-committed writes, as seen from another replica.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod binary;
-mod common;
+use crate::common;
+use crate::common::binary;
 
-use std::process::Command;
-
-use binary::{Server, BIN};
+use binary::{Client, Server};
 use serde_json::{json, Value};
 
 fn pg_url_or_skip(test: &str) -> Option<String> {
@@ -27,22 +24,11 @@ fn pg_url_or_skip(test: &str) -> Option<String> {
 
 /// An admin command with the replicas' shared settings, run in `dir`.
 fn cli(dir: &std::path::Path, env: &[(&str, String)], args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    binary::cli_ok(dir, env, args)
 }
 
+/// The replicas' client: every call with the same token, to the server it names.
 struct Api {
-    http: reqwest::Client,
     token: String,
 }
 
@@ -54,16 +40,9 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("http://{server}{path}"))
-            .header("X-Auth-Token", &self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        Client::new(server)
+            .call(method, path, &self.token, body)
+            .await
     }
 }
 
@@ -94,10 +73,7 @@ async fn two_replicas_on_one_postgres_database() {
             "token", "issue", "--tenant", "t1", "--user", "alice", "--role", "admin",
         ],
     );
-    let api = Api {
-        http: reqwest::Client::new(),
-        token,
-    };
+    let api = Api { token };
     let (status, v) = api
         .call(
             &b.addr,
@@ -207,7 +183,7 @@ async fn two_replicas_on_one_postgres_database() {
         .call(
             &b.addr,
             reqwest::Method::GET,
-            &format!("/v4/tenant/setting?project_id={project}"),
+            &common::tenant_setting_path(Some(&format!("project_id={project}"))),
             None,
         )
         .await;
@@ -230,18 +206,15 @@ async fn two_replicas_on_one_postgres_database() {
         } else {
             b.addr.clone()
         };
-        let http = api.http.clone();
+        let client = Client::new(&server);
         let token = api.token.clone();
         tasks.push(tokio::spawn(async move {
             let body = json!({ "encryption_type": "normal", "tenant_id": "t1", "default_encryption_enabled": false });
-            let resp = http
-                .put(format!("http://{server}/v4/tenants/t1/repo-encryption/setting"))
-                .header("X-Auth-Token", token)
-                .json(&body)
-                .send()
+            let path = common::setting_path("t1");
+            client
+                .call(reqwest::Method::PUT, &path, &token, Some(body))
                 .await
-                .unwrap();
-            resp.status().as_u16()
+                .0
         }));
     }
     for t in tasks {

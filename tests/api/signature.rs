@@ -1,81 +1,16 @@
 //! AK/SK request signatures through the router: what verifies, what is refused, and
 //! token precedence. The canonicalisation itself is checked against vectors computed by
 //! the official SDK in `src/auth/sdk_signature.rs`; `tests/sdk/` drives the real SDK.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use axum::http::{Method, StatusCode};
+use common::sdk::{sdk_date, Cred};
 use common::*;
-use repocrypt::auth::sdk_signature::{
-    canonical_request, format_authorization, payload_sha256_hex, sign, string_to_sign,
-};
 use repocrypt::clock::Clock;
 use repocrypt::domain::{Actor, Role};
 use repocrypt::store::AuditFilter;
 use serde_json::Value;
-
-const HOST: &str = "repocrypt.test";
-
-struct Cred {
-    ak: String,
-    sk: String,
-}
-
-async fn credential(t: &TestApp, tenant: &str, role: Role) -> Cred {
-    let (c, secret) = t
-        .app
-        .credentials
-        .create(&tid(tenant), "sdk-user", role, &Actor::cli())
-        .await
-        .unwrap();
-    Cred {
-        ak: c.access_key,
-        sk: secret.expose().to_owned(),
-    }
-}
-
-fn sdk_date(unix: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
-    humantime::format_rfc3339_seconds(t)
-        .to_string()
-        .replace(['-', ':'], "")
-}
-
-/// Sign like the SDK: host, content-type, x-sdk-date (+ extra headers) signed.
-fn signed_headers(
-    cred: &Cred,
-    method: &str,
-    uri: &str,
-    body: &[u8],
-    date: &str,
-    extra: &[(&str, &str)],
-) -> Vec<(String, String)> {
-    let (path, query) = match uri.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (uri, None),
-    };
-    let mut headers: Vec<(&str, &str)> = vec![
-        ("content-type", "application/json"),
-        ("host", HOST),
-        ("x-sdk-date", date),
-    ];
-    headers.extend_from_slice(extra);
-    let mut names: Vec<&str> = headers.iter().map(|(n, _)| *n).collect();
-    names.sort_unstable();
-    let payload = payload_sha256_hex(body, &headers, &names, false).unwrap();
-    let canonical = canonical_request(method, path, query, &headers, &names, &payload).unwrap();
-    let signature = sign(cred.sk.as_bytes(), &string_to_sign(date, &canonical));
-    let mut out: Vec<(String, String)> = headers
-        .iter()
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .collect();
-    out.push((
-        "authorization".into(),
-        format_authorization(&cred.ak, &names, &signature),
-    ));
-    out
-}
 
 async fn send_signed(
     t: &TestApp,
@@ -98,7 +33,7 @@ fn now_date(t: &TestApp) -> String {
 #[tokio::test]
 async fn signed_requests_reach_all_five_operations() {
     let t = spawn_app().await;
-    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let cred = t.credential(TENANT_A, "sdk-user", Role::Admin).await;
     let date = now_date(&t);
     let body = br#"{"encryption_type":"normal"}"#;
     let cases: [(Method, String, &[u8], StatusCode); 5] = [
@@ -148,10 +83,10 @@ async fn signed_requests_reach_all_five_operations() {
 #[tokio::test]
 async fn query_strings_are_part_of_the_signature() {
     let t = spawn_app().await;
-    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let cred = t.credential(TENANT_A, "sdk-user", Role::Admin).await;
     let date = now_date(&t);
     let project = "0123456789abcdef0123456789abcdef";
-    let uri = format!("/v4/tenant/setting?project_id={project}");
+    let uri = tenant_setting_path(Some(&format!("project_id={project}")));
     let headers = signed_headers(&cred, "GET", &uri, b"", &date, &[]);
     let (status, _, v) = send_signed(&t, Method::GET, &uri, &headers, b"").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{v}"); // signed fine; the project is unknown
@@ -193,7 +128,7 @@ async fn unknown_access_key_is_401_rc401004() {
 #[tokio::test]
 async fn wrong_secret_key_is_401_rc401006() {
     let t = spawn_app().await;
-    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let cred = t.credential(TENANT_A, "sdk-user", Role::Admin).await;
     // The last character changed to one it is not: the secret is random, so a fixed
     // replacement would equal the real one once in 62 runs.
     let wrong = Cred {
@@ -213,7 +148,7 @@ async fn wrong_secret_key_is_401_rc401006() {
 #[tokio::test]
 async fn a_body_changed_after_signing_is_401_and_writes_nothing() {
     let t = spawn_app().await;
-    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let cred = t.credential(TENANT_A, "sdk-user", Role::Admin).await;
     let uri = setting_path(TENANT_A);
     let signed_body = br#"{"encryption_type":"normal"}"#;
     let h = signed_headers(&cred, "PUT", &uri, signed_body, &now_date(&t), &[]);
@@ -242,7 +177,7 @@ async fn a_body_changed_after_signing_is_401_and_writes_nothing() {
 #[tokio::test]
 async fn stale_or_future_dates_are_401_rc401005() {
     let t = spawn_app().await;
-    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let cred = t.credential(TENANT_A, "sdk-user", Role::Admin).await;
     let uri = grant_path(TENANT_A);
     let now = t.clock.unix_seconds();
     for (date, ok) in [
@@ -266,7 +201,7 @@ async fn stale_or_future_dates_are_401_rc401005() {
 #[tokio::test]
 async fn the_replay_window_is_configurable() {
     let t = spawn_app_with(|c| c.signature_max_skew = std::time::Duration::from_secs(60)).await;
-    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let cred = t.credential(TENANT_A, "sdk-user", Role::Admin).await;
     let uri = grant_path(TENANT_A);
     let date = now_date(&t);
     let h = signed_headers(&cred, "GET", &uri, b"", &date, &[]);
@@ -279,7 +214,7 @@ async fn the_replay_window_is_configurable() {
 #[tokio::test]
 async fn a_replayed_nonce_is_401_rc401007() {
     let t = spawn_app().await;
-    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let cred = t.credential(TENANT_A, "sdk-user", Role::Admin).await;
     let uri = grant_path(TENANT_A);
     let date = now_date(&t);
     let h = signed_headers(&cred, "POST", &uri, b"", &date, &[("x-sdk-nonce", "n-1")]);
@@ -321,7 +256,7 @@ async fn malformed_authorization_is_401_rc401003() {
         "SDK-HMAC-SHA256 Access=AK, SignedHeaders=x-sdk-date, Signature=0000000000000000000000000000000000000000000000000000000000000000",
     ] {
         let h = vec![
-            ("host".to_owned(), HOST.to_owned()),
+            ("host".to_owned(), SIGNED_HOST.to_owned()),
             ("x-sdk-date".to_owned(), date.clone()),
             ("authorization".to_owned(), auth.to_owned()),
         ];
@@ -334,7 +269,7 @@ async fn malformed_authorization_is_401_rc401003() {
 #[tokio::test]
 async fn a_deleted_credential_stops_working() {
     let t = spawn_app().await;
-    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let cred = t.credential(TENANT_A, "sdk-user", Role::Admin).await;
     let uri = grant_path(TENANT_A);
     let h = signed_headers(&cred, "GET", &uri, b"", &now_date(&t), &[]);
     assert_eq!(
@@ -368,7 +303,7 @@ async fn a_deleted_credential_stops_working() {
 #[tokio::test]
 async fn signed_callers_get_the_same_authorization_rules() {
     let t = spawn_app().await;
-    let member = credential(&t, TENANT_A, Role::Member).await;
+    let member = t.credential(TENANT_A, "sdk-user", Role::Member).await;
     let date = now_date(&t);
     let uri = grant_path(TENANT_A);
     let h = signed_headers(&member, "POST", &uri, b"", &date, &[]);
@@ -389,7 +324,7 @@ async fn signed_callers_get_the_same_authorization_rules() {
 #[tokio::test]
 async fn x_auth_token_takes_precedence_over_a_signature() {
     let t = spawn_app().await;
-    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let cred = t.credential(TENANT_A, "sdk-user", Role::Admin).await;
     let uri = grant_path(TENANT_A);
     let date = now_date(&t);
     // A valid token with a garbage signature: the token decides, 202.
@@ -416,7 +351,7 @@ async fn x_auth_token_takes_precedence_over_a_signature() {
 #[tokio::test]
 async fn signed_bodies_over_64_kib_are_413() {
     let t = spawn_app().await;
-    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let cred = t.credential(TENANT_A, "sdk-user", Role::Admin).await;
     let uri = setting_path(TENANT_A);
     let body = format!(r#"{{"cmk_key_id":"{}"}}"#, "x".repeat(70_000));
     let h = signed_headers(&cred, "PUT", &uri, body.as_bytes(), &now_date(&t), &[]);
@@ -434,8 +369,8 @@ async fn each_access_key_has_its_own_rate_limit() {
         c.rate_limit_per_credential = 1;
     })
     .await;
-    let first = credential(&t, TENANT_A, Role::Admin).await;
-    let second = credential(&t, TENANT_A, Role::Admin).await;
+    let first = t.credential(TENANT_A, "sdk-user", Role::Admin).await;
+    let second = t.credential(TENANT_A, "sdk-user", Role::Admin).await;
     let uri = grant_path(TENANT_A);
     let h = signed_headers(&first, "GET", &uri, b"", &now_date(&t), &[]);
     for _ in 0..2 {
@@ -467,7 +402,7 @@ async fn every_route_in_the_table_is_served_documented_counted_and_authenticated
     use repocrypt::http::routes::{Verb, ROUTES};
 
     let t = spawn_app().await;
-    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let cred = t.credential(TENANT_A, "sdk-user", Role::Admin).await;
     let wrong = Cred {
         ak: cred.ak.clone(),
         sk: flip_char(&cred.sk, cred.sk.len() - 1),
@@ -546,7 +481,7 @@ async fn every_route_in_the_table_is_served_documented_counted_and_authenticated
 #[tokio::test]
 async fn a_signed_head_request_is_verified_like_its_get() {
     let t = spawn_app().await;
-    let cred = credential(&t, TENANT_A, Role::Admin).await;
+    let cred = t.credential(TENANT_A, "sdk-user", Role::Admin).await;
     let uri = setting_path(TENANT_A);
     let h = signed_headers(&cred, "HEAD", &uri, b"", &now_date(&t), &[]);
     let (status, _, _) = send_signed(&t, Method::HEAD, &uri, &h, b"").await;

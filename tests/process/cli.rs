@@ -1,7 +1,6 @@
 //! The command line and the process: admin commands, key states, graceful shutdown.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod binary;
+use crate::common::binary;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -129,8 +128,10 @@ fn admin_commands_refuse_a_data_dir_without_a_root_key() {
 
     // A root key from the environment needs no file.
     let root = repocrypt::keys::RootKey::from_bytes([7; 32]).to_base64();
-    let out = std::process::Command::new(binary::BIN)
-        .args([
+    let out = binary::cli(
+        d,
+        &[("REPOCRYPT_ROOT_KEY", &root)],
+        &[
             "--data-dir",
             "elsewhere",
             "token",
@@ -139,11 +140,8 @@ fn admin_commands_refuse_a_data_dir_without_a_root_key() {
             "t1",
             "--user",
             "u1",
-        ])
-        .current_dir(d)
-        .env("REPOCRYPT_ROOT_KEY", &root)
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).starts_with("rc1."));
     assert!(!d.join("elsewhere/root.key").exists());
@@ -639,19 +637,7 @@ fn bench_load_adds_tenants_with_keys_settings_and_tokens() {
 // ---- configuration layers --------------------------------------------------------------
 
 /// Run `repocrypt ARGS` in `dir` with exactly the `REPOCRYPT_*` variables of `env`.
-fn cli_env(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(binary::BIN);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("REPOCRYPT_") {
-            cmd.env_remove(name);
-        }
-    }
-    cmd.args(args)
-        .current_dir(dir)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run repocrypt")
-}
+use binary::cli as cli_env;
 
 #[test]
 fn a_setting_resolves_flag_over_environment_over_file_over_default() {
@@ -697,7 +683,7 @@ fn a_setting_resolves_flag_over_environment_over_file_over_default() {
         "{}",
         stderr(&out)
     );
-    let out = cli_env(d, &[], &["--config", "c.toml", "init"]);
+    let out = cli_env(d, binary::NO_ENV, &["--config", "c.toml", "init"]);
     assert!(
         stderr(&out).contains("max_body_bytes is 10:"),
         "{}",
@@ -738,17 +724,21 @@ fn formerly_file_only_settings_work_from_a_flag_and_from_the_environment() {
         let env = format!("REPOCRYPT_{}", key.to_uppercase());
         // A file value that would be refused, under a good one from the flag or environment.
         std::fs::write(d.join("c.toml"), format!("{key} = \"{bad}\"\n")).unwrap();
-        let file = cli_env(d, &[], &["--config", "c.toml", "init"]);
+        let file = cli_env(d, binary::NO_ENV, &["--config", "c.toml", "init"]);
         assert!(
             !file.status.success(),
             "{key} = {bad:?} in the file is refused"
         );
-        let out = cli_env(d, &[], &["--config", "c.toml", &flag, good, "init"]);
+        let out = cli_env(
+            d,
+            binary::NO_ENV,
+            &["--config", "c.toml", &flag, good, "init"],
+        );
         assert!(out.status.success(), "{flag} {good}: {}", stderr(&out));
         let out = cli_env(d, &[(&env, good)], &["--config", "c.toml", "init"]);
         assert!(out.status.success(), "{env}={good}: {}", stderr(&out));
         // A bad value from either is refused, naming the setting.
-        let out = cli_env(d, &[], &[&flag, bad, "init"]);
+        let out = cli_env(d, binary::NO_ENV, &[&flag, bad, "init"]);
         assert!(!out.status.success(), "{flag} {bad}");
         assert!(
             stderr(&out).contains(needle),

@@ -1,8 +1,7 @@
 //! Starts the real binary on a free port and runs the README's walkthrough block against it,
 //! so the README cannot drift from what the service does.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod binary;
+use crate::common::binary;
 
 use std::process::Command;
 

@@ -1,60 +1,23 @@
 //! The real binary on the AWS KMS backend, against a `moto_server` of the test's own:
 //! configuration from the environment (credentials from the standard AWS chain), the
 //! `repocrypt kms` commands, the API, and an outage (moto stopped mid-test).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod binary;
-mod moto;
+use crate::common::binary;
+use crate::common::moto;
 
 use std::time::{Duration, Instant};
 
-use binary::{stderr, stdout, Server};
+use crate::common::{grant_path as grant, setting_path as setting};
+use binary::{stderr, Server};
 use moto::Moto;
 use serde_json::{json, Value};
 
 const TENANT: &str = "159b65b41ead484d8ddff250a4731781";
 const OTHER: &str = "28c4e7f1a0b94d2e9c3b5a6d7e8f9012";
 
-struct Client {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Client {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, Value, Duration) {
-        let started = Instant::now();
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("X-Auth-Token", token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        let body = resp.json().await.unwrap_or(Value::Null);
-        (status, body, started.elapsed())
-    }
-}
-
+/// An admin command on the server's data that must succeed: its output.
 fn run(server: &Server, env: &[(&str, String)], args: &[&str]) -> String {
-    let out = server.cli_with(env, args);
-    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-    stdout(&out).trim().to_owned()
-}
-
-fn setting(tenant: &str) -> String {
-    format!("/v4/tenants/{tenant}/repo-encryption/setting")
-}
-
-fn grant(tenant: &str) -> String {
-    format!("/v4/tenants/{tenant}/repo-encryption/kms-grant")
+    binary::cli_ok(server.dir.path(), env, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,10 +29,7 @@ async fn aws_backend_end_to_end_and_outage() {
     env.push(("REPOCRYPT_KEY_STATE_CACHE_TTL", "1s".into()));
     let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let server = Server::start(&env_ref);
-    let http = Client {
-        http: reqwest::Client::new(),
-        base: format!("http://{}", server.addr),
-    };
+    let http = server.client();
     let token = |tenant: &str| {
         run(
             &server,
@@ -112,13 +72,13 @@ async fn aws_backend_end_to_end_and_outage() {
 
     // Grant (checks the KMS is reachable), then choose the key.
     let (status, body, _) = http
-        .call(reqwest::Method::POST, &grant(TENANT), &admin, None)
+        .timed(reqwest::Method::POST, &grant(TENANT), &admin, None)
         .await;
     assert_eq!(status, 200, "{body}");
     let choose =
         json!({"encryption_type": "kms", "default_encryption_enabled": true, "cmk_key_id": key_id});
     let (status, body, _) = http
-        .call(
+        .timed(
             reqwest::Method::PUT,
             &setting(TENANT),
             &admin,
@@ -134,7 +94,7 @@ async fn aws_backend_end_to_end_and_outage() {
     // The other tenant cannot select it by id, ARN or alias: the same answer as a key
     // that does not exist.
     let (_, _, _) = http
-        .call(reqwest::Method::POST, &grant(OTHER), &other, None)
+        .timed(reqwest::Method::POST, &grant(OTHER), &other, None)
         .await;
     let arn = format!("arn:aws:kms:{}:123456789012:key/{key_id}", moto::REGION);
     let mut answers = Vec::new();
@@ -146,7 +106,7 @@ async fn aws_backend_end_to_end_and_outage() {
     ] {
         let body = json!({"encryption_type": "kms", "cmk_key_id": name});
         let (status, body, _) = http
-            .call(reqwest::Method::PUT, &setting(OTHER), &other, Some(body))
+            .timed(reqwest::Method::PUT, &setting(OTHER), &other, Some(body))
             .await;
         assert_eq!(status, 400, "{name}: {body}");
         assert_eq!(body["error_code"], "RC.400008", "{name}: {body}");
@@ -168,7 +128,9 @@ async fn aws_backend_end_to_end_and_outage() {
         async move {
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
-                let (_, body, _) = http.call(reqwest::Method::GET, &setting, admin, None).await;
+                let (_, body, _) = http
+                    .timed(reqwest::Method::GET, &setting, admin, None)
+                    .await;
                 if body["key_state"] == want {
                     return body;
                 }
@@ -206,7 +168,7 @@ async fn aws_backend_end_to_end_and_outage() {
 
     // GET keeps answering, with the last known key state, and the server warns.
     let (status, body, took) = http
-        .call(reqwest::Method::GET, &setting(TENANT), &admin, None)
+        .timed(reqwest::Method::GET, &setting(TENANT), &admin, None)
         .await;
     assert_eq!(status, 202, "{body}"); // the seeds answer GET with 202
     assert_eq!(body, before);
@@ -215,7 +177,7 @@ async fn aws_backend_end_to_end_and_outage() {
     server.log_with("KMS unreachable");
     // ...and for the next TTL serves it without waiting for the KMS again.
     let (status, body, took) = http
-        .call(reqwest::Method::GET, &setting(TENANT), &admin, None)
+        .timed(reqwest::Method::GET, &setting(TENANT), &admin, None)
         .await;
     assert_eq!((status, &body), (202, &before));
     assert!(
@@ -230,7 +192,7 @@ async fn aws_backend_end_to_end_and_outage() {
         json!({"default_encryption_enabled": true}),
     ] {
         let (status, answer, took) = http
-            .call(
+            .timed(
                 reqwest::Method::PUT,
                 &setting(TENANT),
                 &admin,
@@ -246,7 +208,7 @@ async fn aws_backend_end_to_end_and_outage() {
         assert!(took < Duration::from_secs(10), "PUT took {took:?}");
     }
     let (_, after, _) = http
-        .call(reqwest::Method::GET, &setting(TENANT), &admin, None)
+        .timed(reqwest::Method::GET, &setting(TENANT), &admin, None)
         .await;
     assert_eq!(after, before);
     assert_eq!(
@@ -256,7 +218,7 @@ async fn aws_backend_end_to_end_and_outage() {
 
     // The grant check says the KMS cannot be reached; it is not a 500.
     let (status, body, took) = http
-        .call(reqwest::Method::POST, &grant(TENANT), &admin, None)
+        .timed(reqwest::Method::POST, &grant(TENANT), &admin, None)
         .await;
     assert_eq!(
         (status, body["error_code"].as_str()),
@@ -267,7 +229,7 @@ async fn aws_backend_end_to_end_and_outage() {
 
     // A PUT that needs no KMS still works: turning encryption off.
     let (status, body, _) = http
-        .call(
+        .timed(
             reqwest::Method::PUT,
             &setting(TENANT),
             &admin,
@@ -287,17 +249,21 @@ fn aws_backend_needs_a_region() {
     let dir = tempfile::tempdir().expect("tempdir");
     let init = binary::cli_in(dir.path(), &["init"]);
     assert!(init.status.success(), "init: {}", stderr(&init));
-    let out = std::process::Command::new(binary::BIN)
-        .args(["kms", "list-keys", "--tenant", TENANT])
-        .current_dir(dir.path())
-        .env("REPOCRYPT_KMS_BACKEND", "aws")
-        .env("REPOCRYPT_KMS_ENDPOINT", "http://127.0.0.1:9")
-        .env_remove("AWS_REGION")
-        .env_remove("AWS_DEFAULT_REGION")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .output()
-        .expect("run");
+    let list = ["kms", "list-keys", "--tenant", TENANT];
+    let out = binary::command(
+        dir.path(),
+        &[
+            ("REPOCRYPT_KMS_BACKEND", "aws"),
+            ("REPOCRYPT_KMS_ENDPOINT", "http://127.0.0.1:9"),
+        ],
+        &list,
+    )
+    .env_remove("AWS_REGION")
+    .env_remove("AWS_DEFAULT_REGION")
+    .env("AWS_CONFIG_FILE", "/dev/null")
+    .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+    .output()
+    .expect("run");
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("REPOCRYPT_KMS_REGION"),
@@ -305,13 +271,14 @@ fn aws_backend_needs_a_region() {
         stderr(&out)
     );
 
-    let out = std::process::Command::new(binary::BIN)
-        .args(["kms", "list-keys", "--tenant", TENANT])
-        .current_dir(dir.path())
-        .env("REPOCRYPT_KMS_BACKEND", "aws")
-        .env("REPOCRYPT_KMS_TIMEOUT", "30s")
-        .output()
-        .expect("run");
+    let out = binary::cli(
+        dir.path(),
+        &[
+            ("REPOCRYPT_KMS_BACKEND", "aws"),
+            ("REPOCRYPT_KMS_TIMEOUT", "30s"),
+        ],
+        &list,
+    );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("kms_timeout"), "{}", stderr(&out));
 }

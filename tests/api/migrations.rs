@@ -1,9 +1,8 @@
 //! Migrations are forward-only and reach the newest schema from an empty database and from
 //! every earlier version, keeping the data; a database newer than the binary is refused.
 //! SQLite always; PostgreSQL too when `REPOCRYPT_TEST_DATABASE_URL` is set.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Crash durability: concurrent writers PUT settings into the real binary, the server is
 //! killed with SIGKILL in the middle of it, restarted on the same data, and every write it
 //! acknowledged (a complete 200 response) must be there: readable through the API, in the
@@ -7,7 +6,7 @@
 //! Runs on SQLite (the default data directory), and also on PostgreSQL when
 //! `REPOCRYPT_TEST_DATABASE_URL` names a server (a fresh database per run, dropped at the end).
 
-mod binary;
+use crate::common::binary;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -18,7 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use binary::{Server, BIN};
+use crate::common::setting_path;
+use binary::Server;
 use serde_json::{json, Value};
 
 /// Writer threads.
@@ -345,10 +345,6 @@ enum Failure {
     InFlight(std::io::Error),
 }
 
-fn setting_path(tenant: &str) -> String {
-    format!("/v4/tenants/{tenant}/repo-encryption/setting")
-}
-
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`); the status and JSON
 /// body of a complete response (the body as long as its `Content-Length`).
 fn request(
@@ -413,13 +409,12 @@ fn request(
 
 /// Admin command on the data in `dir`: same working directory, same database flags.
 fn cli(dir: &Path, extra_args: &[String], args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .args(extra_args)
-        .current_dir(dir)
-        .env_remove("REPOCRYPT_ROOT_KEY")
-        .output()
-        .expect("run repocrypt")
+    let args: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(extra_args.iter().map(String::as_str))
+        .collect();
+    binary::cli(dir, binary::NO_ENV, &args)
 }
 
 /// An admin token (10 minutes) for every tenant, issued `CLI_THREADS` at a time.
@@ -702,11 +697,8 @@ struct Proc {
 impl Proc {
     fn start_in(dir: &Path, extra_args: &[String]) -> Proc {
         let log = dir.join("restart.log");
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+        let mut child = binary::command(dir, binary::NO_ENV, &["serve", "--listen", "127.0.0.1:0"])
             .args(extra_args)
-            .current_dir(dir)
-            .env_remove("REPOCRYPT_ROOT_KEY")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("restart.log"))
             .spawn()

@@ -24,24 +24,22 @@
 //! Three runs: the local KMS on SQLite (text logs); the AWS KMS backend on a `moto_server`
 //! (JSON logs; skipped without moto unless `REPOCRYPT_REQUIRE_EXTERNAL`); PostgreSQL with a
 //! password in the database URL (skipped without `REPOCRYPT_TEST_DATABASE_URL`, likewise).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod binary;
-mod common;
-mod moto;
+use crate::common;
+use crate::common::binary;
+use crate::common::moto;
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use binary::{stderr, stdout, Server};
+use binary::{stderr, stdout, Client, Server};
+use common::sdk::{sdk_date, Cred, Signer};
+use common::{grant_path as grant, setting_path as setting};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use repocrypt::auth::sdk_signature::{
-    canonical_request, format_authorization, payload_sha256_hex, sign, string_to_sign,
-};
 use repocrypt::auth::token::TokenCodec;
 use repocrypt::domain::{Identity, Role, TenantId};
 use repocrypt::keys::{RootKey, LABEL_CREDENTIAL, LABEL_KMS_WRAP, LABEL_TOKEN};
@@ -147,7 +145,7 @@ struct Run {
     root: RootKey,
     secrets: Secrets,
     cli_runs: Vec<CliRun>,
-    http: reqwest::Client,
+    http: Client,
     /// Every X-Request-Id sent: each must show up in the log (it is not vacuous).
     request_ids: Vec<String>,
     /// Every response body, none of which may hold a secret.
@@ -159,28 +157,6 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-fn sdk_date(unix: u64) -> String {
-    let t = UNIX_EPOCH + std::time::Duration::from_secs(unix);
-    humantime::format_rfc3339_seconds(t)
-        .to_string()
-        .replace(['-', ':'], "")
-}
-
-fn setting(tenant: &str) -> String {
-    format!("/v4/tenants/{tenant}/repo-encryption/setting")
-}
-
-fn grant(tenant: &str) -> String {
-    format!("/v4/tenants/{tenant}/repo-encryption/kms-grant")
-}
-
-/// An AK/SK pair from `credential create`.
-#[derive(Clone)]
-struct Cred {
-    ak: String,
-    sk: String,
 }
 
 /// How a signed request is to be signed.
@@ -213,6 +189,7 @@ impl Run {
         env.extend(extra);
         let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let server = Server::start(&env_ref);
+        let http = server.client();
         Run {
             server,
             env,
@@ -220,7 +197,7 @@ impl Run {
             root,
             secrets,
             cli_runs: Vec::new(),
-            http: reqwest::Client::new(),
+            http,
             request_ids: Vec::new(),
             responses: Vec::new(),
         }
@@ -344,26 +321,16 @@ impl Run {
     ) -> (u16, Value) {
         let request_id = format!("secrets-test-{:04}", self.request_ids.len());
         self.request_ids.push(request_id.clone());
-        let mut req = self
-            .http
-            .request(method.clone(), format!("http://{}{uri}", self.server.addr))
-            .header("X-Request-Id", &request_id);
-        for (n, v) in headers {
-            req = req.header(n.as_str(), v.as_str());
-        }
-        if let Some(b) = body {
-            req = req.body(b);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
+        let mut all = vec![("X-Request-Id".to_owned(), request_id.clone())];
+        all.extend_from_slice(headers);
+        let reply = self.http.send(method.clone(), uri, &all, body).await;
+        let status = reply.status;
         assert_eq!(
-            resp.headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok()),
+            reply.header("x-request-id"),
             Some(request_id.as_str()),
             "{method} {uri}"
         );
-        let text = resp.text().await.unwrap_or_default();
+        let text = reply.text;
         self.responses
             .push((format!("{method} {uri}"), text.clone()));
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -405,46 +372,33 @@ impl Run {
         body: &[u8],
         extra: &[(&str, &str)],
     ) -> Vec<(String, String)> {
-        let (path, query) = match uri.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (uri, None),
-        };
         let now = unix_now();
         let date = sdk_date(match signing {
             Signing::Stale => now - 3600,
             _ => now,
         });
         let host = self.server.addr.clone();
-        let mut headers: Vec<(&str, &str)> = vec![
-            ("content-type", "application/json"),
-            ("host", &host),
-            ("x-sdk-date", &date),
-        ];
-        headers.extend_from_slice(extra);
-        let mut names: Vec<&str> = headers.iter().map(|(n, _)| *n).collect();
-        names.sort_unstable();
-        let payload = payload_sha256_hex(body, &headers, &names, false).unwrap();
-        let canonical = canonical_request(method, path, query, &headers, &names, &payload).unwrap();
-        let sts = string_to_sign(&date, &canonical);
-        let right = sign(cred.sk.as_bytes(), &sts);
-        self.secrets.add_bytes("a Signature= sent", &right);
-        let signature = match signing {
-            Signing::WrongSecret(wrong) => {
-                let s = sign(wrong.as_bytes(), &sts);
-                self.secrets.add_bytes("a wrong Signature= sent", &s);
-                s
+        let signer = |secret: &[u8]| {
+            Signer {
+                ak: &cred.ak,
+                secret,
+                host: &host,
+                date: &date,
             }
-            _ => right,
+            .sign(method, uri, body, extra)
         };
-        let mut out: Vec<(String, String)> = headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect();
-        out.push((
-            "authorization".into(),
-            format_authorization(&cred.ak, &names, &signature),
-        ));
-        out
+        let right = signer(cred.sk.as_bytes());
+        self.secrets
+            .add_bytes("a Signature= sent", &right.signature);
+        match signing {
+            Signing::WrongSecret(wrong) => {
+                let signed = signer(wrong.as_bytes());
+                self.secrets
+                    .add_bytes("a wrong Signature= sent", &signed.signature);
+                signed.headers
+            }
+            _ => right.headers,
+        }
     }
 
     /// A signed request (SDK-HMAC-SHA256); checks the status.
@@ -703,13 +657,13 @@ async fn story(mut run: Run) {
     assert_eq!(v["key_state"], 2, "{v}");
     run.with_token(M::GET, "/v4/tenant/setting", &admin, None, 200)
         .await;
-    let project_q = format!("/v4/tenant/setting?project_id={PROJECT}");
+    let project_q = common::tenant_setting_path(Some(&format!("project_id={PROJECT}")));
     let v = run.with_token(M::GET, &project_q, &bob, None, 200).await;
     assert_eq!(v["permit_public"], "deny", "{v}");
     run.with_token(M::GET, &project_q, &eve, None, 403).await;
     run.with_token(
         M::GET,
-        &format!("/v4/tenant/setting?project_id={UNKNOWN_PROJECT}"),
+        &common::tenant_setting_path(Some(&format!("project_id={UNKNOWN_PROJECT}"))),
         &admin,
         None,
         404,

@@ -1,7 +1,6 @@
 //! The SQLite writer commits concurrent PUTs together: each is answered only after the
 //! commit, a refused one rolls back alone, and the read cache never serves a row older
 //! than a write that has been answered.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 

@@ -3,10 +3,9 @@
 //!
 //! The story drives the `Kms` trait and the service on top of it: the key lifecycle and
 //! its audit records, tenant isolation, and a PUT/GET of a setting.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod moto;
+use crate::common;
+use crate::common::moto;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,22 +6,21 @@
 //! The audit log is made to fail on purpose with a trigger on `audit_log` that raises
 //! `audit unavailable`. Everything runs on SQLite, or on a fresh PostgreSQL database when
 //! `REPOCRYPT_TEST_DATABASE_URL` is set; the AWS test needs moto (see tests/moto).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod binary;
-mod common;
-mod moto;
+use crate::common;
+use crate::common::binary;
+use crate::common::moto;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use axum::body::Body;
 use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
 use sqlx::Connection;
 
-use binary::{stderr, stdout, BIN};
+use binary::{stderr, stdout};
 use common::{
     admin_user, assert_error, fresh_postgres_database, grant_path, spawn_app, test_database_url,
     Resp, TENANT_A, TENANT_B,
@@ -42,12 +41,7 @@ impl Db {
     /// A database for the data in `dir`, whose root key `repocrypt init` makes first (the
     /// admin commands need one).
     async fn new(dir: &Path) -> Db {
-        let init = Command::new(BIN)
-            .arg("init")
-            .current_dir(dir)
-            .env_remove("REPOCRYPT_ROOT_KEY")
-            .output()
-            .expect("run repocrypt init");
+        let init = binary::cli_in(dir, &["init"]);
         assert!(init.status.success(), "init: {}", stderr(&init));
         match test_database_url() {
             Some(server) => {
@@ -181,14 +175,13 @@ async fn dump(url: &str) -> Vec<String> {
 
 /// `repocrypt [db flags] ARGS` in `dir`, with `env`.
 fn run(dir: &Path, env: &[(&str, String)], db: &Db, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(&db.args)
-        .args(args)
-        .current_dir(dir)
-        .env_remove("REPOCRYPT_ROOT_KEY")
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .expect("run repocrypt")
+    let args: Vec<&str> = db
+        .args
+        .iter()
+        .map(String::as_str)
+        .chain(args.iter().copied())
+        .collect();
+    binary::cli(dir, env, &args)
 }
 
 /// The JSON a successful command prints.

@@ -1,8 +1,7 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! In-process API tests: every test drives `App::router()` with `tower::ServiceExt::oneshot`
 //! on its own temp directory, database, root key and manual clock.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -1043,52 +1042,55 @@ async fn key_of_another_tenant_is_400_rc400008_and_not_revealed() {
     let t = spawn_app().await;
     t.grant(TENANT_A).await;
     let foreign = t.create_key(TENANT_B, "b-secret-alias").await;
-    let snap = t.snapshot(TENANT_A).await;
-    let token = t.admin(TENANT_A);
-    let unknown_id = "00000000-0000-4000-8000-000000000000";
-    for body_type in ["KMS", "normal"] {
-        let r = t
-            .put_setting(
-                TENANT_A,
-                &token,
-                &json!({"encryption_type": body_type, "cmk_key_id": foreign.key_id}),
-            )
-            .await;
-        assert_error(&r, StatusCode::BAD_REQUEST, "RC.400008", &["not found"]);
-        let text = r.2.to_string();
-        for secret in ["b-secret-alias", TENANT_B, "enabled", "state"] {
-            assert!(!text.contains(secret), "leaks `{secret}`: {text}");
+    for kind in CALLERS {
+        // (an AK/SK caller's credential is an audited change: made before the snapshot)
+        let caller = t.admin_as(kind, TENANT_A).await;
+        let snap = t.snapshot(TENANT_A).await;
+        let unknown_id = "00000000-0000-4000-8000-000000000000";
+        for body_type in ["KMS", "normal"] {
+            let r = t
+                .put_setting_as(
+                    &caller,
+                    TENANT_A,
+                    &json!({"encryption_type": body_type, "cmk_key_id": foreign.key_id}),
+                )
+                .await;
+            assert_error(&r, StatusCode::BAD_REQUEST, "RC.400008", &["not found"]);
+            let text = r.2.to_string();
+            for secret in ["b-secret-alias", TENANT_B, "enabled", "state"] {
+                assert!(!text.contains(secret), "leaks `{secret}`: {text}");
+            }
+            // indistinguishable from a key that does not exist anywhere
+            let u = t
+                .put_setting_as(
+                    &caller,
+                    TENANT_A,
+                    &json!({"encryption_type": body_type, "cmk_key_id": unknown_id}),
+                )
+                .await;
+            assert_eq!(u.0, r.0);
+            assert_eq!(
+                r.2["error_msg"]
+                    .as_str()
+                    .unwrap()
+                    .replace(&foreign.key_id, "<id>"),
+                u.2["error_msg"]
+                    .as_str()
+                    .unwrap()
+                    .replace(unknown_id, "<id>")
+            );
         }
-        // indistinguishable from a key that does not exist anywhere
-        let u = t
-            .put_setting(
+        // also when the name is guessed right
+        let r = t
+            .put_setting_as(
+                &caller,
                 TENANT_A,
-                &token,
-                &json!({"encryption_type": body_type, "cmk_key_id": unknown_id}),
+                &json!({"encryption_type": "KMS", "cmk_key_id": foreign.key_id, "cmk_key_name": "b-secret-alias"}),
             )
             .await;
-        assert_eq!(u.0, r.0);
-        assert_eq!(
-            r.2["error_msg"]
-                .as_str()
-                .unwrap()
-                .replace(&foreign.key_id, "<id>"),
-            u.2["error_msg"]
-                .as_str()
-                .unwrap()
-                .replace(unknown_id, "<id>")
-        );
+        assert_error(&r, StatusCode::BAD_REQUEST, "RC.400008", &[]);
+        assert_eq!(t.snapshot(TENANT_A).await, snap, "{kind:?}");
     }
-    // also when the name is guessed right
-    let r = t
-        .put_setting(
-            TENANT_A,
-            &token,
-            &json!({"encryption_type": "KMS", "cmk_key_id": foreign.key_id, "cmk_key_name": "b-secret-alias"}),
-        )
-        .await;
-    assert_error(&r, StatusCode::BAD_REQUEST, "RC.400008", &[]);
-    assert_eq!(t.snapshot(TENANT_A).await, snap);
 }
 
 async fn assert_key_state_refused(t: &TestApp, key_id: &str, state_text: &str) {
@@ -1600,13 +1602,45 @@ async fn reads_write_no_audit_records() {
 #[tokio::test]
 async fn missing_or_empty_token_is_401_rc401001_on_every_operation() {
     let t = spawn_app().await;
-    for (label, r) in each_operation(&t, None).await {
-        assert_error(&r, StatusCode::UNAUTHORIZED, "RC.401001", &["X-Auth-Token"]);
-        assert!(!label.is_empty());
-    }
-    for (label, r) in each_operation(&t, Some("")).await {
-        assert_eq!(r.0, StatusCode::UNAUTHORIZED, "{label}");
-        assert_eq!(r.2["error_code"], "RC.401001", "{label}");
+    for kind in CALLERS {
+        match kind {
+            Caller::Token => {
+                for (label, r) in each_operation(&t, None).await {
+                    assert_error(&r, StatusCode::UNAUTHORIZED, "RC.401001", &["X-Auth-Token"]);
+                    assert!(!label.is_empty());
+                }
+                for (label, r) in each_operation(&t, Some("")).await {
+                    assert_eq!(r.0, StatusCode::UNAUTHORIZED, "{label}");
+                    assert_eq!(r.2["error_code"], "RC.401001", "{label}");
+                }
+            }
+            Caller::AkSk => {
+                // An SDK request that lost its Authorization: no credential at all.
+                let unsigned = sdk::Cred {
+                    ak: "unused".into(),
+                    sk: "unused".into(),
+                };
+                let date = t.sdk_now();
+                for (method, uri, body) in operations(TENANT_A) {
+                    let headers = signed_headers(
+                        &unsigned,
+                        method.as_str(),
+                        &uri,
+                        body.as_bytes(),
+                        &date,
+                        &[],
+                    );
+                    let h: Vec<(&str, &str)> = headers
+                        .iter()
+                        .filter(|(n, _)| n != "authorization")
+                        .map(|(n, v)| (n.as_str(), v.as_str()))
+                        .collect();
+                    let r = t.send(method.clone(), &uri, &h, body).await;
+                    assert_eq!(r.0, StatusCode::UNAUTHORIZED, "{method} {uri}");
+                    assert_error(&r, StatusCode::UNAUTHORIZED, "RC.401001", &["X-Auth-Token"]);
+                }
+            }
+        }
     }
     assert_eq!(t.snapshot(TENANT_A).await.audit_len, 0);
 }
@@ -1762,29 +1796,25 @@ async fn another_tenants_token_is_403_ch004403_on_every_tenant_operation() {
     let t = spawn_app().await;
     t.configure_kms(TENANT_A).await;
     let snap = t.snapshot(TENANT_A).await;
-    for token in [t.admin(TENANT_B), t.member(TENANT_B)] {
-        for (method, uri, body) in operations(TENANT_A).into_iter().take(4) {
-            let r = t
-                .send(
-                    method.clone(),
-                    &uri,
-                    &[
-                        ("x-auth-token", &token),
-                        ("content-type", "application/json"),
-                    ],
-                    body,
-                )
-                .await;
-            assert_error(
-                &r,
-                StatusCode::FORBIDDEN,
-                "CH.004403",
-                &["Insufficient permissions"],
-            );
-            assert!(
-                !r.2.to_string().contains("repo-key"),
-                "{method} {uri} leaks"
-            );
+    for kind in CALLERS {
+        for caller in [
+            t.admin_as(kind, TENANT_B).await,
+            t.member_as(kind, TENANT_B).await,
+        ] {
+            for (method, uri, body) in operations(TENANT_A).into_iter().take(4) {
+                let r = t.send_as(&caller, method.clone(), &uri, body).await;
+                assert_eq!(r.0, StatusCode::FORBIDDEN, "{kind:?} {method} {uri}");
+                assert_error(
+                    &r,
+                    StatusCode::FORBIDDEN,
+                    "CH.004403",
+                    &["Insufficient permissions"],
+                );
+                assert!(
+                    !r.2.to_string().contains("repo-key"),
+                    "{kind:?} {method} {uri} leaks"
+                );
+            }
         }
     }
     assert_eq!(t.snapshot(TENANT_A).await, snap);
@@ -1795,31 +1825,37 @@ async fn another_tenants_token_is_403_ch004403_on_every_tenant_operation() {
 #[tokio::test]
 async fn member_put_and_post_are_403_rc403001() {
     let t = spawn_app().await;
-    let token = t.member(TENANT_A);
-    let snap = t.snapshot(TENANT_A).await;
-    let r = t
-        .put_setting(TENANT_A, &token, &json!({"encryption_type": "normal"}))
-        .await;
-    assert_error(&r, StatusCode::FORBIDDEN, "RC.403001", &["admin"]);
-    let r = t.post_grant(TENANT_A, &token).await;
-    assert_error(&r, StatusCode::FORBIDDEN, "RC.403001", &["admin"]);
-    assert_eq!(t.snapshot(TENANT_A).await, snap);
+    for kind in CALLERS {
+        let member = t.member_as(kind, TENANT_A).await;
+        let snap = t.snapshot(TENANT_A).await;
+        let r = t
+            .put_setting_as(&member, TENANT_A, &json!({"encryption_type": "normal"}))
+            .await;
+        assert_eq!(r.0, StatusCode::FORBIDDEN, "{kind:?}");
+        assert_error(&r, StatusCode::FORBIDDEN, "RC.403001", &["admin"]);
+        let r = t.post_grant_as(&member, TENANT_A).await;
+        assert_eq!(r.0, StatusCode::FORBIDDEN, "{kind:?}");
+        assert_error(&r, StatusCode::FORBIDDEN, "RC.403001", &["admin"]);
+        assert_eq!(t.snapshot(TENANT_A).await, snap, "{kind:?}");
+    }
 }
 
 #[tokio::test]
 async fn member_can_read_every_get_operation() {
     let t = spawn_app().await;
     t.configure_kms(TENANT_A).await;
-    let token = t.member(TENANT_A);
-    let r = t.get_setting(TENANT_A, &token).await;
-    assert_eq!(r.0, StatusCode::ACCEPTED, "{}", r.2);
-    assert_eq!(r.2["encryption_type"], "KMS");
-    let r = t.get_grant(TENANT_A, &token).await;
-    assert_eq!(r.0, StatusCode::ACCEPTED, "{}", r.2);
-    assert_eq!(r.2["assumed"], true);
-    let r = t.tenant_setting(&token, None).await;
-    assert_eq!(r.0, StatusCode::OK, "{}", r.2);
-    assert_eq!(r.2["encryption_type"], "KMS");
+    for kind in CALLERS {
+        let member = t.member_as(kind, TENANT_A).await;
+        let r = t.get_setting_as(&member, TENANT_A).await;
+        assert_eq!(r.0, StatusCode::ACCEPTED, "{kind:?} {}", r.2);
+        assert_eq!(r.2["encryption_type"], "KMS");
+        let r = t.get_grant_as(&member, TENANT_A).await;
+        assert_eq!(r.0, StatusCode::ACCEPTED, "{kind:?} {}", r.2);
+        assert_eq!(r.2["assumed"], true);
+        let r = t.tenant_setting_as(&member, None).await;
+        assert_eq!(r.0, StatusCode::OK, "{kind:?} {}", r.2);
+        assert_eq!(r.2["encryption_type"], "KMS");
+    }
 }
 
 // =====================================================================================
@@ -1832,24 +1868,36 @@ const PROJECT: &str = "0123456789abcdef0123456789ABCDEF";
 async fn tenant_setting_without_project_is_the_callers_tenant_and_permit_public_is_configurable() {
     let t = spawn_app().await;
     t.configure_kms(TENANT_A).await;
-    let a = t.admin(TENANT_A);
-    let b = t.admin(TENANT_B);
-    assert_eq!(t.tenant_setting(&a, None).await.2["permit_public"], "deny");
-    t.set_permit_public(TENANT_A, PermitPublic::Allow).await;
-    let ra = t.tenant_setting(&a, None).await;
-    assert_eq!(ra.0, StatusCode::OK);
-    assert_eq!(
-        ra.2,
-        json!({"default_encryption_enabled": true, "encryption_type": "KMS", "permit_public": "allow"})
-    );
-    // B sees its own tenant, not A's
-    let rb = t.tenant_setting(&b, None).await;
-    assert_eq!(
-        rb.2,
-        json!({"default_encryption_enabled": false, "encryption_type": null, "permit_public": "deny"})
-    );
-    t.set_permit_public(TENANT_A, PermitPublic::Deny).await;
-    assert_eq!(t.tenant_setting(&a, None).await.2["permit_public"], "deny");
+    for kind in CALLERS {
+        let a = t.admin_as(kind, TENANT_A).await;
+        let b = t.admin_as(kind, TENANT_B).await;
+        assert_eq!(
+            t.tenant_setting_as(&a, None).await.2["permit_public"],
+            "deny",
+            "{kind:?}"
+        );
+        t.set_permit_public(TENANT_A, PermitPublic::Allow).await;
+        let ra = t.tenant_setting_as(&a, None).await;
+        assert_eq!(ra.0, StatusCode::OK, "{kind:?}");
+        assert_eq!(
+            ra.2,
+            json!({"default_encryption_enabled": true, "encryption_type": "KMS", "permit_public": "allow"}),
+            "{kind:?}"
+        );
+        // B sees its own tenant, not A's
+        let rb = t.tenant_setting_as(&b, None).await;
+        assert_eq!(
+            rb.2,
+            json!({"default_encryption_enabled": false, "encryption_type": null, "permit_public": "deny"}),
+            "{kind:?}"
+        );
+        t.set_permit_public(TENANT_A, PermitPublic::Deny).await;
+        assert_eq!(
+            t.tenant_setting_as(&a, None).await.2["permit_public"],
+            "deny",
+            "{kind:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -1859,12 +1907,17 @@ async fn tenant_setting_with_a_project_of_the_callers_tenant_gives_that_tenants_
     t.set_permit_public(TENANT_A, PermitPublic::Allow).await;
     t.add_project(TENANT_A, PROJECT).await;
     let expected = json!({"default_encryption_enabled": true, "encryption_type": "KMS", "permit_public": "allow"});
-    for token in [t.admin(TENANT_A), t.member(TENANT_A)] {
-        let r = t
-            .tenant_setting(&token, Some(&format!("project_id={PROJECT}")))
-            .await;
-        assert_eq!(r.0, StatusCode::OK, "{}", r.2);
-        assert_eq!(r.2, expected);
+    for kind in CALLERS {
+        for caller in [
+            t.admin_as(kind, TENANT_A).await,
+            t.member_as(kind, TENANT_A).await,
+        ] {
+            let r = t
+                .tenant_setting_as(&caller, Some(&format!("project_id={PROJECT}")))
+                .await;
+            assert_eq!(r.0, StatusCode::OK, "{kind:?} {}", r.2);
+            assert_eq!(r.2, expected, "{kind:?}");
+        }
     }
 }
 
@@ -1875,15 +1928,18 @@ async fn tenant_setting_for_a_project_member_from_another_tenant_gives_the_owner
     t.set_permit_public(TENANT_A, PermitPublic::Allow).await;
     t.add_project(TENANT_A, PROJECT).await;
     t.add_member(PROJECT, TENANT_B, "guest-b").await;
-    let guest = t.token(TENANT_B, "guest-b", Role::Member);
-    let r = t
-        .tenant_setting(&guest, Some(&format!("project_id={PROJECT}")))
-        .await;
-    assert_eq!(r.0, StatusCode::OK, "{}", r.2);
-    assert_eq!(
-        r.2,
-        json!({"default_encryption_enabled": true, "encryption_type": "KMS", "permit_public": "allow"})
-    );
+    for kind in CALLERS {
+        let guest = t.caller(kind, TENANT_B, "guest-b", Role::Member).await;
+        let r = t
+            .tenant_setting_as(&guest, Some(&format!("project_id={PROJECT}")))
+            .await;
+        assert_eq!(r.0, StatusCode::OK, "{kind:?} {}", r.2);
+        assert_eq!(
+            r.2,
+            json!({"default_encryption_enabled": true, "encryption_type": "KMS", "permit_public": "allow"}),
+            "{kind:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -1894,21 +1950,30 @@ async fn tenant_setting_for_a_non_member_of_another_tenant_is_403_dev2350804() {
     t.add_member(PROJECT, TENANT_B, "guest-b").await;
     // same user id, other tenant: not the member
     t.add_member(PROJECT, TENANT_B, "someone").await;
-    for token in [
-        t.admin(TENANT_B),
-        t.token(TENANT_B, "stranger", Role::Member),
-        t.token("ffffffffffffffffffffffffffffffff", "guest-b", Role::Admin),
-    ] {
-        let r = t
-            .tenant_setting(&token, Some(&format!("project_id={PROJECT}")))
-            .await;
-        assert_error(
-            &r,
-            StatusCode::FORBIDDEN,
-            "DEV-23-50804",
-            &["Insufficient permissions"],
-        );
-        assert!(!r.2.to_string().contains("KMS"), "{}", r.2);
+    for kind in CALLERS {
+        for caller in [
+            t.admin_as(kind, TENANT_B).await,
+            t.caller(kind, TENANT_B, "stranger", Role::Member).await,
+            t.caller(
+                kind,
+                "ffffffffffffffffffffffffffffffff",
+                "guest-b",
+                Role::Admin,
+            )
+            .await,
+        ] {
+            let r = t
+                .tenant_setting_as(&caller, Some(&format!("project_id={PROJECT}")))
+                .await;
+            assert_eq!(r.0, StatusCode::FORBIDDEN, "{kind:?}");
+            assert_error(
+                &r,
+                StatusCode::FORBIDDEN,
+                "DEV-23-50804",
+                &["Insufficient permissions"],
+            );
+            assert!(!r.2.to_string().contains("KMS"), "{kind:?} {}", r.2);
+        }
     }
 }
 

@@ -1,0 +1,10 @@
+//! Suites that need outside parts and skip without them: two replicas on one PostgreSQL
+//! database (`REPOCRYPT_TEST_DATABASE_URL`) and the real binary on the AWS KMS backend
+//! against moto (`REPOCRYPT_MOTO_SERVER`) (one test binary: `cargo test --test external`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod aws_kms;
+mod replicas;
