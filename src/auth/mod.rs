@@ -107,7 +107,7 @@ impl Authenticator for LocalAuth {
 }
 
 /// At trace level, who a credential turned out to be, or why it was refused: never the
-/// credential itself (`tests/secrets.rs` checks).
+/// credential itself (`tests/process/secrets.rs` checks).
 fn trace_outcome(method: &'static str, outcome: &Result<Identity>) {
     match outcome {
         Ok(id) => tracing::trace!(
