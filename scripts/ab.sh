@@ -11,6 +11,11 @@
 # Per round and build: GET setting (token) at BENCH_CONNECTIONS (32) for BENCH_DURATION (5s),
 # then PUT setting (durable) the same way. Knobs: BENCH_ROUNDS (5), BENCH_DURATION,
 # BENCH_CONNECTIONS, BENCH_TENANTS (1000). wrk from Debian.
+#
+# BENCH_ROTATE=N (with BENCH_LOADGEN, the path of a build of examples/loadgen.rs) adds the
+# open-loop rotation of bench.sh's 1,000,000-tenant part: GET setting at BENCH_RATE (5000)
+# requests/s for BENCH_DURATION, each request for the next of N tenants (a token each),
+# after one warm pass over them; p50/p99/p99.9 medians and the B/A ratios.
 set -euo pipefail
 [ $# -eq 2 ] || { echo "usage: $0 A_BIN B_BIN" >&2; exit 2; }
 a_bin="$(realpath "$1")"
@@ -19,6 +24,8 @@ rounds="${BENCH_ROUNDS:-5}"
 duration="${BENCH_DURATION:-5s}"
 conns="${BENCH_CONNECTIONS:-32}"
 tenants="${BENCH_TENANTS:-1000}"
+rotate_n="${BENCH_ROTATE:-0}"
+rate="${BENCH_RATE:-5000}"
 command -v wrk >/dev/null || apt-get install -y wrk >/dev/null
 work="$(mktemp -d)"
 pids=()
@@ -49,10 +56,10 @@ setup() {
     local dir="$work/$label/$name"
     mkdir -p "$dir"
     env "$@" REPOCRYPT_DATA_DIR="$dir" "$bin" init >/dev/null 2>&1 || true # older builds have no init
-    env "$@" REPOCRYPT_DATA_DIR="$dir" "$bin" bench load --tenants "$tenants" --tokens 1 \
-        --tokens-file "$dir.tokens" >/dev/null 2>&1
+    env "$@" REPOCRYPT_DATA_DIR="$dir" "$bin" bench load --tenants "$tenants" \
+        --tokens "$((rotate_n > 1 ? rotate_n : 1))" --tokens-file "$dir.tokens" >/dev/null 2>&1
     local tenant token key_id port
-    read -r tenant token <"$dir.tokens"
+    read -r tenant token < <(head -1 "$dir.tokens")
     key_id="$(env "$@" REPOCRYPT_DATA_DIR="$dir" "$bin" kms list-keys --tenant "$tenant" |
         python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["key_id"])')"
     cat >"$dir.lua" <<EOF
@@ -95,6 +102,11 @@ compare() {
             local addr="${x}_addr" path="${x}_path" token="${x}_token"
             r[$x-get]+="$(wrk_run "http://${!addr}${!path}" -H "X-Auth-Token: ${!token}")"$'\n'
             r[$x-put]+="$(wrk_run "http://${!addr}${!path}" -s "$work/$label/$x.lua")"$'\n'
+            if [ "$rotate_n" -gt 0 ]; then
+                rotate "${!addr}" "$work/$label/$x.tokens" 1 >/dev/null
+                rotate "${!addr}" "$work/$label/$x.tokens" 0 >"$work/lg.json"
+                r[$x-rot]+="$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["rate"], r["p50_ms"], r["p99_ms"], r["p999_ms"], r["errors"])' "$work/lg.json")"$'\n'
+            fi
         done
     done
     printf '\n## %s: %s connections, %s per run, median of %s interleaved rounds\n\n' \
@@ -113,8 +125,36 @@ compare() {
             "$(awk -v a="$ar" -v b="$br" 'BEGIN{printf "%.2f", b/a}')" "$ap" "$bp" \
             "$(awk -v a="$ap" -v b="$bp" 'BEGIN{printf "%.2f", b/a}')" "$abad" "$bbad"
     done
+    if [ "$rotate_n" -gt 0 ]; then
+        printf '\n%s tenants, GET setting rotating over %s of them at %s rps (open loop, one warm pass first)\n\n' \
+            "$tenants" "$rotate_n" "$rate"
+        printf '| | A | B | B/A |\n|---|---|---|---|\n'
+        local col i name
+        for i in 1 2 3 4; do
+            name=(x "achieved rps" "p50 ms" "p99 ms" "p99.9 ms")
+            local av bv
+            av="$(printf '%s' "${r[a-rot]}" | awk -v c=$i 'NF{print $c}' | median)"
+            bv="$(printf '%s' "${r[b-rot]}" | awk -v c=$i 'NF{print $c}' | median)"
+            printf '| %s | %s | %s | %s |\n' "${name[$i]}" "$av" "$bv" \
+                "$(awk -v a="$av" -v b="$bv" 'BEGIN{printf "%.2f", b/a}')"
+        done
+        printf '| errors | %s | %s | |\n' \
+            "$(printf '%s' "${r[a-rot]}" | awk 'NF{s+=$5} END{print s+0}')" \
+            "$(printf '%s' "${r[b-rot]}" | awk 'NF{s+=$5} END{print s+0}')"
+    fi
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     pids=()
+}
+
+# rotate ADDR TOKENS PASSES: GET setting at $rate rps, the next tenant of TOKENS each time;
+# PASSES > 0 runs that many passes over the tokens, 0 runs for $duration.
+rotate() {
+    local passes=()
+    [ "$3" -gt 0 ] && passes=(--duration "$(( ($(wc -l <"$2") * $3 + rate - 1) / rate ))s")
+    [ "$3" -eq 0 ] && passes=(--duration "$duration")
+    "${BENCH_LOADGEN:?BENCH_ROTATE needs BENCH_LOADGEN}" \
+        --url "http://$1/v4/tenants/{tenant}/repo-encryption/setting" --tokens "$2" \
+        --rate "$rate" --connections "$conns" "${passes[@]}"
 }
 
 printf '# A/B, %s\n\nA: %s\nB: %s\nmachine: %s cores; load generator on the same cores\n' \
