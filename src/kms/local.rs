@@ -48,18 +48,6 @@ impl std::fmt::Debug for StoredKey {
     }
 }
 
-impl StoredKey {
-    /// What a read of a setting brings of its key ([`KeyRecord`]).
-    pub fn record(&self) -> KeyRecord {
-        KeyRecord {
-            key_id: self.key_id.clone(),
-            alias: self.alias.clone(),
-            state: self.state,
-            deletion_at: self.deletion_at,
-        }
-    }
-}
-
 #[cfg(feature = "bench")]
 /// One tenant of a bulk load (`repocrypt bench load`): a local-KMS key, a grant and a
 /// setting that uses the key.

@@ -41,6 +41,8 @@ pub(super) mod sqlite {
 
 /// What differs on PostgreSQL, for `store::sql`.
 pub(super) mod postgres {
+    use crate::store::Context;
+
     pub(crate) type Db = sqlx::Postgres;
     pub(crate) type Conn = <Db as sqlx::Database>::Connection;
 
@@ -95,6 +97,6 @@ pub(super) mod postgres {
             .execute(conn)
             .await
             .map(|_| ())
-            .map_err(|e| crate::store::db_error("migration lock", e))
+            .context("migration lock")
     }
 }

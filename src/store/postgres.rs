@@ -20,7 +20,7 @@ use sqlx::Row;
 
 use super::coalesce::Coalescer;
 use super::sql;
-use super::{all_fail, db_error, distinct, internal_detail, migrations, JoinedKey};
+use super::{all_fail, distinct, internal_detail, migrations, Context, JoinedKey};
 use crate::clock::Clock;
 use crate::domain::{Error, Grant, PermitPublic, Result, Setting, TenantId};
 use crate::store::StoredKey;
@@ -75,7 +75,7 @@ impl PostgresStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await
-            .map_err(|e| db_error("cannot connect to PostgreSQL", e))?;
+            .context("cannot connect to PostgreSQL")?;
         let store = PostgresStore {
             settings: Coalescer::start("PostgreSQL setting read", READERS, MAX_READ_BATCH, {
                 let pool = pool.clone();
@@ -159,13 +159,7 @@ impl PostgresStore {
 /// The rows of a batch query by the text column `column` (the rows' key).
 fn rows_by<'r>(rows: &'r [PgRow], column: &str, what: &str) -> Result<HashMap<&'r str, &'r PgRow>> {
     rows.iter()
-        .map(|row| {
-            Ok((
-                row.try_get::<&str, _>(column)
-                    .map_err(|e| db_error(what, e))?,
-                row,
-            ))
-        })
+        .map(|row| Ok((row.try_get::<&str, _>(column).context(what)?, row)))
         .collect()
 }
 

@@ -14,8 +14,9 @@ use sqlx::Row as _;
 use super::cache::RowCache;
 use super::coalesce::Coalescer;
 use super::sql;
-use super::{db_error, migrations, Context, JoinedKey};
+use super::{migrations, Context, JoinedKey};
 use crate::clock::Clock;
+use crate::domain::ports::KeyRecord;
 use crate::domain::{Error, Grant, PermitPublic, Result, Setting, TenantId};
 use crate::store::StoredKey;
 
@@ -81,7 +82,7 @@ impl SqliteStore {
             .min_connections(1)
             .connect_with(options.clone())
             .await
-            .map_err(|e| db_error("cannot open the SQLite database", e))?;
+            .context("cannot open the SQLite database")?;
         // The writer never checkpoints itself (a checkpoint in the commit path stalls
         // every PUT queued behind it); a background task checkpoints passively instead.
         let writer_pool = SqlitePoolOptions::new()
@@ -159,8 +160,8 @@ impl SqliteStore {
         // The key's tenant is the setting's (the join says so): one tenant_id column.
         let row = sqlx::query(
             "SELECT s.id, s.tenant_id, s.encryption_type, s.default_encryption_enabled,
-                    s.cmk_key_id, s.cmk_key_name, k.key_id, k.alias, k.origin, k.key_state,
-                    k.material, k.deletion_at, k.created_at
+                    s.cmk_key_id, s.cmk_key_name, k.key_id, k.alias, k.key_state,
+                    k.deletion_at
              FROM encryption_settings s
              LEFT JOIN kms_keys k ON k.key_id = s.cmk_key_id AND k.tenant_id = s.tenant_id
              WHERE s.tenant_id = $1",
@@ -174,9 +175,17 @@ impl SqliteStore {
             return Ok((None, JoinedKey::Read(None)));
         };
         let setting = sql::settings::from_row(&row)?;
+        // Only what the domain's KeyRecord holds: never the key's material.
         let key_id: Option<String> = row.try_get("key_id").context("decode key")?;
         let key = key_id
-            .map(|_| sql::keys::from_row(&row).map(|k| k.record()))
+            .map(|key_id| {
+                Ok::<_, Error>(KeyRecord {
+                    key_id,
+                    alias: row.try_get("alias").context("decode key")?,
+                    state: sql::keys::state(&row)?,
+                    deletion_at: row.try_get("deletion_at").context("decode key")?,
+                })
+            })
             .transpose()?;
         self.settings
             .fill(tenant.as_str(), ticket, Some(setting.clone()));

@@ -14,16 +14,21 @@ use crate::store::{sql, to_json, unique_violation, Context, KeyChange, StoredKey
 pub(crate) const COLUMNS: &str =
     "key_id, tenant_id, alias, origin, key_state, material, deletion_at, created_at";
 
+/// A `key_state` column's value.
+pub(crate) fn state(row: &Row) -> Result<KeyState> {
+    let code: i32 = row.try_get("key_state").context("decode key")?;
+    KeyState::from_code(i64::from(code))
+        .ok_or_else(|| Error::Store(format!("invalid key_state {code} in database")))
+}
+
 pub(crate) fn from_row(row: &Row) -> Result<StoredKey> {
     let what = "decode key";
-    let code: i32 = row.try_get("key_state").context(what)?;
     Ok(StoredKey {
         key_id: row.try_get("key_id").context(what)?,
         tenant_id: row.try_get("tenant_id").context(what)?,
         alias: row.try_get("alias").context(what)?,
         origin: row.try_get("origin").context(what)?,
-        state: KeyState::from_code(i64::from(code))
-            .ok_or_else(|| Error::Store(format!("invalid key_state {code} in database")))?,
+        state: state(row)?,
         material: row.try_get("material").context(what)?,
         deletion_at: row.try_get("deletion_at").context(what)?,
         created_at: row.try_get("created_at").context(what)?,
