@@ -105,6 +105,10 @@ pub enum Command {
     /// Read the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Repositories and their data keys: list, show, crypto-shred; and a storage node's
+    /// seal and unseal of a file over the API.
+    #[command(subcommand)]
+    Repo(RepoCommand),
     /// Benchmark tooling (built with `--features bench`).
     #[cfg(feature = "bench")]
     #[command(subcommand)]
@@ -135,12 +139,18 @@ pub enum BenchCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Print a new token (and nothing else).
+    /// Print a new token (and nothing else): for a tenant user (--tenant, --user, --role)
+    /// or a platform service principal (--service).
     Issue {
-        #[arg(long)]
-        tenant: String,
-        #[arg(long)]
-        user: String,
+        #[arg(long, required_unless_present = "service", conflicts_with = "service")]
+        tenant: Option<String>,
+        #[arg(long, required_unless_present = "service", conflicts_with = "service")]
+        user: Option<String>,
+        /// A platform service principal (a storage node) of this name: it belongs to no
+        /// tenant, may register repositories and receive their data keys, and change no
+        /// setting.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["user_name", "role"])]
+        service: Option<String>,
         /// Display name [default: the user id].
         #[arg(long)]
         user_name: Option<String>,
@@ -156,12 +166,15 @@ pub enum TokenCommand {
 pub enum CredentialCommand {
     /// Create an access key / secret key pair; prints {"access_key","secret_key"} (the secret is shown only here).
     Create {
-        #[arg(long)]
-        tenant: String,
-        #[arg(long)]
-        user: String,
+        #[arg(long, required_unless_present = "service", conflicts_with = "service")]
+        tenant: Option<String>,
+        #[arg(long, required_unless_present = "service", conflicts_with = "service")]
+        user: Option<String>,
         #[arg(long, value_enum, default_value_t = RoleArg::Member)]
         role: RoleArg,
+        /// For a platform service principal of this name (see `token issue --service`).
+        #[arg(long, value_name = "NAME", conflicts_with = "role")]
+        service: Option<String>,
     },
     /// List a tenant's credentials (never their secrets) as a JSON array.
     List {
@@ -255,6 +268,80 @@ pub enum TenantCommand {
         #[arg(long, value_enum)]
         permit_public: PermitPublicArg,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepoCommand {
+    /// Print a tenant's registered repositories (every one, encrypted or not, shredded or
+    /// not) as a JSON array, by id. Never their keys.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Print one repository as JSON. Never its key.
+    Show {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        repo_id: i64,
+    },
+    /// Crypto-shred a repository: destroy its wrapped data key, so that its data can
+    /// never be decrypted again.
+    Shred {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        repo_id: i64,
+        /// Confirm: this cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// A repository for the CLI: its fields, and what became of its key (never the key).
+fn repo_json(r: &crate::domain::Repository) -> serde_json::Value {
+    let mut v = r.audit_json();
+    if let serde_json::Value::Object(m) = &mut v {
+        m.insert("tenant_id".into(), r.tenant_id.as_str().into());
+        m.insert("shredded".into(), r.shredded_at.is_some().into());
+        m.insert("created_at".into(), r.created_at.clone().into());
+    }
+    v
+}
+
+async fn repo(app: &App, actor: &Actor, cmd: RepoCommand) -> Result<()> {
+    let s = &app.service;
+    match cmd {
+        RepoCommand::List { tenant } => {
+            let repos = s.list_repositories(&TenantId::parse(tenant)?).await?;
+            print_json(&repos.iter().map(repo_json).collect::<Vec<_>>())
+        }
+        RepoCommand::Show { tenant, repo_id } => {
+            let tenant = TenantId::parse(tenant)?;
+            let repo = s
+                .show_repository(&tenant, crate::domain::RepoId::new(repo_id)?)
+                .await?;
+            print_json(&repo_json(&repo))
+        }
+        RepoCommand::Shred {
+            tenant,
+            repo_id,
+            yes,
+        } => {
+            if !yes {
+                return Err(Error::InvalidArgument(
+                    "shredding destroys the repository's data key for ever: add --yes to confirm"
+                        .into(),
+                ));
+            }
+            let tenant = TenantId::parse(tenant)?;
+            let repo_id = crate::domain::RepoId::new(repo_id)?;
+            s.shred_repository(actor, &tenant, repo_id).await?;
+            print_json(&serde_json::json!({
+                "tenant_id": tenant.as_str(), "repo_id": repo_id, "shredded": true
+            }))
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -419,6 +506,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     if let Command::Token(TokenCommand::Issue {
         tenant,
         user,
+        service,
         user_name,
         role,
         ttl,
@@ -432,12 +520,21 @@ pub async fn run(cli: Cli) -> Result<()> {
         let root = crate::keys::RootKey::load(&config.data_dir, config.expose_root_key())?;
         let codec = crate::auth::token::TokenCodec::new(&root);
         let now = clock.unix_seconds();
-        let identity = Identity {
-            tenant_id: TenantId::parse(tenant.as_str())?,
-            user_id: nonempty("--user", user)?,
-            user_name: nonempty("--user-name", user_name.as_ref().unwrap_or(user))?,
-            role: Role::from(*role),
-            expires_at: now + ttl.as_secs(),
+        let expires_at = now + ttl.as_secs();
+        let identity = match (service, tenant, user) {
+            (Some(name), _, _) => Identity::service(name, expires_at)?,
+            (None, Some(tenant), Some(user)) => Identity {
+                tenant_id: TenantId::parse(tenant.as_str())?,
+                user_id: nonempty("--user", user)?,
+                user_name: nonempty("--user-name", user_name.as_ref().unwrap_or(user))?,
+                role: Role::from(*role),
+                expires_at,
+            },
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "give --tenant and --user, or --service".into(),
+                ))
+            }
         };
         return print_line(&codec.issue(&identity, now)?);
     }
@@ -456,6 +553,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Init | Command::Token(_) => Ok(()),
         Command::Kms(cmd) => kms(&app, &actor, cmd).await,
         Command::Credential(cmd) => credential(&app, &actor, cmd).await,
+        Command::Repo(cmd) => repo(&app, &actor, cmd).await,
         Command::Project(ProjectCommand::Add {
             tenant,
             project_id,
@@ -575,12 +673,26 @@ fn nonempty(flag: &str, value: &str) -> Result<String> {
 
 async fn credential(app: &App, actor: &Actor, cmd: CredentialCommand) -> Result<()> {
     match cmd {
-        CredentialCommand::Create { tenant, user, role } => {
-            let tenant = TenantId::parse(tenant)?;
-            let (credential, secret) = app
-                .credentials
-                .create(&tenant, &user, role.into(), actor)
-                .await?;
+        CredentialCommand::Create {
+            tenant,
+            user,
+            role,
+            service,
+        } => {
+            let (credential, secret) = match (service, tenant, user) {
+                (Some(name), _, _) => app.credentials.create_service(&name, actor).await?,
+                (None, Some(tenant), Some(user)) => {
+                    let tenant = TenantId::parse(tenant)?;
+                    app.credentials
+                        .create(&tenant, &user, role.into(), actor)
+                        .await?
+                }
+                _ => {
+                    return Err(Error::InvalidArgument(
+                        "give --tenant and --user, or --service".into(),
+                    ))
+                }
+            };
             print_json(&serde_json::json!({
                 "access_key": credential.access_key,
                 "secret_key": secret.expose(),

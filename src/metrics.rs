@@ -72,6 +72,11 @@ pub enum Operation {
     ShowGrant,
     CreateGrant,
     ShowTenantSetting,
+    ListCmks,
+    ListRepositories,
+    RegisterRepository,
+    ShowDataKey,
+    DeleteDataKey,
     Health,
     Ready,
     Metrics,
@@ -81,12 +86,17 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 10] = [
+    pub const ALL: [Operation; 15] = [
         Operation::ShowSetting,
         Operation::UpdateSetting,
         Operation::ShowGrant,
         Operation::CreateGrant,
         Operation::ShowTenantSetting,
+        Operation::ListCmks,
+        Operation::ListRepositories,
+        Operation::RegisterRepository,
+        Operation::ShowDataKey,
+        Operation::DeleteDataKey,
         Operation::Health,
         Operation::Ready,
         Operation::Metrics,
@@ -114,11 +124,13 @@ pub enum KmsCall {
     ScheduleKeyDeletion,
     CancelKeyDeletion,
     ImportKeyMaterial,
+    GenerateDataKey,
+    Decrypt,
     Ping,
 }
 
 impl KmsCall {
-    const ALL: [KmsCall; 10] = [
+    const ALL: [KmsCall; 12] = [
         KmsCall::CheckAccess,
         KmsCall::DescribeKey,
         KmsCall::CreateKey,
@@ -128,6 +140,8 @@ impl KmsCall {
         KmsCall::ScheduleKeyDeletion,
         KmsCall::CancelKeyDeletion,
         KmsCall::ImportKeyMaterial,
+        KmsCall::GenerateDataKey,
+        KmsCall::Decrypt,
         KmsCall::Ping,
     ];
 
@@ -142,6 +156,8 @@ impl KmsCall {
             KmsCall::ScheduleKeyDeletion => "schedule_key_deletion",
             KmsCall::CancelKeyDeletion => "cancel_key_deletion",
             KmsCall::ImportKeyMaterial => "import_key_material",
+            KmsCall::GenerateDataKey => "generate_data_key",
+            KmsCall::Decrypt => "decrypt",
             KmsCall::Ping => "ping",
         }
     }

@@ -111,6 +111,23 @@ impl Credentials {
         Ok((credential, secret))
     }
 
+    /// Create a credential for the platform service principal `name`
+    /// ([`Identity::service`]).
+    pub async fn create_service(
+        &self,
+        name: &str,
+        actor: &Actor,
+    ) -> Result<(Credential, SecretKey)> {
+        let principal = Identity::service(name, u64::MAX)?;
+        self.create(
+            &principal.tenant_id,
+            &principal.user_id,
+            Role::Service,
+            actor,
+        )
+        .await
+    }
+
     pub async fn list(&self, tenant: &TenantId) -> Result<Vec<Credential>> {
         self.store.credential_list(tenant).await
     }

@@ -38,6 +38,8 @@ pub enum Error {
     },
     #[error("default_encryption_enabled=true needs encryption_type KMS")]
     DefaultNeedsKms,
+    #[error("an encrypted repository needs the tenant's encryption_type to be KMS: PUT /v4/tenants/{tenant}/repo-encryption/setting first")]
+    EncryptedNeedsKms { tenant: String },
 
     // ---- 401 / 403: identity ---------------------------------------------------------
     #[error(
@@ -66,10 +68,36 @@ pub enum Error {
     AdminRequired,
     #[error("Insufficient permissions. Apply for the required permissions and try again.")]
     NotProjectMember,
+    #[error("Insufficient permissions: only platform service principals register repositories and receive or destroy data keys.")]
+    ServiceOnly,
+    #[error("Insufficient permissions: a service principal may only list, register and key repositories.")]
+    ServiceNotAllowed,
+    #[error("the tenant has withdrawn its KMS grant: no data key of tenant {tenant} is released")]
+    GrantWithdrawn { tenant: String },
+    #[error("key {key_id} is {state} in KMS (state {code}): the tenant has stopped the release of data keys under it")]
+    KeyRefused {
+        key_id: String,
+        state: &'static str,
+        code: u8,
+    },
 
     // ---- 404 / 409 / 413 -------------------------------------------------------------
     #[error("project {0} does not exist")]
     ProjectNotFound(String),
+    #[error("repository {repo_id} is not registered in this tenant")]
+    RepoNotFound { repo_id: i32 },
+    #[error("repository {repo_id} is not encrypted: it has no data key")]
+    RepoNotEncrypted { repo_id: i32 },
+    #[error("repository {repo_id} is already registered with other fields: {field} differs")]
+    RepoConflict { repo_id: i32, field: &'static str },
+    #[error("the wrapped data key of repository {repo_id} does not unwrap under its encryption context: it was altered or moved")]
+    DataKeyInvalid { repo_id: i32 },
+    #[error(
+        "the data key of repository {repo_id} was destroyed: its data cannot be decrypted, ever"
+    )]
+    DataKeyDestroyed { repo_id: i32 },
+    #[error("key {key_id} no longer exists in this tenant's KMS: the data keys it wrapped can never be released")]
+    CmkGone { key_id: String },
     #[error("the setting was changed concurrently too many times; retry the request")]
     Conflict,
     #[error("request body is larger than {limit} bytes")]
@@ -111,6 +139,7 @@ impl Error {
             KeyNotEnabled { .. } => "RC.400009",
             KeyNameMismatch { .. } => "RC.400010",
             DefaultNeedsKms => "RC.400011",
+            EncryptedNeedsKms { .. } => "RC.400014",
             InvalidArgument(_) => "RC.400012",
             KeyInvalidState { .. } => "RC.400013",
             MissingToken => "RC.401001",
@@ -124,6 +153,16 @@ impl Error {
             ForeignTenant => "CH.004403",
             AdminRequired => "RC.403001",
             NotProjectMember => "DEV-23-50804",
+            ServiceOnly => "RC.403002",
+            ServiceNotAllowed => "RC.403003",
+            GrantWithdrawn { .. } => "RC.403004",
+            KeyRefused { .. } => "RC.403005",
+            RepoNotFound { .. } => "RC.404002",
+            RepoNotEncrypted { .. } => "RC.409003",
+            RepoConflict { .. } => "RC.409004",
+            DataKeyInvalid { .. } => "RC.409005",
+            DataKeyDestroyed { .. } => "RC.410001",
+            CmkGone { .. } => "RC.410002",
             ProjectNotFound(_) => "RC.404001",
             Conflict => "RC.409001",
             AlreadyExists(_) => "RC.409002",

@@ -104,6 +104,16 @@ impl KeyStateCache {
         }
     }
 
+    /// How long a state is served without asking the KMS again.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The clock ages are read from.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
     /// The moment a read of the KMS begins, to give [`KeyStateCache::put`].
     pub fn now(&self) -> Instant {
         self.clock.monotonic()

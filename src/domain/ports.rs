@@ -8,8 +8,9 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use super::{
-    Actor, AuditRecord, Grant, KeyState, PermitPublic, Project, ProjectId, Result, Setting,
-    SettingDraft, TenantId,
+    Actor, AuditRecord, DataKey, EncryptionContext, GeneratedKey, Grant, KeyState, PermitPublic,
+    Project, ProjectId, RepoForRelease, RepoId, RepoQuery, Repository, Result, Setting,
+    SettingDraft, Shredded, TenantId,
 };
 
 // ---- storage -------------------------------------------------------------------------
@@ -115,6 +116,41 @@ pub trait Store: Send + Sync + 'static {
         before: Option<serde_json::Value>,
         after: Option<serde_json::Value>,
     ) -> Result<()>;
+
+    /// Register a repository, with its audit record, in one transaction: the stored
+    /// repository (its `created_at` set now), or `None` (and no write) when the tenant
+    /// already has a repository with this id.
+    async fn insert_repository(
+        &self,
+        repository: &Repository,
+        actor: &Actor,
+    ) -> Result<Option<Repository>>;
+    async fn get_repository(
+        &self,
+        tenant: &TenantId,
+        repo_id: RepoId,
+    ) -> Result<Option<Repository>>;
+    /// The repository and, in the same read, whether its tenant's KMS grant stands.
+    async fn get_repository_for_release(
+        &self,
+        tenant: &TenantId,
+        repo_id: RepoId,
+    ) -> Result<Option<RepoForRelease>>;
+    /// A page of the tenant's encrypted repositories whose data key is not destroyed.
+    async fn list_encrypted_repositories(
+        &self,
+        tenant: &TenantId,
+        query: &RepoQuery,
+    ) -> Result<Vec<Repository>>;
+    /// Every repository of the tenant, encrypted or not, shredded or not, by id.
+    async fn list_repositories(&self, tenant: &TenantId) -> Result<Vec<Repository>>;
+    /// Destroy the wrapped data key (overwritten, not flagged), with its audit record.
+    async fn shred_repository(
+        &self,
+        tenant: &TenantId,
+        repo_id: RepoId,
+        actor: &Actor,
+    ) -> Result<Shredded>;
 
     /// The counters of this store's in-memory caches, for `/metrics`.
     fn cache_stats(&self) -> Vec<CacheStats> {
@@ -230,4 +266,24 @@ pub trait Kms: Send + Sync + 'static {
         material: Option<Vec<u8>>,
         actor: &Actor,
     ) -> Result<KeyInfo>;
+
+    /// A fresh 256-bit data key, in clear and wrapped by the tenant's key `key_id` (which
+    /// must be enabled), bound to `context`: AWS `GenerateDataKey`.
+    async fn generate_data_key(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        context: &EncryptionContext,
+    ) -> Result<GeneratedKey>;
+    /// Unwrap a data key wrapped by [`generate_data_key`](Kms::generate_data_key) under
+    /// the same key and context: AWS `Decrypt`. A wrapped key that does not unwrap (altered,
+    /// or bound to another context) is [`Error::DataKeyInvalid`] for `repo_id`.
+    async fn decrypt_data_key(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        wrapped: &[u8],
+        context: &EncryptionContext,
+        repo_id: RepoId,
+    ) -> Result<DataKey>;
 }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::data_keys::ReleasedKeys;
 use super::error::{Error, Result};
 use super::key_states::{KeyStateCache, Lookup};
 use super::model::*;
@@ -12,9 +13,11 @@ use super::types::*;
 const MAX_UPDATE_ATTEMPTS: usize = 8;
 
 pub struct Service {
-    store: Arc<dyn Store>,
-    kms: Arc<dyn Kms>,
-    cache: Arc<KeyStateCache>,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) kms: Arc<dyn Kms>,
+    pub(super) cache: Arc<KeyStateCache>,
+    /// Data keys released within the key-state TTL (`domain::broker`).
+    pub(super) released: ReleasedKeys,
     region: String,
     region_type: String,
     default_permit_public: PermitPublic,
@@ -35,9 +38,11 @@ impl Service {
         region: String,
         region_type: String,
     ) -> Self {
+        let released = ReleasedKeys::new(cache.ttl(), cache.capacity(), cache.clock());
         Service {
             store,
             kms,
+            released,
             cache: Arc::new(cache),
             region,
             region_type,
@@ -52,11 +57,19 @@ impl Service {
     /// The counters of every in-memory cache behind the service, for `/metrics`.
     pub fn cache_stats(&self) -> Vec<CacheStats> {
         let (hits, misses) = self.cache.hits_and_misses();
-        let mut stats = vec![CacheStats {
-            name: "key_state",
-            hits,
-            misses,
-        }];
+        let (released_hits, released_misses) = self.released.hits_and_misses();
+        let mut stats = vec![
+            CacheStats {
+                name: "key_state",
+                hits,
+                misses,
+            },
+            CacheStats {
+                name: "data_key",
+                hits: released_hits,
+                misses: released_misses,
+            },
+        ];
         stats.extend(self.store.cache_stats());
         stats
     }
@@ -133,7 +146,7 @@ impl Service {
     /// Ask the KMS for a key's state in the background and cache the answer, so that the
     /// request that found the entry late in its TTL does not wait for it. Outside a
     /// tokio runtime (never the case in `serve`) the entry just ages to its TTL.
-    fn refresh_key_state(&self, tenant: &TenantId, key_id: &str) {
+    pub(super) fn refresh_key_state(&self, tenant: &TenantId, key_id: &str) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             self.cache.refresh_failed(tenant.as_str(), key_id);
             return;

@@ -30,7 +30,7 @@ pub fn check_text_arg(name: &str, value: &str) -> Result<(), Error> {
     })
 }
 
-fn check_len(field: &'static str, value: &str) -> Result<(), Error> {
+pub(crate) fn check_len(field: &'static str, value: &str) -> Result<(), Error> {
     match text_len(value) {
         Ok(_) => Ok(()),
         Err(0) => Err(Error::invalid(field, "must not be empty")),
@@ -229,6 +229,9 @@ impl Serialize for KeyState {
 pub enum Role {
     Admin,
     Member,
+    /// A platform service principal (a storage node): belongs to no tenant, may register
+    /// repositories and receive their data keys in any tenant, and change no setting.
+    Service,
 }
 
 /// `permit_public` of a tenant.
@@ -267,9 +270,32 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Reading a tenant's data needs any role in that tenant.
+    /// The tenant field of a service principal: the principal belongs to no tenant, and
+    /// this marker grants nothing (every rule below looks at the role first).
+    pub const PLATFORM: &'static str = "-";
+
+    /// A platform service principal named `name` (its user id is `service:NAME`).
+    pub fn service(name: &str, expires_at: u64) -> Result<Self, Error> {
+        check_text_arg("--service", name)?;
+        Ok(Identity {
+            tenant_id: TenantId(Self::PLATFORM.to_owned()),
+            user_id: format!("service:{name}"),
+            user_name: name.to_owned(),
+            role: Role::Service,
+            expires_at,
+        })
+    }
+
+    pub fn is_service(&self) -> bool {
+        self.role == Role::Service
+    }
+
+    /// Reading a tenant's data needs any role in that tenant. Service principals read
+    /// only what [`authorize_repositories`](Self::authorize_repositories) allows.
     pub fn authorize_read(&self, tenant: &str) -> Result<(), Error> {
-        if self.tenant_id.as_str() == tenant {
+        if self.is_service() {
+            Err(Error::ServiceNotAllowed)
+        } else if self.tenant_id.as_str() == tenant {
             Ok(())
         } else {
             Err(Error::ForeignTenant)
@@ -282,6 +308,25 @@ impl Identity {
             Ok(())
         } else {
             Err(Error::AdminRequired)
+        }
+    }
+    /// Listing a tenant's repositories: any role in that tenant, or a service principal.
+    pub fn authorize_repositories(&self, tenant: &str) -> Result<(), Error> {
+        if self.is_service() {
+            Ok(())
+        } else {
+            self.authorize_read(tenant)
+        }
+    }
+    /// Registering repositories, and receiving or destroying their data keys: service
+    /// principals only. A tenant user of another tenant is told so first, like
+    /// everywhere else.
+    pub fn authorize_service(&self, tenant: &str) -> Result<(), Error> {
+        if self.is_service() {
+            Ok(())
+        } else {
+            self.authorize_read(tenant)?;
+            Err(Error::ServiceOnly)
         }
     }
 }

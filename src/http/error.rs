@@ -98,6 +98,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         | KeyNotEnabled { .. }
         | KeyNameMismatch { .. }
         | DefaultNeedsKms
+        | EncryptedNeedsKms { .. }
         | InvalidArgument(_)
         | KeyInvalidState { .. } => StatusCode::BAD_REQUEST,
         MissingToken
@@ -108,9 +109,20 @@ pub fn status_of(e: &Error) -> StatusCode {
         | SignatureStale(_)
         | SignatureMismatch
         | NonceReplayed => StatusCode::UNAUTHORIZED,
-        ForeignTenant | AdminRequired | NotProjectMember => StatusCode::FORBIDDEN,
-        ProjectNotFound(_) => StatusCode::NOT_FOUND,
-        Conflict | AlreadyExists(_) => StatusCode::CONFLICT,
+        ForeignTenant
+        | AdminRequired
+        | NotProjectMember
+        | ServiceOnly
+        | ServiceNotAllowed
+        | GrantWithdrawn { .. }
+        | KeyRefused { .. } => StatusCode::FORBIDDEN,
+        ProjectNotFound(_) | RepoNotFound { .. } => StatusCode::NOT_FOUND,
+        Conflict
+        | AlreadyExists(_)
+        | RepoNotEncrypted { .. }
+        | RepoConflict { .. }
+        | DataKeyInvalid { .. } => StatusCode::CONFLICT,
+        DataKeyDestroyed { .. } | CmkGone { .. } => StatusCode::GONE,
         PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         KmsUnavailable(_) | Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

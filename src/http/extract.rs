@@ -65,7 +65,8 @@ fn admit(state: &AppState, identity: &Identity, credential: impl Hash) -> Result
                 retry_after,
             })?;
     }
-    if let Some(l) = &limits.tenant {
+    // A service principal belongs to no tenant: only its credential's limit applies.
+    if let Some(l) = limits.tenant.as_ref().filter(|_| !identity.is_service()) {
         l.check(&identity.tenant_id)
             .map_err(|retry_after| WebError::RateLimited {
                 scope: RateScope::Tenant,

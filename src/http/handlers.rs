@@ -23,7 +23,7 @@ use crate::domain::{
     parse_setting_patch, Actor, Error, FieldKind, Identity, BODY_FIELDS, MAX_LEN, MIN_LEN,
 };
 
-type ApiResult<T> = Result<T, WebError>;
+pub(super) type ApiResult<T> = Result<T, WebError>;
 
 /// A JSON answer serialized into a buffer sized for the API's answers (a few hundred
 /// bytes), where `Json` starts at 128 bytes and grows twice.
@@ -86,7 +86,7 @@ pub struct TenantSettingQuery {
     project_id: Option<String>,
 }
 
-fn actor(caller: &Identity, request_id: &RequestId) -> Actor {
+pub(super) fn actor(caller: &Identity, request_id: &RequestId) -> Actor {
     Actor {
         actor: caller.user_id.clone(),
         request_id: Some(request_id.as_str().to_owned()),
@@ -94,7 +94,7 @@ fn actor(caller: &Identity, request_id: &RequestId) -> Actor {
 }
 
 /// The tenant in the path, which must be the caller's own.
-fn path_tenant(path: Result<Path<String>, PathRejection>) -> Result<String, Error> {
+pub(super) fn path_tenant(path: Result<Path<String>, PathRejection>) -> Result<String, Error> {
     path.map(|Path(t)| t).map_err(|e| {
         Error::invalid(
             "tenant_id",
@@ -103,7 +103,7 @@ fn path_tenant(path: Result<Path<String>, PathRejection>) -> Result<String, Erro
     })
 }
 
-fn require_json(headers: &HeaderMap) -> Result<(), WebError> {
+pub(super) fn require_json(headers: &HeaderMap) -> Result<(), WebError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -118,7 +118,10 @@ fn require_json(headers: &HeaderMap) -> Result<(), WebError> {
     }
 }
 
-fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, Error> {
+pub(super) fn body_bytes(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, Error> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Error::PayloadTooLarge { limit }

@@ -1,5 +1,6 @@
 //! HTTP: routing, extractors, error mapping. Handlers stay thin.
 
+pub mod broker;
 pub mod context;
 pub mod error;
 pub mod extract;

@@ -7,7 +7,7 @@ use axum::http::Method;
 use axum::routing::{on, MethodFilter, MethodRouter};
 use utoipa::openapi::path::{HttpMethod, Operation as OpenApiOperation};
 
-use super::{handlers, AppState};
+use super::{broker, handlers, AppState};
 use crate::metrics::Operation;
 
 /// A method the table routes.
@@ -17,6 +17,7 @@ pub enum Verb {
     Get,
     Put,
     Post,
+    Delete,
 }
 
 impl Verb {
@@ -25,6 +26,7 @@ impl Verb {
             Verb::Get => Method::GET,
             Verb::Put => Method::PUT,
             Verb::Post => Method::POST,
+            Verb::Delete => Method::DELETE,
         }
     }
 
@@ -33,6 +35,7 @@ impl Verb {
             Verb::Get => MethodFilter::GET,
             Verb::Put => MethodFilter::PUT,
             Verb::Post => MethodFilter::POST,
+            Verb::Delete => MethodFilter::DELETE,
         }
     }
 
@@ -42,6 +45,7 @@ impl Verb {
             Verb::Get => HttpMethod::Get,
             Verb::Put => HttpMethod::Put,
             Verb::Post => HttpMethod::Post,
+            Verb::Delete => HttpMethod::Delete,
         }
     }
 }
@@ -101,10 +105,13 @@ fn documented<P: utoipa::Path + for<'t> utoipa::__dev::Tags<'t>>() -> Documented
 
 const SETTING: &str = "/v4/tenants/{tenant_id}/repo-encryption/setting";
 const GRANT: &str = "/v4/tenants/{tenant_id}/repo-encryption/kms-grant";
+const CMKS: &str = "/v4/tenants/{tenant_id}/repo-encryption/cmks";
+const REPOSITORIES: &str = "/v4/tenants/{tenant_id}/repo-encryption/repositories";
+const DATA_KEY: &str = "/v4/tenants/{tenant_id}/repo-encryption/repositories/{repo_id}/data-key";
 
 /// Every operation the service has. A request that matches none (no route, or a method
 /// its route does not have) is [`Operation::Other`].
-pub static ROUTES: [Route; 9] = [
+pub static ROUTES: [Route; 14] = [
     Route {
         operation: Operation::ShowSetting,
         method: Verb::Get,
@@ -144,6 +151,46 @@ pub static ROUTES: [Route; 9] = [
         id: "ShowProjectTenantSettings",
         access: Access::Api(documented::<handlers::__path_show_tenant_setting>),
         handler: |m| on(m, handlers::show_tenant_setting),
+    },
+    Route {
+        operation: Operation::ListCmks,
+        method: Verb::Get,
+        path: CMKS,
+        id: "ListTenantCmks",
+        access: Access::Api(documented::<broker::__path_list_cmks>),
+        handler: |m| on(m, broker::list_cmks),
+    },
+    Route {
+        operation: Operation::ListRepositories,
+        method: Verb::Get,
+        path: REPOSITORIES,
+        id: "ListTenantEncryptedRepositories",
+        access: Access::Api(documented::<broker::__path_list_repositories>),
+        handler: |m| on(m, broker::list_repositories),
+    },
+    Route {
+        operation: Operation::RegisterRepository,
+        method: Verb::Post,
+        path: REPOSITORIES,
+        id: "RegisterTenantRepository",
+        access: Access::Api(documented::<broker::__path_register_repository>),
+        handler: |m| on(m, broker::register_repository),
+    },
+    Route {
+        operation: Operation::ShowDataKey,
+        method: Verb::Get,
+        path: DATA_KEY,
+        id: "ShowTenantRepositoryDataKey",
+        access: Access::Api(documented::<broker::__path_show_data_key>),
+        handler: |m| on(m, broker::show_data_key),
+    },
+    Route {
+        operation: Operation::DeleteDataKey,
+        method: Verb::Delete,
+        path: DATA_KEY,
+        id: "DeleteTenantRepositoryDataKey",
+        access: Access::Api(documented::<broker::__path_delete_data_key>),
+        handler: |m| on(m, broker::delete_data_key),
     },
     Route {
         operation: Operation::Health,

@@ -4,8 +4,10 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::domain::ports::KeyInfo;
 use crate::domain::{
-    EncryptionType, KeyState, PermitPublic, SettingReport, TenantId, TenantSetting,
+    DataKey, EncryptionType, KeyState, PermitPublic, Registered, Released, RepoFields,
+    SettingReport, TenantId, TenantSetting,
 };
 
 /// Response of PUT and GET `/v4/tenants/{tenant_id}/repo-encryption/setting`.
@@ -131,3 +133,133 @@ impl utoipa::PartialSchema for KeyStateCode {
 }
 
 impl ToSchema for KeyStateCode {}
+
+// ---- the key broker ------------------------------------------------------------------
+
+/// A key of ListTenantCmks, as the SDK's `TenantCmkDto` reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct CmkView {
+    pub cmk_key_name: String,
+    pub cmk_key_id: String,
+    #[schema(value_type = KeyStateCode)]
+    pub key_state: KeyState,
+}
+
+impl From<KeyInfo> for CmkView {
+    fn from(k: KeyInfo) -> Self {
+        CmkView {
+            cmk_key_name: k.key_name,
+            cmk_key_id: k.key_id,
+            key_state: k.key_state,
+        }
+    }
+}
+
+/// A repository as the SDK's `RepoEncryptionDto` reads it (ListTenantEncryptedRepositories).
+/// Fields the platform did not register are absent.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct RepoView {
+    #[schema(minimum = 1, maximum = 2147483647, format = Int32)]
+    pub repo_id: i32,
+    #[schema(min_length = 1, max_length = 1000)]
+    pub repo_name: String,
+    #[schema(min_length = 1, max_length = 1000)]
+    pub full_path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 1000, nullable = false)]
+    pub project_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 1000, nullable = false)]
+    pub project_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, format = Int64, nullable = false)]
+    pub owner_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 1000, nullable = false)]
+    pub owner_iam_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 1000, nullable = false)]
+    pub owner_tenant_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 1000, nullable = false)]
+    pub owner_nick_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 1000, nullable = false)]
+    pub owner_name: Option<String>,
+}
+
+impl From<&RepoFields> for RepoView {
+    fn from(f: &RepoFields) -> Self {
+        RepoView {
+            repo_id: f.repo_id.get(),
+            repo_name: f.repo_name.clone(),
+            full_path: f.full_path.clone(),
+            project_id: f.project_id.clone(),
+            project_name: f.project_name.clone(),
+            owner_id: f.owner_id,
+            owner_iam_id: f.owner_iam_id.clone(),
+            owner_tenant_name: f.owner_tenant_name.clone(),
+            owner_nick_name: f.owner_nick_name.clone(),
+            owner_name: f.owner_name.clone(),
+        }
+    }
+}
+
+/// A data key in base64, zeroed when the answer is dropped.
+pub type SecretText = zeroize::Zeroizing<String>;
+
+fn base64_key(key: &DataKey) -> SecretText {
+    use base64::Engine;
+    zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(key.expose()))
+}
+
+/// Answer of a registration: the repository, whether it is encrypted, its CMK and (when
+/// encrypted) its data key. (No `Debug`: it holds a key.)
+#[derive(Serialize, ToSchema)]
+pub struct RegisteredView {
+    #[serde(flatten)]
+    pub repository: RepoView,
+    pub encrypted: bool,
+    #[schema(nullable = true)]
+    pub cmk_key_id: Option<String>,
+    /// Base64 of the 32-byte data key (encrypted repositories only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, nullable = false, min_length = 44, max_length = 44)]
+    pub data_key: Option<SecretText>,
+}
+
+impl From<&Registered> for RegisteredView {
+    fn from(r: &Registered) -> Self {
+        RegisteredView {
+            repository: RepoView::from(&r.repository.fields),
+            encrypted: r.repository.encrypted,
+            cmk_key_id: r.repository.cmk_key_id.clone(),
+            data_key: r.data_key.as_ref().map(base64_key),
+        }
+    }
+}
+
+/// Answer of a release. (No `Debug`: it holds a key.)
+#[derive(Serialize, ToSchema)]
+pub struct DataKeyView {
+    #[schema(minimum = 1, maximum = 2147483647, format = Int32)]
+    pub repo_id: i32,
+    pub cmk_key_id: String,
+    /// Base64 of the 32-byte data key.
+    #[schema(value_type = String, min_length = 44, max_length = 44)]
+    pub data_key: SecretText,
+    /// How long the storage node may keep the key, in seconds (the key-state TTL).
+    #[schema(minimum = 0)]
+    pub cache_seconds: u64,
+}
+
+impl From<&Released> for DataKeyView {
+    fn from(r: &Released) -> Self {
+        DataKeyView {
+            repo_id: r.repo_id.get(),
+            cmk_key_id: r.cmk_key_id.clone(),
+            data_key: base64_key(&r.data_key),
+            cache_seconds: r.cache_seconds,
+        }
+    }
+}

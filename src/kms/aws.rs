@@ -24,7 +24,9 @@ use serde_json::json;
 
 use super::{KeyInfo, KeyOrigin, Kms, MIN_PENDING_DAYS};
 use crate::domain::ports::Store;
-use crate::domain::{Actor, Error, KeyState, Result, TenantId};
+use crate::domain::{
+    Actor, DataKey, EncryptionContext, Error, GeneratedKey, KeyState, RepoId, Result, TenantId,
+};
 
 /// The tag that binds a key to a tenant.
 pub const TENANT_TAG: &str = "repocrypt:tenant";
@@ -528,6 +530,24 @@ pub fn key_state_from_aws(state: &AwsKeyState) -> KeyState {
     }
 }
 
+/// The encryption context as AWS takes it.
+fn aws_context(context: &EncryptionContext) -> std::collections::HashMap<String, String> {
+    context
+        .pairs()
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// A key that is not enabled refuses to wrap or unwrap data keys.
+fn refused(owned: &Owned) -> Error {
+    Error::KeyRefused {
+        key_id: owned.key_id.clone(),
+        state: owned.state.describe(),
+        code: owned.state.code(),
+    }
+}
+
 /// Error codes with which AWS says "no such key" (or "not yours to see").
 fn means_absent(code: Option<&str>) -> bool {
     matches!(
@@ -823,6 +843,100 @@ impl Kms for AwsKms {
         Err(Error::InvalidArgument(
             "import-key-material works on the local KMS only: on AWS KMS, import with AWS's own tools (GetParametersForImport, ImportKeyMaterial), which wrap the material for the KMS".into(),
         ))
+    }
+
+    /// GenerateDataKey (AES_256) with the repository's encryption context, under a key
+    /// of this tenant that is enabled (checked first: an AWS-compatible KMS that does not
+    /// check the state itself refuses the same).
+    async fn generate_data_key(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        context: &EncryptionContext,
+    ) -> Result<GeneratedKey> {
+        let owned = self.require(tenant, key_id).await?;
+        if owned.state != KeyState::Enabled {
+            return Err(refused(&owned));
+        }
+        let out = self
+            .client
+            .generate_data_key()
+            .key_id(&owned.key_id)
+            .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
+            .set_encryption_context(Some(aws_context(context)))
+            .send()
+            .await
+            .map_err(|e| match e.as_service_error().and_then(|s| s.code()) {
+                Some("DisabledException" | "KMSInvalidStateException") => Error::KeyRefused {
+                    key_id: owned.key_id.clone(),
+                    state: "in a state AWS KMS refuses",
+                    code: owned.state.code(),
+                },
+                Some("NotFoundException") => Error::KeyNotFound {
+                    key_id: owned.key_id.clone(),
+                },
+                _ => unavailable(e, "GenerateDataKey"),
+            })?;
+        let plaintext = out
+            .plaintext()
+            .and_then(|b| DataKey::from_slice(b.as_ref()))
+            .ok_or_else(|| {
+                Error::KmsUnavailable("AWS KMS GenerateDataKey: no 32-byte key".into())
+            })?;
+        let wrapped = out
+            .ciphertext_blob()
+            .map(|b| b.as_ref().to_vec())
+            .ok_or_else(|| {
+                Error::KmsUnavailable("AWS KMS GenerateDataKey: no ciphertext".into())
+            })?;
+        Ok(GeneratedKey { plaintext, wrapped })
+    }
+
+    /// Decrypt with the key's id and the repository's encryption context. The caller has
+    /// checked the key is this tenant's and enabled (moto does not check the state).
+    async fn decrypt_data_key(
+        &self,
+        _tenant: &TenantId,
+        key_id: &str,
+        wrapped: &[u8],
+        context: &EncryptionContext,
+        repo_id: RepoId,
+    ) -> Result<DataKey> {
+        let invalid = || Error::DataKeyInvalid {
+            repo_id: repo_id.get(),
+        };
+        let out = match self
+            .client
+            .decrypt()
+            .key_id(key_id)
+            .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(wrapped))
+            .set_encryption_context(Some(aws_context(context)))
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                return Err(match e.as_service_error().and_then(|s| s.code()) {
+                    Some("InvalidCiphertextException" | "IncorrectKeyException") => invalid(),
+                    Some("DisabledException" | "KMSInvalidStateException") => {
+                        match self.described(key_id).await {
+                            Ok(Some(owned)) => refused(&owned),
+                            Ok(None) => Error::CmkGone {
+                                key_id: key_id.to_owned(),
+                            },
+                            Err(e) => e,
+                        }
+                    }
+                    Some("NotFoundException") => Error::CmkGone {
+                        key_id: key_id.to_owned(),
+                    },
+                    _ => unavailable(e, "Decrypt"),
+                })
+            }
+        };
+        out.plaintext()
+            .and_then(|b| DataKey::from_slice(b.as_ref()))
+            .ok_or_else(invalid)
     }
 }
 

@@ -10,7 +10,10 @@ use rand::RngCore;
 use super::{KeyInfo, KeyOrigin, Kms, MAX_PENDING_DAYS, MIN_PENDING_DAYS};
 use crate::clock::Clock;
 use crate::domain::ports::KeyRecord;
-use crate::domain::{Actor, Error, KeyState, Result, TenantId};
+use crate::domain::{
+    Actor, DataKey, EncryptionContext, Error, GeneratedKey, KeyState, RepoId, Result, TenantId,
+    DATA_KEY_LEN,
+};
 use crate::keys::{RootKey, Sealer, LABEL_KMS_WRAP};
 use serde::Serialize;
 
@@ -154,6 +157,49 @@ impl LocalKms {
             .kms_update_key(tenant, key_id, action, actor, change)
             .await?;
         Ok(info(&key))
+    }
+}
+
+/// Version byte of a wrapped data key: `1 || nonce (12) || AES-256-GCM(data key) || tag (16)`.
+const WRAPPED_V1: u8 = 1;
+const NONCE_LEN: usize = 12;
+const WRAPPED_LEN: usize = 1 + NONCE_LEN + DATA_KEY_LEN + 16;
+
+/// The associated data a data key is wrapped with: the CMK's id and the canonical
+/// encryption context, so a wrapped key unwraps only under its key and its context.
+fn wrap_aad(key_id: &str, context: &EncryptionContext) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(key_id.len() + 64);
+    aad.extend_from_slice(b"repocrypt/local-kms/data-key/v1\0");
+    aad.extend_from_slice(key_id.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(&context.canonical());
+    aad
+}
+
+impl LocalKms {
+    /// The key's material in clear, for a key that is enabled (a real KMS refuses to
+    /// use a key in any other state).
+    fn usable_material(&self, key: &StoredKey) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+        if key.state != KeyState::Enabled {
+            return Err(Error::KeyRefused {
+                key_id: key.key_id.clone(),
+                state: key.state.describe(),
+                code: key.state.code(),
+            });
+        }
+        let sealed = key
+            .material
+            .as_deref()
+            .ok_or_else(|| Error::Internal(format!("key {} has no material", key.key_id)))?;
+        Ok(zeroize::Zeroizing::new(
+            self.wrap.open(&key.key_id, sealed)?,
+        ))
+    }
+
+    fn cipher(material: &[u8]) -> Result<aes_gcm::Aes256Gcm> {
+        use aes_gcm::KeyInit;
+        aes_gcm::Aes256Gcm::new_from_slice(material)
+            .map_err(|_| Error::Internal("key material is not 32 bytes".into()))
     }
 }
 
@@ -415,5 +461,69 @@ impl Kms for LocalKms {
             }
         })
         .await
+    }
+
+    async fn generate_data_key(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        context: &EncryptionContext,
+    ) -> Result<GeneratedKey> {
+        use aes_gcm::aead::{Aead, Payload};
+        let key = self.live_key(tenant, key_id).await?;
+        let cipher = Self::cipher(&self.usable_material(&key)?)?;
+        let mut plaintext = [0u8; DATA_KEY_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut plaintext);
+        let plaintext = DataKey::from_bytes(plaintext);
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let aad = wrap_aad(&key.key_id, context);
+        let sealed = cipher
+            .encrypt(
+                aes_gcm::Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext.expose(),
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| Error::Internal("wrap data key".into()))?;
+        let mut wrapped = Vec::with_capacity(WRAPPED_LEN);
+        wrapped.push(WRAPPED_V1);
+        wrapped.extend_from_slice(&nonce);
+        wrapped.extend_from_slice(&sealed);
+        Ok(GeneratedKey { plaintext, wrapped })
+    }
+
+    async fn decrypt_data_key(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        wrapped: &[u8],
+        context: &EncryptionContext,
+        repo_id: RepoId,
+    ) -> Result<DataKey> {
+        use aes_gcm::aead::{Aead, Payload};
+        let key = self.live_key(tenant, key_id).await?;
+        let cipher = Self::cipher(&self.usable_material(&key)?)?;
+        let invalid = || Error::DataKeyInvalid {
+            repo_id: repo_id.get(),
+        };
+        if wrapped.len() != WRAPPED_LEN || wrapped[0] != WRAPPED_V1 {
+            return Err(invalid());
+        }
+        let (nonce, sealed) = wrapped[1..].split_at(NONCE_LEN);
+        let aad = wrap_aad(&key.key_id, context);
+        let plaintext = zeroize::Zeroizing::new(
+            cipher
+                .decrypt(
+                    aes_gcm::Nonce::from_slice(nonce),
+                    Payload {
+                        msg: sealed,
+                        aad: &aad,
+                    },
+                )
+                .map_err(|_| invalid())?,
+        );
+        DataKey::from_slice(&plaintext).ok_or_else(invalid)
     }
 }

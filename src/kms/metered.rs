@@ -8,7 +8,9 @@ use async_trait::async_trait;
 
 use super::{KeyInfo, KeyOrigin, Kms};
 use crate::domain::ports::KeyRecord;
-use crate::domain::{Actor, Error, Result, TenantId};
+use crate::domain::{
+    Actor, DataKey, EncryptionContext, Error, GeneratedKey, RepoId, Result, TenantId,
+};
 use crate::metrics::{KmsCall, KmsOutcome, Metrics};
 
 pub struct MeteredKms {
@@ -133,6 +135,35 @@ impl Kms for MeteredKms {
             .import_key_material(tenant, key_id, material, actor);
         self.timed(KmsCall::ImportKeyMaterial, call).await
     }
+
+    async fn generate_data_key(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        context: &EncryptionContext,
+    ) -> Result<GeneratedKey> {
+        self.timed(
+            KmsCall::GenerateDataKey,
+            self.inner.generate_data_key(tenant, key_id, context),
+        )
+        .await
+    }
+
+    async fn decrypt_data_key(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        wrapped: &[u8],
+        context: &EncryptionContext,
+        repo_id: RepoId,
+    ) -> Result<DataKey> {
+        self.timed(
+            KmsCall::Decrypt,
+            self.inner
+                .decrypt_data_key(tenant, key_id, wrapped, context, repo_id),
+        )
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -206,6 +237,27 @@ mod tests {
             _: &Actor,
         ) -> Result<KeyInfo> {
             self.key()
+        }
+        async fn generate_data_key(
+            &self,
+            _: &TenantId,
+            _: &str,
+            _: &EncryptionContext,
+        ) -> Result<GeneratedKey> {
+            (self.0)().map(|()| GeneratedKey {
+                plaintext: DataKey::from_bytes([0; 32]),
+                wrapped: vec![],
+            })
+        }
+        async fn decrypt_data_key(
+            &self,
+            _: &TenantId,
+            _: &str,
+            _: &[u8],
+            _: &EncryptionContext,
+            _: RepoId,
+        ) -> Result<DataKey> {
+            (self.0)().map(|()| DataKey::from_bytes([0; 32]))
         }
     }
 

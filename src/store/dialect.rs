@@ -14,6 +14,10 @@ pub(super) mod sqlite {
     pub(crate) const FOR_SHARE: &str = "";
     /// SQLite compares text bytewise.
     pub(crate) const AUDIT_AT: &str = "at";
+    /// What follows a text expression to order it bytewise: nothing, SQLite does.
+    pub(crate) const BYTEWISE: &str = "";
+    /// A boolean column's true (SQLite keeps booleans as 0 and 1).
+    pub(crate) const TRUE: &str = "1";
     /// SQLite cannot UPDATE inside a WITH clause.
     pub(crate) const DATA_MODIFYING_CTE: bool = false;
     pub(crate) const SCHEMA_MIGRATIONS_TABLE: &str =
@@ -53,6 +57,9 @@ pub(super) mod postgres {
     /// `COLLATE "C"` compares bytewise whatever the database's collation (and can use
     /// `audit_log_by_at`).
     pub(crate) const AUDIT_AT: &str = r#"at COLLATE "C""#;
+    /// What follows a text expression to order it bytewise, whatever the collation.
+    pub(crate) const BYTEWISE: &str = r#" COLLATE "C""#;
+    pub(crate) const TRUE: &str = "TRUE";
     /// An UPDATE and the INSERT of its audit record in one statement (one round trip).
     pub(crate) const DATA_MODIFYING_CTE: bool = true;
     pub(crate) const SCHEMA_MIGRATIONS_TABLE: &str =

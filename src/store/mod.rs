@@ -113,6 +113,11 @@ macro_rules! migrations {
                     "/0003_audit_by_time.sql"
                 )),
             ),
+            (
+                4,
+                "repositories",
+                include_str!(concat!("../../migrations/", $dir, "/0004_repositories.sql")),
+            ),
         ]
     };
 }
@@ -145,6 +150,7 @@ pub(crate) fn role_str(role: Role) -> &'static str {
     match role {
         Role::Admin => "admin",
         Role::Member => "member",
+        Role::Service => "service",
     }
 }
 
@@ -152,6 +158,7 @@ pub(crate) fn parse_role(value: &str) -> Result<Role> {
     match value {
         "admin" => Ok(Role::Admin),
         "member" => Ok(Role::Member),
+        "service" => Ok(Role::Service),
         other => Err(Error::Store(format!("invalid role {other} in database"))),
     }
 }

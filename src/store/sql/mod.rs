@@ -28,6 +28,7 @@ pub(super) mod grants;
 pub(super) mod keys;
 pub(super) mod migrate;
 pub(super) mod projects;
+pub(super) mod repositories;
 pub(super) mod settings;
 
 use async_trait::async_trait;
@@ -36,7 +37,8 @@ use serde_json::Value;
 use super::{dialect, Backend};
 use crate::domain::ports::CacheStats;
 use crate::domain::{
-    Actor, AuditRecord, Grant, PermitPublic, Project, ProjectId, Result, Setting, TenantId,
+    Actor, AuditRecord, Grant, PermitPublic, Project, ProjectId, RepoForRelease, RepoId, RepoQuery,
+    Repository, Result, Setting, Shredded, TenantId,
 };
 #[cfg(feature = "bench")]
 use crate::store::{bulk_summary, BulkTenant};
@@ -182,6 +184,51 @@ impl Store for Backend {
             after,
         )
         .await
+    }
+
+    async fn insert_repository(
+        &self,
+        repository: &Repository,
+        actor: &Actor,
+    ) -> Result<Option<Repository>> {
+        repositories::insert(&self.pool, &self.clock, repository, actor).await
+    }
+
+    async fn get_repository(
+        &self,
+        tenant: &TenantId,
+        repo_id: RepoId,
+    ) -> Result<Option<Repository>> {
+        repositories::get(&self.pool, tenant, repo_id).await
+    }
+
+    async fn get_repository_for_release(
+        &self,
+        tenant: &TenantId,
+        repo_id: RepoId,
+    ) -> Result<Option<RepoForRelease>> {
+        repositories::get_for_release(&self.pool, tenant, repo_id).await
+    }
+
+    async fn list_encrypted_repositories(
+        &self,
+        tenant: &TenantId,
+        query: &RepoQuery,
+    ) -> Result<Vec<Repository>> {
+        repositories::list_encrypted(&self.pool, tenant, query).await
+    }
+
+    async fn list_repositories(&self, tenant: &TenantId) -> Result<Vec<Repository>> {
+        repositories::list_all(&self.pool, tenant).await
+    }
+
+    async fn shred_repository(
+        &self,
+        tenant: &TenantId,
+        repo_id: RepoId,
+        actor: &Actor,
+    ) -> Result<Shredded> {
+        repositories::shred(&self.pool, &self.clock, tenant, repo_id, actor).await
     }
 
     fn cache_stats(&self) -> Vec<CacheStats> {
