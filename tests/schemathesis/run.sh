@@ -53,6 +53,17 @@ rc kms disable-key --tenant t1 --key-id "$disabled" > /dev/null
 rc project add --tenant t1 --project-id aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1 --name p1 > /dev/null
 rc project add --tenant t2 --project-id bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb2 --name p2 > /dev/null
 curl -fs -X POST "$addr/v4/tenants/t1/repo-encryption/kms-grant" -H "X-Auth-Token: $token" > /dev/null
+# A storage node's token, for the operations only service principals may call, and a
+# tenant that encrypts by default with some repositories registered.
+service="$(rc token issue --service schemathesis --ttl 2h)"
+curl -fs -X PUT "$addr/v4/tenants/t1/repo-encryption/setting" -H "X-Auth-Token: $token" \
+  -H "Content-Type: application/json" \
+  -d "{\"encryption_type\":\"KMS\",\"cmk_key_id\":\"$enabled\",\"default_encryption_enabled\":true}" > /dev/null
+for id in 1 2 3; do
+  curl -fs -X POST "$addr/v4/tenants/t1/repo-encryption/repositories" -H "X-Auth-Token: $service" \
+    -H "Content-Type: application/json" \
+    -d "{\"repo_id\":$id,\"repo_name\":\"r$id\",\"full_path\":\"g/r$id\"}" > /dev/null
+done
 
 cat > "$work/schemathesis.toml" <<TOML
 [dictionaries.keys]
@@ -75,9 +86,34 @@ values = ["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb2"
 [[operations]]
 include-operation-id = "UpdateTenantRepoEncryptionSetting"
 checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 409, 503]
+
+# The platform's operations: a schema-valid request may name a repository that is not
+# registered (404), one registered with other fields (409) or shredded (410), or one that
+# is not encrypted (409); all documented.
+[[operations]]
+include-operation-id = "RegisterTenantRepository"
+checks.positive_data_acceptance.expected-statuses = ["2xx", 409, 410]
+[[operations]]
+include-operation-id = "ShowTenantRepositoryDataKey"
+checks.positive_data_acceptance.expected-statuses = ["2xx", 404, 409, 410]
+[[operations]]
+include-operation-id = "DeleteTenantRepositoryDataKey"
+checks.positive_data_acceptance.expected-statuses = ["2xx", 404, 409]
 TOML
 
 cd "$work"
+# The tenant's operations as its admin; the platform's (service principals only) as a
+# storage node, with ListTenantEncryptedRepositories, which both may call.
+service_ops=(--include-operation-id RegisterTenantRepository
+  --include-operation-id ShowTenantRepositoryDataKey
+  --include-operation-id DeleteTenantRepositoryDataKey
+  --include-operation-id ListTenantEncryptedRepositories)
 "$venv/bin/schemathesis" run "$addr/openapi.json" \
   -H "X-Auth-Token: $token" \
+  --exclude-operation-id RegisterTenantRepository \
+  --exclude-operation-id ShowTenantRepositoryDataKey \
+  --exclude-operation-id DeleteTenantRepositoryDataKey \
+  --max-examples "$examples" --mode all --checks all --seed 20261123 --workers 1
+"$venv/bin/schemathesis" run "$addr/openapi.json" \
+  -H "X-Auth-Token: $service" "${service_ops[@]}" \
   --max-examples "$examples" --mode all --checks all --seed 20261123 --workers 1
