@@ -236,4 +236,156 @@ mod tests {
             assert_eq!(e.to_string(), msg);
         }
     }
+
+    /// One error of each kind a client can see over HTTP. The match has no wildcard: a new
+    /// variant does not compile until it is listed here, and so in README's table.
+    fn every_api_error() -> Vec<WebError> {
+        use Error::*;
+        let s = || String::from("x");
+        let errors = vec![
+            BadRequestBody(s()),
+            Error::invalid("f", "r"),
+            TenantMismatch { body: s() },
+            InvalidProjectId,
+            MissingCmkKeyId,
+            KmsGrantMissing { tenant: s() },
+            KeyNotFound { key_id: s() },
+            KeyNotEnabled {
+                key_id: s(),
+                state: "disabled",
+                code: 3,
+            },
+            KeyNameMismatch {
+                given: s(),
+                key_id: s(),
+                actual: s(),
+            },
+            DefaultNeedsKms,
+            EncryptedNeedsKms { tenant: s() },
+            MissingToken,
+            InvalidToken("x"),
+            TokenExpired,
+            SignatureMalformed(s()),
+            UnknownAccessKey,
+            SignatureStale(s()),
+            SignatureMismatch,
+            NonceReplayed,
+            ForeignTenant,
+            AdminRequired,
+            NotProjectMember,
+            ServiceOnly,
+            ServiceNotAllowed,
+            GrantWithdrawn { tenant: s() },
+            KeyRefused {
+                key_id: s(),
+                state: "disabled",
+                code: 3,
+            },
+            ProjectNotFound(s()),
+            RepoNotFound { repo_id: 1 },
+            RepoNotEncrypted { repo_id: 1 },
+            RepoConflict {
+                repo_id: 1,
+                field: "repo_name",
+            },
+            DataKeyInvalid { repo_id: 1 },
+            DataKeyDestroyed { repo_id: 1 },
+            CmkGone { key_id: s() },
+            Conflict,
+            PayloadTooLarge { limit: 1 },
+            KmsUnavailable(s()),
+            Store(s()),
+            Internal(s()),
+        ];
+        for e in &errors {
+            // Exhaustive: the compiler asks for every new variant (the CLI's own errors
+            // are listed apart in README).
+            match e {
+                BadRequestBody(_)
+                | InvalidField { .. }
+                | TenantMismatch { .. }
+                | InvalidProjectId
+                | MissingCmkKeyId
+                | KmsGrantMissing { .. }
+                | KeyNotFound { .. }
+                | KeyNotEnabled { .. }
+                | KeyNameMismatch { .. }
+                | DefaultNeedsKms
+                | EncryptedNeedsKms { .. }
+                | MissingToken
+                | InvalidToken(_)
+                | TokenExpired
+                | SignatureMalformed(_)
+                | UnknownAccessKey
+                | SignatureStale(_)
+                | SignatureMismatch
+                | NonceReplayed
+                | ForeignTenant
+                | AdminRequired
+                | NotProjectMember
+                | ServiceOnly
+                | ServiceNotAllowed
+                | GrantWithdrawn { .. }
+                | KeyRefused { .. }
+                | ProjectNotFound(_)
+                | RepoNotFound { .. }
+                | RepoNotEncrypted { .. }
+                | RepoConflict { .. }
+                | DataKeyInvalid { .. }
+                | DataKeyDestroyed { .. }
+                | CmkGone { .. }
+                | Conflict
+                | PayloadTooLarge { .. }
+                | KmsUnavailable(_)
+                | Store(_)
+                | Internal(_) => {}
+                InvalidArgument(_) | KeyInvalidState { .. } | AlreadyExists(_) => {}
+            }
+        }
+        let mut all: Vec<WebError> = errors.into_iter().map(WebError::from).collect();
+        all.extend([
+            WebError::RouteNotFound,
+            WebError::MethodNotAllowed,
+            WebError::UnsupportedMediaType,
+            WebError::RequestTimeout {
+                limit: std::time::Duration::from_secs(1),
+            },
+            WebError::RateLimited {
+                scope: RateScope::Tenant,
+                retry_after: 1,
+            },
+            WebError::RateLimited {
+                scope: RateScope::Credential,
+                retry_after: 1,
+            },
+            WebError::InvalidQuery("x".into()),
+        ]);
+        all
+    }
+
+    #[test]
+    fn readmes_error_table_lists_every_code_with_its_status() {
+        let readme = include_str!("../../README.md");
+        let table = readme
+            .split("### Error codes")
+            .nth(1)
+            .and_then(|t| t.split("\n## ").next())
+            .expect("README has an Error codes section");
+        let rows: Vec<(String, String)> = table
+            .lines()
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                (cells.len() > 3 && cells[2].starts_with('`'))
+                    .then(|| (cells[1].to_owned(), cells[2].trim_matches('`').to_owned()))
+            })
+            .collect();
+        for e in every_api_error() {
+            let (status, code) = e.status_and_code();
+            assert!(
+                rows.iter().any(|(s, c)| c == code && s == status.as_str()),
+                "README's error table lacks `{code}` with status {}",
+                status.as_u16()
+            );
+        }
+    }
 }

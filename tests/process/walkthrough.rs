@@ -9,12 +9,17 @@ use binary::Server;
 
 /// The first ```sh block after the `## Walkthrough` heading.
 fn walkthrough_block() -> String {
+    readme_block("\n## Walkthrough")
+}
+
+/// The first ```sh block after `heading` in README.md.
+fn readme_block(heading: &str) -> String {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
         .expect("README.md");
     let section = readme
-        .split("\n## Walkthrough")
+        .split(heading)
         .nth(1)
-        .expect("README has a ## Walkthrough section");
+        .unwrap_or_else(|| panic!("README has a {heading:?} section"));
     let start = section
         .find("```sh\n")
         .expect("walkthrough has a ```sh block")
@@ -100,5 +105,80 @@ fn readme_walkthrough_runs_against_the_real_binary() {
     ] {
         assert!(stdout.contains(action), "audit lacks {action}:\n{stdout}");
     }
+    assert_eq!(server.stop(), Some(0), "SIGTERM exits 0");
+}
+
+/// The "Encrypting repositories" walkthrough: a real git repository bundled, sealed with its
+/// data key, unsealed and cloned; refused while the key is disabled; gone after the shred.
+#[test]
+fn readme_repository_walkthrough_runs_against_the_real_binary() {
+    for tool in ["curl", "git"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            assert!(
+                std::env::var_os("REPOCRYPT_REQUIRE_EXTERNAL").is_none(),
+                "REPOCRYPT_REQUIRE_EXTERNAL is set but {tool} is not installed"
+            );
+            eprintln!("SKIPPED: the repository walkthrough needs {tool}, which is not installed");
+            return;
+        }
+    }
+    let server = Server::start(&[("REPOCRYPT_KEY_STATE_CACHE_TTL", "1s")]);
+    let mut script = readme_block("\n## Encrypting repositories");
+    script = substitute(&script, "./target/release/repocrypt", binary::BIN);
+    script = substitute(&script, "127.0.0.1:8080", &server.addr);
+    script = substitute(&script, "sleep 10", "sleep 1.5");
+
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(server.dir.path())
+        .env_remove("REPOCRYPT_TOKEN")
+        .env_remove("REPOCRYPT_ACCESS_KEY")
+        .env_remove("REPOCRYPT_SECRET_KEY")
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "repository walkthrough failed:\n{stdout}\n{stderr}"
+    );
+    let registered = stdout
+        .lines()
+        .find(|l| l.starts_with(r#"{"repo_id":42"#))
+        .unwrap_or_else(|| panic!("no registration answer:\n{stdout}"));
+    for field in [
+        r#""encrypted":true"#,
+        r#""data_key":"(32 bytes, base64)""#,
+        r#""owner_name":"alice""#,
+    ] {
+        assert!(registered.contains(field), "{registered}");
+    }
+    assert!(
+        stdout.contains(
+            r#"[{"repo_id":42,"repo_name":"demo","full_path":"team/demo","owner_name":"alice"}]"#
+        ),
+        "the encrypted list shows repository 42:\n{stdout}"
+    );
+    // The clone of the unsealed bundle has the file the repository had.
+    assert!(
+        stdout.lines().any(|l| l == "hello"),
+        "copy/README:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("refused while the key is disabled"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("RC.403005"),
+        "the refusal names its code:\n{stderr}"
+    );
+    assert!(
+        stdout.lines().any(|l| l == "204"),
+        "shred answers 204:\n{stdout}"
+    );
+    assert!(stdout.contains("gone for ever"), "{stdout}\n{stderr}");
+    assert!(stderr.contains("RC.410001"), "after the shred:\n{stderr}");
+    // The refused unseals left no output behind.
+    assert!(!server.dir.path().join("again.bundle").exists());
     assert_eq!(server.stop(), Some(0), "SIGTERM exits 0");
 }
