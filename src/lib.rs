@@ -20,6 +20,7 @@ pub mod kms;
 mod layers;
 pub mod metrics;
 pub mod ratelimit;
+pub mod seal;
 pub mod shards;
 pub mod store;
 pub mod telemetry;
