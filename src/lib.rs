@@ -22,5 +22,6 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod seal;
 pub mod shards;
+pub mod storage_client;
 pub mod store;
 pub mod telemetry;
