@@ -22,12 +22,17 @@
 //! it is authenticated, so on failure its `output` holds a prefix that must be thrown
 //! away; [`seal_file`] and [`unseal_file`] do that: they write a `*.partial` file beside
 //! the output and rename it only on success (and delete it on failure).
+//!
+//! The CLI side, [`SealArgs`] and [`run`], fetches the data key from the key broker
+//! ([`crate::storage_client`]) and then seals or unseals one file.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use aes_gcm::aead::stream::{DecryptorBE32, EncryptorBE32, NewStream, StreamBE32, StreamPrimitive};
 use aes_gcm::aead::KeyInit;
@@ -35,6 +40,8 @@ use aes_gcm::Aes256Gcm;
 use rand::RngCore;
 use zeroize::Zeroizing;
 
+use crate::domain::{Error, TenantId};
+use crate::storage_client::{Credentials, KeyBrokerClient};
 
 /// Magic bytes at the start of every sealed file.
 pub const MAGIC: [u8; 6] = *b"RCSEAL";
@@ -659,6 +666,144 @@ pub fn unseal_file(
         output,
         &never,
         progress,
+    )
+}
+
+// ---- the command line ---------------------------------------------------------------
+
+/// `repo seal` / `repo unseal`: fetch the repository's data key from the key broker and
+/// seal or unseal one file. Credentials come from the environment: `REPOCRYPT_TOKEN`
+/// (sent as `X-Auth-Token`), else `REPOCRYPT_ACCESS_KEY` and `REPOCRYPT_SECRET_KEY`
+/// (AK/SK, `SDK-HMAC-SHA256`).
+#[derive(Debug, clap::Args)]
+pub struct SealArgs {
+    /// Base URL of the key broker, e.g. http://127.0.0.1:8080 (https needs --ca-file).
+    #[arg(long, value_name = "URL")]
+    pub endpoint: String,
+    /// Tenant (domain) id the repository belongs to.
+    #[arg(long, value_name = "T")]
+    pub tenant: String,
+    /// Repository id.
+    #[arg(long = "repo-id", value_name = "N")]
+    pub repo_id: u32,
+    /// File to read.
+    #[arg(long = "in", value_name = "FILE")]
+    pub input: PathBuf,
+    /// File to write (replaced only once complete; a `*.partial` sibling is written first).
+    #[arg(long = "out", value_name = "FILE")]
+    pub output: PathBuf,
+    /// PEM file of the CA certificate(s) to trust for an https endpoint.
+    #[arg(long = "ca-file", value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl From<SealError> for Error {
+    fn from(e: SealError) -> Error {
+        Error::InvalidArgument(e.to_string())
+    }
+}
+
+/// Runs `repo seal` (`unseal == false`) or `repo unseal`. Prints nothing on stdout; a
+/// progress bar on stderr when it is a terminal, and a one-line summary on stderr.
+pub async fn run(args: &SealArgs, unseal: bool) -> Result<(), Error> {
+    let credentials = Credentials::from_env()?;
+    run_with_credentials(args, unseal, credentials).await
+}
+
+/// [`run`] with credentials from elsewhere than the environment.
+pub async fn run_with_credentials(
+    args: &SealArgs,
+    unseal: bool,
+    credentials: Credentials,
+) -> Result<(), Error> {
+    use std::io::IsTerminal;
+
+    let tenant = TenantId::parse(args.tenant.clone())?;
+    let client = KeyBrokerClient::new(&args.endpoint, args.ca_file.as_deref(), credentials)?;
+    if !args.input.is_file() {
+        return Err(Error::InvalidArgument(format!(
+            "--in {}: not a readable file",
+            args.input.display()
+        )));
+    }
+    let input_len = fs::metadata(&args.input).map(|m| m.len()).unwrap_or(0);
+    let fetched = client.fetch_data_key(tenant.as_str(), args.repo_id).await?;
+
+    let direction = if unseal {
+        Direction::Unseal
+    } else {
+        Direction::Seal
+    };
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(input_len);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(if unseal { "unsealing" } else { "sealing" });
+        bar
+    });
+    let cancel = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let job = {
+        let cancel = Arc::clone(&cancel);
+        let bar = bar.clone();
+        let tenant = tenant.as_str().to_owned();
+        let (input, output, repo_id) = (args.input.clone(), args.output.clone(), args.repo_id);
+        let key = fetched.key;
+        tokio::task::spawn_blocking(move || {
+            process_file(
+                direction,
+                &key,
+                &tenant,
+                repo_id,
+                &input,
+                &output,
+                &cancel,
+                |done| {
+                    if let Some(bar) = &bar {
+                        bar.set_position(done);
+                    }
+                },
+            )
+        })
+    };
+    tokio::pin!(job);
+    let joined = tokio::select! {
+        joined = &mut job => joined,
+        Ok(()) = tokio::signal::ctrl_c() => {
+            cancel.store(true, Ordering::Relaxed);
+            job.await
+        }
+    };
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let stats =
+        joined.map_err(|e| Error::Internal(format!("the {direction:?} task failed: {e}")))??;
+    let secs = started.elapsed();
+    eprintln!("{}", summary(direction, &stats, secs));
+    Ok(())
+}
+
+fn summary(direction: Direction, stats: &Sealed, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64();
+    let mib_s = if secs > 0.0 {
+        stats.plaintext_bytes as f64 / (1024.0 * 1024.0) / secs
+    } else {
+        0.0
+    };
+    let verb = match direction {
+        Direction::Seal => "sealed",
+        Direction::Unseal => "unsealed",
+    };
+    format!(
+        "{verb} {} bytes ({} sealed) in {} segment{} in {secs:.2} s ({mib_s:.1} MiB/s)",
+        stats.plaintext_bytes,
+        stats.sealed_bytes,
+        stats.segments,
+        if stats.segments == 1 { "" } else { "s" },
     )
 }
 

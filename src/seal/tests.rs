@@ -1,5 +1,4 @@
 use std::io::Cursor;
-use std::time::Instant;
 
 use super::*;
 
@@ -598,6 +597,20 @@ fn cancel_removes_the_partial_file() {
     assert_eq!(dir_names(dir.path()), ["in"]);
 }
 
+#[test]
+fn summary_line() {
+    let stats = Sealed {
+        plaintext_bytes: 2 * 1024 * 1024,
+        segments: 32,
+        sealed_bytes: 2 * 1024 * 1024 + 32 * 16 + 23,
+    };
+    let line = summary(Direction::Seal, &stats, Duration::from_secs(2));
+    assert_eq!(
+        line,
+        "sealed 2097152 bytes (2097687 sealed) in 32 segments in 2.00 s (1.0 MiB/s)"
+    );
+}
+
 // ---- constant memory ----------------------------------------------------------------
 
 /// A reader of `remaining` pseudo-random bytes.
@@ -736,4 +749,122 @@ fn cursor_input_works() {
     let mut out = Vec::new();
     unseal(&key(), TENANT, REPO, &mut reader, &mut out, |_| {}).unwrap();
     assert_eq!(out, plain);
+}
+
+// ---- the command line, against a local key broker ------------------------------------
+
+async fn fake_broker() -> String {
+    use axum::extract::Path as UrlPath;
+    use axum::routing::get;
+
+    async fn answer(UrlPath((_tenant, repo)): UrlPath<(String, u32)>) -> (u16, String) {
+        use base64::Engine as _;
+        match repo {
+            7 => (
+                200,
+                serde_json::json!({
+                    "repo_id": 7,
+                    "cmk_key_id": "k-1",
+                    "data_key": base64::engine::general_purpose::STANDARD.encode([0x42u8; 32]),
+                    "cache_seconds": 60,
+                })
+                .to_string(),
+            ),
+            _ => (
+                410,
+                serde_json::json!({"error_code": "RC.410001", "error_msg": "data key destroyed"})
+                    .to_string(),
+            ),
+        }
+    }
+    async fn handler(
+        path: UrlPath<(String, u32)>,
+    ) -> (
+        axum::http::StatusCode,
+        [(&'static str, &'static str); 1],
+        String,
+    ) {
+        let (status, body) = answer(path).await;
+        (
+            axum::http::StatusCode::from_u16(status).unwrap(),
+            [("content-type", "application/json")],
+            body,
+        )
+    }
+    let app = axum::Router::new().route(
+        "/v4/tenants/{tenant}/repo-encryption/repositories/{repo_id}/data-key",
+        get(handler),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn run_seals_and_unseals_with_the_fetched_key() {
+    let endpoint = fake_broker().await;
+    let dir = tempfile::tempdir().unwrap();
+    let plain = bytes(150_000, 40);
+    let input = dir.path().join("pack");
+    fs::write(&input, &plain).unwrap();
+    let creds = || crate::storage_client::Credentials::Token("t".to_owned().into());
+    let args = |input: &Path, output: &Path, repo_id| SealArgs {
+        endpoint: endpoint.clone(),
+        tenant: TENANT.into(),
+        repo_id,
+        input: input.to_path_buf(),
+        output: output.to_path_buf(),
+        ca_file: None,
+    };
+    let sealed = dir.path().join("pack.sealed");
+    let back = dir.path().join("pack.back");
+    run_with_credentials(&args(&input, &sealed, 7), false, creds())
+        .await
+        .unwrap();
+    run_with_credentials(&args(&sealed, &back, 7), true, creds())
+        .await
+        .unwrap();
+    assert_eq!(fs::read(&back).unwrap(), plain);
+    // The key is the broker's: the library unseals with the same bytes.
+    let mut out = Vec::new();
+    unseal(
+        &key(),
+        TENANT,
+        7,
+        File::open(&sealed).unwrap(),
+        &mut out,
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(out, plain);
+
+    // A refusal: the error names it and no output appears.
+    let refused = dir.path().join("refused");
+    let err = run_with_credentials(&args(&input, &refused, 8), false, creds())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)));
+    assert!(
+        err.to_string()
+            .contains("HTTP 410, RC.410001: data key destroyed"),
+        "{err}"
+    );
+    assert!(!refused.exists());
+    // A missing input is refused before any fetch.
+    let err = run_with_credentials(&args(&dir.path().join("nope"), &refused, 7), false, creds())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not a readable file"), "{err}");
+    // A sealed file given to unseal for another repository.
+    let err = run_with_credentials(&args(&input, &refused, 7), true, creds())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("not a repocrypt sealed file"),
+        "{err}"
+    );
+    assert_eq!(dir_names(dir.path()), ["pack", "pack.back", "pack.sealed"]);
 }
