@@ -20,6 +20,8 @@ pub mod kms;
 mod layers;
 pub mod metrics;
 pub mod ratelimit;
+pub mod seal;
 pub mod shards;
+pub mod storage_client;
 pub mod store;
 pub mod telemetry;
