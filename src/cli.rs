@@ -285,6 +285,14 @@ pub enum RepoCommand {
         #[arg(long)]
         repo_id: i64,
     },
+    /// A storage node's client: fetch the repository's data key over the API and seal FILE
+    /// with it (AES-256-GCM, STREAM, 64 KiB segments; docs/seal-format.md). Credentials
+    /// from REPOCRYPT_TOKEN, or REPOCRYPT_ACCESS_KEY and REPOCRYPT_SECRET_KEY.
+    Seal(crate::seal::SealArgs),
+    /// Unseal a file made by `repo seal`, with the repository's data key fetched over the
+    /// API; refused (and no output left) when the key is not released or the file was
+    /// altered, truncated or sealed for another repository.
+    Unseal(crate::seal::SealArgs),
     /// Crypto-shred a repository: destroy its wrapped data key, so that its data can
     /// never be decrypted again.
     Shred {
@@ -312,6 +320,8 @@ fn repo_json(r: &crate::domain::Repository) -> serde_json::Value {
 async fn repo(app: &App, actor: &Actor, cmd: RepoCommand) -> Result<()> {
     let s = &app.service;
     match cmd {
+        RepoCommand::Seal(args) => crate::seal::run(&args, false).await,
+        RepoCommand::Unseal(args) => crate::seal::run(&args, true).await,
         RepoCommand::List { tenant } => {
             let repos = s.list_repositories(&TenantId::parse(tenant)?).await?;
             print_json(&repos.iter().map(repo_json).collect::<Vec<_>>())
@@ -541,6 +551,12 @@ pub async fn run(cli: Cli) -> Result<()> {
 
     if let Command::Init = cli.command {
         return init(&config);
+    }
+    // A storage node's client: the API is its only dependency, no data directory.
+    match &cli.command {
+        Command::Repo(RepoCommand::Seal(args)) => return crate::seal::run(args, false).await,
+        Command::Repo(RepoCommand::Unseal(args)) => return crate::seal::run(args, true).await,
+        _ => {}
     }
 
     let app = match cli.command {

@@ -80,7 +80,7 @@ fn a_real_repository_survives_seal_and_unseal_and_the_kill_switch_bites() {
     }
     let server = Server::start(&[("REPOCRYPT_KEY_STATE_CACHE_TTL", "1s")]);
     let dir = server.dir.path();
-    let ok = |args: &[&str]| binary::stdout(&server.cli(args));
+    let ok = |args: &[&str]| binary::stdout(&server.cli(args)).trim().to_owned();
     let admin = ok(&[
         "token", "issue", "--tenant", "t1", "--user", "alice", "--role", "admin",
     ]);
