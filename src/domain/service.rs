@@ -263,6 +263,11 @@ impl Service {
         caller: &Identity,
         project_id: Option<&str>,
     ) -> Result<TenantSetting> {
+        // A service principal has no tenant (its tenant field is a marker) and reads no
+        // setting, as on the other settings operations.
+        if caller.is_service() {
+            return Err(Error::ServiceNotAllowed);
+        }
         let owner = match project_id {
             None => caller.tenant_id.clone(),
             Some(raw) => {

@@ -9,4 +9,5 @@ mod api;
 mod group_commit;
 mod kms_conformance;
 mod migrations;
+mod repositories;
 mod signature;

@@ -417,7 +417,7 @@ async fn every_route_in_the_table_is_served_documented_counted_and_authenticated
         let uri = route.path.replace("{tenant_id}", TENANT_A);
         let body: &[u8] = match route.method {
             Verb::Put => br#"{"encryption_type":"normal"}"#,
-            Verb::Get | Verb::Post => b"",
+            Verb::Get | Verb::Post | Verb::Delete => b"",
         };
         let what = format!("{method} {} ({})", route.path, route.id);
         let documented = &doc["paths"][route.path][method.as_str().to_ascii_lowercase()];
