@@ -10,5 +10,6 @@ mod audit;
 mod cli;
 mod durability;
 mod hardening;
+mod repositories;
 mod secrets;
 mod walkthrough;
