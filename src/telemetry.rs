@@ -31,8 +31,16 @@ pub const BUFFER_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Install the global subscriber. `filter` falls back to `default` when unset.
 pub fn init(filter: Option<&str>, default: &str, format: LogFormat) {
-    let filter =
+    let mut filter =
         EnvFilter::try_new(filter.unwrap_or(default)).unwrap_or_else(|_| EnvFilter::new(default));
+    // At TRACE the AWS SDK's orchestrator logs every operation's output with `Debug`,
+    // which redacts plaintexts but prints a GenerateDataKey's or Encrypt's ciphertext
+    // blob (a wrapped data key) in hex: never below DEBUG for it.
+    if filter.max_level_hint() == Some(tracing_subscriber::filter::LevelFilter::TRACE) {
+        if let Ok(cap) = "aws_smithy_runtime::client::orchestrator=debug".parse() {
+            filter = filter.add_directive(cap);
+        }
+    }
     let ansi = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -8,6 +8,8 @@ use crate::common::moto;
 use std::time::{Duration, Instant};
 
 use crate::common::{grant_path as grant, setting_path as setting};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use binary::{stderr, Server};
 use moto::Moto;
 use serde_json::{json, Value};
@@ -281,4 +283,376 @@ fn aws_backend_needs_a_region() {
     );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("kms_timeout"), "{}", stderr(&out));
+}
+
+// ---- the key broker on the AWS backend ------------------------------------------------
+
+const BROKER_TENANT: &str = "4b8d2f6a0c1e4a3b9d5f7e8c6a4b2d0f";
+
+fn repositories(tenant: &str) -> String {
+    format!("/v4/tenants/{tenant}/repo-encryption/repositories")
+}
+
+fn data_key_path(tenant: &str, repo_id: i64) -> String {
+    format!("/v4/tenants/{tenant}/repo-encryption/repositories/{repo_id}/data-key")
+}
+
+/// The stored wrapped key of a repository (the server's database, read directly).
+async fn wrapped_key(database: Option<&str>, server: &Server, repo_id: i64) -> Vec<u8> {
+    use sqlx::Connection;
+    let sql = "SELECT wrapped_key FROM repositories WHERE repo_id = $1";
+    match database {
+        Some(url) => {
+            let mut c = sqlx::PgConnection::connect(url).await.expect("connect");
+            sqlx::query_scalar(sql)
+                .bind(repo_id)
+                .fetch_one(&mut c)
+                .await
+                .expect("read the wrapped key")
+        }
+        None => {
+            let mut c = sqlx::SqliteConnection::connect(&sqlite_url(server))
+                .await
+                .expect("open the database");
+            sqlx::query_scalar(sql)
+                .bind(repo_id)
+                .fetch_one(&mut c)
+                .await
+                .expect("read the wrapped key")
+        }
+    }
+}
+
+/// Overwrite a repository's stored wrapped key (what an attacker with the database, or a
+/// botched restore, could do).
+async fn set_wrapped_key(database: Option<&str>, server: &Server, repo_id: i64, key: &[u8]) {
+    use sqlx::Connection;
+    let sql = "UPDATE repositories SET wrapped_key = $1 WHERE repo_id = $2";
+    let done = match database {
+        Some(url) => {
+            let mut c = sqlx::PgConnection::connect(url).await.expect("connect");
+            sqlx::query(sql)
+                .bind(key)
+                .bind(repo_id)
+                .execute(&mut c)
+                .await
+                .expect("write the wrapped key")
+                .rows_affected()
+        }
+        None => {
+            let mut c = sqlx::SqliteConnection::connect(&sqlite_url(server))
+                .await
+                .expect("open the database");
+            sqlx::query(sql)
+                .bind(key)
+                .bind(repo_id)
+                .execute(&mut c)
+                .await
+                .expect("write the wrapped key")
+                .rows_affected()
+        }
+    };
+    assert_eq!(done, 1);
+}
+
+fn sqlite_url(server: &Server) -> String {
+    let path = server.dir.path().join("repocrypt-data/repocrypt.db");
+    format!("sqlite://{}", path.display())
+}
+
+/// The broker's story on AWS KMS (moto): ListTenantCmks lists the tenant-tagged keys
+/// only; a registration gets a data key from GenerateDataKey and a release answers the
+/// same key (Decrypt with the repository's encryption context); DisableKey in the KMS
+/// stops the release within the key-state cache's TTL (403 RC.403005), EnableKey restores
+/// it; a wrapped key moved to another repository in the database does not unwrap there
+/// (moto checks the encryption context): 409 RC.409005.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_backend_key_broker_sqlite() {
+    let Some(moto) = Moto::start("aws_backend_key_broker_sqlite") else {
+        return;
+    };
+    broker_story(&moto, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_backend_key_broker_postgres() {
+    let Some(url) = crate::common::test_database_url() else {
+        assert!(
+            std::env::var_os("REPOCRYPT_REQUIRE_EXTERNAL").is_none(),
+            "REPOCRYPT_REQUIRE_EXTERNAL is set but REPOCRYPT_TEST_DATABASE_URL is not"
+        );
+        eprintln!(
+            "SKIPPED aws_backend_key_broker_postgres: REPOCRYPT_TEST_DATABASE_URL is not set"
+        );
+        return;
+    };
+    let Some(moto) = Moto::start("aws_backend_key_broker_postgres") else {
+        return;
+    };
+    let db = crate::common::fresh_postgres_database(&url).await;
+    broker_story(&moto, Some(&db)).await;
+}
+
+async fn broker_story(moto: &Moto, database: Option<&str>) {
+    use reqwest::Method as M;
+    const TTL: Duration = Duration::from_secs(1);
+    let mut env = moto.env();
+    env.push(("REPOCRYPT_KEY_STATE_CACHE_TTL", "1s".into()));
+    if let Some(url) = database {
+        env.push(("REPOCRYPT_DATABASE_URL", url.to_owned()));
+    }
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = Server::start(&env_ref);
+    let http = server.client();
+    let t = BROKER_TENANT;
+    let cli = |args: &[&str]| run(&server, &env, args);
+    let created = |tenant: &str, alias: &str| -> String {
+        let v: Value = serde_json::from_str(&cli(&[
+            "kms",
+            "create-key",
+            "--tenant",
+            tenant,
+            "--alias",
+            alias,
+        ]))
+        .expect("json");
+        v["key_id"].as_str().expect("key id").to_owned()
+    };
+    let key_id = created(t, "broker");
+    let spare = created(t, "spare");
+    let _foreign = created(OTHER, "foreign");
+    // Keys in the account that are not the tenant's: untagged, and tagged for no tenant.
+    let raw = moto.raw_client();
+    let untagged = raw.create_key().send().await.expect("create key");
+    let untagged = untagged
+        .key_metadata()
+        .expect("metadata")
+        .key_id()
+        .to_owned();
+    let other_tag = raw
+        .create_key()
+        .tags(
+            aws_sdk_kms::types::Tag::builder()
+                .tag_key("team")
+                .tag_value(t)
+                .build()
+                .expect("tag"),
+        )
+        .send()
+        .await
+        .expect("create key");
+    let other_tag = other_tag
+        .key_metadata()
+        .expect("metadata")
+        .key_id()
+        .to_owned();
+
+    let admin = cli(&[
+        "token", "issue", "--tenant", t, "--user", "admin-1", "--role", "admin",
+    ]);
+    let member = cli(&[
+        "token", "issue", "--tenant", t, "--user", "member-1", "--role", "member",
+    ]);
+    let node = cli(&["token", "issue", "--service", "storage-node-1"]);
+
+    // ListTenantCmks: the tenant's two keys, by id, nothing else of the account.
+    let (status, cmks) = http
+        .call(
+            M::GET,
+            &format!("/v4/tenants/{t}/repo-encryption/cmks"),
+            &member,
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{cmks}");
+    let mut ours = vec![key_id.clone(), spare.clone()];
+    ours.sort();
+    let listed: Vec<&str> = cmks
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|k| k["cmk_key_id"].as_str().expect("cmk_key_id"))
+        .collect();
+    assert_eq!(listed, ours, "{cmks}");
+    assert!(!cmks.to_string().contains(&untagged) && !cmks.to_string().contains(&other_tag));
+    let names: Vec<&Value> = cmks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| &k["cmk_key_name"])
+        .collect();
+    assert!(
+        names.contains(&&json!("broker")) && names.contains(&&json!("spare")),
+        "{cmks}"
+    );
+    assert!(
+        cmks.as_array().unwrap().iter().all(|k| k["key_state"] == 2),
+        "{cmks}"
+    );
+
+    // The tenant chooses its key; the platform registers two repositories.
+    let (status, v) = http.call(M::POST, &grant(t), &admin, None).await;
+    assert_eq!(status, 200, "{v}");
+    let choose =
+        json!({"encryption_type": "kms", "default_encryption_enabled": true, "cmk_key_id": key_id});
+    let (status, v) = http.call(M::PUT, &setting(t), &admin, Some(choose)).await;
+    assert_eq!(status, 200, "{v}");
+    let mut keys = Vec::new();
+    for id in [1_i64, 2] {
+        let body =
+            json!({"repo_id": id, "repo_name": format!("r{id}"), "full_path": format!("g/r{id}")});
+        let (status, v) = http
+            .call(M::POST, &repositories(t), &node, Some(body))
+            .await;
+        assert_eq!(status, 201, "{v}");
+        assert_eq!(
+            v["encrypted"], true,
+            "encrypted by the tenant's default: {v}"
+        );
+        assert_eq!(v["cmk_key_id"], key_id.as_str(), "{v}");
+        let key = v["data_key"].as_str().expect("data key").to_owned();
+        assert_eq!(STANDARD.decode(&key).expect("base64").len(), 32);
+        keys.push(key);
+    }
+    assert_ne!(keys[0], keys[1]);
+    let release = |id: i64| {
+        let (http, node) = (&http, &node);
+        async move { http.call(M::GET, &data_key_path(t, id), node, None).await }
+    };
+    for (id, key) in [(1, &keys[0]), (2, &keys[1])] {
+        let (status, v) = release(id).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["data_key"], key.as_str(), "{v}");
+        assert_eq!(v["cmk_key_id"], key_id.as_str(), "{v}");
+    }
+    // What the database holds is moto's ciphertext, not the key.
+    let wrapped_1 = wrapped_key(database, &server, 1).await;
+    let wrapped_2 = wrapped_key(database, &server, 2).await;
+    assert!(wrapped_1.len() > 32 && wrapped_1 != wrapped_2);
+    let plain_1 = STANDARD.decode(&keys[0]).unwrap();
+    assert!(!wrapped_1.windows(32).any(|w| w == plain_1.as_slice()));
+    let (status, v) = http
+        .call(
+            M::GET,
+            &format!("{}?order_by=repoName&sort=asc", repositories(t)),
+            &member,
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    assert_eq!(v.as_array().map(Vec::len), Some(2), "{v}");
+    assert!(!v.to_string().contains(&keys[0]), "{v}");
+
+    // The kill switch: DisableKey in the KMS itself; releases stop within the TTL.
+    raw.disable_key()
+        .key_id(&key_id)
+        .send()
+        .await
+        .expect("DisableKey");
+    let disabled_at = Instant::now();
+    let refused_after = loop {
+        let started = Instant::now();
+        let (status, v) = release(1).await;
+        if status == 403 {
+            assert_eq!(v["error_code"], "RC.403005", "{v}");
+            let msg = v["error_msg"].as_str().unwrap_or_default();
+            assert!(msg.to_ascii_lowercase().contains("disabled"), "{v}");
+            assert!(!msg.contains(&keys[0]), "{v}");
+            break started - disabled_at;
+        }
+        assert_eq!(status, 200, "{v}");
+        assert!(
+            started - disabled_at < TTL + Duration::from_millis(200),
+            "a key was released {:?} after DisableKey, past the 1 s TTL",
+            started - disabled_at
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("release refused {refused_after:?} after DisableKey (TTL 1 s)");
+    // ...and stays refused, for every repository of the key, registration included.
+    for id in [1, 2, 1] {
+        let (status, v) = release(id).await;
+        assert_eq!(
+            (status, v["error_code"].clone()),
+            (403, json!("RC.403005")),
+            "{v}"
+        );
+    }
+    let body = json!({"repo_id": 1, "repo_name": "r1", "full_path": "g/r1"});
+    let (status, v) = http
+        .call(M::POST, &repositories(t), &node, Some(body))
+        .await;
+    assert_eq!(
+        (status, v["error_code"].clone()),
+        (403, json!("RC.403005")),
+        "{v}"
+    );
+    let body = json!({"repo_id": 3, "repo_name": "r3", "full_path": "g/r3"});
+    let (status, v) = http
+        .call(M::POST, &repositories(t), &node, Some(body))
+        .await;
+    assert_eq!(
+        (status, v["error_code"].clone()),
+        (400, json!("RC.400009")),
+        "{v}"
+    );
+
+    // EnableKey: restored within the TTL, the same keys.
+    raw.enable_key()
+        .key_id(&key_id)
+        .send()
+        .await
+        .expect("EnableKey");
+    let enabled_at = Instant::now();
+    loop {
+        let (status, v) = release(1).await;
+        if status == 200 {
+            assert_eq!(v["data_key"], keys[0].as_str(), "{v}");
+            break;
+        }
+        assert!(enabled_at.elapsed() < TTL + Duration::from_secs(1), "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "release restored {:?} after EnableKey",
+        enabled_at.elapsed()
+    );
+    let (status, v) = release(2).await;
+    assert_eq!(
+        (status, v["data_key"].clone()),
+        (200, json!(keys[1])),
+        "{v}"
+    );
+
+    // The wrapped keys swapped in the database: neither unwraps for the other repository.
+    set_wrapped_key(database, &server, 1, &wrapped_2).await;
+    set_wrapped_key(database, &server, 2, &wrapped_1).await;
+    for id in [1, 2] {
+        let (status, v) = release(id).await;
+        assert_eq!(
+            (status, v["error_code"].clone()),
+            (409, json!("RC.409005")),
+            "{id}: {v}"
+        );
+        let text = v.to_string();
+        assert!(!text.contains(&keys[0]) && !text.contains(&keys[1]), "{v}");
+    }
+    // Put back, they release again.
+    set_wrapped_key(database, &server, 1, &wrapped_1).await;
+    set_wrapped_key(database, &server, 2, &wrapped_2).await;
+    for (id, key) in [(1, &keys[0]), (2, &keys[1])] {
+        let (status, v) = release(id).await;
+        assert_eq!((status, v["data_key"].clone()), (200, json!(key)), "{v}");
+    }
+    let metrics = http.send(M::GET, "/metrics", &[], None).await.text;
+    for call in ["generate_data_key", "decrypt"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("repocrypt_kms_calls_total")
+                    && l.contains(&format!("call=\"{call}\""))),
+            "no {call} in /metrics"
+        );
+    }
+    assert_eq!(server.stop(), Some(0));
 }

@@ -751,3 +751,390 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+// ---- registrations of the key broker ----------------------------------------------------
+
+/// Concurrent registering clients (service principals of the platform).
+const REGISTRARS: usize = 16;
+/// Repositories each client registers at most before the kill.
+const REPOS_PER_REGISTRAR: i64 = 400;
+/// The tenant whose repositories are registered.
+const BROKER_TENANT: &str = "6d1f3b5a7c9e4b2d8f0a1c3e5b7d9f1a";
+/// How long the clients register before the kill (longer, up to `WRITE_AT_MOST`, if fewer
+/// than `MIN_REGISTERED` were acknowledged by then).
+const REGISTER_FOR: Duration = Duration::from_millis(1000);
+const MIN_REGISTERED: usize = 40;
+
+/// The broker's crash story: 16 clients register encrypted repositories (distinct repo
+/// ids) with a service token, the server is killed with SIGKILL in the middle of it and
+/// restarted on the same data. Every registration answered 201 is there and releases the
+/// very data key its 201 carried; every repository the server lists releases a key (none
+/// half-written: a row without its wrapped key, or one that does not unwrap); a
+/// registration cut off by the kill is all there or not at all.
+#[test]
+fn acknowledged_registrations_survive_sigkill() {
+    let postgres = std::env::var("REPOCRYPT_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    assert!(
+        postgres.is_some() || std::env::var_os("REPOCRYPT_REQUIRE_EXTERNAL").is_none(),
+        "REPOCRYPT_REQUIRE_EXTERNAL is set but REPOCRYPT_TEST_DATABASE_URL is not"
+    );
+    let started = Instant::now();
+    registration_crash_story(&[]);
+    eprintln!(
+        "registration durability [sqlite]: done in {:.1?}",
+        started.elapsed()
+    );
+    match postgres {
+        Some(url) => {
+            let started = Instant::now();
+            let db = PgDatabase::create(&url);
+            registration_crash_story(&["--database".to_owned(), db.url.clone()]);
+            drop(db);
+            eprintln!(
+                "registration durability [postgres]: done in {:.1?}",
+                started.elapsed()
+            );
+        }
+        None => eprintln!("SKIPPED (PostgreSQL part): REPOCRYPT_TEST_DATABASE_URL is not set"),
+    }
+}
+
+/// What one registering client saw.
+#[derive(Default)]
+struct RegistrarLog {
+    /// Repo id and data key of every registration answered 201 (completely).
+    acked: Vec<(i64, String)>,
+    in_flight: Option<i64>,
+    unsent: Option<i64>,
+    rejected: Vec<String>,
+    failed_at: Option<Instant>,
+    error: Option<String>,
+    exhausted: bool,
+}
+
+fn registration_body(repo_id: i64) -> String {
+    json!({
+        "repo_id": repo_id,
+        "repo_name": format!("repo-{repo_id}"),
+        "full_path": format!("crash/repo-{repo_id}"),
+        "encrypted": true,
+    })
+    .to_string()
+}
+
+fn repo_data_key_path(repo_id: i64) -> String {
+    format!("/v4/tenants/{BROKER_TENANT}/repo-encryption/repositories/{repo_id}/data-key")
+}
+
+/// Register repositories `ids` one after the other until the first I/O error.
+fn register_all(
+    addr: &str,
+    token: &str,
+    ids: Vec<i64>,
+    acked_so_far: &AtomicUsize,
+) -> RegistrarLog {
+    let mut log = RegistrarLog::default();
+    let path = format!("/v4/tenants/{BROKER_TENANT}/repo-encryption/repositories");
+    for id in ids {
+        match request(addr, "POST", &path, token, Some(&registration_body(id))) {
+            Ok((201, v)) if v["data_key"].is_string() && v["repo_id"] == id => {
+                log.acked
+                    .push((id, v["data_key"].as_str().unwrap_or_default().to_owned()));
+                acked_so_far.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok((status, v)) => {
+                log.rejected.push(format!("{id}: {status} {v}"));
+                return log;
+            }
+            Err(failure) => {
+                log.failed_at = Some(Instant::now());
+                match failure {
+                    Failure::NotSent(e) => {
+                        log.error = Some(e.to_string());
+                        log.unsent = Some(id);
+                    }
+                    Failure::InFlight(e) => {
+                        log.error = Some(e.to_string());
+                        log.in_flight = Some(id);
+                    }
+                }
+                return log;
+            }
+        }
+    }
+    log.exhausted = true;
+    log
+}
+
+/// A command that must succeed: its standard output.
+fn cli_ok(dir: &Path, extra_args: &[String], args: &[&str]) -> String {
+    let out = cli(dir, extra_args, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn registration_crash_story(extra_args: &[String]) {
+    let database = extra_args
+        .iter()
+        .position(|a| a == "--database")
+        .map(|i| extra_args[i + 1].clone());
+    let label = if database.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    let env: Vec<(&str, &str)> = database
+        .iter()
+        .map(|url| ("REPOCRYPT_DATABASE_URL", url.as_str()))
+        .collect();
+    let server = Server::start(&env);
+    let dir = server.dir.path().to_path_buf();
+
+    // The tenant encrypts with a key of its own; the platform registers with a service token.
+    let key: Value = serde_json::from_str(&cli_ok(
+        &dir,
+        extra_args,
+        &[
+            "kms",
+            "create-key",
+            "--tenant",
+            BROKER_TENANT,
+            "--alias",
+            "k",
+        ],
+    ))
+    .expect("JSON");
+    let admin = cli_ok(
+        &dir,
+        extra_args,
+        &[
+            "token",
+            "issue",
+            "--tenant",
+            BROKER_TENANT,
+            "--user",
+            "admin",
+            "--role",
+            "admin",
+            "--ttl",
+            "600s",
+        ],
+    );
+    let grant = format!("/v4/tenants/{BROKER_TENANT}/repo-encryption/kms-grant");
+    let (status, v) = request(&server.addr, "POST", &grant, &admin, None).expect("grant");
+    assert_eq!(status, 200, "{v}");
+    let setting = json!({"encryption_type": "kms", "cmk_key_id": key["key_id"]}).to_string();
+    let (status, v) = request(
+        &server.addr,
+        "PUT",
+        &setting_path(BROKER_TENANT),
+        &admin,
+        Some(&setting),
+    )
+    .expect("setting");
+    assert_eq!(status, 200, "{v}");
+    let token = cli_ok(
+        &dir,
+        extra_args,
+        &["token", "issue", "--service", "crash-node", "--ttl", "600s"],
+    );
+
+    let acked_so_far = Arc::new(AtomicUsize::new(0));
+    let registrars: Vec<_> = (0..REGISTRARS)
+        .map(|w| {
+            let ids: Vec<i64> = (1..=REPOS_PER_REGISTRAR)
+                .map(|n| (w as i64 + 1) * 10_000 + n)
+                .collect();
+            let (addr, token, counter) = (server.addr.clone(), token.clone(), acked_so_far.clone());
+            std::thread::spawn(move || register_all(&addr, &token, ids, &counter))
+        })
+        .collect();
+    let total = REGISTRARS * REPOS_PER_REGISTRAR as usize;
+    let writes_started = Instant::now();
+    loop {
+        let acked = acked_so_far.load(Ordering::SeqCst);
+        let elapsed = writes_started.elapsed();
+        if (elapsed >= REGISTER_FOR && acked >= MIN_REGISTERED)
+            || acked >= total / 2
+            || elapsed >= WRITE_AT_MOST
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let killed_at = Instant::now();
+    server.signal("KILL");
+    wait_until_dead(server.pid());
+    let logs: Vec<RegistrarLog> = registrars
+        .into_iter()
+        .map(|h| h.join().expect("registrar thread"))
+        .collect();
+    let write_time = killed_at - writes_started;
+
+    let rejected: Vec<&String> = logs.iter().flat_map(|l| &l.rejected).collect();
+    assert!(
+        rejected.is_empty(),
+        "registrations refused before the kill: {rejected:?}"
+    );
+    for log in &logs {
+        if let Some(at) = log.failed_at {
+            assert!(
+                at >= killed_at,
+                "a client failed {:?} before the kill: {:?}",
+                killed_at - at,
+                log.error
+            );
+        }
+    }
+    let acked: Vec<(i64, String)> = logs.iter().flat_map(|l| l.acked.clone()).collect();
+    let in_flight: Vec<i64> = logs.iter().filter_map(|l| l.in_flight).collect();
+    let unsent: Vec<i64> = logs.iter().filter_map(|l| l.unsent).collect();
+    let exhausted = logs.iter().filter(|l| l.exhausted).count();
+    eprintln!(
+        "registration durability [{label}]: killed after {write_time:.1?}: {} acknowledged, \
+         {} in flight, {} not sent, {exhausted} of {REGISTRARS} clients had finished",
+        acked.len(),
+        in_flight.len(),
+        unsent.len()
+    );
+    assert!(
+        acked.len() >= MIN_REGISTERED,
+        "only {} registrations acknowledged before the kill: the test proves little",
+        acked.len()
+    );
+    assert!(
+        exhausted < REGISTRARS,
+        "nothing was running when the kill came"
+    );
+    let keys: HashSet<&String> = acked.iter().map(|(_, k)| k).collect();
+    assert_eq!(keys.len(), acked.len(), "a data key answered twice");
+
+    if let Some(url) = &database {
+        wait_for_orphaned_sessions(url);
+    }
+    let restarted = Proc::start_in(&dir, extra_args);
+    let release = |id: i64| {
+        request(
+            &restarted.addr,
+            "GET",
+            &repo_data_key_path(id),
+            &token,
+            None,
+        )
+        .unwrap_or_else(|e| panic!("release {id} after the restart: {e:?}"))
+    };
+
+    // Every acknowledged registration releases the key its 201 carried.
+    let t = Instant::now();
+    for (id, key) in &acked {
+        let (status, v) = release(*id);
+        assert_eq!(status, 200, "acknowledged registration {id} lost: {v}");
+        assert_eq!(
+            v["data_key"].as_str(),
+            Some(key.as_str()),
+            "{id}: another key: {v}"
+        );
+    }
+    // One cut off by the kill: all there (and releasing) or not there.
+    let mut persisted_in_flight = Vec::new();
+    for id in &in_flight {
+        match release(*id) {
+            (200, v) => {
+                assert!(v["data_key"].is_string(), "{v}");
+                persisted_in_flight.push(*id);
+            }
+            (404, v) => assert_eq!(v["error_code"], "RC.404002", "{v}"),
+            (status, v) => panic!("in-flight registration {id}: {status} {v}"),
+        }
+    }
+    for id in &unsent {
+        let (status, v) = release(*id);
+        assert_eq!(status, 404, "never sent, yet registered: {id} {v}");
+    }
+
+    // Every repository the server knows is whole: listed, encrypted, and releases a key.
+    let listed: Vec<Value> = serde_json::from_str(&cli_ok(
+        &dir,
+        extra_args,
+        &["repo", "list", "--tenant", BROKER_TENANT],
+    ))
+    .expect("repo list is JSON");
+    let mut expected: Vec<i64> = acked
+        .iter()
+        .map(|(id, _)| *id)
+        .chain(persisted_in_flight.iter().copied())
+        .collect();
+    expected.sort_unstable();
+    let mut listed_ids: Vec<i64> = listed
+        .iter()
+        .map(|r| r["repo_id"].as_i64().expect("repo_id"))
+        .collect();
+    listed_ids.sort_unstable();
+    assert_eq!(
+        listed_ids, expected,
+        "listed vs acknowledged + persisted in flight"
+    );
+    for r in &listed {
+        assert_eq!(r["encrypted"], true, "{r}");
+        assert_eq!(r["shredded"], false, "{r}");
+        assert_eq!(r["cmk_key_id"], key["key_id"], "{r}");
+        let id = r["repo_id"].as_i64().unwrap_or_default();
+        let (status, v) = release(id);
+        assert_eq!(status, 200, "listed repository {id} releases no key: {v}");
+    }
+    // Exactly one audit record per registration.
+    let audit = cli_ok(
+        &dir,
+        extra_args,
+        &["audit", "list", "--tenant", BROKER_TENANT],
+    );
+    let registered: Vec<i64> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("audit JSON"))
+        .filter(|r| r["action"] == "repository.register")
+        .map(|r| {
+            r["after"]["repo_id"]
+                .as_i64()
+                .expect("repo_id in the record")
+        })
+        .collect();
+    let mut audited = registered.clone();
+    audited.sort_unstable();
+    assert_eq!(audited, expected, "repository.register records");
+    eprintln!(
+        "registration durability [{label}]: after the restart {} acknowledged released the same key, \
+         {} of {} in flight persisted, {} listed and released, checked in {:.1?}",
+        acked.len(),
+        persisted_in_flight.len(),
+        in_flight.len(),
+        listed.len(),
+        t.elapsed()
+    );
+    assert_eq!(
+        restarted.stop(),
+        Some(0),
+        "the restarted server stops cleanly"
+    );
+    if database.is_none() {
+        let integrity = block_on(async {
+            let path = dir.join("repocrypt-data/repocrypt.db");
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+                .await
+                .expect("open the SQLite database");
+            let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+                .fetch_one(&pool)
+                .await
+                .expect("integrity_check");
+            pool.close().await;
+            integrity
+        });
+        assert_eq!(integrity, "ok");
+    }
+    drop(server);
+}

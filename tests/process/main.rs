@@ -11,5 +11,6 @@ mod cli;
 mod durability;
 mod git_seal;
 mod hardening;
+mod repositories;
 mod secrets;
 mod walkthrough;

@@ -8,7 +8,9 @@
 //! signature of each request it signs wrongly), the root key and the keys derived from it
 //! (and a root key refused for its length), imported key material (and material refused
 //! for its length), the AWS secret access key and session token (on moto) and the database
-//! password (on PostgreSQL). Then
+//! password (on PostgreSQL), and the key broker's data keys (each answered by a
+//! registration or a release: a secret everywhere but in that answer) and the wrapped
+//! keys the database holds (a secret everywhere but in the database). Then
 //! it asserts that none of them, in any of the forms a log could print them in (raw, hex,
 //! base64, a Rust byte-slice `Debug`), appears in:
 //! - the server's log;
@@ -148,8 +150,12 @@ struct Run {
     http: Client,
     /// Every X-Request-Id sent: each must show up in the log (it is not vacuous).
     request_ids: Vec<String>,
-    /// Every response body, none of which may hold a secret.
-    responses: Vec<(String, String)>,
+    /// Every response body, none of which may hold a secret (but the data keys a
+    /// registration or release exists to answer: the third part).
+    responses: Vec<(String, String, Vec<String>)>,
+    /// The wrapped data keys the database holds (in every form): never in a log, an
+    /// output or an answer.
+    wrapped: Secrets,
 }
 
 fn unix_now() -> u64 {
@@ -200,6 +206,7 @@ impl Run {
             http,
             request_ids: Vec::new(),
             responses: Vec::new(),
+            wrapped: Secrets::default(),
         }
     }
 
@@ -332,7 +339,7 @@ impl Run {
         );
         let text = reply.text;
         self.responses
-            .push((format!("{method} {uri}"), text.clone()));
+            .push((format!("{method} {uri}"), text.clone(), Vec::new()));
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         (status, value)
     }
@@ -433,6 +440,316 @@ impl Run {
         assert_eq!(status, expect, "{method} {uri}: {v}");
         assert_eq!(v["error_code"], code, "{method} {uri}: {v}");
     }
+}
+
+impl Run {
+    /// The last response exists to answer `secret` (a data key).
+    fn allow_last_response(&mut self, secret: &str) {
+        self.responses.last_mut().unwrap().2.push(secret.to_owned());
+    }
+
+    /// A service principal's token (`token issue --service`).
+    fn service_token(&mut self, name: &str) -> String {
+        let token = self.cli(&["token", "issue", "--service", name]);
+        assert!(token.starts_with("rc1."), "{token}");
+        self.allow_last(&token);
+        self.secrets
+            .add_token(&format!("token of service {name}"), &token);
+        token
+    }
+
+    /// A service principal's AK/SK (`credential create --service`).
+    fn service_credential(&mut self, name: &str) -> Cred {
+        let v = self.cli_json(&["credential", "create", "--service", name]);
+        let cred = Cred {
+            ak: v["access_key"].as_str().unwrap().to_owned(),
+            sk: v["secret_key"].as_str().unwrap().to_owned(),
+        };
+        self.allow_last(&cred.sk);
+        self.secrets
+            .add_bytes(&format!("secret key of service {name}"), cred.sk.as_bytes());
+        cred
+    }
+
+    /// The data key of the last answer (allowed in it, a secret everywhere else).
+    fn data_key(&mut self, v: &Value, what: &str) -> String {
+        let key = v["data_key"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: no data_key in {v}"))
+            .to_owned();
+        let raw = STANDARD.decode(&key).expect("base64 data key");
+        assert_eq!(raw.len(), 32, "{what}: {v}");
+        self.secrets.add_bytes(&format!("data key of {what}"), &raw);
+        self.allow_last_response(&key);
+        key
+    }
+
+    fn database_url(&self) -> Option<String> {
+        self.env
+            .iter()
+            .find(|(k, _)| *k == "REPOCRYPT_DATABASE_URL")
+            .map(|(_, v)| v.clone())
+    }
+
+    /// A repository's stored wrapped key, read from the database directly.
+    async fn wrapped_key(&self, tenant: &str, repo_id: i64) -> Vec<u8> {
+        use sqlx::Connection;
+        let sql = "SELECT wrapped_key FROM repositories WHERE tenant_id = $1 AND repo_id = $2";
+        match self.database_url() {
+            Some(url) => {
+                let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+                sqlx::query_scalar(sql)
+                    .bind(tenant)
+                    .bind(repo_id)
+                    .fetch_one(&mut c)
+                    .await
+                    .expect("read the wrapped key")
+            }
+            None => {
+                let mut c = sqlx::SqliteConnection::connect(&self.sqlite_url())
+                    .await
+                    .expect("open the database");
+                sqlx::query_scalar(sql)
+                    .bind(tenant)
+                    .bind(repo_id)
+                    .fetch_one(&mut c)
+                    .await
+                    .expect("read the wrapped key")
+            }
+        }
+    }
+
+    /// Overwrite a repository's stored wrapped key.
+    async fn set_wrapped_key(&self, tenant: &str, repo_id: i64, key: &[u8]) {
+        use sqlx::Connection;
+        let sql = "UPDATE repositories SET wrapped_key = $1 WHERE tenant_id = $2 AND repo_id = $3";
+        let n = match self.database_url() {
+            Some(url) => {
+                let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+                sqlx::query(sql)
+                    .bind(key)
+                    .bind(tenant)
+                    .bind(repo_id)
+                    .execute(&mut c)
+                    .await
+                    .expect("write the wrapped key")
+                    .rows_affected()
+            }
+            None => {
+                let mut c = sqlx::SqliteConnection::connect(&self.sqlite_url())
+                    .await
+                    .expect("open the database");
+                // As the service's own connections do: what this overwrites is zeroed.
+                sqlx::query("PRAGMA secure_delete = on")
+                    .execute(&mut c)
+                    .await
+                    .expect("secure_delete");
+                sqlx::query(sql)
+                    .bind(key)
+                    .bind(tenant)
+                    .bind(repo_id)
+                    .execute(&mut c)
+                    .await
+                    .expect("write the wrapped key")
+                    .rows_affected()
+            }
+        };
+        assert_eq!(n, 1);
+    }
+
+    fn sqlite_url(&self) -> String {
+        let path = self.server.dir.path().join("repocrypt-data/repocrypt.db");
+        format!("sqlite://{}", path.display())
+    }
+}
+
+fn repositories(tenant: &str) -> String {
+    format!("/v4/tenants/{tenant}/repo-encryption/repositories")
+}
+
+fn data_key_uri(tenant: &str, repo_id: i64) -> String {
+    format!("/v4/tenants/{tenant}/repo-encryption/repositories/{repo_id}/data-key")
+}
+
+fn registration(repo_id: i64, name: &str, encrypted: Option<bool>) -> String {
+    let mut v = json!({
+        "repo_id": repo_id,
+        "repo_name": name,
+        "full_path": format!("secret-group/{name}"),
+        "owner_name": "alice",
+    });
+    if let Some(e) = encrypted {
+        v["encrypted"] = e.into();
+    }
+    v.to_string()
+}
+
+/// The key broker: service principals register encrypted repositories and receive their
+/// data keys (with a token and signed), register again, are refused (conflict, not
+/// encrypted, a key disabled, wrapped keys swapped in the database), shred; the `repo`
+/// commands show them. Every data key answered is a secret everywhere but in the answer
+/// that exists to carry it; every wrapped key, everywhere but the database. The tenant's
+/// setting is KMS with `default_encryption_enabled` and its grant stands.
+async fn broker(run: &mut Run) {
+    use Method as M;
+    let a = TENANT_A;
+    let node = run.service_token("storage-node-1");
+    let node_cred = run.service_credential("storage-node-2");
+    let admin = run.token(a, "alice", "admin");
+    let key_id = run.cli_json(&["kms", "list-keys", "--tenant", a]);
+    let setting_key = {
+        let v = run.with_token(M::GET, &setting(a), &admin, None, 202).await;
+        v["cmk_key_id"].as_str().unwrap().to_owned()
+    };
+    assert!(key_id.to_string().contains(&setting_key));
+
+    // Register: with the token (11, the tenant's default: encrypted), signed (12), one
+    // not encrypted (13).
+    let body = registration(11, "alpha", None);
+    let v = run
+        .with_token(M::POST, &repositories(a), &node, Some(&body), 201)
+        .await;
+    let k11 = run.data_key(&v, "repository 11");
+    let body = registration(12, "beta", Some(true));
+    let v = run
+        .signed(M::POST, &repositories(a), &node_cred, body.as_bytes(), 201)
+        .await;
+    let k12 = run.data_key(&v, "repository 12");
+    let body = registration(13, "gamma", Some(false));
+    let v = run
+        .with_token(M::POST, &repositories(a), &node, Some(&body), 201)
+        .await;
+    assert!(v.get("data_key").is_none(), "{v}");
+    for id in [11, 12] {
+        let w = run.wrapped_key(a, id).await;
+        run.wrapped
+            .add_bytes(&format!("wrapped key of repository {id}"), &w);
+    }
+
+    // Release, with a token and signed; register again: the same keys.
+    let v = run
+        .with_token(M::GET, &data_key_uri(a, 11), &node, None, 200)
+        .await;
+    assert_eq!(run.data_key(&v, "repository 11"), k11);
+    let v = run
+        .signed(M::GET, &data_key_uri(a, 12), &node_cred, b"", 200)
+        .await;
+    assert_eq!(run.data_key(&v, "repository 12"), k12);
+    let body = registration(11, "alpha", None);
+    let v = run
+        .with_token(M::POST, &repositories(a), &node, Some(&body), 200)
+        .await;
+    assert_eq!(run.data_key(&v, "repository 11"), k11);
+
+    // Refusals: none may echo a key.
+    let body = registration(11, "alpha-renamed", None);
+    let v = run
+        .with_token(M::POST, &repositories(a), &node, Some(&body), 409)
+        .await;
+    assert_eq!(v["error_code"], "RC.409004", "{v}");
+    let v = run
+        .with_token(M::GET, &data_key_uri(a, 13), &node, None, 409)
+        .await;
+    assert_eq!(v["error_code"], "RC.409003", "{v}");
+    let v = run
+        .with_token(M::GET, &data_key_uri(a, 99), &node, None, 404)
+        .await;
+    assert_eq!(v["error_code"], "RC.404002", "{v}");
+    let v = run
+        .with_token(M::GET, &data_key_uri(a, 11), &admin, None, 403)
+        .await;
+    assert_eq!(v["error_code"], "RC.403002", "{v}");
+    let v = run
+        .with_token(
+            M::PUT,
+            &setting(a),
+            &node,
+            Some(r#"{"encryption_type":"normal"}"#),
+            403,
+        )
+        .await;
+    assert_eq!(v["error_code"], "RC.403003", "{v}");
+    let v = run
+        .with_token(M::GET, &repositories(a), &admin, None, 202)
+        .await;
+    assert_eq!(
+        v.as_array().map(Vec::len),
+        Some(2),
+        "the two encrypted: {v}"
+    );
+    run.with_token(
+        M::GET,
+        &format!("/v4/tenants/{a}/repo-encryption/cmks"),
+        &admin,
+        None,
+        202,
+    )
+    .await;
+    let listed = run.cli_json(&["repo", "list", "--tenant", a]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+    run.cli_json(&["repo", "show", "--tenant", a, "--repo-id", "11"]);
+    run.cli_fails(&["repo", "show", "--tenant", a, "--repo-id", "99"], "99");
+
+    // The wrapped keys swapped in the database: neither unwraps for the other.
+    let (w11, w12) = (run.wrapped_key(a, 11).await, run.wrapped_key(a, 12).await);
+    run.set_wrapped_key(a, 11, &w12).await;
+    run.set_wrapped_key(a, 12, &w11).await;
+    for id in [11, 12] {
+        let v = run
+            .with_token(M::GET, &data_key_uri(a, id), &node, None, 409)
+            .await;
+        assert_eq!(v["error_code"], "RC.409005", "{v}");
+    }
+    run.set_wrapped_key(a, 11, &w11).await;
+    run.set_wrapped_key(a, 12, &w12).await;
+
+    // The key disabled: refused (the run's key-state cache TTL is 0); enabled: released.
+    run.key_op("disable-key", a, &setting_key, 3);
+    let v = run
+        .with_token(M::GET, &data_key_uri(a, 11), &node, None, 403)
+        .await;
+    assert_eq!(v["error_code"], "RC.403005", "{v}");
+    let body = registration(14, "delta", None);
+    let v = run
+        .with_token(M::POST, &repositories(a), &node, Some(&body), 400)
+        .await;
+    assert_eq!(v["error_code"], "RC.400009", "{v}");
+    run.key_op("enable-key", a, &setting_key, 2);
+    let v = run
+        .with_token(M::GET, &data_key_uri(a, 11), &node, None, 200)
+        .await;
+    assert_eq!(run.data_key(&v, "repository 11"), k11);
+
+    // Shred: 12 over the API (signed), 11 with the CLI; then 410, also to a registration.
+    run.signed(M::DELETE, &data_key_uri(a, 12), &node_cred, b"", 204)
+        .await;
+    run.cli_fails(
+        &["repo", "shred", "--tenant", a, "--repo-id", "11"],
+        "--yes",
+    );
+    run.cli_json(&["repo", "shred", "--tenant", a, "--repo-id", "11", "--yes"]);
+    for id in [11, 12] {
+        let v = run
+            .with_token(M::GET, &data_key_uri(a, id), &node, None, 410)
+            .await;
+        assert_eq!(v["error_code"], "RC.410001", "{v}");
+    }
+    let body = registration(12, "beta", Some(true));
+    let v = run
+        .signed(M::POST, &repositories(a), &node_cred, body.as_bytes(), 410)
+        .await;
+    assert_eq!(v["error_code"], "RC.410001", "{v}");
+    run.cli_json(&["repo", "list", "--tenant", a]);
+    run.cli_json(&["repo", "show", "--tenant", a, "--repo-id", "12"]);
+
+    // One that stays: its wrapped key is in the database, its data key nowhere.
+    let body = registration(15, "epsilon", Some(true));
+    let v = run
+        .with_token(M::POST, &repositories(a), &node, Some(&body), 201)
+        .await;
+    run.data_key(&v, "repository 15");
+    let w15 = run.wrapped_key(a, 15).await;
+    run.wrapped.add_bytes("wrapped key of repository 15", &w15);
 }
 
 // ---- the story --------------------------------------------------------------------------
@@ -833,6 +1150,8 @@ async fn story(mut run: Run) {
     run.send_expect(M::GET, "/v4/tenant/setting", &h, b"", 401, "RC.401004")
         .await;
 
+    broker(&mut run).await;
+
     // Back to normal with a token (the last write), then the audit log.
     run.with_token(
         M::PUT,
@@ -861,6 +1180,8 @@ async fn story(mut run: Run) {
         "project.add",
         "project.add_member",
         "tenant.set_permit_public",
+        "repository.register",
+        "repository.shred",
     ] {
         assert!(
             audit.contains(&format!("\"action\":\"{action}\"")),
@@ -1004,12 +1325,35 @@ fn check(run: &Run, log: &str, audit: &str, table: &str) {
     for (name, bytes) in data_files(run.server.dir.path()) {
         report(&format!("data file {name}"), s.found_in(&bytes, &[]));
     }
-    for (request, body) in &run.responses {
+    for (request, body, allowed) in &run.responses {
         report(
             &format!("the response to {request}"),
-            s.found_in(body.as_bytes(), &[]),
+            s.found_in(body.as_bytes(), allowed),
         );
     }
+    // The wrapped data keys: stored in the database, nowhere else.
+    let w = &run.wrapped;
+    report("the server log", w.found_in(log.as_bytes(), &[]));
+    for c in &run.cli_runs {
+        let what = format!("`repocrypt {}`", c.args.join(" "));
+        report(
+            &format!("the standard error of {what}"),
+            w.found_in(c.stderr.as_bytes(), &[]),
+        );
+        report(
+            &format!("the standard output of {what}"),
+            w.found_in(c.stdout.as_bytes(), &[]),
+        );
+    }
+    report("`repocrypt audit list`", w.found_in(audit.as_bytes(), &[]));
+    report("the audit_log table", w.found_in(table.as_bytes(), &[]));
+    for (request, body, _) in &run.responses {
+        report(
+            &format!("the response to {request}"),
+            w.found_in(body.as_bytes(), &[]),
+        );
+    }
+
     eprintln!(
         "checked {} secrets: server log {lines} lines, {} commands, {} requests, {} audit records",
         s.needles.len(),
