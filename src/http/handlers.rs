@@ -280,7 +280,7 @@ pub async fn show_grant(
         (status = 200, description = "OK", body = TenantSettingView),
         (status = 400, description = "project_id is not 32 letters or digits, or the query string is malformed", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
-        (status = 403, description = "Not a member of the project nor of its tenant", body = ErrorBody),
+        (status = 403, description = "Not a member of the project nor of its tenant, or a service principal", body = ErrorBody),
         (status = 404, description = "No such project", body = ErrorBody),
         (status = 408, description = "The request was not completed within the server's request timeout", body = ErrorBody),
         (status = 429, description = "Too many requests from this tenant or credential: retry after `Retry-After` seconds", body = ErrorBody),

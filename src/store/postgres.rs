@@ -149,6 +149,9 @@ impl PostgresStore {
     /// Nothing is cached: every replica reads what was written.
     fn tenant_written(&self, _tenant: &str) {}
 
+    /// The old row version stays until VACUUM (README: "Crypto-shredding").
+    async fn after_shred(&self) {}
+
     fn row_cache_stats(&self) -> Vec<crate::domain::ports::CacheStats> {
         Vec::new()
     }

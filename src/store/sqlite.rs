@@ -243,6 +243,20 @@ impl SqliteStore {
         self.grants.invalidate(tenant);
     }
 
+    /// A data key was shredded: `secure_delete` zeroed it in the page, but the page's
+    /// older images are still in the WAL. Copy the WAL back and truncate it now (waiting at
+    /// most two seconds for readers; the background checkpoints finish the job otherwise).
+    async fn after_shred(&self) {
+        let checkpoint = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool);
+        match tokio::time::timeout(Duration::from_secs(2), checkpoint).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "WAL checkpoint after a shred failed"),
+            Err(_) => tracing::warn!(
+                "WAL checkpoint after a shred took over 2 s; left to the background checkpoints"
+            ),
+        }
+    }
+
     fn row_cache_stats(&self) -> Vec<crate::domain::ports::CacheStats> {
         [
             ("settings", self.settings.hits_and_misses()),

@@ -1283,6 +1283,21 @@ async fn crypto_shredding_destroys_the_data_key_for_ever() {
         None,
         "the wrapped key is NULL"
     );
+    // On SQLite, its bytes are in none of the database's files: zeroed in the page
+    // (secure_delete), and the WAL that held the page's older images truncated.
+    if let Some(path) = t.app.config.database_url.strip_prefix("sqlite://") {
+        let path = path.split('?').next().unwrap_or(path);
+        for suffix in ["", "-wal"] {
+            let file = format!("{path}{suffix}");
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            assert!(
+                !bytes
+                    .windows(wrapped.len())
+                    .any(|w| w == wrapped.as_slice()),
+                "the shredded wrapped key is still in {file}"
+            );
+        }
+    }
     let shown = t
         .app
         .service

@@ -408,16 +408,51 @@ async fn every_route_in_the_table_is_served_documented_counted_and_authenticated
         sk: flip_char(&cred.sk, cred.sk.len() - 1),
     };
     let token = t.admin(TENANT_A);
+    // The platform's operations are a service principal's, on a tenant that encrypts.
+    use repocrypt::metrics::Operation;
+    t.configure_kms(TENANT_A).await;
+    let (made, secret) = t
+        .app
+        .credentials
+        .create_service("sweep", &repocrypt::domain::Actor::cli())
+        .await
+        .unwrap();
+    let service_cred = Cred {
+        ak: made.access_key,
+        sk: secret.expose().to_owned(),
+    };
+    let service_token = {
+        use repocrypt::clock::Clock;
+        let now = t.clock.unix_seconds();
+        let id = repocrypt::domain::Identity::service("sweep", now + 3600).unwrap();
+        t.app.tokens.issue(&id, now).unwrap()
+    };
     let mut sent: HashMap<&str, u64> = HashMap::new();
+    *sent.entry("UpdateTenantRepoEncryptionSetting").or_default() += 1; // configure_kms's PUT
     let (status, _, doc) = t.send(Method::GET, "/openapi.json", &[], "").await;
     assert_eq!(status, StatusCode::OK);
     *sent.entry("openapi").or_default() += 1;
     for route in &ROUTES {
         let method = route.method.method();
-        let uri = route.path.replace("{tenant_id}", TENANT_A);
-        let body: &[u8] = match route.method {
-            Verb::Put => br#"{"encryption_type":"normal"}"#,
-            Verb::Get | Verb::Post | Verb::Delete => b"",
+        let uri = route
+            .path
+            .replace("{tenant_id}", TENANT_A)
+            .replace("{repo_id}", "1");
+        let platform = matches!(
+            route.operation,
+            Operation::RegisterRepository | Operation::ShowDataKey | Operation::DeleteDataKey
+        );
+        let (cred, token) = if platform {
+            (&service_cred, &service_token)
+        } else {
+            (&cred, &token)
+        };
+        let body: &[u8] = match (route.method, platform) {
+            // KMS again (the key configured above): the repository registered below is
+            // encrypted, so that its data key can be released and destroyed.
+            (Verb::Put, _) => br#"{"encryption_type":"KMS"}"#,
+            (Verb::Post, true) => br#"{"repo_id":1,"repo_name":"r","full_path":"g/r"}"#,
+            (Verb::Get | Verb::Post | Verb::Delete, _) => b"",
         };
         let what = format!("{method} {} ({})", route.path, route.id);
         let documented = &doc["paths"][route.path][method.as_str().to_ascii_lowercase()];
@@ -440,7 +475,7 @@ async fn every_route_in_the_table_is_served_documented_counted_and_authenticated
         // Refused as a bad signature, not as missing credentials: the signature was checked.
         let h = signed_headers(&wrong, method.as_str(), &uri, body, &now_date(&t), &[]);
         expect_401(&t, method.clone(), &uri, &h, body, "RC.401006").await;
-        let h = signed_headers(&cred, method.as_str(), &uri, body, &now_date(&t), &[]);
+        let h = signed_headers(cred, method.as_str(), &uri, body, &now_date(&t), &[]);
         let (status, _, v) = send_signed(&t, method.clone(), &uri, &h, body).await;
         assert!(status.is_success(), "{what} signed: {status} {v}");
         let with_token = [("x-auth-token", token.as_str()), json[0]];

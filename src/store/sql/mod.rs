@@ -15,7 +15,8 @@
 //!   `pool`, `clock` and `writer`, and the reads each database serves its own way
 //!   (`read_setting`, `read_setting_with_key`, `read_grant`, `read_permit_public`,
 //!   `read_key`: SQLite from its row cache, PostgreSQL coalesced), the cache hooks
-//!   (`tenant_written`, `row_cache_stats`).
+//!   (`tenant_written`, `row_cache_stats`), and what a shred leaves to clean
+//!   (`after_shred`: SQLite truncates its WAL).
 //!
 //! One file per aggregate: settings (and their group commit), grants and tenants,
 //! projects, audit, local-KMS keys, credentials; and the migrations and bulk loads.
@@ -228,7 +229,11 @@ impl Store for Backend {
         repo_id: RepoId,
         actor: &Actor,
     ) -> Result<Shredded> {
-        repositories::shred(&self.pool, &self.clock, tenant, repo_id, actor).await
+        let shredded = repositories::shred(&self.pool, &self.clock, tenant, repo_id, actor).await?;
+        if shredded == Shredded::Now {
+            self.after_shred().await;
+        }
+        Ok(shredded)
     }
 
     fn cache_stats(&self) -> Vec<CacheStats> {
