@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark harness: one command, one run, every figure of docs/performance.md.
 #
-#   scripts/bench.sh                 # everything, on SQLite (about 16 minutes; 21 with PostgreSQL)
+#   scripts/bench.sh                 # everything, on SQLite (about 20 minutes; 25 with PostgreSQL)
 #   BENCH_PG_URL=postgres://postgres@127.0.0.1:5432/postgres scripts/bench.sh
 #                                    # ...and the same figures on PostgreSQL
 #
