@@ -1,4 +1,5 @@
-//! The benchmark's baseline: the least a server can do to answer GET setting. It serves
+//! The benchmark's baseline: the least a server can do to answer GET setting (or a data
+//! key's release, on its path, when given a release's body). It serves
 //! the same JSON bytes from memory (no authentication, no storage, no logging) on the
 //! same stack (tokio, hyper, axum), so `scripts/bench.sh` can show what repocrypt's own
 //! work costs.
@@ -29,7 +30,12 @@ async fn main() -> std::io::Result<()> {
             "/v4/tenants/{tenant_id}/repo-encryption/kms-grant",
             get(answer),
         )
-        .route("/v4/tenant/setting", get(answer));
+        .route("/v4/tenant/setting", get(answer))
+        // The key broker's release, for a baseline started with a release's body.
+        .route(
+            "/v4/tenants/{tenant_id}/repo-encryption/repositories/{repo_id}/data-key",
+            get(answer),
+        );
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     println!("baseline listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app).await

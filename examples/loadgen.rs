@@ -8,7 +8,9 @@
 //!     --url 'http://127.0.0.1:8080/v4/tenants/{tenant}/repo-encryption/setting' \
 //!     --tokens tokens.txt --rate 2000 --duration 10s --connections 32
 //!
-//! `tokens.txt` holds `TENANT_ID TOKEN` lines (`repocrypt bench load --tokens-file`).
+//! `tokens.txt` holds `TENANT_ID TOKEN` lines (`repocrypt bench load --tokens-file`), or
+//! `TENANT_ID REPO_ID TOKEN` lines, whose `REPO_ID` replaces `{repo}` in the URL (the key
+//! broker's releases over many repositories).
 //! Prints one JSON line: requests, errors (non-2xx or failed), achieved rate, and the
 //! p50, p99, p99.9 and max latency in milliseconds.
 
@@ -21,7 +23,8 @@ use tokio::time::Instant;
 
 struct Args {
     url: String,
-    tokens: Vec<(String, String)>,
+    /// (tenant, repository or "", token), one per line of the tokens file.
+    tokens: Vec<(String, String, String)>,
     rate: f64,
     duration: Duration,
     connections: usize,
@@ -55,10 +58,16 @@ fn parse_args() -> Result<Args, String> {
     let url = url.ok_or("--url is required")?;
     let path = tokens_file.ok_or("--tokens is required")?;
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
-    let tokens: Vec<(String, String)> = text
+    let tokens: Vec<(String, String, String)> = text
         .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(t, k)| (t.to_owned(), k.to_owned()))
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            match fields[..] {
+                [t, k] => Some((t.to_owned(), String::new(), k.to_owned())),
+                [t, r, k] => Some((t.to_owned(), r.to_owned(), k.to_owned())),
+                _ => None,
+            }
+        })
         .collect();
     if tokens.is_empty() || rate <= 0.0 || connections == 0 {
         return Err("need at least one token, a positive rate and connections".into());
@@ -105,8 +114,8 @@ async fn main() {
             loop {
                 let next = rx.lock().await.recv().await;
                 let Some((due, n)) = next else { break };
-                let (tenant, token) = &args.tokens[n % args.tokens.len()];
-                let url = args.url.replace("{tenant}", tenant);
+                let (tenant, repo, token) = &args.tokens[n % args.tokens.len()];
+                let url = args.url.replace("{tenant}", tenant).replace("{repo}", repo);
                 let ok = match client.get(&url).header("X-Auth-Token", token).send().await {
                     Ok(resp) => {
                         let good = resp.status().is_success();

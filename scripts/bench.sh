@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark harness: one command, one run, every figure of docs/performance.md.
 #
-#   scripts/bench.sh                 # everything, on SQLite (about 16 minutes; 21 with PostgreSQL)
+#   scripts/bench.sh                 # everything, on SQLite (about 20 minutes; 25 with PostgreSQL)
 #   BENCH_PG_URL=postgres://postgres@127.0.0.1:5432/postgres scripts/bench.sh
 #                                    # ...and the same figures on PostgreSQL
 #
@@ -17,7 +17,9 @@
 # BENCH_RATE (5000, the open-loop rate), BENCH_LARGE (1000000 tenants),
 # BENCH_LARGE_TOKENS (100000 of them in the cold rotation), BENCH_LARGE_WARM (40000 of
 # those in the warmed rotation: within the default cache of 50,000 settings), BENCH_PG_URL (unset: SQLite only),
-# BENCH_PARTS ("sqlite postgres large": which parts to run; postgres needs BENCH_PG_URL;
+# BENCH_BROKER_REPOS (10000 repositories in the key broker's part), BENCH_BROKER_RATE (2000,
+# its open-loop releases/s),
+# BENCH_PARTS ("sqlite postgres broker large": which parts to run; postgres needs BENCH_PG_URL;
 # "ratio" is a focused check of GET setting's ratio alone, with every round shown:
 # BENCH_PARTS=ratio BENCH_ROUNDS=5 scripts/bench.sh).
 # BENCH_SERVER_LOG (/dev/null): where the servers' logs go. They log as in production (one
@@ -35,6 +37,8 @@ rate="${BENCH_RATE:-5000}"
 large="${BENCH_LARGE:-1000000}"
 large_tokens="${BENCH_LARGE_TOKENS:-100000}"
 large_warm="${BENCH_LARGE_WARM:-40000}"
+broker_repos="${BENCH_BROKER_REPOS:-10000}"
+broker_rate="${BENCH_BROKER_RATE:-2000}"
 oha_version="1.16.0"
 
 log() { printf '%s\n' "$*" >&2; }
@@ -44,8 +48,11 @@ if ! command -v wrk >/dev/null; then
     log "installing wrk (Debian)"
     apt-get install -y wrk >/dev/null || { log "need wrk: apt-get install wrk"; exit 1; }
 fi
+parts="${BENCH_PARTS:-sqlite postgres broker large}"
+part() { [[ " $parts " == *" $1 "* ]]; }
 oha="$repo/target/bench-tools/bin/oha"
-if [ ! -x "$oha" ]; then
+# Only the open loop on one tenant of the sqlite and postgres parts uses oha.
+if [ ! -x "$oha" ] && { part sqlite || part postgres; }; then
     log "installing oha $oha_version (crates.io) into target/bench-tools"
     cargo install oha --locked --version "$oha_version" --root "$repo/target/bench-tools"
 fi
@@ -90,11 +97,12 @@ start_server() {
 rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 hwm_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 
-# wrk_run URL [ARGS...]: prints "rps p50_ms p99_ms non2xx"
+# wrk_run URL [ARGS...]: prints "rps p50_ms p99_ms non2xx" (threads and connections:
+# $wrk_t, default 2, and $wrk_c, default $conns)
 wrk_run() {
     local url="$1"
     shift
-    wrk -t2 -c"$conns" -d"$duration" --latency "$@" "$url" | awk '
+    wrk -t"${wrk_t:-2}" -c"${wrk_c:-$conns}" -d"$duration" --latency "$@" "$url" | awk '
         /Requests\/sec/ {rps=$2}
         /^ +50%/ {p50=$2} /^ +99%/ {p99=$2}
         /Non-2xx/ {bad=$NF} /Socket errors/ {bad+=0}
@@ -219,9 +227,6 @@ printf 'machine: %s, %s cores, %s GiB; load generator on the same cores\n' \
     "$(uname -sr)" "$(nproc)" "$(awk '/MemTotal/ {printf "%.0f", $2/1048576}' /proc/meminfo)"
 printf 'commit: %s\n' "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
-parts="${BENCH_PARTS:-sqlite postgres large}"
-part() { [[ " $parts " == *" $1 "* ]]; }
-
 part sqlite && bench_store sqlite "$small"
 
 # ---- GET setting's ratio alone, every round shown ----------------------------------------------
@@ -263,6 +268,109 @@ if part postgres && [ -n "${BENCH_PG_URL:-}" ]; then
     bench_store postgres "$pgdir" REPOCRYPT_DATABASE_URL="$pg_url"
     psql "$BENCH_PG_URL" -qc "DROP DATABASE $pgdb WITH (FORCE)" >/dev/null 2>&1 ||
         log "could not drop $pgdb"
+fi
+
+# ---- the key broker ---------------------------------------------------------------------
+# One tenant with $broker_repos encrypted repositories (registered through the service by
+# bench load, each with its own data key from the local KMS), a service token, and in
+# each round: the release of repository 1 (wrk, against a second baseline answering the
+# release's body on the release's path), registrations with fresh repository ids (wrk
+# with a counting script), PUT setting, and the open-loop release over all the
+# repositories, with the KMS calls it cost read from /metrics.
+if part broker; then
+    bdir="$work/broker"
+    mkdir -p "$bdir"
+    log "loading 1 tenant and $broker_repos repositories"
+    REPOCRYPT_DATA_DIR="$bdir" "$bin" init >/dev/null
+    REPOCRYPT_DATA_DIR="$bdir" "$bin" bench load --tenants 1 --tokens 1 \
+        --tokens-file "$work/tokens-broker.txt" --repositories "$broker_repos" 2>&1 | grep registered >&2
+    read -r btenant btoken < <(head -1 "$work/tokens-broker.txt")
+    svc_token="$(REPOCRYPT_DATA_DIR="$bdir" "$bin" token issue --service bench --ttl 1h)"
+    bkey_id="$(REPOCRYPT_DATA_DIR="$bdir" "$bin" kms list-keys --tenant "$btenant" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["key_id"])')"
+    seq "$broker_repos" | awk -v t="$btenant" -v k="$svc_token" '{print t, $1, k}' >"$work/repos-broker.txt"
+    sed "s/\"cmk_key_id\":\"[^\"]*\"/\"cmk_key_id\":\"$bkey_id\"/; s/X-Auth-Token\"] = \".*\"/X-Auth-Token\"] = \"$btoken\"/" \
+        "$work/put.lua" >"$work/put-broker.lua"
+    # Each wrk thread counts its own repository ids from BASE + thread * 1,000,000: every
+    # registration is a new repository (201), as the platform creating repositories.
+    cat >"$work/register.lua.in" <<EOF
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-Auth-Token"] = "$svc_token"
+local threads = 0
+function setup(thread)
+    thread:set("first", @BASE@ + threads * 1000000)
+    threads = threads + 1
+end
+function init(args) n = 0 end
+function request()
+    n = n + 1
+    local id = first + n
+    return wrk.format(nil, nil, nil, string.format(
+        '{"repo_id":%d,"repo_name":"bench-new-%d","full_path":"bench/bench-new-%d","encrypted":true}', id, id, id))
+end
+EOF
+    start_server repocrypt-broker "$bdir"
+    rc_addr="$addr" rc_pid="$pid"
+    release="/v4/tenants/$btenant/repo-encryption/repositories/1/data-key"
+    repos="/v4/tenants/$btenant/repo-encryption/repositories"
+    curl -sf -H "X-Auth-Token: $svc_token" "http://$rc_addr$release" >"$work/release.json"
+    port="$(free_port)"
+    "$baseline" "127.0.0.1:$port" "$work/release.json" >/dev/null &
+    pids+=("$!")
+    rbase_addr="127.0.0.1:$port"
+    sleep 0.3
+    curl -sf "http://$rbase_addr$release" | cmp -s - "$work/release.json" ||
+        { log "the release baseline does not answer the release's body"; exit 1; }
+    kms_calls() { # CALL: the server's count of KMS calls CALL, every outcome
+        curl -sf "http://$rc_addr/metrics" |
+            awk -v c="repocrypt_kms_calls_total{call=\"$1\"," 'index($0, c) == 1 {s += $2} END {print s + 0}'
+    }
+    declare -A br=()
+    for round in $(seq "$rounds"); do
+        log "[broker] round $round/$rounds"
+        br[base-t2]+="$(wrk_run "http://$rbase_addr$release")"$'\n'
+        br[rc-t2]+="$(wrk_run "http://$rc_addr$release" -H "X-Auth-Token: $svc_token")"$'\n'
+        br[base-t1]+="$(wrk_t=1 wrk_c=64 wrk_run "http://$rbase_addr$release")"$'\n'
+        br[rc-t1]+="$(wrk_t=1 wrk_c=64 wrk_run "http://$rc_addr$release" -H "X-Auth-Token: $svc_token")"$'\n'
+        sed "s/@BASE@/$((round * 10000000))/" "$work/register.lua.in" >"$work/register.lua"
+        br[register]+="$(wrk_run "http://$rc_addr$repos" -s "$work/register.lua")"$'\n'
+        br[put]+="$(wrk_run "http://$rc_addr/v4/tenants/$btenant/repo-encryption/setting" -s "$work/put-broker.lua")"$'\n'
+        # The released keys of the earlier round have expired by now (the closed-loop
+        # runs take more than the TTL): each round starts cold.
+        d0="$(kms_calls decrypt)" k0="$(kms_calls describe_key)"
+        "$loadgen" --url "http://$rc_addr/v4/tenants/{tenant}/repo-encryption/repositories/{repo}/data-key" \
+            --tokens "$work/repos-broker.txt" --rate "$broker_rate" --duration "$duration" \
+            --connections "$conns" >"$work/lg.json"
+        d1="$(kms_calls decrypt)" k1="$(kms_calls describe_key)"
+        br[rotate]+="$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["rate"], r["p50_ms"], r["p99_ms"], r["p999_ms"], r["errors"], r["requests"], end=" ")' "$work/lg.json") $((d1 - d0)) $((k1 - k0))"$'\n'
+    done
+    bcol() { printf '%s' "${br[$1]}" | awk -v c="$2" 'NF{print $c}' | median; }
+    bsum() { printf '%s' "${br[$1]}" | awk -v c="$2" 'NF{s+=$c} END{print s+0}'; }
+    printf '\n## broker: closed loop, %s per run, median of %s interleaved rounds\n\n' "$duration" "$rounds"
+    printf 'One tenant, %s encrypted repositories (SQLite, local KMS); a service token. The baseline: a second instance answering the release'"'"'s body (%s bytes) on the release'"'"'s path.\n\n' \
+        "$(commas "$broker_repos")" "$(wc -c <"$work/release.json")"
+    printf '| operation | wrk | rps | p50 ms | p99 ms | non-2xx | baseline rps | ratio |\n|---|---|---|---|---|---|---|---|\n'
+    for t in t2 t1; do
+        wc="-t2 -c$conns"
+        [ "$t" = t1 ] && wc="-t1 -c64"
+        printf '| GET data-key, repository 1 | %s | %s | %s | %s | %s | %s | %s |\n' "$wc" "$(bcol "rc-$t" 1)" \
+            "$(bcol "rc-$t" 2)" "$(bcol "rc-$t" 3)" "$(bsum "rc-$t" 4)" "$(bcol "base-$t" 1)" \
+            "$(awk -v a="$(bcol "rc-$t" 1)" -v b="$(bcol "base-$t" 1)" 'BEGIN{printf "%.2f", a/b}')"
+    done
+    printf '| POST repositories, a new repository each | -t2 -c%s | %s | %s | %s | %s | | |\n' "$conns" \
+        "$(bcol register 1)" "$(bcol register 2)" "$(bcol register 3)" "$(bsum register 4)"
+    printf '| PUT setting | -t2 -c%s | %s | %s | %s | %s | | |\n' "$conns" \
+        "$(bcol put 1)" "$(bcol put 2)" "$(bcol put 3)" "$(bsum put 4)"
+    printf '\n## broker: open loop at %s releases/s over %s repositories for %s (latency from the due time), %s connections\n\n' \
+        "$broker_rate" "$(commas "$broker_repos")" "$duration" "$conns"
+    printf '| round | achieved rps | p50 ms | p99 ms | p99.9 ms | errors | requests | KMS decrypt | KMS describe_key |\n|---|---|---|---|---|---|---|---|---|\n'
+    printf '%s' "${br[rotate]}" | awk 'NF {n++; printf "| %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", n, $1, $2, $3, $4, $5, $6, $7, $8}'
+    printf '| median | %s | %s | %s | %s | %s (sum) | | | |\n' "$(bcol rotate 1)" "$(bcol rotate 2)" \
+        "$(bcol rotate 3)" "$(bcol rotate 4)" "$(bsum rotate 5)"
+    printf '\nrepocrypt (broker) resident memory: %s MiB now, %s MiB peak\n' "$(rss_mib "$rc_pid")" "$(hwm_mib "$rc_pid")"
+    kill "$rc_pid"
+    wait "$rc_pid" 2>/dev/null || true
 fi
 
 # ---- 1,000,000 tenants --------------------------------------------------------------------

@@ -134,6 +134,10 @@ pub enum BenchCommand {
         /// Lifetime of those tokens.
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         token_ttl: Duration,
+        /// Then register repositories 1..=N of tenant 0 (the first loaded), encrypted,
+        /// through the service: each gets its own data key from the tenant's CMK.
+        #[arg(long, default_value_t = 0)]
+        repositories: u32,
     },
 }
 
@@ -643,6 +647,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             tokens_file,
             tokens,
             token_ttl,
+            repositories,
         }) => {
             if token_ttl.is_zero() || token_ttl > MAX_TTL {
                 return Err(Error::InvalidArgument(
@@ -656,6 +661,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 tokens_file,
                 tokens,
                 token_ttl,
+                repositories,
             };
             crate::bench::load(&app, &root, &actor, opts).await
         }
