@@ -165,7 +165,9 @@ impl Service {
                 repo_id: repo_id.get(),
             });
         }
-        let (Some(cmk_key_id), Some(wrapped)) = (repo.cmk_key_id, repo.wrapped_key) else {
+        let (Some(cmk_key_id), Some(wrapped)) =
+            (repo.cmk_key_id.as_deref(), repo.wrapped_key.as_deref())
+        else {
             return Err(Error::DataKeyDestroyed {
                 repo_id: repo_id.get(),
             });
@@ -176,10 +178,10 @@ impl Service {
                 tenant: tenant.as_str().to_owned(),
             });
         }
-        self.check_releasable(tenant, &cmk_key_id).await?;
+        self.check_releasable(tenant, cmk_key_id).await?;
         let cached = self
             .released
-            .get(tenant.as_str(), repo_id, &cmk_key_id, &wrapped);
+            .get(tenant.as_str(), repo_id, cmk_key_id, wrapped);
         let data_key = match cached {
             Some(key) => key,
             None => {
@@ -187,17 +189,17 @@ impl Service {
                 let context = EncryptionContext::new(tenant, repo_id);
                 let key = self
                     .kms
-                    .decrypt_data_key(tenant, &cmk_key_id, &wrapped, &context, repo_id)
+                    .decrypt_data_key(tenant, cmk_key_id, wrapped, &context, repo_id)
                     .await
-                    .map_err(|e| self.refused(tenant, &cmk_key_id, e))?;
+                    .map_err(|e| self.refused(tenant, cmk_key_id, e))?;
                 self.released
-                    .put(tenant.as_str(), repo_id, &cmk_key_id, &wrapped, &key, at);
+                    .put(tenant.as_str(), repo_id, cmk_key_id, wrapped, &key, at);
                 key
             }
         };
         Ok(Released {
             repo_id,
-            cmk_key_id,
+            cmk_key_id: cmk_key_id.to_owned(),
             data_key,
             cache_seconds: self.cache.ttl().as_secs(),
         })

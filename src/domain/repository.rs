@@ -297,10 +297,11 @@ impl Repository {
     }
 }
 
-/// A repository read for a release: its row and whether its tenant's KMS grant stands.
+/// A repository read for a release: its row (shared: a store may cache it) and whether
+/// its tenant's KMS grant stands.
 #[derive(Debug, Clone)]
 pub struct RepoForRelease {
-    pub repository: Repository,
+    pub repository: std::sync::Arc<Repository>,
     pub granted: bool,
 }
 

@@ -22,7 +22,9 @@ use super::coalesce::Coalescer;
 use super::sql;
 use super::{all_fail, distinct, internal_detail, migrations, Context, JoinedKey};
 use crate::clock::Clock;
-use crate::domain::{Error, Grant, PermitPublic, Result, Setting, TenantId};
+use crate::domain::{
+    Error, Grant, PermitPublic, RepoForRelease, RepoId, Result, Setting, TenantId,
+};
 use crate::store::StoredKey;
 
 use super::dialect::postgres as dialect;
@@ -151,6 +153,18 @@ impl PostgresStore {
 
     /// The old row version stays until VACUUM (README: "Crypto-shredding").
     async fn after_shred(&self) {}
+
+    /// Nothing is cached.
+    fn repository_written(&self, _tenant: &TenantId, _repo_id: RepoId) {}
+
+    /// Every replica reads the row: a shred on one is seen by all at once.
+    async fn read_repository_for_release(
+        &self,
+        tenant: &TenantId,
+        repo_id: RepoId,
+    ) -> Result<Option<RepoForRelease>> {
+        sql::repositories::get_for_release(&self.pool, tenant, repo_id).await
+    }
 
     fn row_cache_stats(&self) -> Vec<crate::domain::ports::CacheStats> {
         Vec::new()

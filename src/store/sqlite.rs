@@ -6,7 +6,7 @@
 
 use std::str::FromStr;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row as _;
@@ -17,7 +17,9 @@ use super::sql;
 use super::{migrations, Context, JoinedKey};
 use crate::clock::Clock;
 use crate::domain::ports::KeyRecord;
-use crate::domain::{Error, Grant, PermitPublic, Result, Setting, TenantId};
+use crate::domain::{
+    Error, Grant, PermitPublic, RepoForRelease, RepoId, Result, Setting, TenantId,
+};
 use crate::store::StoredKey;
 
 use super::dialect::sqlite as dialect;
@@ -47,6 +49,12 @@ pub struct SqliteStore {
     /// database), so they can be cached exactly; see `store::cache`.
     settings: Arc<RowCache<Option<Setting>>>,
     grants: RowCache<Option<Grant>>,
+    /// Repositories as a release reads them (with whether their tenant's grant stands),
+    /// keyed `tenant NUL repo_id`, with when they were read. Exact for this process's
+    /// writes to the repository (registration and shred invalidate), and at most
+    /// [`REPOSITORY_CACHE_TTL`] old for anything else: another process's writes
+    /// (`repocrypt repo shred` while the server runs) and the grant.
+    repositories: RowCache<(Instant, Option<RepoForRelease>)>,
     /// Held while the store lives; the checkpoint task stops when it is gone.
     alive: Arc<()>,
 }
@@ -115,6 +123,7 @@ impl SqliteStore {
             writer,
             settings,
             grants: RowCache::new(row_cache_capacity),
+            repositories: RowCache::new(row_cache_capacity),
             alive: Arc::new(()),
         };
         sql::migrate::run(&store.pool, &store.clock, MIGRATIONS, target).await?;
@@ -243,6 +252,45 @@ impl SqliteStore {
         self.grants.invalidate(tenant);
     }
 
+    fn repository_written(&self, tenant: &TenantId, repo_id: RepoId) {
+        self.repositories
+            .invalidate(&repository_key(tenant, repo_id));
+    }
+
+    /// The repository and its grant from the cache (within [`REPOSITORY_CACHE_TTL`]), else
+    /// from the database in one query: a release of a warm repository costs no query.
+    async fn read_repository_for_release(
+        &self,
+        tenant: &TenantId,
+        repo_id: RepoId,
+    ) -> Result<Option<RepoForRelease>> {
+        let key = repository_key(tenant, repo_id);
+        let ticket = match self.repositories.get(&key) {
+            Ok((at, repo))
+                if self.clock.monotonic().saturating_duration_since(at) < REPOSITORY_CACHE_TTL =>
+            {
+                Err(repo)
+            }
+            Ok(_) => {
+                self.repositories.invalidate(&key);
+                Ok(self.repositories.get(&key).err())
+            }
+            Err(ticket) => Ok(Some(ticket)),
+        };
+        match ticket {
+            Err(cached) => Ok(cached),
+            Ok(ticket) => {
+                let read_at = self.clock.monotonic();
+                let found = sql::repositories::get_for_release(&self.pool, tenant, repo_id).await?;
+                if let Some(ticket) = ticket {
+                    self.repositories
+                        .fill(&key, ticket, (read_at, found.clone()));
+                }
+                Ok(found)
+            }
+        }
+    }
+
     /// A data key was shredded: `secure_delete` zeroed it in the page, but the page's
     /// older images are still in the WAL. Copy the WAL back and truncate it now (waiting at
     /// most two seconds for readers; the background checkpoints finish the job otherwise).
@@ -261,11 +309,20 @@ impl SqliteStore {
         [
             ("settings", self.settings.hits_and_misses()),
             ("grants", self.grants.hits_and_misses()),
+            ("repositories", self.repositories.hits_and_misses()),
         ]
         .into_iter()
         .map(|(name, (hits, misses))| crate::domain::ports::CacheStats { name, hits, misses })
         .collect()
     }
+}
+
+/// How old a cached repository may be: the bound on how late a release sees a shred made
+/// by another process on the same SQLite database, or a change of the tenant's grant.
+const REPOSITORY_CACHE_TTL: Duration = Duration::from_secs(1);
+
+fn repository_key(tenant: &TenantId, repo_id: RepoId) -> String {
+    format!("{}\0{repo_id}", tenant.as_str())
 }
 
 /// How often the WAL is copied back into the database file.

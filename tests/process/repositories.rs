@@ -429,6 +429,9 @@ async fn service_principals_from_the_cli_register_and_release() {
         out,
         json!({"tenant_id": TENANT, "repo_id": 101, "shredded": true})
     );
+    // Another process's write: the SQLite server sees it within its repository cache's
+    // bound (README: one second).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let (status, v) = http
         .call(Method::GET, &data_key_path(TENANT, 101), &token, None)
         .await;

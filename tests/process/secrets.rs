@@ -694,6 +694,9 @@ async fn broker(run: &mut Run) {
     let (w11, w12) = (run.wrapped_key(a, 11).await, run.wrapped_key(a, 12).await);
     run.set_wrapped_key(a, 11, &w12).await;
     run.set_wrapped_key(a, 12, &w11).await;
+    // A write from outside the server: a SQLite server sees it within its repository
+    // cache's bound (README: one second).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     for id in [11, 12] {
         let v = run
             .with_token(M::GET, &data_key_uri(a, id), &node, None, 409)
@@ -702,6 +705,7 @@ async fn broker(run: &mut Run) {
     }
     run.set_wrapped_key(a, 11, &w11).await;
     run.set_wrapped_key(a, 12, &w12).await;
+    std::thread::sleep(std::time::Duration::from_millis(1100));
 
     // The key disabled: refused (the run's key-state cache TTL is 0); enabled: released.
     run.key_op("disable-key", a, &setting_key, 3);
@@ -728,6 +732,7 @@ async fn broker(run: &mut Run) {
         "--yes",
     );
     run.cli_json(&["repo", "shred", "--tenant", a, "--repo-id", "11", "--yes"]);
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // another process's write
     for id in [11, 12] {
         let v = run
             .with_token(M::GET, &data_key_uri(a, id), &node, None, 410)

@@ -14,8 +14,9 @@
 //! - the store type `Backend` (the parent's `SqliteStore` or `PostgresStore`) with fields
 //!   `pool`, `clock` and `writer`, and the reads each database serves its own way
 //!   (`read_setting`, `read_setting_with_key`, `read_grant`, `read_permit_public`,
-//!   `read_key`: SQLite from its row cache, PostgreSQL coalesced), the cache hooks
-//!   (`tenant_written`, `row_cache_stats`), and what a shred leaves to clean
+//!   `read_key`, `read_repository_for_release`: SQLite from its row cache, PostgreSQL
+//!   coalesced or direct), the cache hooks (`tenant_written`, `repository_written`,
+//!   `row_cache_stats`), and what a shred leaves to clean
 //!   (`after_shred`: SQLite truncates its WAL).
 //!
 //! One file per aggregate: settings (and their group commit), grants and tenants,
@@ -192,7 +193,9 @@ impl Store for Backend {
         repository: &Repository,
         actor: &Actor,
     ) -> Result<Option<Repository>> {
-        repositories::insert(&self.pool, &self.clock, repository, actor).await
+        let stored = repositories::insert(&self.pool, &self.clock, repository, actor).await?;
+        self.repository_written(&repository.tenant_id, repository.fields.repo_id);
+        Ok(stored)
     }
 
     async fn get_repository(
@@ -208,7 +211,7 @@ impl Store for Backend {
         tenant: &TenantId,
         repo_id: RepoId,
     ) -> Result<Option<RepoForRelease>> {
-        repositories::get_for_release(&self.pool, tenant, repo_id).await
+        self.read_repository_for_release(tenant, repo_id).await
     }
 
     async fn list_encrypted_repositories(
@@ -229,7 +232,9 @@ impl Store for Backend {
         repo_id: RepoId,
         actor: &Actor,
     ) -> Result<Shredded> {
-        let shredded = repositories::shred(&self.pool, &self.clock, tenant, repo_id, actor).await?;
+        let shredded = repositories::shred(&self.pool, &self.clock, tenant, repo_id, actor).await;
+        self.repository_written(tenant, repo_id);
+        let shredded = shredded?;
         if shredded == Shredded::Now {
             self.after_shred().await;
         }

@@ -138,7 +138,7 @@ pub(crate) async fn get_for_release(
         return Ok(None);
     };
     Ok(Some(RepoForRelease {
-        repository: from_row(tenant, &row)?,
+        repository: Arc::new(from_row(tenant, &row)?),
         granted: row.try_get("granted").context("decode repository")?,
     }))
 }
