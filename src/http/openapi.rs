@@ -6,18 +6,20 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::openapi::{ObjectBuilder, RefOr, Type};
 use utoipa::{Modify, OpenApi};
 
+use super::broker;
 use super::error::ErrorBody;
 use super::handlers;
 use super::routes::{Access, ROUTES};
 use super::views::{
-    EncryptionTypeOut, GrantView, KeyStateCode, PermitPublicOut, SettingView, TenantSettingView,
+    CmkView, DataKeyView, EncryptionTypeOut, GrantView, KeyStateCode, PermitPublicOut,
+    RegisteredView, RepoView, SettingView, TenantSettingView,
 };
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "repocrypt: CodeArts Repo V4 tenant repository encryption",
-        description = "Per-tenant repository encryption settings, KMS grants and tenant settings."
+        description = "Per-tenant repository encryption settings, KMS grants and tenant settings; the tenant's keys and encrypted repositories; and the platform's key broker (register, release, shred)."
     ),
     components(schemas(
         SettingView,
@@ -27,7 +29,12 @@ use super::views::{
         handlers::UpdateSettingBody,
         EncryptionTypeOut,
         PermitPublicOut,
-        KeyStateCode
+        KeyStateCode,
+        CmkView,
+        RepoView,
+        RegisteredView,
+        DataKeyView,
+        broker::RegisterBody
     )),
     modifiers(&Paths, &Security, &RequestIdHeader),
     tags((name = "Tenant", description = "V4 tenant operations"))
