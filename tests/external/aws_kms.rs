@@ -368,10 +368,10 @@ fn sqlite_url(server: &Server) -> String {
 /// (moto checks the encryption context): 409 RC.409005.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_backend_key_broker_sqlite() {
-    let Some(moto) = Moto::start("aws_backend_key_broker_sqlite") else {
+    let Some(mut moto) = Moto::start("aws_backend_key_broker_sqlite") else {
         return;
     };
-    broker_story(&moto, None).await;
+    broker_story(&mut moto, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,14 +386,14 @@ async fn aws_backend_key_broker_postgres() {
         );
         return;
     };
-    let Some(moto) = Moto::start("aws_backend_key_broker_postgres") else {
+    let Some(mut moto) = Moto::start("aws_backend_key_broker_postgres") else {
         return;
     };
     let db = crate::common::fresh_postgres_database(&url).await;
-    broker_story(&moto, Some(&db)).await;
+    broker_story(&mut moto, Some(&db)).await;
 }
 
-async fn broker_story(moto: &Moto, database: Option<&str>) {
+async fn broker_story(moto: &mut Moto, database: Option<&str>) {
     use reqwest::Method as M;
     const TTL: Duration = Duration::from_secs(1);
     let mut env = moto.env();
@@ -625,8 +625,11 @@ async fn broker_story(moto: &Moto, database: Option<&str>) {
     );
 
     // The wrapped keys swapped in the database: neither unwraps for the other repository.
+    // (Written from outside the server: a SQLite server sees it within its repository
+    // cache's bound, one second.)
     set_wrapped_key(database, &server, 1, &wrapped_2).await;
     set_wrapped_key(database, &server, 2, &wrapped_1).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     for id in [1, 2] {
         let (status, v) = release(id).await;
         assert_eq!(
@@ -640,6 +643,7 @@ async fn broker_story(moto: &Moto, database: Option<&str>) {
     // Put back, they release again.
     set_wrapped_key(database, &server, 1, &wrapped_1).await;
     set_wrapped_key(database, &server, 2, &wrapped_2).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     for (id, key) in [(1, &keys[0]), (2, &keys[1])] {
         let (status, v) = release(id).await;
         assert_eq!((status, v["data_key"].clone()), (200, json!(key)), "{v}");
@@ -653,6 +657,21 @@ async fn broker_story(moto: &Moto, database: Option<&str>) {
                     && l.contains(&format!("call=\"{call}\""))),
             "no {call} in /metrics"
         );
+    }
+
+    // The KMS down: once the key state is older than the TTL, releases fail closed with
+    // 503 RC.503001 and no key material (a setting read would serve the last known state).
+    moto.stop();
+    tokio::time::sleep(TTL + Duration::from_millis(200)).await;
+    for id in [1, 2] {
+        let (status, v) = release(id).await;
+        assert_eq!(
+            (status, v["error_code"].clone()),
+            (503, json!("RC.503001")),
+            "{id}: {v}"
+        );
+        let text = v.to_string();
+        assert!(!text.contains(&keys[0]) && !text.contains(&keys[1]), "{v}");
     }
     assert_eq!(server.stop(), Some(0));
 }
