@@ -140,8 +140,15 @@ pub fn parse_registration(body: &[u8]) -> Result<Registration, Error> {
     let integer = |name: &'static str| -> Result<Option<i64>, Error> {
         match get(name) {
             None => Ok(None),
+            // JSON Schema's integers include integral numbers written with a fraction
+            // (`7.0`); only those exactly representable are taken.
             Some(v) => v
                 .as_i64()
+                .or_else(|| {
+                    v.as_f64()
+                        .filter(|f| f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0)
+                        .map(|f| f as i64)
+                })
                 .map(Some)
                 .ok_or_else(|| Error::invalid(name, "must be an integer")),
         }
