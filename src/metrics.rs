@@ -77,6 +77,7 @@ pub enum Operation {
     RegisterRepository,
     ShowDataKey,
     DeleteDataKey,
+    Events,
     Health,
     Ready,
     Metrics,
@@ -86,7 +87,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 15] = [
+    pub const ALL: [Operation; 16] = [
         Operation::ShowSetting,
         Operation::UpdateSetting,
         Operation::ShowGrant,
@@ -97,6 +98,7 @@ impl Operation {
         Operation::RegisterRepository,
         Operation::ShowDataKey,
         Operation::DeleteDataKey,
+        Operation::Events,
         Operation::Health,
         Operation::Ready,
         Operation::Metrics,

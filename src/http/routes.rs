@@ -7,7 +7,7 @@ use axum::http::Method;
 use axum::routing::{on, MethodFilter, MethodRouter};
 use utoipa::openapi::path::{HttpMethod, Operation as OpenApiOperation};
 
-use super::{broker, handlers, AppState};
+use super::{broker, events, handlers, AppState};
 use crate::metrics::Operation;
 
 /// A method the table routes.
@@ -111,7 +111,7 @@ const DATA_KEY: &str = "/v4/tenants/{tenant_id}/repo-encryption/repositories/{re
 
 /// Every operation the service has. A request that matches none (no route, or a method
 /// its route does not have) is [`Operation::Other`].
-pub static ROUTES: [Route; 14] = [
+pub static ROUTES: [Route; 15] = [
     Route {
         operation: Operation::ShowSetting,
         method: Verb::Get,
@@ -191,6 +191,14 @@ pub static ROUTES: [Route; 14] = [
         id: "DeleteTenantRepositoryDataKey",
         access: Access::Api(documented::<broker::__path_delete_data_key>),
         handler: |m| on(m, broker::delete_data_key),
+    },
+    Route {
+        operation: Operation::Events,
+        method: Verb::Get,
+        path: "/v4/repo-encryption/events",
+        id: "ListRepoEncryptionEvents",
+        access: Access::Api(documented::<events::__path_events>),
+        handler: |m| on(m, events::events),
     },
     Route {
         operation: Operation::Health,

@@ -118,6 +118,11 @@ macro_rules! migrations {
                 "repositories",
                 include_str!(concat!("../../migrations/", $dir, "/0004_repositories.sql")),
             ),
+            (
+                5,
+                "events",
+                include_str!(concat!("../../migrations/", $dir, "/0005_events.sql")),
+            ),
         ]
     };
 }
