@@ -727,7 +727,17 @@ pub async fn run_with_credentials(
         )));
     }
     let input_len = fs::metadata(&args.input).map(|m| m.len()).unwrap_or(0);
+    // Follow the revocations first: every change after the stream is open reaches us, and
+    // one before it refuses the fetch itself.
+    let mut events = match client.open_events().await {
+        Ok(stream) => Some(stream),
+        Err(e) => {
+            eprintln!("warning: not following revocations ({e}); the data key is held until the work ends");
+            None
+        }
+    };
     let fetched = client.fetch_data_key(tenant.as_str(), args.repo_id).await?;
+    let cmk_key_id = fetched.cmk_key_id.clone();
 
     let direction = if unseal {
         Direction::Unseal
@@ -770,11 +780,40 @@ pub async fn run_with_credentials(
         })
     };
     tokio::pin!(job);
+    let revoked = async {
+        let Some(stream) = events.as_mut() else {
+            return std::future::pending().await;
+        };
+        match stream
+            .revocation(tenant.as_str(), args.repo_id, &cmk_key_id)
+            .await
+        {
+            Ok(revocation) => revocation,
+            Err(e) => {
+                eprintln!("warning: no longer following revocations ({e}); the data key is held until the work ends");
+                std::future::pending().await
+            }
+        }
+    };
     let joined = tokio::select! {
         joined = &mut job => joined,
         Ok(()) = tokio::signal::ctrl_c() => {
             cancel.store(true, Ordering::Relaxed);
             job.await
+        }
+        revocation = revoked => {
+            // Stop at the next read; the key goes with the task, the partial file with it.
+            cancel.store(true, Ordering::Relaxed);
+            let _ = job.await;
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            return Err(Error::InvalidArgument(format!(
+                "stopped {}: the data key of repository {} was revoked ({revocation}); {} was not written",
+                if unseal { "unsealing" } else { "sealing" },
+                args.repo_id,
+                args.output.display()
+            )));
         }
     };
     if let Some(bar) = &bar {

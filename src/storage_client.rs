@@ -105,9 +105,9 @@ pub enum ClientError {
     Unreachable { endpoint: String, reason: String },
     #[error("the key broker at {endpoint} did not answer within {} s", .after.as_secs())]
     Timeout { endpoint: String, after: Duration },
-    #[error("the key broker refused the data key of repository {repo_id}: HTTP {status}, {error_code}: {error_msg}")]
+    #[error("the key broker refused {what}: HTTP {status}, {error_code}: {error_msg}")]
     Refused {
-        repo_id: u32,
+        what: String,
         status: u16,
         error_code: String,
         error_msg: String,
@@ -251,7 +251,7 @@ impl KeyBrokerClient {
         if tenant.is_empty() {
             return Err(ClientError::InvalidTenant(tenant.to_owned()));
         }
-        let request = self.request(tenant, repo_id)?;
+        let request = self.request(&self.data_key_path(tenant, repo_id), "application/json")?;
         let (status, body) = tokio::time::timeout(self.timeout, self.exchange(request))
             .await
             .map_err(|_| ClientError::Timeout {
@@ -261,11 +261,11 @@ impl KeyBrokerClient {
         interpret(status, &body, repo_id)
     }
 
-    fn request(&self, tenant: &str, repo_id: u32) -> Result<Request<Empty<Bytes>>, ClientError> {
-        let path = self.data_key_path(tenant, repo_id);
-        let builder = Request::get(path.as_str())
+    /// A GET of `path`, authenticated.
+    fn request(&self, path: &str, accept: &str) -> Result<Request<Empty<Bytes>>, ClientError> {
+        let builder = Request::get(path)
             .header(hyper::header::HOST, self.authority.as_str())
-            .header(hyper::header::ACCEPT, "application/json")
+            .header(hyper::header::ACCEPT, accept)
             .header(
                 hyper::header::USER_AGENT,
                 concat!("repocrypt/", env!("CARGO_PKG_VERSION")),
@@ -281,7 +281,7 @@ impl KeyBrokerClient {
                 let names = ["host", "x-sdk-date"];
                 let canonical = canonical_request(
                     "GET",
-                    &path,
+                    path,
                     None,
                     &headers,
                     &names,
@@ -309,29 +309,44 @@ impl KeyBrokerClient {
         &self,
         request: Request<Empty<Bytes>>,
     ) -> Result<(StatusCode, Zeroizing<Vec<u8>>), ClientError> {
-        let unreachable = |reason: String| ClientError::Unreachable {
+        let stream = self.connect().await?;
+        send(stream, request)
+            .await
+            .map_err(|reason| self.unreachable(reason))
+    }
+
+    fn unreachable(&self, reason: String) -> ClientError {
+        ClientError::Unreachable {
             endpoint: self.endpoint.clone(),
             reason,
-        };
+        }
+    }
+
+    /// A connection to the endpoint, through TLS for https.
+    async fn connect(&self) -> Result<Box<dyn Io>, ClientError> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| self.unreachable(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         match (&self.tls, self.scheme) {
             (Some(tls), Scheme::Https) => {
                 let name = ServerName::try_from(self.host.clone()).map_err(|_| {
-                    unreachable(format!("{:?} is not a TLS server name", self.host))
+                    self.unreachable(format!("{:?} is not a TLS server name", self.host))
                 })?;
                 let stream = tls
                     .connect(name, tcp)
                     .await
-                    .map_err(|e| unreachable(format!("TLS: {e}")))?;
-                send(stream, request).await.map_err(unreachable)
+                    .map_err(|e| self.unreachable(format!("TLS: {e}")))?;
+                Ok(Box::new(stream))
             }
-            _ => send(tcp, request).await.map_err(unreachable),
+            _ => Ok(Box::new(tcp)),
         }
     }
 }
+
+/// A connection, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// One request on a fresh HTTP/1.1 connection; the status and the (bounded) body.
 async fn send<S>(
@@ -400,6 +415,15 @@ fn interpret(status: StatusCode, body: &[u8], repo_id: u32) -> Result<FetchedKey
     if status == StatusCode::OK {
         return parse_key(body, repo_id);
     }
+    Err(interpret_refusal(
+        status,
+        body,
+        &format!("the data key of repository {repo_id}"),
+    ))
+}
+
+/// A refusal (anything but 200) of a request for `what`.
+fn interpret_refusal(status: StatusCode, body: &[u8], what: &str) -> ClientError {
     if status.is_client_error() || status.is_server_error() {
         let (error_code, error_msg) = match serde_json::from_slice::<serde_json::Value>(body) {
             Ok(v) => {
@@ -416,21 +440,21 @@ fn interpret(status: StatusCode, body: &[u8], repo_id: u32) -> Result<FetchedKey
                 sanitize(&String::from_utf8_lossy(body), 200),
             ),
         };
-        return Err(ClientError::Refused {
-            repo_id,
+        return ClientError::Refused {
+            what: what.to_owned(),
             status: status.as_u16(),
             error_code,
             error_msg,
-        });
+        };
     }
-    Err(ClientError::UnexpectedStatus {
+    ClientError::UnexpectedStatus {
         status: status.as_u16(),
         detail: if status.is_redirection() {
             "redirects are not followed: point --endpoint at the key broker itself".into()
         } else {
-            "expected 200 with the data key".into()
+            "expected 200".into()
         },
-    })
+    }
 }
 
 /// The 200 answer. Errors name fields, never their values (one is the key).
@@ -509,6 +533,9 @@ fn tls_connector(path: &Path) -> Result<tokio_rustls::TlsConnector, ClientError>
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
+
+mod events;
+pub use events::{EventStream, Revocation};
 
 #[cfg(test)]
 mod tests;

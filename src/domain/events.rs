@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
 use super::error::Result;
-use super::ports::{KeyInfo, Store};
+use super::ports::Store;
 use super::repository::RepoId;
 use super::service::Service;
 use super::types::{KeyState, TenantId};
@@ -345,14 +345,10 @@ impl EventSink for Service {
             Change::KeyStateChanged {
                 key_id, new_state, ..
             } => {
-                // The state the event reports, as if just read from the KMS: no release
-                // under a key no longer enabled, on any replica, from now on.
-                let info = new_state.map(|state| KeyInfo {
-                    key_id: key_id.clone(),
-                    key_name: String::new(),
-                    key_state: state,
-                });
-                self.cache.put(t, key_id, info.as_ref(), self.cache.now());
+                // The next release under this key asks the KMS (failing closed), on every
+                // replica, from now on; what it released under a key no longer enabled
+                // goes at once.
+                self.cache.expire(t, key_id);
                 if *new_state != Some(KeyState::Enabled) {
                     self.released.forget_key(t, Some(key_id));
                 }

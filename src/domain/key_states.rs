@@ -175,6 +175,32 @@ impl KeyStateCache {
             .filter(|old| *old != state)
     }
 
+    /// The key's state changed somewhere (an event said so): the next lookup finds the
+    /// entry past its TTL and asks the KMS, and meanwhile serves nothing fresh. The state
+    /// itself is not taken from the event: a later read of the KMS may already be here,
+    /// and an older event must not overwrite it.
+    pub fn expire(&self, tenant: &str, key_id: &str) {
+        let ttl = self.ttl;
+        with_key(tenant, key_id, |key| {
+            if let Ok(mut shard) = self.shard(key).lock() {
+                let aged = shard
+                    .peek(key)
+                    .and_then(|e| e.at.checked_sub(ttl.max(Duration::from_millis(1))));
+                match aged {
+                    Some(at) => {
+                        if let Some(entry) = shard.peek_mut(key) {
+                            entry.at = at;
+                            entry.refreshing = false;
+                        }
+                    }
+                    None => {
+                        shard.pop(key);
+                    }
+                }
+            }
+        })
+    }
+
     /// A refresh ahead of the TTL failed: let a later lookup try again.
     pub fn refresh_failed(&self, tenant: &str, key_id: &str) {
         with_key(tenant, key_id, |key| {

@@ -279,3 +279,107 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// One Server-Sent Event of `GET /v4/repo-encryption/events`.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: Option<i64>,
+    pub event: String,
+    pub data: Value,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+/// A client following the events stream of a server.
+pub struct EventClient {
+    response: reqwest::Response,
+    buffer: String,
+    /// The id the server said the stream starts after.
+    pub after: i64,
+}
+
+impl EventClient {
+    /// Open the stream as `token` (a service principal's), resuming after `last`; returns
+    /// once the server says it is following.
+    pub async fn open(addr: &str, token: &str, last: Option<i64>) -> EventClient {
+        let mut req = reqwest::Client::new()
+            .get(format!("http://{addr}/v4/repo-encryption/events"))
+            .header("X-Auth-Token", token);
+        if let Some(last) = last {
+            req = req.header("Last-Event-ID", last.to_string());
+        }
+        let response = req.send().await.expect("events request");
+        assert_eq!(response.status(), 200, "events stream: {:?}", response);
+        let mut client = EventClient {
+            response,
+            buffer: String::new(),
+            after: -1,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while client.after < 0 {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .expect("the stream says it is ready within 10 s");
+            if let Some(i) = client.buffer.find(": ready after ") {
+                let rest = &client.buffer[i + 14..];
+                if let Some(end) = rest.find('\n') {
+                    client.after = rest[..end].trim().parse().expect("ready id");
+                    let cut = i + 14 + end;
+                    client.buffer.drain(..cut);
+                    break;
+                }
+            }
+            client.read(left).await.expect("stream open");
+        }
+        client
+    }
+
+    async fn read(&mut self, wait: Duration) -> Option<()> {
+        match tokio::time::timeout(wait, self.response.chunk()).await {
+            Ok(Ok(Some(bytes))) => {
+                self.buffer.push_str(&String::from_utf8_lossy(&bytes));
+                Some(())
+            }
+            _ => None,
+        }
+    }
+
+    /// The next event within `wait` (comments skipped).
+    pub async fn next(&mut self, wait: Duration) -> Option<SseEvent> {
+        let deadline = Instant::now() + wait;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (None, String::new(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().parse().ok();
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if !event.is_empty() {
+                    return Some(SseEvent {
+                        id,
+                        event,
+                        data: serde_json::from_str(&data).unwrap_or(Value::String(data)),
+                        at: Instant::now(),
+                    });
+                }
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            self.read(left).await?;
+        }
+    }
+
+    /// Every event until `quiet` passes without one.
+    pub async fn drain(&mut self, quiet: Duration) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        while let Some(e) = self.next(quiet).await {
+            out.push(e);
+        }
+        out
+    }
+}

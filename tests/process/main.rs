@@ -9,6 +9,7 @@ mod common;
 mod audit;
 mod cli;
 mod durability;
+mod events;
 mod git_seal;
 mod hardening;
 mod repositories;
