@@ -126,11 +126,12 @@ pub enum KmsCall {
     ImportKeyMaterial,
     GenerateDataKey,
     Decrypt,
+    ReEncrypt,
     Ping,
 }
 
 impl KmsCall {
-    const ALL: [KmsCall; 12] = [
+    const ALL: [KmsCall; 13] = [
         KmsCall::CheckAccess,
         KmsCall::DescribeKey,
         KmsCall::CreateKey,
@@ -142,6 +143,7 @@ impl KmsCall {
         KmsCall::ImportKeyMaterial,
         KmsCall::GenerateDataKey,
         KmsCall::Decrypt,
+        KmsCall::ReEncrypt,
         KmsCall::Ping,
     ];
 
@@ -158,6 +160,7 @@ impl KmsCall {
             KmsCall::ImportKeyMaterial => "import_key_material",
             KmsCall::GenerateDataKey => "generate_data_key",
             KmsCall::Decrypt => "decrypt",
+            KmsCall::ReEncrypt => "re_encrypt",
             KmsCall::Ping => "ping",
         }
     }

@@ -18,6 +18,8 @@ pub struct Service {
     pub(super) cache: Arc<KeyStateCache>,
     /// Data keys released within the key-state TTL (`domain::broker`).
     pub(super) released: ReleasedKeys,
+    /// The rewrap jobs this process runs now (`domain::rewrap`).
+    pub(super) rewraps: super::rewrap::RunningHere,
     region: String,
     region_type: String,
     default_permit_public: PermitPublic,
@@ -43,6 +45,7 @@ impl Service {
             store,
             kms,
             released,
+            rewraps: Default::default(),
             cache: Arc::new(cache),
             region,
             region_type,

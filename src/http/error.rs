@@ -99,6 +99,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         | KeyNameMismatch { .. }
         | DefaultNeedsKms
         | EncryptedNeedsKms { .. }
+        | RewrapNeedsKms { .. }
         | InvalidArgument(_)
         | KeyInvalidState { .. } => StatusCode::BAD_REQUEST,
         MissingToken
@@ -116,12 +117,15 @@ pub fn status_of(e: &Error) -> StatusCode {
         | ServiceNotAllowed
         | GrantWithdrawn { .. }
         | KeyRefused { .. } => StatusCode::FORBIDDEN,
-        ProjectNotFound(_) | RepoNotFound { .. } => StatusCode::NOT_FOUND,
+        ProjectNotFound(_) | RepoNotFound { .. } | RewrapJobNotFound { .. } => {
+            StatusCode::NOT_FOUND
+        }
         Conflict
         | AlreadyExists(_)
         | RepoNotEncrypted { .. }
         | RepoConflict { .. }
-        | DataKeyInvalid { .. } => StatusCode::CONFLICT,
+        | DataKeyInvalid { .. }
+        | RewrapIncomplete { .. } => StatusCode::CONFLICT,
         DataKeyDestroyed { .. } | CmkGone { .. } => StatusCode::GONE,
         PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         KmsUnavailable(_) | Store(_) => StatusCode::SERVICE_UNAVAILABLE,

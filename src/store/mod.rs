@@ -118,6 +118,11 @@ macro_rules! migrations {
                 "repositories",
                 include_str!(concat!("../../migrations/", $dir, "/0004_repositories.sql")),
             ),
+            (
+                5,
+                "rewrap_jobs",
+                include_str!(concat!("../../migrations/", $dir, "/0005_rewrap_jobs.sql")),
+            ),
         ]
     };
 }
