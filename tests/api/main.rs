@@ -10,4 +10,5 @@ mod group_commit;
 mod kms_conformance;
 mod migrations;
 mod repositories;
+mod rewrap;
 mod signature;
