@@ -12,5 +12,6 @@ mod durability;
 mod git_seal;
 mod hardening;
 mod repositories;
+mod rewrap;
 mod secrets;
 mod walkthrough;
