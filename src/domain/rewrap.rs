@@ -403,6 +403,7 @@ impl Service {
                     RewrapCommit::Rewrapped => {
                         // Its entry was for the old wrapped form: it would never match again.
                         self.released.forget(tenant.as_str(), repo_id);
+                        self.event_written();
                         Step::Next
                     }
                     RewrapCommit::Changed => Step::Next,

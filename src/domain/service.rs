@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::data_keys::ReleasedKeys;
 use super::error::{Error, Result};
+use super::events::KeyWatch;
 use super::key_states::{KeyStateCache, Lookup};
 use super::model::*;
 use super::ports::{CacheStats, JoinedKey, KeyInfo, Kms, Store};
@@ -20,6 +21,8 @@ pub struct Service {
     pub(super) released: ReleasedKeys,
     /// The rewrap jobs this process runs now (`domain::rewrap`).
     pub(super) rewraps: super::rewrap::RunningHere,
+    /// Where the key-state changes this process sees are reported (`domain::events`).
+    pub(super) watch: KeyWatch,
     region: String,
     region_type: String,
     default_permit_public: PermitPublic,
@@ -42,6 +45,7 @@ impl Service {
     ) -> Self {
         let released = ReleasedKeys::new(cache.ttl(), cache.capacity(), cache.clock());
         Service {
+            watch: KeyWatch::new(store.clone()),
             store,
             kms,
             released,
@@ -55,6 +59,31 @@ impl Service {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Where this process's key-state changes go; what its event follower wakes on.
+    pub fn key_watch(&self) -> &KeyWatch {
+        &self.watch
+    }
+
+    /// This process committed an event: its follower reads it at once.
+    pub(super) fn event_written(&self) {
+        self.watch.poke();
+    }
+
+    /// Cache the KMS's answer about a key, read at `read_at`; a change of its state is
+    /// reported as an event.
+    pub(super) fn remember_key(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        info: Option<&KeyInfo>,
+        read_at: std::time::Instant,
+    ) {
+        if let Some(previous) = self.cache.put(tenant.as_str(), key_id, info, read_at) {
+            self.watch
+                .changed_later(tenant, key_id, previous, info.map(|i| i.key_state));
+        }
     }
 
     /// The counters of every in-memory cache behind the service, for `/metrics`.
@@ -123,8 +152,7 @@ impl Service {
         match answer {
             Ok(info) => {
                 let state = info.as_ref().map(|i| i.key_state);
-                self.cache
-                    .put(tenant.as_str(), key_id, info.as_ref(), read_at);
+                self.remember_key(tenant, key_id, info.as_ref(), read_at);
                 state
             }
             Err(e) => {
@@ -154,12 +182,19 @@ impl Service {
             self.cache.refresh_failed(tenant.as_str(), key_id);
             return;
         };
-        let (kms, cache) = (self.kms.clone(), self.cache.clone());
+        let (kms, cache, watch) = (self.kms.clone(), self.cache.clone(), self.watch.clone());
         let (tenant, key_id) = (tenant.clone(), key_id.to_owned());
         runtime.spawn(async move {
             let read_at = cache.now();
             match kms.describe_key(&tenant, &key_id).await {
-                Ok(info) => cache.put(tenant.as_str(), &key_id, info.as_ref(), read_at),
+                Ok(info) => {
+                    let now = info.as_ref().map(|i| i.key_state);
+                    if let Some(previous) =
+                        cache.put(tenant.as_str(), &key_id, info.as_ref(), read_at)
+                    {
+                        watch.changed(&tenant, &key_id, Some(previous), now).await;
+                    }
+                }
                 Err(e) => {
                     tracing::debug!(
                         tenant = %tenant,
@@ -213,8 +248,7 @@ impl Service {
                     let read_at = self.cache.now();
                     let info = self.kms.describe_key(tenant, &key_id).await?;
                     if let Some(found) = &info {
-                        self.cache
-                            .put(tenant.as_str(), &found.key_id, Some(found), read_at);
+                        self.remember_key(tenant, &found.key_id, Some(found), read_at);
                     }
                     Some(KeyLookup { key_id, info })
                 }

@@ -7,7 +7,7 @@ use axum::http::Method;
 use axum::routing::{on, MethodFilter, MethodRouter};
 use utoipa::openapi::path::{HttpMethod, Operation as OpenApiOperation};
 
-use super::{broker, handlers, rewrap, AppState};
+use super::{broker, events, handlers, rewrap, AppState};
 use crate::metrics::Operation;
 
 /// A method the table routes.
@@ -113,7 +113,7 @@ const REWRAP_JOB: &str = "/v4/tenants/{tenant_id}/repo-encryption/rewrap/{job_id
 
 /// Every operation the service has. A request that matches none (no route, or a method
 /// its route does not have) is [`Operation::Other`].
-pub static ROUTES: [Route; 16] = [
+pub static ROUTES: [Route; 17] = [
     Route {
         operation: Operation::ShowSetting,
         method: Verb::Get,
@@ -209,6 +209,14 @@ pub static ROUTES: [Route; 16] = [
         id: "ShowTenantRewrapJob",
         access: Access::Api(documented::<rewrap::__path_show_rewrap>),
         handler: |m| on(m, rewrap::show_rewrap),
+    },
+    Route {
+        operation: Operation::Events,
+        method: Verb::Get,
+        path: "/v4/repo-encryption/events",
+        id: "ListRepoEncryptionEvents",
+        access: Access::Api(documented::<events::__path_events>),
+        handler: |m| on(m, events::events),
     },
     Route {
         operation: Operation::Health,

@@ -120,8 +120,13 @@ macro_rules! migrations {
             ),
             (
                 5,
+                "events",
+                include_str!(concat!("../../migrations/", $dir, "/0005_events.sql")),
+            ),
+            (
+                6,
                 "rewrap_jobs",
-                include_str!(concat!("../../migrations/", $dir, "/0005_rewrap_jobs.sql")),
+                include_str!(concat!("../../migrations/", $dir, "/0006_rewrap_jobs.sql")),
             ),
         ]
     };

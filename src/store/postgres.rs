@@ -157,6 +157,8 @@ impl PostgresStore {
     /// Nothing is cached.
     fn repository_written(&self, _tenant: &TenantId, _repo_id: RepoId) {}
 
+    fn repositories_written(&self, _tenant: &TenantId) {}
+
     /// Every replica reads the row: a shred on one is seen by all at once.
     async fn read_repository_for_release(
         &self,

@@ -257,6 +257,12 @@ impl SqliteStore {
             .invalidate(&repository_key(tenant, repo_id));
     }
 
+    /// Another process wrote some of the tenant's repositories or its grant: forget every
+    /// cached repository (rare: only an event says so).
+    fn repositories_written(&self, _tenant: &TenantId) {
+        self.repositories.clear();
+    }
+
     /// The repository and its grant from the cache (within [`REPOSITORY_CACHE_TTL`]), else
     /// from the database in one query: a release of a warm repository costs no query.
     async fn read_repository_for_release(

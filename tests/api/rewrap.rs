@@ -276,6 +276,35 @@ async fn a_rewrap_moves_every_repository_to_the_new_key_with_its_original_data_k
     for key in keys.values() {
         assert!(!text.contains(key.as_str()), "a data key in the audit log");
     }
+    // One repository_rewrapped event per repository, in the order they were done.
+    let events: Vec<Value> = t
+        .app
+        .store
+        .events_after(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| serde_json::to_value(&e).unwrap())
+        .filter(|e| e["type"] == "repository_rewrapped")
+        .collect();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e["repo_id"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        (1..=11).collect::<Vec<_>>()
+    );
+    for e in &events {
+        assert_eq!(
+            (
+                e["tenant_id"].as_str(),
+                e["old_key_id"].as_str(),
+                e["new_key_id"].as_str()
+            ),
+            (Some(TENANT_A), Some(a.as_str()), Some(b.as_str())),
+            "{e}"
+        );
+    }
     assert_eq!(t.audit_of(TENANT_A, "rewrap.start").await.len(), 1);
     let fin = t.audit_of(TENANT_A, "rewrap.finish").await;
     assert_eq!(fin.len(), 1);

@@ -449,7 +449,10 @@ async fn every_route_in_the_table_is_served_documented_counted_and_authenticated
             .replace("{job_id}", &job_id);
         let platform = matches!(
             route.operation,
-            Operation::RegisterRepository | Operation::ShowDataKey | Operation::DeleteDataKey
+            Operation::RegisterRepository
+                | Operation::ShowDataKey
+                | Operation::DeleteDataKey
+                | Operation::Events
         );
         let (cred, token) = if platform {
             (&service_cred, &service_token)

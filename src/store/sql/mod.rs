@@ -26,6 +26,7 @@ pub(super) mod audit;
 #[cfg(feature = "bench")]
 pub(super) mod bulk;
 pub(super) mod credentials;
+pub(super) mod events;
 pub(super) mod grants;
 pub(super) mod keys;
 pub(super) mod migrate;
@@ -40,11 +41,12 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::{dialect, Backend};
+use crate::domain::events::Event;
 use crate::domain::ports::CacheStats;
 use crate::domain::rewrap::REWRAP_LEASE;
 use crate::domain::{
-    Actor, AuditRecord, Grant, PermitPublic, Project, ProjectId, RepoForRelease, RepoId, RepoQuery,
-    Repository, Result, RewrapCommit, RewrapJob, Setting, Shredded, TenantId,
+    Actor, AuditRecord, Grant, KeyState, PermitPublic, Project, ProjectId, RepoForRelease, RepoId,
+    RepoQuery, Repository, Result, RewrapCommit, RewrapJob, Setting, Shredded, TenantId,
 };
 #[cfg(feature = "bench")]
 use crate::store::{bulk_summary, BulkTenant};
@@ -344,6 +346,42 @@ impl Store for Backend {
         actor: &Actor,
     ) -> Result<bool> {
         rewrap::finish(&self.pool, &self.clock, job, lease, error, actor).await
+    }
+
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>> {
+        events::after(&self.pool, after, limit).await
+    }
+
+    async fn latest_event_id(&self) -> Result<i64> {
+        events::latest_id(&self.pool).await
+    }
+
+    async fn events_pruned_through(&self) -> Result<i64> {
+        events::pruned_through(&self.pool).await
+    }
+
+    async fn prune_events(&self, before: std::time::SystemTime) -> Result<u64> {
+        events::prune(&self.pool, &crate::store::audit_time_bound(before)).await
+    }
+
+    async fn observe_key_state(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        previous: Option<Option<KeyState>>,
+        now: Option<KeyState>,
+    ) -> Result<Option<i64>> {
+        events::observe_key_state(&self.pool, &self.clock, tenant, key_id, previous, now).await
+    }
+
+    fn forget_cached(&self, tenant: &TenantId, repo_id: Option<RepoId>) {
+        match repo_id {
+            Some(repo_id) => self.repository_written(tenant, repo_id),
+            None => {
+                self.tenant_written(tenant.as_str());
+                self.repositories_written(tenant);
+            }
+        }
     }
 
     fn cache_stats(&self) -> Vec<CacheStats> {

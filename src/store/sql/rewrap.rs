@@ -7,11 +7,12 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde_json::json;
 use sqlx::Row as _;
 
-use super::audit;
 use super::dialect::{self, Conn, Db};
 use super::repositories;
 use super::Row;
+use super::{audit, events};
 use crate::clock::Clock;
+use crate::domain::events::Change;
 use crate::domain::{
     Actor, RepoId, Repository, Result, RewrapCommit, RewrapFailure, RewrapJob, RewrapState,
     TenantId,
@@ -383,7 +384,12 @@ pub(crate) async fn commit(
         Some(after),
     )
     .await?;
-    // EVENT: RepositoryRewrapped { repo_id, old_key_id: old_key, new_key_id: target_key_id }
+    let change = Change::RepositoryRewrapped {
+        repo_id: i64::from(repo.fields.repo_id.get()),
+        old_key_id: old_key.clone(),
+        new_key_id: job.target_key_id.clone(),
+    };
+    events::insert(&mut tx, clock, job.tenant_id.as_str(), &change).await?;
     tx.commit().await.context("commit rewrap")?;
     Ok(RewrapCommit::Rewrapped)
 }

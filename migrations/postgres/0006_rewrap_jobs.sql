@@ -1,4 +1,4 @@
--- repocrypt schema, version 5 (PostgreSQL): rewrap jobs, which re-wrap a tenant's data keys
+-- repocrypt schema, version 6 (PostgreSQL): rewrap jobs, which re-wrap a tenant's data keys
 -- under its current CMK, and the repositories each could not rewrap.
 
 CREATE TABLE rewrap_jobs (
