@@ -266,6 +266,7 @@ mod tests {
             },
             DefaultNeedsKms,
             EncryptedNeedsKms { tenant: s() },
+            RewrapNeedsKms { tenant: s() },
             MissingToken,
             InvalidToken("x"),
             TokenExpired,
@@ -287,6 +288,7 @@ mod tests {
             },
             ProjectNotFound(s()),
             RepoNotFound { repo_id: 1 },
+            RewrapJobNotFound { job_id: s() },
             RepoNotEncrypted { repo_id: 1 },
             RepoConflict {
                 repo_id: 1,
@@ -316,6 +318,7 @@ mod tests {
                 | KeyNameMismatch { .. }
                 | DefaultNeedsKms
                 | EncryptedNeedsKms { .. }
+                | RewrapNeedsKms { .. }
                 | MissingToken
                 | InvalidToken(_)
                 | TokenExpired
@@ -333,6 +336,7 @@ mod tests {
                 | KeyRefused { .. }
                 | ProjectNotFound(_)
                 | RepoNotFound { .. }
+                | RewrapJobNotFound { .. }
                 | RepoNotEncrypted { .. }
                 | RepoConflict { .. }
                 | DataKeyInvalid { .. }
@@ -343,7 +347,10 @@ mod tests {
                 | KmsUnavailable(_)
                 | Store(_)
                 | Internal(_) => {}
-                InvalidArgument(_) | KeyInvalidState { .. } | AlreadyExists(_) => {}
+                InvalidArgument(_)
+                | KeyInvalidState { .. }
+                | AlreadyExists(_)
+                | RewrapIncomplete { .. } => {}
             }
         }
         let mut all: Vec<WebError> = errors.into_iter().map(WebError::from).collect();
