@@ -13,7 +13,10 @@ use serde::Serialize;
 use crate::app::App;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigArgs};
-use crate::domain::{Actor, Error, Identity, PermitPublic, Result, Role, TenantId};
+use crate::domain::{
+    Actor, Error, Identity, PermitPublic, Result, RewrapJob, RewrapState, Role, TenantId,
+};
+use crate::http::views::RewrapJobView;
 use crate::kms::KeyOrigin;
 
 /// `--role`: a caller's role within its tenant.
@@ -308,6 +311,19 @@ pub enum RepoCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Rewrap the data keys of a tenant's repositories under its current CMK (the same
+    /// keys: no repository data is re-encrypted): start a job, or join the one running,
+    /// and print it as JSON. Without --wait a running `serve` takes the job up; with
+    /// --wait it runs here (or is followed while another process runs it) to its end, with
+    /// a progress bar on a terminal, and the final job is printed: exit status 1 if any
+    /// repository was not rewrapped.
+    Rewrap {
+        #[arg(long)]
+        tenant: String,
+        /// Run (or follow) the job to its end.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 /// A repository for the CLI: its fields, and what became of its key (never the key).
@@ -355,7 +371,78 @@ async fn repo(app: &App, actor: &Actor, cmd: RepoCommand) -> Result<()> {
                 "tenant_id": tenant.as_str(), "repo_id": repo_id, "shredded": true
             }))
         }
+        RepoCommand::Rewrap { tenant, wait } => {
+            let tenant = TenantId::parse(tenant)?;
+            let (job, _created) = s.start_rewrap(actor, &tenant).await?;
+            if !wait {
+                return print_json(&RewrapJobView::from(&job));
+            }
+            let job = rewrap_to_the_end(s, &tenant, job).await?;
+            print_json(&RewrapJobView::from(&job))?;
+            if job.state == RewrapState::Succeeded {
+                Ok(())
+            } else {
+                Err(Error::RewrapIncomplete {
+                    job_id: job.job_id.clone(),
+                    failed: job.total.saturating_sub(job.done),
+                    total: job.total,
+                })
+            }
+        }
     }
+}
+
+/// How often `repo rewrap --wait` reads the job's progress.
+const REWRAP_POLL: Duration = Duration::from_millis(200);
+
+/// Run the job here whenever no other runner holds it (a server, another command), and
+/// follow it to its end, with a progress bar on a terminal (as `repo seal` shows one).
+async fn rewrap_to_the_end(
+    service: &Arc<crate::domain::Service>,
+    tenant: &TenantId,
+    mut job: RewrapJob,
+) -> Result<RewrapJob> {
+    use std::io::IsTerminal;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(job.total);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {pos}/{len} repositories, eta {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message("rewrapping");
+        bar
+    });
+    let mut runner: Option<tokio::task::JoinHandle<Result<()>>> = None;
+    loop {
+        if let Some(bar) = &bar {
+            bar.set_length(job.total);
+            bar.set_position(job.processed());
+        }
+        if job.state != RewrapState::Running {
+            break;
+        }
+        if runner.as_ref().is_some_and(|r| r.is_finished()) {
+            if let Some(r) = runner.take() {
+                r.await
+                    .map_err(|e| Error::Internal(format!("rewrap task: {e}")))??;
+            }
+        }
+        if runner.is_none() {
+            if let Some(lease) = service.claim_rewrap(&job.job_id).await? {
+                let (service, job) = (service.clone(), job.clone());
+                runner = Some(tokio::spawn(async move {
+                    service.run_rewrap(&job, &lease).await
+                }));
+            }
+        }
+        tokio::time::sleep(REWRAP_POLL).await;
+        job = service.show_rewrap(tenant, &job.job_id).await?;
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(job)
 }
 
 #[derive(Debug, Subcommand)]
@@ -807,6 +894,9 @@ async fn serve(app: App) -> Result<()> {
         limits: app.config.limits(),
         tls,
     };
+    // Rewrap jobs left running (by a process that died, or by `repo rewrap` without
+    // `--wait`) are taken up now and whenever their lease expires.
+    tokio::spawn(app.service.clone().sweep_rewraps());
     crate::http::server::serve(listener, app.router(), options, shutdown_signal())
         .await
         .map_err(|e| Error::Internal(format!("server: {e}")))?;

@@ -77,6 +77,8 @@ pub enum Operation {
     RegisterRepository,
     ShowDataKey,
     DeleteDataKey,
+    CreateRewrap,
+    ShowRewrap,
     Events,
     Health,
     Ready,
@@ -87,7 +89,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 16] = [
+    pub const ALL: [Operation; 18] = [
         Operation::ShowSetting,
         Operation::UpdateSetting,
         Operation::ShowGrant,
@@ -98,6 +100,8 @@ impl Operation {
         Operation::RegisterRepository,
         Operation::ShowDataKey,
         Operation::DeleteDataKey,
+        Operation::CreateRewrap,
+        Operation::ShowRewrap,
         Operation::Events,
         Operation::Health,
         Operation::Ready,
@@ -128,11 +132,12 @@ pub enum KmsCall {
     ImportKeyMaterial,
     GenerateDataKey,
     Decrypt,
+    ReEncrypt,
     Ping,
 }
 
 impl KmsCall {
-    const ALL: [KmsCall; 12] = [
+    const ALL: [KmsCall; 13] = [
         KmsCall::CheckAccess,
         KmsCall::DescribeKey,
         KmsCall::CreateKey,
@@ -144,6 +149,7 @@ impl KmsCall {
         KmsCall::ImportKeyMaterial,
         KmsCall::GenerateDataKey,
         KmsCall::Decrypt,
+        KmsCall::ReEncrypt,
         KmsCall::Ping,
     ];
 
@@ -160,6 +166,7 @@ impl KmsCall {
             KmsCall::ImportKeyMaterial => "import_key_material",
             KmsCall::GenerateDataKey => "generate_data_key",
             KmsCall::Decrypt => "decrypt",
+            KmsCall::ReEncrypt => "re_encrypt",
             KmsCall::Ping => "ping",
         }
     }

@@ -40,6 +40,8 @@ pub enum Error {
     DefaultNeedsKms,
     #[error("an encrypted repository needs the tenant's encryption_type to be KMS: PUT /v4/tenants/{tenant}/repo-encryption/setting first")]
     EncryptedNeedsKms { tenant: String },
+    #[error("a rewrap needs the tenant's encryption_type to be KMS with a cmk_key_id, the key to rewrap under: PUT /v4/tenants/{tenant}/repo-encryption/setting first")]
+    RewrapNeedsKms { tenant: String },
 
     // ---- 401 / 403: identity ---------------------------------------------------------
     #[error(
@@ -98,6 +100,8 @@ pub enum Error {
     DataKeyDestroyed { repo_id: i32 },
     #[error("key {key_id} no longer exists in this tenant's KMS: the data keys it wrapped can never be released")]
     CmkGone { key_id: String },
+    #[error("rewrap job {job_id} does not exist in this tenant")]
+    RewrapJobNotFound { job_id: String },
     #[error("the setting was changed concurrently too many times; retry the request")]
     Conflict,
     #[error("request body is larger than {limit} bytes")]
@@ -122,6 +126,12 @@ pub enum Error {
     },
     #[error("{0} already exists")]
     AlreadyExists(String),
+    #[error("{failed} of the {total} repositories of rewrap job {job_id} were not rewrapped: see `failed` for each one's reason")]
+    RewrapIncomplete {
+        job_id: String,
+        failed: u64,
+        total: u64,
+    },
 }
 
 impl Error {
@@ -140,6 +150,7 @@ impl Error {
             KeyNameMismatch { .. } => "RC.400010",
             DefaultNeedsKms => "RC.400011",
             EncryptedNeedsKms { .. } => "RC.400014",
+            RewrapNeedsKms { .. } => "RC.400020",
             InvalidArgument(_) => "RC.400012",
             KeyInvalidState { .. } => "RC.400013",
             MissingToken => "RC.401001",
@@ -158,6 +169,7 @@ impl Error {
             GrantWithdrawn { .. } => "RC.403004",
             KeyRefused { .. } => "RC.403005",
             RepoNotFound { .. } => "RC.404002",
+            RewrapJobNotFound { .. } => "RC.404010",
             RepoNotEncrypted { .. } => "RC.409003",
             RepoConflict { .. } => "RC.409004",
             DataKeyInvalid { .. } => "RC.409005",
@@ -166,6 +178,7 @@ impl Error {
             ProjectNotFound(_) => "RC.404001",
             Conflict => "RC.409001",
             AlreadyExists(_) => "RC.409002",
+            RewrapIncomplete { .. } => "RC.409020",
             PayloadTooLarge { .. } => "RC.413001",
             KmsUnavailable(_) => "RC.503001",
             Store(_) => "RC.503002",

@@ -10,6 +10,7 @@ pub mod model;
 pub mod patch;
 pub mod ports;
 pub mod repository;
+pub mod rewrap;
 pub mod service;
 pub mod types;
 
@@ -17,5 +18,6 @@ pub use error::{Error, Result};
 pub use model::*;
 pub use patch::{parse_setting_patch, BodyField, FieldKind, BODY_FIELDS, MAX_BODY_BYTES};
 pub use repository::*;
+pub use rewrap::{RewrapCommit, RewrapFailure, RewrapJob, RewrapState};
 pub use service::Service;
 pub use types::*;

@@ -2,7 +2,7 @@
 //! (`store::sqlite`, `store::postgres`) and the KMS backends (`kms::local`, `kms::aws`)
 //! implement them; nothing here knows of SQL, HTTP or a command line.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -10,8 +10,8 @@ use serde::Serialize;
 use super::events::Event;
 use super::{
     Actor, AuditRecord, DataKey, EncryptionContext, GeneratedKey, Grant, KeyState, PermitPublic,
-    Project, ProjectId, RepoForRelease, RepoId, RepoQuery, Repository, Result, Setting,
-    SettingDraft, Shredded, TenantId,
+    Project, ProjectId, RepoForRelease, RepoId, RepoQuery, Repository, Result, RewrapCommit,
+    RewrapJob, Setting, SettingDraft, Shredded, TenantId,
 };
 
 // ---- storage -------------------------------------------------------------------------
@@ -152,6 +152,66 @@ pub trait Store: Send + Sync + 'static {
         repo_id: RepoId,
         actor: &Actor,
     ) -> Result<Shredded>;
+
+    // ---- rewrap jobs (`domain::rewrap`) ----
+
+    /// Start a rewrap job of the tenant under `target_key_id`, with its audit record, in
+    /// one transaction that counts its work (the tenant's encrypted, not shredded
+    /// repositories under another key): the job and `true`; or, when one is running
+    /// already, that one and `false` (nothing written). A job with nothing to do is
+    /// finished at once.
+    async fn start_rewrap_job(
+        &self,
+        tenant: &TenantId,
+        job_id: &str,
+        target_key_id: &str,
+        actor: &Actor,
+    ) -> Result<(RewrapJob, bool)>;
+    async fn get_rewrap_job(&self, tenant: &TenantId, job_id: &str) -> Result<Option<RewrapJob>>;
+    async fn running_rewrap_job(&self, tenant: &TenantId) -> Result<Option<RewrapJob>>;
+    /// Every running job (of any tenant) whose lease is free or expired.
+    async fn unleased_rewrap_jobs(&self) -> Result<Vec<RewrapJob>>;
+    /// Take a running job's lease for `ttl` if it is free or expired: whether it was taken.
+    async fn claim_rewrap_job(&self, job_id: &str, lease: &str, ttl: Duration) -> Result<bool>;
+    /// Give a lease back (it is free at once).
+    async fn release_rewrap_lease(&self, job_id: &str, lease: &str) -> Result<()>;
+    /// Up to `limit` repositories the job still has to rewrap, by id, after `after`.
+    async fn rewrap_work(
+        &self,
+        job: &RewrapJob,
+        after: Option<RepoId>,
+        limit: u32,
+    ) -> Result<Vec<Repository>>;
+    /// One repository's rewrap, in one transaction: while the job's lease is `lease` (and
+    /// renewed by it), replace the repository's CMK and wrapped key with the target and
+    /// `new_wrapped` only if they are still `repo`'s, write its audit record and count it.
+    async fn commit_rewrap(
+        &self,
+        job: &RewrapJob,
+        lease: &str,
+        repo: &Repository,
+        new_wrapped: &[u8],
+        actor: &Actor,
+    ) -> Result<RewrapCommit>;
+    /// Record that a repository was not rewrapped and why, with its audit record, while
+    /// the lease is `lease`: whether it was (false: the lease is lost).
+    async fn record_rewrap_failure(
+        &self,
+        job: &RewrapJob,
+        lease: &str,
+        repo_id: RepoId,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<bool>;
+    /// Finish the job (succeeded, or failed when repositories failed or `error` stopped
+    /// it), with its audit record, while the lease is `lease`: whether it was.
+    async fn finish_rewrap_job(
+        &self,
+        job: &RewrapJob,
+        lease: &str,
+        error: Option<&str>,
+        actor: &Actor,
+    ) -> Result<bool>;
 
     // ---- change events (`domain::events`) ----------------------------------------------
 
@@ -311,4 +371,20 @@ pub trait Kms: Send + Sync + 'static {
         context: &EncryptionContext,
         repo_id: RepoId,
     ) -> Result<DataKey>;
+    /// Re-wrap a data key wrapped under `old_key_id` (with `context`) under `new_key_id`,
+    /// with the same context: the same key in clear, which never leaves the KMS (AWS
+    /// `ReEncrypt`; the local KMS unwraps and wraps, zeroizing the key in between). Both
+    /// keys must be the tenant's and enabled: an old key that is not enabled or gone is
+    /// [`Error::KeyRefused`] or [`Error::CmkGone`] naming it, a new one that is not is
+    /// [`Error::KeyRefused`] or [`Error::KeyNotFound`] naming the new key; a wrapped key
+    /// that does not unwrap is [`Error::DataKeyInvalid`] for `repo_id`.
+    async fn rewrap_data_key(
+        &self,
+        tenant: &TenantId,
+        old_key_id: &str,
+        new_key_id: &str,
+        wrapped: &[u8],
+        context: &EncryptionContext,
+        repo_id: RepoId,
+    ) -> Result<Vec<u8>>;
 }

@@ -19,6 +19,8 @@ pub struct Service {
     pub(super) cache: Arc<KeyStateCache>,
     /// Data keys released within the key-state TTL (`domain::broker`).
     pub(super) released: ReleasedKeys,
+    /// The rewrap jobs this process runs now (`domain::rewrap`).
+    pub(super) rewraps: super::rewrap::RunningHere,
     /// Where the key-state changes this process sees are reported (`domain::events`).
     pub(super) watch: KeyWatch,
     region: String,
@@ -47,6 +49,7 @@ impl Service {
             store,
             kms,
             released,
+            rewraps: Default::default(),
             cache: Arc::new(cache),
             region,
             region_type,

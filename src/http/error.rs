@@ -99,6 +99,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         | KeyNameMismatch { .. }
         | DefaultNeedsKms
         | EncryptedNeedsKms { .. }
+        | RewrapNeedsKms { .. }
         | InvalidArgument(_)
         | KeyInvalidState { .. } => StatusCode::BAD_REQUEST,
         MissingToken
@@ -116,12 +117,15 @@ pub fn status_of(e: &Error) -> StatusCode {
         | ServiceNotAllowed
         | GrantWithdrawn { .. }
         | KeyRefused { .. } => StatusCode::FORBIDDEN,
-        ProjectNotFound(_) | RepoNotFound { .. } => StatusCode::NOT_FOUND,
+        ProjectNotFound(_) | RepoNotFound { .. } | RewrapJobNotFound { .. } => {
+            StatusCode::NOT_FOUND
+        }
         Conflict
         | AlreadyExists(_)
         | RepoNotEncrypted { .. }
         | RepoConflict { .. }
-        | DataKeyInvalid { .. } => StatusCode::CONFLICT,
+        | DataKeyInvalid { .. }
+        | RewrapIncomplete { .. } => StatusCode::CONFLICT,
         DataKeyDestroyed { .. } | CmkGone { .. } => StatusCode::GONE,
         PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         KmsUnavailable(_) | Store(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -262,6 +266,7 @@ mod tests {
             },
             DefaultNeedsKms,
             EncryptedNeedsKms { tenant: s() },
+            RewrapNeedsKms { tenant: s() },
             MissingToken,
             InvalidToken("x"),
             TokenExpired,
@@ -283,6 +288,7 @@ mod tests {
             },
             ProjectNotFound(s()),
             RepoNotFound { repo_id: 1 },
+            RewrapJobNotFound { job_id: s() },
             RepoNotEncrypted { repo_id: 1 },
             RepoConflict {
                 repo_id: 1,
@@ -312,6 +318,7 @@ mod tests {
                 | KeyNameMismatch { .. }
                 | DefaultNeedsKms
                 | EncryptedNeedsKms { .. }
+                | RewrapNeedsKms { .. }
                 | MissingToken
                 | InvalidToken(_)
                 | TokenExpired
@@ -329,6 +336,7 @@ mod tests {
                 | KeyRefused { .. }
                 | ProjectNotFound(_)
                 | RepoNotFound { .. }
+                | RewrapJobNotFound { .. }
                 | RepoNotEncrypted { .. }
                 | RepoConflict { .. }
                 | DataKeyInvalid { .. }
@@ -339,7 +347,10 @@ mod tests {
                 | KmsUnavailable(_)
                 | Store(_)
                 | Internal(_) => {}
-                InvalidArgument(_) | KeyInvalidState { .. } | AlreadyExists(_) => {}
+                InvalidArgument(_)
+                | KeyInvalidState { .. }
+                | AlreadyExists(_)
+                | RewrapIncomplete { .. } => {}
             }
         }
         let mut all: Vec<WebError> = errors.into_iter().map(WebError::from).collect();

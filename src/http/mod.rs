@@ -8,6 +8,7 @@ pub mod extract;
 pub mod handlers;
 pub mod limits;
 pub mod openapi;
+pub mod rewrap;
 pub mod routes;
 pub mod server;
 pub mod views;

@@ -12,7 +12,8 @@ use super::handlers;
 use super::routes::{Access, ROUTES};
 use super::views::{
     CmkView, DataKeyView, EncryptionTypeOut, GrantView, KeyStateCode, PermitPublicOut,
-    RegisteredView, RepoView, SettingView, TenantSettingView,
+    RegisteredView, RepoView, RewrapFailureView, RewrapJobView, RewrapStateView, SettingView,
+    TenantSettingView,
 };
 
 #[derive(OpenApi)]
@@ -34,6 +35,9 @@ use super::views::{
         RepoView,
         RegisteredView,
         DataKeyView,
+        RewrapJobView,
+        RewrapFailureView,
+        RewrapStateView,
         broker::RegisterBody
     )),
     modifiers(&Paths, &Security, &RequestIdHeader),

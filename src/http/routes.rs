@@ -7,7 +7,7 @@ use axum::http::Method;
 use axum::routing::{on, MethodFilter, MethodRouter};
 use utoipa::openapi::path::{HttpMethod, Operation as OpenApiOperation};
 
-use super::{broker, events, handlers, AppState};
+use super::{broker, events, handlers, rewrap, AppState};
 use crate::metrics::Operation;
 
 /// A method the table routes.
@@ -108,10 +108,12 @@ const GRANT: &str = "/v4/tenants/{tenant_id}/repo-encryption/kms-grant";
 const CMKS: &str = "/v4/tenants/{tenant_id}/repo-encryption/cmks";
 const REPOSITORIES: &str = "/v4/tenants/{tenant_id}/repo-encryption/repositories";
 const DATA_KEY: &str = "/v4/tenants/{tenant_id}/repo-encryption/repositories/{repo_id}/data-key";
+const REWRAP: &str = "/v4/tenants/{tenant_id}/repo-encryption/rewrap";
+const REWRAP_JOB: &str = "/v4/tenants/{tenant_id}/repo-encryption/rewrap/{job_id}";
 
 /// Every operation the service has. A request that matches none (no route, or a method
 /// its route does not have) is [`Operation::Other`].
-pub static ROUTES: [Route; 15] = [
+pub static ROUTES: [Route; 17] = [
     Route {
         operation: Operation::ShowSetting,
         method: Verb::Get,
@@ -191,6 +193,22 @@ pub static ROUTES: [Route; 15] = [
         id: "DeleteTenantRepositoryDataKey",
         access: Access::Api(documented::<broker::__path_delete_data_key>),
         handler: |m| on(m, broker::delete_data_key),
+    },
+    Route {
+        operation: Operation::CreateRewrap,
+        method: Verb::Post,
+        path: REWRAP,
+        id: "CreateTenantRewrapJob",
+        access: Access::Api(documented::<rewrap::__path_create_rewrap>),
+        handler: |m| on(m, rewrap::create_rewrap),
+    },
+    Route {
+        operation: Operation::ShowRewrap,
+        method: Verb::Get,
+        path: REWRAP_JOB,
+        id: "ShowTenantRewrapJob",
+        access: Access::Api(documented::<rewrap::__path_show_rewrap>),
+        handler: |m| on(m, rewrap::show_rewrap),
     },
     Route {
         operation: Operation::Events,

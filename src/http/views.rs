@@ -6,8 +6,8 @@ use utoipa::ToSchema;
 
 use crate::domain::ports::KeyInfo;
 use crate::domain::{
-    DataKey, EncryptionType, KeyState, PermitPublic, Registered, Released, RepoFields,
-    SettingReport, TenantId, TenantSetting,
+    DataKey, EncryptionType, KeyState, PermitPublic, Registered, Released, RepoFields, RewrapJob,
+    RewrapState, SettingReport, TenantId, TenantSetting,
 };
 
 /// Response of PUT and GET `/v4/tenants/{tenant_id}/repo-encryption/setting`.
@@ -260,6 +260,85 @@ impl From<&Released> for DataKeyView {
             cmk_key_id: r.cmk_key_id.clone(),
             data_key: base64_key(&r.data_key),
             cache_seconds: r.cache_seconds,
+        }
+    }
+}
+
+/// Where a rewrap job is: `running`; `succeeded` (every repository rewrapped); `failed`
+/// (finished with repositories in `failed`, or stopped by `error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RewrapStateView {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl From<RewrapState> for RewrapStateView {
+    fn from(s: RewrapState) -> Self {
+        match s {
+            RewrapState::Running => RewrapStateView::Running,
+            RewrapState::Succeeded => RewrapStateView::Succeeded,
+            RewrapState::Failed => RewrapStateView::Failed,
+        }
+    }
+}
+
+/// A repository a rewrap job could not rewrap, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct RewrapFailureView {
+    #[schema(minimum = 1, maximum = 2147483647, format = Int32)]
+    pub repo_id: i32,
+    /// What refused it, as an error message says it (the old key disabled, say).
+    pub reason: String,
+}
+
+/// A rewrap job of the tenant's data keys under its current CMK.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct RewrapJobView {
+    /// The job's id (a UUID), for GET `…/rewrap/{job_id}`.
+    pub job_id: String,
+    pub state: RewrapStateView,
+    /// The CMK the data keys are rewrapped under.
+    pub target_key_id: String,
+    /// Repositories to rewrap (counted at the start).
+    #[schema(minimum = 0)]
+    pub total: u64,
+    /// Repositories rewrapped so far.
+    #[schema(minimum = 0)]
+    pub done: u64,
+    /// Repositories not rewrapped, by id, each with its reason.
+    pub failed: Vec<RewrapFailureView>,
+    /// Why the job stopped before its end (its target key became unusable), if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    #[schema(nullable = true)]
+    pub finished_at: Option<String>,
+}
+
+impl From<&RewrapJob> for RewrapJobView {
+    fn from(j: &RewrapJob) -> Self {
+        RewrapJobView {
+            job_id: j.job_id.clone(),
+            state: j.state.into(),
+            target_key_id: j.target_key_id.clone(),
+            total: j.total,
+            done: j.done,
+            failed: j
+                .failed
+                .iter()
+                .map(|f| RewrapFailureView {
+                    repo_id: f.repo_id.get(),
+                    reason: f.reason.clone(),
+                })
+                .collect(),
+            error: j.error.clone(),
+            created_at: j.created_at.clone(),
+            updated_at: j.updated_at.clone(),
+            finished_at: j.finished_at.clone(),
         }
     }
 }

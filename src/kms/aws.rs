@@ -938,6 +938,63 @@ impl Kms for AwsKms {
             .and_then(|b| DataKey::from_slice(b.as_ref()))
             .ok_or_else(invalid)
     }
+
+    /// ReEncrypt from the old key to the new one, the repository's encryption context on
+    /// both sides (SourceEncryptionContext, DestinationEncryptionContext): the key in clear
+    /// never leaves AWS KMS. Both keys are checked first to be this tenant's and enabled
+    /// (moto does not check the states itself), the old one first.
+    async fn rewrap_data_key(
+        &self,
+        tenant: &TenantId,
+        old_key_id: &str,
+        new_key_id: &str,
+        wrapped: &[u8],
+        context: &EncryptionContext,
+        repo_id: RepoId,
+    ) -> Result<Vec<u8>> {
+        let old = self
+            .owned(tenant, old_key_id)
+            .await?
+            .ok_or_else(|| Error::CmkGone {
+                key_id: old_key_id.to_owned(),
+            })?;
+        if old.state != KeyState::Enabled {
+            return Err(refused(&old));
+        }
+        let new = self.require(tenant, new_key_id).await?;
+        if new.state != KeyState::Enabled {
+            return Err(refused(&new));
+        }
+        let out = self
+            .client
+            .re_encrypt()
+            .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(wrapped))
+            .source_key_id(&old.key_id)
+            .destination_key_id(&new.key_id)
+            .set_source_encryption_context(Some(aws_context(context)))
+            .set_destination_encryption_context(Some(aws_context(context)))
+            .send()
+            .await
+            .map_err(|e| match e.as_service_error().and_then(|s| s.code()) {
+                Some("InvalidCiphertextException" | "IncorrectKeyException") => {
+                    Error::DataKeyInvalid {
+                        repo_id: repo_id.get(),
+                    }
+                }
+                Some("DisabledException" | "KMSInvalidStateException") => Error::KeyRefused {
+                    key_id: old.key_id.clone(),
+                    state: "in a state AWS KMS refuses",
+                    code: old.state.code(),
+                },
+                Some("NotFoundException") => Error::CmkGone {
+                    key_id: old.key_id.clone(),
+                },
+                _ => unavailable(e, "ReEncrypt"),
+            })?;
+        out.ciphertext_blob()
+            .map(|b| b.as_ref().to_vec())
+            .ok_or_else(|| Error::KmsUnavailable("AWS KMS ReEncrypt: no ciphertext".into()))
+    }
 }
 
 #[cfg(test)]

@@ -196,6 +196,66 @@ impl LocalKms {
         ))
     }
 
+    /// Wrap a data key under `key` (which must be enabled), bound to `context`.
+    fn wrap_under(
+        &self,
+        key: &StoredKey,
+        plaintext: &DataKey,
+        context: &EncryptionContext,
+    ) -> Result<Vec<u8>> {
+        use aes_gcm::aead::{Aead, Payload};
+        let cipher = Self::cipher(&self.usable_material(key)?)?;
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let aad = wrap_aad(&key.key_id, context);
+        let sealed = cipher
+            .encrypt(
+                aes_gcm::Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext.expose(),
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| Error::Internal("wrap data key".into()))?;
+        let mut wrapped = Vec::with_capacity(WRAPPED_LEN);
+        wrapped.push(WRAPPED_V1);
+        wrapped.extend_from_slice(&nonce);
+        wrapped.extend_from_slice(&sealed);
+        Ok(wrapped)
+    }
+
+    /// Unwrap a data key wrapped under `key` (which must be enabled) with `context`.
+    fn unwrap_under(
+        &self,
+        key: &StoredKey,
+        wrapped: &[u8],
+        context: &EncryptionContext,
+        repo_id: RepoId,
+    ) -> Result<DataKey> {
+        use aes_gcm::aead::{Aead, Payload};
+        let cipher = Self::cipher(&self.usable_material(key)?)?;
+        let invalid = || Error::DataKeyInvalid {
+            repo_id: repo_id.get(),
+        };
+        if wrapped.len() != WRAPPED_LEN || wrapped[0] != WRAPPED_V1 {
+            return Err(invalid());
+        }
+        let (nonce, sealed) = wrapped[1..].split_at(NONCE_LEN);
+        let aad = wrap_aad(&key.key_id, context);
+        let plaintext = zeroize::Zeroizing::new(
+            cipher
+                .decrypt(
+                    aes_gcm::Nonce::from_slice(nonce),
+                    Payload {
+                        msg: sealed,
+                        aad: &aad,
+                    },
+                )
+                .map_err(|_| invalid())?,
+        );
+        DataKey::from_slice(&plaintext).ok_or_else(invalid)
+    }
+
     fn cipher(material: &[u8]) -> Result<aes_gcm::Aes256Gcm> {
         use aes_gcm::KeyInit;
         aes_gcm::Aes256Gcm::new_from_slice(material)
@@ -469,28 +529,11 @@ impl Kms for LocalKms {
         key_id: &str,
         context: &EncryptionContext,
     ) -> Result<GeneratedKey> {
-        use aes_gcm::aead::{Aead, Payload};
         let key = self.live_key(tenant, key_id).await?;
-        let cipher = Self::cipher(&self.usable_material(&key)?)?;
         let mut plaintext = [0u8; DATA_KEY_LEN];
         rand::rngs::OsRng.fill_bytes(&mut plaintext);
         let plaintext = DataKey::from_bytes(plaintext);
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let aad = wrap_aad(&key.key_id, context);
-        let sealed = cipher
-            .encrypt(
-                aes_gcm::Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext.expose(),
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| Error::Internal("wrap data key".into()))?;
-        let mut wrapped = Vec::with_capacity(WRAPPED_LEN);
-        wrapped.push(WRAPPED_V1);
-        wrapped.extend_from_slice(&nonce);
-        wrapped.extend_from_slice(&sealed);
+        let wrapped = self.wrap_under(&key, &plaintext, context)?;
         Ok(GeneratedKey { plaintext, wrapped })
     }
 
@@ -502,28 +545,34 @@ impl Kms for LocalKms {
         context: &EncryptionContext,
         repo_id: RepoId,
     ) -> Result<DataKey> {
-        use aes_gcm::aead::{Aead, Payload};
         let key = self.live_key(tenant, key_id).await?;
-        let cipher = Self::cipher(&self.usable_material(&key)?)?;
-        let invalid = || Error::DataKeyInvalid {
-            repo_id: repo_id.get(),
-        };
-        if wrapped.len() != WRAPPED_LEN || wrapped[0] != WRAPPED_V1 {
-            return Err(invalid());
-        }
-        let (nonce, sealed) = wrapped[1..].split_at(NONCE_LEN);
-        let aad = wrap_aad(&key.key_id, context);
-        let plaintext = zeroize::Zeroizing::new(
-            cipher
-                .decrypt(
-                    aes_gcm::Nonce::from_slice(nonce),
-                    Payload {
-                        msg: sealed,
-                        aad: &aad,
-                    },
-                )
-                .map_err(|_| invalid())?,
-        );
-        DataKey::from_slice(&plaintext).ok_or_else(invalid)
+        self.unwrap_under(&key, wrapped, context, repo_id)
+    }
+
+    /// Unwrap under the old key, wrap under the new one: the key in clear is a zeroizing
+    /// `DataKey`, dropped (zeroed) before this returns. The old key is checked first, so a
+    /// refusal names the key that refused.
+    async fn rewrap_data_key(
+        &self,
+        tenant: &TenantId,
+        old_key_id: &str,
+        new_key_id: &str,
+        wrapped: &[u8],
+        context: &EncryptionContext,
+        repo_id: RepoId,
+    ) -> Result<Vec<u8>> {
+        let old = self
+            .live_key(tenant, old_key_id)
+            .await
+            .map_err(|e| match e {
+                Error::KeyNotFound { key_id } => Error::CmkGone { key_id },
+                e => e,
+            })?;
+        self.usable_material(&old)?;
+        let new = self.live_key(tenant, new_key_id).await?;
+        // Refuse a new key that cannot wrap before anything is unwrapped.
+        self.usable_material(&new)?;
+        let plaintext = self.unwrap_under(&old, wrapped, context, repo_id)?;
+        self.wrap_under(&new, &plaintext, context)
     }
 }

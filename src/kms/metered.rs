@@ -164,6 +164,23 @@ impl Kms for MeteredKms {
         )
         .await
     }
+
+    async fn rewrap_data_key(
+        &self,
+        tenant: &TenantId,
+        old_key_id: &str,
+        new_key_id: &str,
+        wrapped: &[u8],
+        context: &EncryptionContext,
+        repo_id: RepoId,
+    ) -> Result<Vec<u8>> {
+        self.timed(
+            KmsCall::ReEncrypt,
+            self.inner
+                .rewrap_data_key(tenant, old_key_id, new_key_id, wrapped, context, repo_id),
+        )
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -258,6 +275,17 @@ mod tests {
             _: RepoId,
         ) -> Result<DataKey> {
             (self.0)().map(|()| DataKey::from_bytes([0; 32]))
+        }
+        async fn rewrap_data_key(
+            &self,
+            _: &TenantId,
+            _: &str,
+            _: &str,
+            _: &[u8],
+            _: &EncryptionContext,
+            _: RepoId,
+        ) -> Result<Vec<u8>> {
+            (self.0)().map(|()| vec![])
         }
     }
 

@@ -123,6 +123,11 @@ macro_rules! migrations {
                 "events",
                 include_str!(concat!("../../migrations/", $dir, "/0005_events.sql")),
             ),
+            (
+                6,
+                "rewrap_jobs",
+                include_str!(concat!("../../migrations/", $dir, "/0006_rewrap_jobs.sql")),
+            ),
         ]
     };
 }

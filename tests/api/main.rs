@@ -11,4 +11,5 @@ mod group_commit;
 mod kms_conformance;
 mod migrations;
 mod repositories;
+mod rewrap;
 mod signature;

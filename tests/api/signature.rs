@@ -427,6 +427,14 @@ async fn every_route_in_the_table_is_served_documented_counted_and_authenticated
         let id = repocrypt::domain::Identity::service("sweep", now + 3600).unwrap();
         t.app.tokens.issue(&id, now).unwrap()
     };
+    // A rewrap job to read (nothing to rewrap: it is finished at once).
+    let (job, _) = t
+        .app
+        .service
+        .start_rewrap(&repocrypt::domain::Actor::cli(), &tid(TENANT_A))
+        .await
+        .unwrap();
+    let job_id = job.job_id;
     let mut sent: HashMap<&str, u64> = HashMap::new();
     *sent.entry("UpdateTenantRepoEncryptionSetting").or_default() += 1; // configure_kms's PUT
     let (status, _, doc) = t.send(Method::GET, "/openapi.json", &[], "").await;
@@ -437,7 +445,8 @@ async fn every_route_in_the_table_is_served_documented_counted_and_authenticated
         let uri = route
             .path
             .replace("{tenant_id}", TENANT_A)
-            .replace("{repo_id}", "1");
+            .replace("{repo_id}", "1")
+            .replace("{job_id}", &job_id);
         let platform = matches!(
             route.operation,
             Operation::RegisterRepository

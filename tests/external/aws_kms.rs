@@ -675,3 +675,188 @@ async fn broker_story(moto: &mut Moto, database: Option<&str>) {
     }
     assert_eq!(server.stop(), Some(0));
 }
+
+// ---- rewrap on the AWS backend ----------------------------------------------------------
+
+/// Rewrap on AWS KMS (moto): after the tenant moves from key A (and A2) to key B, a
+/// rewrap job ReEncrypts each data key from its key to B with the repository's encryption
+/// context on both sides; every repository then releases its original key under B, with A
+/// disabled; a repository whose old key is disabled in the KMS is listed in `failed` with
+/// the reason, and a later job does it once the key is enabled again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_backend_rewrap_sqlite() {
+    let Some(mut moto) = Moto::start("aws_backend_rewrap_sqlite") else {
+        return;
+    };
+    rewrap_story(&mut moto, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_backend_rewrap_postgres() {
+    let Some(url) = crate::common::test_database_url() else {
+        assert!(
+            std::env::var_os("REPOCRYPT_REQUIRE_EXTERNAL").is_none(),
+            "REPOCRYPT_REQUIRE_EXTERNAL is set but REPOCRYPT_TEST_DATABASE_URL is not"
+        );
+        eprintln!("SKIPPED aws_backend_rewrap_postgres: REPOCRYPT_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let Some(mut moto) = Moto::start("aws_backend_rewrap_postgres") else {
+        return;
+    };
+    let db = crate::common::fresh_postgres_database(&url).await;
+    rewrap_story(&mut moto, Some(&db)).await;
+}
+
+async fn rewrap_story(moto: &mut Moto, database: Option<&str>) {
+    use reqwest::Method as M;
+    let mut env = moto.env();
+    env.push(("REPOCRYPT_KEY_STATE_CACHE_TTL", "1s".into()));
+    if let Some(url) = database {
+        env.push(("REPOCRYPT_DATABASE_URL", url.to_owned()));
+    }
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = Server::start(&env_ref);
+    let http = server.client();
+    let t = BROKER_TENANT;
+    let cli = |args: &[&str]| run(&server, &env, args);
+    let created = |alias: &str| -> String {
+        let v: Value = serde_json::from_str(&cli(&[
+            "kms",
+            "create-key",
+            "--tenant",
+            t,
+            "--alias",
+            alias,
+        ]))
+        .expect("json");
+        v["key_id"].as_str().expect("key id").to_owned()
+    };
+    let (a, a2, b) = (created("key-a"), created("key-a2"), created("key-b"));
+    let admin = cli(&[
+        "token", "issue", "--tenant", t, "--user", "admin-1", "--role", "admin",
+    ]);
+    let member = cli(&[
+        "token", "issue", "--tenant", t, "--user", "member-1", "--role", "member",
+    ]);
+    let node = cli(&["token", "issue", "--service", "storage-node-1"]);
+    let (status, v) = http.call(M::POST, &grant(t), &admin, None).await;
+    assert_eq!(status, 200, "{v}");
+    let choose = |key: &str| json!({"encryption_type": "KMS", "default_encryption_enabled": true, "cmk_key_id": key});
+    let mut keys = Vec::new();
+    for (key, ids) in [(&a, 1..=3_i64), (&a2, 4..=4)] {
+        let (status, v) = http
+            .call(M::PUT, &setting(t), &admin, Some(choose(key)))
+            .await;
+        assert_eq!(status, 200, "{v}");
+        for id in ids {
+            let body = json!({"repo_id": id, "repo_name": format!("r{id}"), "full_path": format!("g/r{id}")});
+            let (status, v) = http
+                .call(M::POST, &repositories(t), &node, Some(body))
+                .await;
+            assert_eq!(status, 201, "{v}");
+            keys.push((id, v["data_key"].as_str().expect("data key").to_owned()));
+        }
+    }
+    let wrapped_before = wrapped_key(database, &server, 1).await;
+    let (status, v) = http
+        .call(M::PUT, &setting(t), &admin, Some(choose(&b)))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    // A2 disabled in the KMS itself: repository 4 cannot be rewrapped.
+    let raw = moto.raw_client();
+    raw.disable_key()
+        .key_id(&a2)
+        .send()
+        .await
+        .expect("DisableKey");
+    let rewrap = format!("/v4/tenants/{t}/repo-encryption/rewrap");
+    let until_finished = |job_id: String| {
+        let (http, member) = (&http, &member);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let (status, v) = http
+                    .call(
+                        M::GET,
+                        &format!("/v4/tenants/{t}/repo-encryption/rewrap/{job_id}"),
+                        member,
+                        None,
+                    )
+                    .await;
+                assert_eq!(status, 200, "{v}");
+                if v["state"] != "running" {
+                    return v;
+                }
+                assert!(Instant::now() < deadline, "{v}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let (status, job) = http.call(M::POST, &rewrap, &admin, None).await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["total"], 4, "{job}");
+    let end = until_finished(job["job_id"].as_str().unwrap().to_owned()).await;
+    assert_eq!(end["state"], "failed", "{end}");
+    assert_eq!(end["done"], 3, "{end}");
+    let failed = end["failed"].as_array().expect("failed");
+    assert_eq!(failed.len(), 1, "{end}");
+    assert_eq!(failed[0]["repo_id"], 4);
+    let reason = failed[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&a2) && reason.contains("disabled"),
+        "{reason}"
+    );
+    // ReEncrypt made a new ciphertext under B; the key in clear is the same.
+    let wrapped_after = wrapped_key(database, &server, 1).await;
+    assert_ne!(wrapped_after, wrapped_before);
+    let plain_1 = STANDARD.decode(&keys[0].1).unwrap();
+    assert!(!wrapped_after.windows(32).any(|w| w == plain_1.as_slice()));
+    raw.disable_key()
+        .key_id(&a)
+        .send()
+        .await
+        .expect("DisableKey");
+    for (id, key) in &keys[..3] {
+        let (status, v) = http.call(M::GET, &data_key_path(t, *id), &node, None).await;
+        assert_eq!(status, 200, "{id}: {v}");
+        assert_eq!(v["data_key"], key.as_str(), "{id}");
+        assert_eq!(v["cmk_key_id"], b.as_str(), "{id}");
+    }
+    let metrics = http.send(M::GET, "/metrics", &[], None).await.text;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "repocrypt_kms_calls_total{call=\"re_encrypt\",outcome=\"ok\"} 3"),
+        "three ReEncrypt calls:\n{metrics}"
+    );
+
+    // A2 enabled again: `repo rewrap --wait` does the one left (exit 0, its summary).
+    raw.enable_key()
+        .key_id(&a2)
+        .send()
+        .await
+        .expect("EnableKey");
+    let out = binary::cli(
+        server.dir.path(),
+        &env,
+        &["repo", "rewrap", "--tenant", t, "--wait"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let end: Value = serde_json::from_str(binary::stdout(&out).trim()).expect("summary");
+    assert_eq!(
+        (
+            end["state"].clone(),
+            end["total"].clone(),
+            end["done"].clone()
+        ),
+        (json!("succeeded"), json!(1), json!(1)),
+        "{end}"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the SQLite server's row cache
+    let (status, v) = http.call(M::GET, &data_key_path(t, 4), &node, None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data_key"], keys[3].1.as_str());
+    assert_eq!(v["cmk_key_id"], b.as_str());
+    assert_eq!(server.stop(), Some(0));
+}

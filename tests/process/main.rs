@@ -13,5 +13,6 @@ mod events;
 mod git_seal;
 mod hardening;
 mod repositories;
+mod rewrap;
 mod secrets;
 mod walkthrough;

@@ -182,3 +182,58 @@ fn readme_repository_walkthrough_runs_against_the_real_binary() {
     assert!(!server.dir.path().join("again.bundle").exists());
     assert_eq!(server.stop(), Some(0), "SIGTERM exits 0");
 }
+
+/// The "Rewrapping data keys under a new key" walkthrough: three repositories under the old
+/// key, a new key chosen, the rewrap job to its end over HTTP and from the command line,
+/// the old key disabled and the repositories still released.
+#[test]
+fn readme_rewrap_walkthrough_runs_against_the_real_binary() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("REPOCRYPT_REQUIRE_EXTERNAL").is_none(),
+            "REPOCRYPT_REQUIRE_EXTERNAL is set but curl is not installed"
+        );
+        eprintln!("SKIPPED: the rewrap walkthrough needs curl, which is not installed");
+        return;
+    }
+    let server = Server::start(&[]);
+    let mut script = readme_block("\n### Rewrapping data keys under a new key");
+    script = substitute(&script, "./target/release/repocrypt", binary::BIN);
+    script = substitute(&script, "127.0.0.1:8080", &server.addr);
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(server.dir.path())
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "rewrap walkthrough failed:\n{stdout}\n{stderr}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    let job: serde_json::Value = serde_json::from_str(lines[0]).expect("the job");
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(
+        (job["total"].clone(), job["done"].clone()),
+        (3.into(), 3.into()),
+        "{job}"
+    );
+    assert_eq!(job["failed"], serde_json::json!([]), "{job}");
+    let again: serde_json::Value = serde_json::from_str(lines[1]).expect("the CLI's job");
+    assert_eq!(again["state"], "succeeded", "{again}");
+    assert_eq!(again["total"], 0, "{again}");
+    assert_eq!(again["target_key_id"], job["target_key_id"], "{again}");
+    let disabled: serde_json::Value = serde_json::from_str(lines[2]).expect("the old key");
+    assert_eq!(
+        (disabled["key_name"].clone(), disabled["key_state"].clone()),
+        ("old-key".into(), 3.into()),
+        "{disabled}"
+    );
+    let released: serde_json::Value = serde_json::from_str(lines[3]).expect("the release");
+    assert_eq!(released["repo_id"], 1, "{released}");
+    assert_eq!(released["cmk_key_id"], job["target_key_id"], "{released}");
+    assert_eq!(released["data_key"], "(32 bytes, base64)", "{released}");
+    assert_eq!(server.stop(), Some(0));
+}

@@ -32,7 +32,10 @@ pub(super) mod keys;
 pub(super) mod migrate;
 pub(super) mod projects;
 pub(super) mod repositories;
+pub(super) mod rewrap;
 pub(super) mod settings;
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -40,9 +43,10 @@ use serde_json::Value;
 use super::{dialect, Backend};
 use crate::domain::events::Event;
 use crate::domain::ports::CacheStats;
+use crate::domain::rewrap::REWRAP_LEASE;
 use crate::domain::{
     Actor, AuditRecord, Grant, KeyState, PermitPublic, Project, ProjectId, RepoForRelease, RepoId,
-    RepoQuery, Repository, Result, Setting, Shredded, TenantId,
+    RepoQuery, Repository, Result, RewrapCommit, RewrapJob, Setting, Shredded, TenantId,
 };
 #[cfg(feature = "bench")]
 use crate::store::{bulk_summary, BulkTenant};
@@ -241,6 +245,107 @@ impl Store for Backend {
             self.after_shred().await;
         }
         Ok(shredded)
+    }
+
+    async fn start_rewrap_job(
+        &self,
+        tenant: &TenantId,
+        job_id: &str,
+        target_key_id: &str,
+        actor: &Actor,
+    ) -> Result<(RewrapJob, bool)> {
+        rewrap::start(
+            &self.pool,
+            &self.clock,
+            tenant,
+            job_id,
+            target_key_id,
+            actor,
+        )
+        .await
+    }
+
+    async fn get_rewrap_job(&self, tenant: &TenantId, job_id: &str) -> Result<Option<RewrapJob>> {
+        rewrap::get(&self.pool, tenant, job_id).await
+    }
+
+    async fn running_rewrap_job(&self, tenant: &TenantId) -> Result<Option<RewrapJob>> {
+        rewrap::running(&self.pool, tenant).await
+    }
+
+    async fn unleased_rewrap_jobs(&self) -> Result<Vec<RewrapJob>> {
+        rewrap::unleased(&self.pool, &self.clock).await
+    }
+
+    async fn claim_rewrap_job(&self, job_id: &str, lease: &str, ttl: Duration) -> Result<bool> {
+        rewrap::claim(&self.pool, &self.clock, job_id, lease, ttl).await
+    }
+
+    async fn release_rewrap_lease(&self, job_id: &str, lease: &str) -> Result<()> {
+        rewrap::release(&self.pool, job_id, lease).await
+    }
+
+    async fn rewrap_work(
+        &self,
+        job: &RewrapJob,
+        after: Option<RepoId>,
+        limit: u32,
+    ) -> Result<Vec<Repository>> {
+        rewrap::work(&self.pool, job, after, limit).await
+    }
+
+    async fn commit_rewrap(
+        &self,
+        job: &RewrapJob,
+        lease: &str,
+        repo: &Repository,
+        new_wrapped: &[u8],
+        actor: &Actor,
+    ) -> Result<RewrapCommit> {
+        let committed = rewrap::commit(
+            &self.pool,
+            &self.clock,
+            job,
+            lease,
+            REWRAP_LEASE,
+            repo,
+            new_wrapped,
+            actor,
+        )
+        .await;
+        self.repository_written(&job.tenant_id, repo.fields.repo_id);
+        committed
+    }
+
+    async fn record_rewrap_failure(
+        &self,
+        job: &RewrapJob,
+        lease: &str,
+        repo_id: RepoId,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<bool> {
+        rewrap::failure(
+            &self.pool,
+            &self.clock,
+            job,
+            lease,
+            REWRAP_LEASE,
+            repo_id,
+            reason,
+            actor,
+        )
+        .await
+    }
+
+    async fn finish_rewrap_job(
+        &self,
+        job: &RewrapJob,
+        lease: &str,
+        error: Option<&str>,
+        actor: &Actor,
+    ) -> Result<bool> {
+        rewrap::finish(&self.pool, &self.clock, job, lease, error, actor).await
     }
 
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>> {

@@ -15,11 +15,12 @@ use crate::domain::{
 };
 use crate::store::{sql, Context};
 
-const COLUMNS: &str = "tenant_id, repo_id, repo_name, full_path, project_id, project_name, \
+pub(crate) const COLUMNS: &str =
+    "tenant_id, repo_id, repo_name, full_path, project_id, project_name, \
      owner_id, owner_iam_id, owner_tenant_name, owner_nick_name, owner_name, encrypted, \
      cmk_key_id, wrapped_key, shredded_at, created_at";
 
-fn from_row(tenant: &TenantId, row: &Row) -> Result<Repository> {
+pub(crate) fn from_row(tenant: &TenantId, row: &Row) -> Result<Repository> {
     let what = "decode repository";
     let repo_id: i32 = row.try_get("repo_id").context(what)?;
     Ok(Repository {
