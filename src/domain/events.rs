@@ -345,10 +345,10 @@ impl EventSink for Service {
             Change::KeyStateChanged {
                 key_id, new_state, ..
             } => {
-                // The next release under this key asks the KMS (failing closed), on every
-                // replica, from now on; what it released under a key no longer enabled
-                // goes at once.
-                self.cache.expire(t, key_id);
+                // Unless this process knows the new state already, the next release under
+                // this key asks the KMS (failing closed), on every replica, from now on;
+                // what it released under a key no longer enabled goes at once.
+                self.cache.expire_unless(t, key_id, *new_state);
                 if *new_state != Some(KeyState::Enabled) {
                     self.released.forget_key(t, Some(key_id));
                 }

@@ -175,17 +175,19 @@ impl KeyStateCache {
             .filter(|old| *old != state)
     }
 
-    /// The key's state changed somewhere (an event said so): the next lookup finds the
-    /// entry past its TTL and asks the KMS, and meanwhile serves nothing fresh. The state
-    /// itself is not taken from the event: a later read of the KMS may already be here,
-    /// and an older event must not overwrite it.
-    pub fn expire(&self, tenant: &str, key_id: &str) {
+    /// The key's state changed to `state` somewhere (an event said so): unless the entry
+    /// holds that state already, the next lookup finds it past its TTL and asks the KMS.
+    /// The state itself is not taken from the event: a later read of the KMS may already
+    /// be here, and an older event must not overwrite it.
+    pub fn expire_unless(&self, tenant: &str, key_id: &str, state: Option<KeyState>) {
         let ttl = self.ttl;
         with_key(tenant, key_id, |key| {
             if let Ok(mut shard) = self.shard(key).lock() {
-                let aged = shard
-                    .peek(key)
-                    .and_then(|e| e.at.checked_sub(ttl.max(Duration::from_millis(1))));
+                let aged = match shard.peek(key) {
+                    None => return,
+                    Some(e) if e.state == state => return,
+                    Some(e) => e.at.checked_sub(ttl.max(Duration::from_millis(1))),
+                };
                 match aged {
                     Some(at) => {
                         if let Some(entry) = shard.peek_mut(key) {
@@ -366,5 +368,32 @@ mod tests {
         c.touch("t", "k");
         clock.advance(Duration::from_secs(44));
         assert!(matches!(c.lookup("t", "k"), Lookup::Fresh(Some(_))));
+    }
+
+    #[test]
+    fn put_reports_a_change_and_an_event_expires_only_a_different_state() {
+        let (c, clock) = cache(60, ROOMY);
+        clock.advance(Duration::from_secs(120)); // room below the entries' times
+        assert_eq!(c.put("t", "k", info(KeyState::Enabled), c.now()), None);
+        assert_eq!(c.put("t", "k", info(KeyState::Enabled), c.now()), None);
+        assert_eq!(
+            c.put("t", "k", info(KeyState::Disabled), c.now()),
+            Some(Some(KeyState::Enabled))
+        );
+        // An event saying what the cache knows changes nothing.
+        c.expire_unless("t", "k", Some(KeyState::Disabled));
+        assert!(matches!(
+            c.lookup("t", "k"),
+            Lookup::Fresh(Some(KeyState::Disabled))
+        ));
+        // One saying otherwise sends the next lookup to the KMS.
+        c.expire_unless("t", "k", Some(KeyState::Enabled));
+        assert!(matches!(
+            c.lookup("t", "k"),
+            Lookup::Stale(Some(KeyState::Disabled))
+        ));
+        // A key the cache does not hold stays unknown.
+        c.expire_unless("t", "other", None);
+        assert!(matches!(c.lookup("t", "other"), Lookup::Unknown));
     }
 }

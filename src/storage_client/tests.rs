@@ -190,12 +190,15 @@ async fn a_refusal_shows_status_code_and_message() {
     let err = client.fetch_data_key(TENANT, 7).await.unwrap_err();
     match &err {
         ClientError::Refused {
-            repo_id,
+            what,
             status,
             error_code,
             error_msg,
         } => {
-            assert_eq!((*repo_id, *status), (7, 410));
+            assert_eq!(
+                (what.as_str(), *status),
+                ("the data key of repository 7", 410)
+            );
             assert_eq!(error_code, "RC.410001");
             assert_eq!(error_msg, "the data key of repository 7 was destroyed");
         }

@@ -627,3 +627,171 @@ mod batching {
             .expect("every caller is answered, none hangs");
     }
 }
+
+/// Change events across two replicas on PostgreSQL: a change made through one is
+/// delivered by the other's stream, within a second; a subscriber that loses its replica
+/// resumes on the other with `Last-Event-ID` and gets each event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_raised_on_one_replica_are_delivered_by_the_other() {
+    use std::time::{Duration, Instant};
+    let Some(url) = pg_url_or_skip("events_raised_on_one_replica_are_delivered_by_the_other")
+    else {
+        return;
+    };
+    let db = common::fresh_postgres_database(&url).await;
+    let mut root = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut root);
+    let root = repocrypt::keys::RootKey::from_bytes(root).to_base64();
+    let env: Vec<(&str, String)> = vec![
+        ("REPOCRYPT_DATABASE_URL", db.clone()),
+        ("REPOCRYPT_ROOT_KEY", root),
+        // Long: nothing below is explained by the key-state cache expiring.
+        ("REPOCRYPT_KEY_STATE_CACHE_TTL", "60s".into()),
+    ];
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = Server::start(&env_ref);
+    let mut b = Server::start(&env_ref);
+    let admin = cli(
+        a.dir.path(),
+        &env,
+        &[
+            "token", "issue", "--tenant", "t1", "--user", "alice", "--role", "admin",
+        ],
+    );
+    let node = cli(
+        a.dir.path(),
+        &env,
+        &["token", "issue", "--service", "node-1"],
+    );
+    let key: Value = serde_json::from_str(&cli(
+        a.dir.path(),
+        &env,
+        &["kms", "create-key", "--tenant", "t1", "--alias", "k1"],
+    ))
+    .unwrap();
+    let key_id = key["key_id"].as_str().unwrap().to_owned();
+    let (admin_api, node_api) = (
+        Api { token: admin },
+        Api {
+            token: node.clone(),
+        },
+    );
+    let base = "/v4/tenants/t1/repo-encryption";
+    let post = reqwest::Method::POST;
+    assert_eq!(
+        admin_api
+            .call(&a.addr, post.clone(), &format!("{base}/kms-grant"), None)
+            .await
+            .0,
+        200
+    );
+    let put =
+        json!({"encryption_type": "KMS", "cmk_key_id": key_id, "default_encryption_enabled": true});
+    let (status, v) = admin_api
+        .call(
+            &a.addr,
+            reqwest::Method::PUT,
+            &format!("{base}/setting"),
+            Some(put),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    for id in 1..=4 {
+        let body =
+            json!({"repo_id": id, "repo_name": format!("r{id}"), "full_path": format!("g/r{id}")});
+        let (status, v) = node_api
+            .call(
+                &a.addr,
+                post.clone(),
+                &format!("{base}/repositories"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, 201, "{v}");
+    }
+    let data_key = |id: i64| format!("{base}/repositories/{id}/data-key");
+    // B has released repository 2's key: it is in B's release cache for the next 60 s.
+    assert_eq!(
+        node_api
+            .call(&b.addr, reqwest::Method::GET, &data_key(2), None)
+            .await
+            .0,
+        200
+    );
+
+    let mut on_b = binary::EventClient::open(&b.addr, &node, None).await;
+    let started = Instant::now();
+    let (status, _) = node_api
+        .call(&a.addr, reqwest::Method::DELETE, &data_key(1), None)
+        .await;
+    assert_eq!(status, 204);
+    let done = Instant::now();
+    let first = on_b
+        .next(Duration::from_secs(5))
+        .await
+        .expect("the shred on A, seen on B");
+    assert_eq!(first.event, "data_key_shredded");
+    assert_eq!(first.data["repo_id"], 1);
+    let shred_ms = first.at.duration_since(done).as_millis();
+    // A key disabled through replica A's command line: B's stream says so, and B (whose
+    // cache holds the key as enabled, and repository 2's data key) refuses at once.
+    let out = binary::cli(
+        a.dir.path(),
+        &env,
+        &[
+            "kms",
+            "disable-key",
+            "--tenant",
+            "t1",
+            "--key-id",
+            &key_id,
+            "--force",
+        ],
+    );
+    assert!(out.status.success(), "{}", binary::stderr(&out));
+    let disabled = Instant::now();
+    let second = on_b
+        .next(Duration::from_secs(5))
+        .await
+        .expect("key_state_changed on B");
+    let disable_ms = second.at.duration_since(disabled).as_millis();
+    assert_eq!(second.event, "key_state_changed", "{:?}", second);
+    assert_eq!(second.data["new_state"], 3);
+    assert_eq!(second.data["repositories"], json!([2, 3, 4]));
+    let (status, v) = node_api
+        .call(&b.addr, reqwest::Method::GET, &data_key(2), None)
+        .await;
+    assert_eq!(status, 403, "B still released the key: {v}");
+    eprintln!(
+        "MEASURED PostgreSQL, two replicas: shred on A to B's subscriber {shred_ms} ms; \
+         disable-key (CLI) to B's subscriber {disable_ms} ms; {} ms in all",
+        started.elapsed().as_millis()
+    );
+    assert!(
+        shred_ms < 1000 && disable_ms < 1000,
+        "{shred_ms} ms, {disable_ms} ms"
+    );
+
+    // B goes away; meanwhile A shreds two more. The subscriber resumes on A from the
+    // last id it saw, and gets the two, each once, in order.
+    let last = second.id.unwrap();
+    drop(on_b);
+    b.terminate();
+    for id in [3, 4] {
+        let (status, _) = node_api
+            .call(&a.addr, reqwest::Method::DELETE, &data_key(id), None)
+            .await;
+        assert_eq!(status, 204);
+    }
+    let mut on_a = binary::EventClient::open(&a.addr, &node, Some(last)).await;
+    let got = on_a.drain(Duration::from_millis(800)).await;
+    let repos: Vec<_> = got.iter().map(|e| e.data["repo_id"].as_i64()).collect();
+    assert_eq!(repos, vec![Some(3), Some(4)], "{got:?}");
+    assert!(got[0].id.unwrap() > last && got[1].id.unwrap() > got[0].id.unwrap());
+    // And on a restarted B, from the same id, the same two.
+    let b = Server::start(&env_ref);
+    let mut on_b = binary::EventClient::open(&b.addr, &node, Some(last)).await;
+    let again = on_b.drain(Duration::from_millis(800)).await;
+    let ids = |v: &[binary::SseEvent]| v.iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids(&again), ids(&got));
+}
