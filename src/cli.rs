@@ -897,7 +897,14 @@ async fn serve(app: App) -> Result<()> {
     // Rewrap jobs left running (by a process that died, or by `repo rewrap` without
     // `--wait`) are taken up now and whenever their lease expires.
     tokio::spawn(app.service.clone().sweep_rewraps());
-    crate::http::server::serve(listener, app.router(), options, shutdown_signal())
+    // The event streams never end by themselves: they end when the shutdown begins, so
+    // that the graceful shutdown does not wait the request timeout for them.
+    let events = app.events.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        events.close();
+    };
+    crate::http::server::serve(listener, app.router(), options, shutdown)
         .await
         .map_err(|e| Error::Internal(format!("server: {e}")))?;
     tracing::info!("repocrypt stopped");

@@ -118,6 +118,8 @@ pub struct EventFeed {
     wake: Arc<Notify>,
     clock: Arc<dyn Clock>,
     retention: Duration,
+    /// Set when the server shuts down: the streams end, so that their connections close.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl EventFeed {
@@ -137,12 +139,24 @@ impl EventFeed {
             wake: watch.wake(),
             clock,
             retention,
+            closed: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
     /// The id of the newest event read.
     pub fn latest(&self) -> i64 {
         *self.latest.borrow()
+    }
+
+    /// The server is shutting down: every stream ends (a client reconnects to another
+    /// replica, or to this one once it is back, with its `Last-Event-ID`).
+    pub fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.latest.send_modify(|_| {});
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// A receiver that sees [`latest`](Self::latest) change.

@@ -125,6 +125,9 @@ struct Stream {
 impl Stream {
     async fn next(mut self) -> Option<(Result<SseEvent, Infallible>, Self)> {
         loop {
+            if self.feed.is_closed() {
+                return None;
+            }
             if let Some(event) = self.pending.pop_front() {
                 let sse = to_sse(&event);
                 return Some((Ok(sse), self));

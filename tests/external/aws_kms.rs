@@ -543,7 +543,9 @@ async fn broker_story(moto: &mut Moto, database: Option<&str>) {
     assert_eq!(v.as_array().map(Vec::len), Some(2), "{v}");
     assert!(!v.to_string().contains(&keys[0]), "{v}");
 
-    // The kill switch: DisableKey in the KMS itself; releases stop within the TTL.
+    // The kill switch: DisableKey in the KMS itself; releases stop within the TTL. A
+    // storage node following the events hears of it from the refresh that sees it.
+    let mut events = binary::EventClient::open(&server.addr, &node, None).await;
     raw.disable_key()
         .key_id(&key_id)
         .send()
@@ -569,6 +571,12 @@ async fn broker_story(moto: &mut Moto, database: Option<&str>) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     eprintln!("release refused {refused_after:?} after DisableKey (TTL 1 s)");
+    let seen = events.drain(Duration::from_millis(800)).await;
+    assert_eq!(seen.len(), 1, "one event for one change in the KMS: {seen:?}");
+    assert_eq!(seen[0].event, "key_state_changed");
+    assert_eq!(seen[0].data["key_id"], key_id.as_str());
+    assert_eq!((seen[0].data["old_state"].clone(), seen[0].data["new_state"].clone()), (json!(2), json!(3)));
+    assert_eq!(seen[0].data["repositories"], json!([1, 2]));
     // ...and stays refused, for every repository of the key, registration included.
     for id in [1, 2, 1] {
         let (status, v) = release(id).await;
