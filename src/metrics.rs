@@ -77,6 +77,8 @@ pub enum Operation {
     RegisterRepository,
     ShowDataKey,
     DeleteDataKey,
+    ListCmkRepositories,
+    DeleteGrant,
     Health,
     Ready,
     Metrics,
@@ -86,7 +88,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 15] = [
+    pub const ALL: [Operation; 17] = [
         Operation::ShowSetting,
         Operation::UpdateSetting,
         Operation::ShowGrant,
@@ -97,6 +99,8 @@ impl Operation {
         Operation::RegisterRepository,
         Operation::ShowDataKey,
         Operation::DeleteDataKey,
+        Operation::ListCmkRepositories,
+        Operation::DeleteGrant,
         Operation::Health,
         Operation::Ready,
         Operation::Metrics,

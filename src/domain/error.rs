@@ -100,6 +100,12 @@ pub enum Error {
     CmkGone { key_id: String },
     #[error("the setting was changed concurrently too many times; retry the request")]
     Conflict,
+    #[error("key {key_id} wraps the data keys of {repositories} repositories of this tenant: to {op} it would stop their release (see `repocrypt kms impact`); add --force to {op} it anyway")]
+    KeyInUse {
+        key_id: String,
+        repositories: u64,
+        op: &'static str,
+    },
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
 
@@ -165,6 +171,7 @@ impl Error {
             CmkGone { .. } => "RC.410002",
             ProjectNotFound(_) => "RC.404001",
             Conflict => "RC.409001",
+            KeyInUse { .. } => "RC.409010",
             AlreadyExists(_) => "RC.409002",
             PayloadTooLarge { .. } => "RC.413001",
             KmsUnavailable(_) => "RC.503001",

@@ -5,6 +5,7 @@ pub mod broker;
 pub mod data_keys;
 pub mod error;
 pub mod key_states;
+pub mod keys;
 pub mod model;
 pub mod patch;
 pub mod ports;
@@ -13,6 +14,7 @@ pub mod service;
 pub mod types;
 
 pub use error::{Error, Result};
+pub use keys::KeyImpact;
 pub use model::*;
 pub use patch::{parse_setting_patch, BodyField, FieldKind, BODY_FIELDS, MAX_BODY_BYTES};
 pub use repository::*;

@@ -251,6 +251,17 @@ impl Service {
         Ok(())
     }
 
+    /// Withdraw the tenant's KMS grant: from then on no data key of the tenant is released
+    /// (403 `GrantWithdrawn`), no KMS setting is accepted and no encrypted repository is
+    /// registered, until a new grant. The data keys are kept. `true` when there was a grant
+    /// (withdrawing none is not an error, and writes nothing).
+    pub async fn delete_grant(&self, actor: &Actor, tenant: &TenantId) -> Result<bool> {
+        let withdrawn = self.store.delete_grant(tenant, actor).await;
+        // The keys released here are forgotten at once, whatever the outcome.
+        self.released.forget_key(tenant.as_str(), None);
+        Ok(withdrawn?.is_some())
+    }
+
     /// Whether the tenant has granted KMS use (`assumed`).
     pub async fn show_grant(&self, tenant: &TenantId) -> Result<bool> {
         Ok(self.store.get_grant(tenant).await?.is_some())

@@ -118,6 +118,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         | KeyRefused { .. } => StatusCode::FORBIDDEN,
         ProjectNotFound(_) | RepoNotFound { .. } => StatusCode::NOT_FOUND,
         Conflict
+        | KeyInUse { .. }
         | AlreadyExists(_)
         | RepoNotEncrypted { .. }
         | RepoConflict { .. }
@@ -292,6 +293,11 @@ mod tests {
             DataKeyDestroyed { repo_id: 1 },
             CmkGone { key_id: s() },
             Conflict,
+            KeyInUse {
+                key_id: s(),
+                repositories: 2,
+                op: "disable",
+            },
             PayloadTooLarge { limit: 1 },
             KmsUnavailable(s()),
             Store(s()),
@@ -335,6 +341,7 @@ mod tests {
                 | DataKeyDestroyed { .. }
                 | CmkGone { .. }
                 | Conflict
+                | KeyInUse { .. }
                 | PayloadTooLarge { .. }
                 | KmsUnavailable(_)
                 | Store(_)

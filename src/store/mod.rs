@@ -118,6 +118,16 @@ macro_rules! migrations {
                 "repositories",
                 include_str!(concat!("../../migrations/", $dir, "/0004_repositories.sql")),
             ),
+            // Numbered 0007 on main (0005 events, 0006 rewrap): renumber when merging.
+            (
+                5,
+                "repositories_by_key",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $dir,
+                    "/0005_repositories_by_key.sql"
+                )),
+            ),
         ]
     };
 }

@@ -437,7 +437,8 @@ async fn every_route_in_the_table_is_served_documented_counted_and_authenticated
         let uri = route
             .path
             .replace("{tenant_id}", TENANT_A)
-            .replace("{repo_id}", "1");
+            .replace("{repo_id}", "1")
+            .replace("{key_id}", "some-key");
         let platform = matches!(
             route.operation,
             Operation::RegisterRepository | Operation::ShowDataKey | Operation::DeleteDataKey

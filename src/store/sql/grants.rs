@@ -67,8 +67,49 @@ pub(crate) async fn put(
         Some(grant_json(&grant)),
     )
     .await?;
+    // EVENT: Change::GrantRestored, only when `before.is_none()` (the tenant's data keys may
+    // be released again after a withdrawal; a first grant has nothing yet to release):
+    //   super::events::insert(&mut tx, clock, tenant.as_str(), &Change::GrantRestored).await?;
     tx.commit().await.context("commit grant")?;
     Ok(grant)
+}
+
+/// Withdraw the grant: delete its row, with its audit record (`before`: the grant), in one
+/// transaction. The grant that was withdrawn, or `None` (and nothing written) when there
+/// was none. The tenant's settings and wrapped data keys are kept.
+pub(crate) async fn delete(
+    pool: &sqlx::Pool<Db>,
+    clock: &Arc<dyn Clock>,
+    tenant: &TenantId,
+    actor: &Actor,
+) -> Result<Option<Grant>> {
+    let mut tx = super::begin_write(pool).await?;
+    super::lock_tenant(&mut tx, "grant", tenant.as_str()).await?;
+    let before =
+        sqlx::query("DELETE FROM kms_grants WHERE tenant_id = $1 RETURNING granted_by, granted_at")
+            .bind(tenant.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .context("delete grant")?
+            .map(|r| grant_from_row(tenant, &r))
+            .transpose()?;
+    let Some(before) = before else {
+        return Ok(None);
+    };
+    audit::insert(
+        &mut tx,
+        clock,
+        tenant.as_str(),
+        actor,
+        "kms_grant.delete",
+        Some(grant_json(&before)),
+        None,
+    )
+    .await?;
+    // EVENT: Change::GrantWithdrawn
+    //   super::events::insert(&mut tx, clock, tenant.as_str(), &Change::GrantWithdrawn).await?;
+    tx.commit().await.context("commit grant withdrawal")?;
+    Ok(Some(before))
 }
 
 pub(crate) fn permit_from_row(row: &Row) -> Result<Option<PermitPublic>> {
