@@ -158,8 +158,8 @@ impl PostgresStore {
     fn repository_written(&self, _tenant: &TenantId, _repo_id: RepoId) {}
 
     /// Nothing cached: every replica reads the grant (and a release reads it with the
-    /// repository), so a withdrawal is seen by all at once.
-    fn grant_withdrawn(&self, _tenant: &TenantId) {}
+    /// repository), so a grant or a withdrawal is seen by all at once.
+    fn grant_written(&self, _tenant: &TenantId) {}
 
     /// Every replica reads the row: a shred on one is seen by all at once.
     async fn read_repository_for_release(

@@ -259,10 +259,10 @@ impl SqliteStore {
         self.grants.invalidate(tenant);
     }
 
-    /// The tenant's grant was withdrawn (or a withdrawal failed, and may have happened):
-    /// forget it, and every cached repository of the tenant, which holds whether it stood.
-    fn grant_withdrawn(&self, tenant: &TenantId) {
-        self.tenant_written(tenant.as_str());
+    /// The tenant's grant was given or withdrawn (or the write failed, and may have
+    /// happened): forget every cached repository of the tenant, which holds whether it
+    /// stood (the grant itself is `tenant_written`'s).
+    fn grant_written(&self, tenant: &TenantId) {
         self.repositories
             .invalidate_prefix(&repository_key_prefix(tenant));
     }

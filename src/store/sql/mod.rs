@@ -16,7 +16,7 @@
 //!   (`read_setting`, `read_setting_with_key`, `read_grant`, `read_permit_public`,
 //!   `read_key`, `read_repository_for_release`: SQLite from its row cache, PostgreSQL
 //!   coalesced or direct), the cache hooks (`tenant_written`, `repository_written`,
-//!   `grant_withdrawn`, `row_cache_stats`), and what a shred leaves to clean
+//!   `grant_written`, `row_cache_stats`), and what a shred leaves to clean
 //!   (`after_shred`: SQLite truncates its WAL).
 //!
 //! One file per aggregate: settings (and their group commit), grants and tenants,
@@ -118,15 +118,17 @@ impl Store for Backend {
     }
 
     async fn put_grant(&self, tenant: &TenantId, actor: &Actor) -> Result<Grant> {
-        let grant = grants::put(&self.pool, &self.clock, tenant, actor).await?;
+        let grant = grants::put(&self.pool, &self.clock, tenant, actor).await;
         self.tenant_written(tenant.as_str());
-        Ok(grant)
+        self.grant_written(tenant);
+        grant
     }
 
     async fn delete_grant(&self, tenant: &TenantId, actor: &Actor) -> Result<Option<Grant>> {
         let withdrawn = grants::delete(&self.pool, &self.clock, tenant, actor).await;
         // Whatever the outcome (a commit whose answer was lost may still have happened).
-        self.grant_withdrawn(tenant);
+        self.tenant_written(tenant.as_str());
+        self.grant_written(tenant);
         withdrawn
     }
 
