@@ -100,7 +100,7 @@ pub enum Error {
     CmkGone { key_id: String },
     #[error("the setting was changed concurrently too many times; retry the request")]
     Conflict,
-    #[error("key {key_id} wraps the data keys of {repositories} repositories of this tenant: to {op} it would stop their release (see `repocrypt kms impact`); add --force to {op} it anyway")]
+    #[error("key {key_id} wraps the data keys of {} of this tenant: to {op} it would stop their release (see `repocrypt kms impact`); add --force to {op} it anyway", count_of(*.repositories, "repository", "repositories"))]
     KeyInUse {
         key_id: String,
         repositories: u64,
@@ -194,6 +194,11 @@ impl Error {
             reason: reason.to_string(),
         }
     }
+}
+
+/// `1 repository`, `2 repositories`.
+fn count_of(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
