@@ -625,9 +625,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Tenant(TenantCommand::RevokeKmsGrant { tenant }) => {
             let tenant = TenantId::parse(tenant)?;
             let withdrawn = app.service.delete_grant(&actor, &tenant).await?;
-            print_json(&serde_json::json!({
-                "tenant_id": tenant.as_str(), "assumed": false, "withdrawn": withdrawn
-            }))
+            print_json(&Revoked {
+                tenant_id: tenant.as_str(),
+                assumed: false,
+                withdrawn,
+            })
         }
         Command::Tenant(TenantCommand::Set {
             tenant,
@@ -818,11 +820,7 @@ async fn kms(app: &App, actor: &Actor, cmd: KmsCommand) -> Result<()> {
 
 /// `kms impact`: every repository that depends on the key, read a page at a time, as
 /// ListTenantCmkRepositories answers them (the SDK's `RepoEncryptionDto`).
-async fn impact(
-    s: &crate::domain::Service,
-    tenant: &TenantId,
-    key_id: &str,
-) -> Result<serde_json::Value> {
+async fn impact(s: &crate::domain::Service, tenant: &TenantId, key_id: &str) -> Result<Impact> {
     use crate::domain::Page;
     crate::domain::check_text_arg("--key-id", key_id)?;
     let mut items = Vec::new();
@@ -842,12 +840,31 @@ async fn impact(
             break (found.key_id, found.total);
         }
     };
-    Ok(serde_json::json!({
-        "tenant_id": tenant.as_str(),
-        "key_id": key_id,
-        "repositories": total,
-        "items": items,
-    }))
+    Ok(Impact {
+        tenant_id: tenant.as_str().to_owned(),
+        key_id,
+        repositories: total,
+        items,
+    })
+}
+
+/// What `kms impact` prints.
+#[derive(Serialize)]
+struct Impact {
+    tenant_id: String,
+    key_id: String,
+    /// How many repositories depend on the key.
+    repositories: u64,
+    items: Vec<crate::http::views::RepoView>,
+}
+
+/// What `tenant revoke-kms-grant` prints.
+#[derive(Serialize)]
+struct Revoked<'a> {
+    tenant_id: &'a str,
+    assumed: bool,
+    /// Whether there was a grant to withdraw.
+    withdrawn: bool,
 }
 
 async fn serve(app: App) -> Result<()> {
