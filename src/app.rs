@@ -1,6 +1,6 @@
 //! Wiring: the configuration becomes a store, a KMS, a service and a router, once.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use crate::auth::credentials::Credentials;
 use crate::auth::signature::SignatureVerifier;
@@ -8,6 +8,7 @@ use crate::auth::token::TokenCodec;
 use crate::auth::{Authenticator, LocalAuth};
 use crate::clock::Clock;
 use crate::config::{Config, KmsBackend};
+use crate::domain::events::{EventFeed, EventSink};
 use crate::domain::key_states::KeyStateCache;
 use crate::domain::{Error, Result, Service};
 use crate::keys::{self, RootKey};
@@ -32,6 +33,8 @@ pub struct App {
     pub credentials: Arc<Credentials>,
     pub auth: Arc<dyn Authenticator>,
     pub metrics: Arc<Metrics>,
+    /// The change events, followed by a task of this process's.
+    pub events: Arc<EventFeed>,
 }
 
 impl App {
@@ -93,6 +96,15 @@ impl App {
             config.region.clone(),
             config.region_type.clone(),
         ));
+        let events = EventFeed::start(
+            store.clone(),
+            service.key_watch(),
+            clock.clone(),
+            config.event_retention,
+        )
+        .await?;
+        let sink: Weak<dyn EventSink> = Arc::downgrade(&service) as Weak<Service>;
+        tokio::spawn(events.clone().follow(sink));
         let tokens = TokenCodec::new(&root);
         let credentials = Arc::new(Credentials::new(
             database.credentials(),
@@ -119,12 +131,14 @@ impl App {
             keys,
             kms,
             service,
+            events,
         })
     }
 
     pub fn router(&self) -> axum::Router {
         crate::http::router(crate::http::Deps {
             service: self.service.clone(),
+            events: self.events.clone(),
             auth: self.auth.clone(),
             kms: self.kms.clone(),
             metrics: self.metrics.clone(),

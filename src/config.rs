@@ -29,6 +29,8 @@ pub const DEFAULT_KEY_STATE_CACHE_CAPACITY: usize = 100_000;
 pub const DEFAULT_KMS_TIMEOUT: Duration = crate::kms::aws::DEFAULT_TIMEOUT;
 pub const MAX_KMS_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_SIGNATURE_MAX_SKEW: Duration = Duration::from_secs(15 * 60);
+/// How long change events are kept for storage nodes that reconnect.
+pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_RATE_LIMIT_PER_TENANT: u32 = 1000;
 pub const DEFAULT_RATE_LIMIT_PER_CREDENTIAL: u32 = 500;
 
@@ -103,6 +105,10 @@ pub struct ConfigArgs {
     #[arg(long, env = "REPOCRYPT_SIGNATURE_MAX_SKEW", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(serialize_with = "duration::serialize_option")]
     pub signature_max_skew: Option<Duration>,
+    /// How long change events are kept for a storage node that reconnects (`Last-Event-ID`); older ones are pruned [default: 7d].
+    #[arg(long, env = "REPOCRYPT_EVENT_RETENTION", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(serialize_with = "duration::serialize_option")]
+    pub event_retention: Option<Duration>,
     /// KMS backend: `local` (embedded) or `aws` (AWS KMS API) [default: local].
     #[arg(
         long,
@@ -268,6 +274,8 @@ pub struct Config {
     pub row_cache_capacity: usize,
     #[serde(with = "duration")]
     pub signature_max_skew: Duration,
+    #[serde(with = "duration")]
+    pub event_retention: Duration,
     pub kms_backend: KmsBackend,
     pub kms_endpoint: Option<String>,
     pub kms_region: Option<String>,
@@ -308,6 +316,7 @@ impl Default for Config {
             key_state_cache_capacity: DEFAULT_KEY_STATE_CACHE_CAPACITY,
             row_cache_capacity: crate::store::sqlite::DEFAULT_ROW_CACHE_CAPACITY,
             signature_max_skew: DEFAULT_SIGNATURE_MAX_SKEW,
+            event_retention: DEFAULT_EVENT_RETENTION,
             kms_backend: KmsBackend::Local,
             kms_endpoint: None,
             kms_region: None,
@@ -457,6 +466,11 @@ impl Config {
         if self.signature_max_skew.is_zero() {
             return Err(Error::InvalidArgument(
                 "signature_max_skew must be positive".into(),
+            ));
+        }
+        if self.event_retention < Duration::from_secs(60) {
+            return Err(Error::InvalidArgument(
+                "event_retention must be at least 1m".into(),
             ));
         }
         if self.kms_timeout.is_zero() || self.kms_timeout > MAX_KMS_TIMEOUT {
@@ -851,6 +865,7 @@ mod tests {
             key_state_cache_capacity: Some(1),
             row_cache_capacity: Some(1),
             signature_max_skew: Some(Duration::from_secs(1)),
+            event_retention: Some(Duration::from_secs(3600)),
             kms_backend: Some(KmsBackend::Aws),
             kms_endpoint: Some("http://k".into()),
             kms_region: Some("k".into()),
@@ -979,6 +994,7 @@ mod tests {
         for key in [
             "key_state_cache_ttl",
             "signature_max_skew",
+            "event_retention",
             "kms_timeout",
             "request_timeout",
             "header_read_timeout",

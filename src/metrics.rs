@@ -79,6 +79,7 @@ pub enum Operation {
     DeleteDataKey,
     ListCmkRepositories,
     DeleteGrant,
+    Events,
     Health,
     Ready,
     Metrics,
@@ -88,7 +89,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 17] = [
+    pub const ALL: [Operation; 18] = [
         Operation::ShowSetting,
         Operation::UpdateSetting,
         Operation::ShowGrant,
@@ -101,6 +102,7 @@ impl Operation {
         Operation::DeleteDataKey,
         Operation::ListCmkRepositories,
         Operation::DeleteGrant,
+        Operation::Events,
         Operation::Health,
         Operation::Ready,
         Operation::Metrics,

@@ -72,8 +72,7 @@ impl Service {
             // Decided on the KMS's answer now, as a PUT is.
             let read_at = self.cache.now();
             let info = self.kms.describe_key(tenant, &key_id).await?;
-            self.cache
-                .put(tenant.as_str(), &key_id, info.as_ref(), read_at);
+            self.remember_key(tenant, &key_id, info.as_ref(), read_at);
             let info = info.ok_or_else(|| Error::KeyNotFound {
                 key_id: key_id.clone(),
             })?;
@@ -217,8 +216,7 @@ impl Service {
             Lookup::Stale(_) | Lookup::Unknown => {
                 let read_at = self.cache.now();
                 let info = self.kms.describe_key(tenant, key_id).await?;
-                self.cache
-                    .put(tenant.as_str(), key_id, info.as_ref(), read_at);
+                self.remember_key(tenant, key_id, info.as_ref(), read_at);
                 info.map(|i| i.key_state)
             }
         };
@@ -271,7 +269,11 @@ impl Service {
         let outcome = self.store.shred_repository(tenant, repo_id, actor).await;
         self.released.forget(tenant.as_str(), repo_id);
         match outcome? {
-            Shredded::Now | Shredded::Already => Ok(()),
+            Shredded::Now => {
+                self.event_written();
+                Ok(())
+            }
+            Shredded::Already => Ok(()),
             Shredded::NotEncrypted => Err(Error::RepoNotEncrypted {
                 repo_id: repo_id.get(),
             }),

@@ -149,20 +149,30 @@ impl KeyStateCache {
 
     /// Remember the KMS's answer to a read that began at `read_at`, unless the cache
     /// already holds an answer to a later read; the least recently used entry of the
-    /// shard makes room.
-    pub fn put(&self, tenant: &str, key_id: &str, info: Option<&KeyInfo>, read_at: Instant) {
+    /// shard makes room. The state it replaced, when the answer changed it (a change
+    /// in the KMS that this process has seen).
+    pub fn put(
+        &self,
+        tenant: &str,
+        key_id: &str,
+        info: Option<&KeyInfo>,
+        read_at: Instant,
+    ) -> Option<Option<KeyState>> {
         let key = format!("{tenant}\0{key_id}");
-        if let Ok(mut shard) = self.shard(&key).lock() {
-            if shard.peek(&key).is_some_and(|e| e.at > read_at) {
-                return;
-            }
-            let entry = Entry {
-                state: info.map(|i| i.key_state),
-                at: read_at,
-                refreshing: false,
-            };
-            shard.put(key, entry);
+        let state = info.map(|i| i.key_state);
+        let mut shard = self.shard(&key).lock().ok()?;
+        if shard.peek(&key).is_some_and(|e| e.at > read_at) {
+            return None;
         }
+        let entry = Entry {
+            state,
+            at: read_at,
+            refreshing: false,
+        };
+        shard
+            .put(key, entry)
+            .map(|old| old.state)
+            .filter(|old| *old != state)
     }
 
     /// A refresh ahead of the TTL failed: let a later lookup try again.

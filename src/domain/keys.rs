@@ -105,7 +105,8 @@ impl Service {
             .kms
             .create_key(tenant, alias, origin, inactive, actor)
             .await?;
-        self.key_changed(tenant, None, &info);
+        // A new key: no repository depends on it, nothing to report.
+        self.key_changed(tenant, None, &info).await;
         Ok(info)
     }
 
@@ -121,7 +122,8 @@ impl Service {
     ) -> Result<KeyInfo> {
         let before = self.kms.describe_key(tenant, key_id).await?;
         let info = self.kms.enable_key(tenant, key_id, actor).await?;
-        self.key_changed(tenant, before.map(|b| b.key_state), &info);
+        self.key_changed(tenant, before.map(|b| Some(b.key_state)), &info)
+            .await;
         Ok(info)
     }
 
@@ -159,7 +161,8 @@ impl Service {
     ) -> Result<KeyInfo> {
         let before = self.kms.describe_key(tenant, key_id).await?;
         let info = self.kms.cancel_key_deletion(tenant, key_id, actor).await?;
-        self.key_changed(tenant, before.map(|b| b.key_state), &info);
+        self.key_changed(tenant, before.map(|b| Some(b.key_state)), &info)
+            .await;
         Ok(info)
     }
 
@@ -175,7 +178,8 @@ impl Service {
             .kms
             .import_key_material(tenant, key_id, material, actor)
             .await?;
-        self.key_changed(tenant, before.map(|b| b.key_state), &info);
+        self.key_changed(tenant, before.map(|b| Some(b.key_state)), &info)
+            .await;
         Ok(info)
     }
 
@@ -230,22 +234,32 @@ impl Service {
                     .await?
             }
         };
-        self.key_changed(tenant, before.map(|b| b.key_state), &info);
+        self.key_changed(tenant, before.map(|b| Some(b.key_state)), &info)
+            .await;
         Ok(info)
     }
 
     /// After every change of a key's state made through the service: this process's caches
     /// know the new state at once (a release here is refused without waiting for the TTL),
-    /// and a key that no longer releases forgets the data keys it released.
-    fn key_changed(&self, tenant: &TenantId, _before: Option<KeyState>, info: &KeyInfo) {
-        // EVENT: Change::KeyStateChanged { key_id, old_state: _before, new_state, repositories }
-        // (the lead's hook: every key state change of repocrypt's passes here).
+    /// a key that no longer releases forgets the data keys it released, and the change is
+    /// recorded (`key_state_changed`, raised once: here, before a command exits, rather
+    /// than by the next process whose refresh sees it). `before`: the key's state before
+    /// (`None` for a key that did not exist, or was not seen).
+    async fn key_changed(
+        &self,
+        tenant: &TenantId,
+        before: Option<Option<KeyState>>,
+        info: &KeyInfo,
+    ) {
         self.cache
             .put(tenant.as_str(), &info.key_id, Some(info), self.cache.now());
         if info.key_state != KeyState::Enabled {
             self.released
                 .forget_key(tenant.as_str(), Some(info.key_id.as_str()));
         }
+        self.watch
+            .changed(tenant, &info.key_id, before, Some(info.key_state))
+            .await;
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod data_keys;
 pub mod error;
+pub mod events;
 pub mod key_states;
 pub mod keys;
 pub mod model;

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use serde::Serialize;
 
+use super::events::Event;
 use super::{
     Actor, AuditRecord, DataKey, EncryptionContext, GeneratedKey, Grant, KeyState, Page,
     PermitPublic, Project, ProjectId, RepoForRelease, RepoId, RepoQuery, Repository, Result,
@@ -166,6 +167,30 @@ pub trait Store: Send + Sync + 'static {
         repo_id: RepoId,
         actor: &Actor,
     ) -> Result<Shredded>;
+
+    // ---- change events (`domain::events`) ----------------------------------------------
+
+    /// At most `limit` events after id `after`, oldest first.
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>>;
+    /// The newest event id given (0: none), pruned or not.
+    async fn latest_event_id(&self) -> Result<i64>;
+    /// The newest event id pruned (0: none): a stream resuming before it has missed events.
+    async fn events_pruned_through(&self) -> Result<i64>;
+    /// Delete the events older than `before`; how many.
+    async fn prune_events(&self, before: SystemTime) -> Result<u64>;
+    /// A key's state as the service saw it now (`None`: gone from the KMS), and what it knew
+    /// of it before (`None`: nothing). Raises `key_state_changed` once, whichever process
+    /// sees the change first; the event's id if it was raised.
+    async fn observe_key_state(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        previous: Option<Option<KeyState>>,
+        now: Option<KeyState>,
+    ) -> Result<Option<i64>>;
+    /// Another process changed `tenant`'s rows (an event said so): forget what the store
+    /// caches of that repository (`None`: of the tenant's grant and every repository).
+    fn forget_cached(&self, _tenant: &TenantId, _repo_id: Option<RepoId>) {}
 
     /// The counters of this store's in-memory caches, for `/metrics`.
     fn cache_stats(&self) -> Vec<CacheStats> {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::data_keys::ReleasedKeys;
 use super::error::{Error, Result};
+use super::events::KeyWatch;
 use super::key_states::{KeyStateCache, Lookup};
 use super::model::*;
 use super::ports::{CacheStats, JoinedKey, KeyInfo, Kms, Store};
@@ -18,6 +19,8 @@ pub struct Service {
     pub(super) cache: Arc<KeyStateCache>,
     /// Data keys released within the key-state TTL (`domain::broker`).
     pub(super) released: ReleasedKeys,
+    /// Where the key-state changes this process sees are reported (`domain::events`).
+    pub(super) watch: KeyWatch,
     region: String,
     region_type: String,
     default_permit_public: PermitPublic,
@@ -40,6 +43,7 @@ impl Service {
     ) -> Self {
         let released = ReleasedKeys::new(cache.ttl(), cache.capacity(), cache.clock());
         Service {
+            watch: KeyWatch::new(store.clone()),
             store,
             kms,
             released,
@@ -52,6 +56,31 @@ impl Service {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Where this process's key-state changes go; what its event follower wakes on.
+    pub fn key_watch(&self) -> &KeyWatch {
+        &self.watch
+    }
+
+    /// This process committed an event: its follower reads it at once.
+    pub(super) fn event_written(&self) {
+        self.watch.poke();
+    }
+
+    /// Cache the KMS's answer about a key, read at `read_at`; a change of its state is
+    /// reported as an event.
+    pub(super) fn remember_key(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        info: Option<&KeyInfo>,
+        read_at: std::time::Instant,
+    ) {
+        if let Some(previous) = self.cache.put(tenant.as_str(), key_id, info, read_at) {
+            self.watch
+                .changed_later(tenant, key_id, previous, info.map(|i| i.key_state));
+        }
     }
 
     /// The counters of every in-memory cache behind the service, for `/metrics`.
@@ -120,8 +149,7 @@ impl Service {
         match answer {
             Ok(info) => {
                 let state = info.as_ref().map(|i| i.key_state);
-                self.cache
-                    .put(tenant.as_str(), key_id, info.as_ref(), read_at);
+                self.remember_key(tenant, key_id, info.as_ref(), read_at);
                 state
             }
             Err(e) => {
@@ -151,12 +179,19 @@ impl Service {
             self.cache.refresh_failed(tenant.as_str(), key_id);
             return;
         };
-        let (kms, cache) = (self.kms.clone(), self.cache.clone());
+        let (kms, cache, watch) = (self.kms.clone(), self.cache.clone(), self.watch.clone());
         let (tenant, key_id) = (tenant.clone(), key_id.to_owned());
         runtime.spawn(async move {
             let read_at = cache.now();
             match kms.describe_key(&tenant, &key_id).await {
-                Ok(info) => cache.put(tenant.as_str(), &key_id, info.as_ref(), read_at),
+                Ok(info) => {
+                    let now = info.as_ref().map(|i| i.key_state);
+                    if let Some(previous) =
+                        cache.put(tenant.as_str(), &key_id, info.as_ref(), read_at)
+                    {
+                        watch.changed(&tenant, &key_id, Some(previous), now).await;
+                    }
+                }
                 Err(e) => {
                     tracing::debug!(
                         tenant = %tenant,
@@ -210,8 +245,7 @@ impl Service {
                     let read_at = self.cache.now();
                     let info = self.kms.describe_key(tenant, &key_id).await?;
                     if let Some(found) = &info {
-                        self.cache
-                            .put(tenant.as_str(), &found.key_id, Some(found), read_at);
+                        self.remember_key(tenant, &found.key_id, Some(found), read_at);
                     }
                     Some(KeyLookup { key_id, info })
                 }
@@ -248,6 +282,8 @@ impl Service {
     pub async fn create_grant(&self, actor: &Actor, tenant: &TenantId) -> Result<()> {
         self.kms.check_access(tenant).await?;
         self.store.put_grant(tenant, actor).await?;
+        // A grant after none raised `grant_restored`.
+        self.event_written();
         Ok(())
     }
 
@@ -259,7 +295,12 @@ impl Service {
         let withdrawn = self.store.delete_grant(tenant, actor).await;
         // The keys released here are forgotten at once, whatever the outcome.
         self.released.forget_key(tenant.as_str(), None);
-        Ok(withdrawn?.is_some())
+        let withdrawn = withdrawn?.is_some();
+        if withdrawn {
+            // It raised `grant_withdrawn`: the other processes forget theirs from it.
+            self.event_written();
+        }
+        Ok(withdrawn)
     }
 
     /// Whether the tenant has granted KMS use (`assumed`).

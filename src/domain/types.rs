@@ -223,6 +223,14 @@ impl Serialize for KeyState {
     }
 }
 
+impl<'de> Deserialize<'de> for KeyState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let code = i64::deserialize(d)?;
+        KeyState::from_code(code)
+            .ok_or_else(|| serde::de::Error::custom(format!("no key state {code}")))
+    }
+}
+
 /// A caller's role within its tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -3,6 +3,7 @@
 pub mod broker;
 pub mod context;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod handlers;
 pub mod limits;
@@ -20,6 +21,7 @@ use axum::{middleware, Router};
 use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::config::{Limits, RateLimits};
+use crate::domain::events::EventFeed;
 use crate::domain::Service;
 use crate::kms::Kms;
 use crate::metrics::Metrics;
@@ -28,6 +30,7 @@ use crate::ratelimit::RateLimiter;
 /// What the router is built from.
 pub struct Deps {
     pub service: Arc<Service>,
+    pub events: Arc<EventFeed>,
     pub auth: Arc<dyn Authenticator>,
     pub kms: Arc<dyn Kms>,
     pub metrics: Arc<Metrics>,
@@ -78,6 +81,7 @@ impl std::ops::Deref for AppState {
 /// The parts of [`AppState`].
 pub struct Shared {
     pub service: Arc<Service>,
+    pub events: Arc<EventFeed>,
     pub auth: Arc<dyn Authenticator>,
     pub kms: Arc<dyn Kms>,
     pub metrics: Arc<Metrics>,
@@ -91,6 +95,7 @@ pub struct Shared {
 pub fn router(deps: Deps) -> Router {
     let state = AppState(Arc::new(Shared {
         service: deps.service,
+        events: deps.events,
         auth: deps.auth,
         kms: deps.kms,
         metrics: deps.metrics,

@@ -7,7 +7,7 @@ use axum::http::Method;
 use axum::routing::{on, MethodFilter, MethodRouter};
 use utoipa::openapi::path::{HttpMethod, Operation as OpenApiOperation};
 
-use super::{broker, handlers, AppState};
+use super::{broker, events, handlers, AppState};
 use crate::metrics::Operation;
 
 /// A method the table routes.
@@ -112,7 +112,7 @@ const DATA_KEY: &str = "/v4/tenants/{tenant_id}/repo-encryption/repositories/{re
 
 /// Every operation the service has. A request that matches none (no route, or a method
 /// its route does not have) is [`Operation::Other`].
-pub static ROUTES: [Route; 16] = [
+pub static ROUTES: [Route; 17] = [
     Route {
         operation: Operation::ShowSetting,
         method: Verb::Get,
@@ -208,6 +208,14 @@ pub static ROUTES: [Route; 16] = [
         id: "DeleteTenantKmsGrant",
         access: Access::Api(documented::<handlers::__path_delete_grant>),
         handler: |m| on(m, handlers::delete_grant),
+    },
+    Route {
+        operation: Operation::Events,
+        method: Verb::Get,
+        path: "/v4/repo-encryption/events",
+        id: "ListRepoEncryptionEvents",
+        access: Access::Api(documented::<events::__path_events>),
+        handler: |m| on(m, events::events),
     },
     Route {
         operation: Operation::Health,

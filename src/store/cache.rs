@@ -95,6 +95,17 @@ impl<V: Clone> RowCache<V> {
         }
     }
 
+    /// Writes this cache cannot name have committed: forget everything, and refuse fills
+    /// that began before.
+    pub fn clear(&self) {
+        for i in 0..crate::shards::SHARDS {
+            if let Ok(mut s) = self.shards.at(i).lock() {
+                s.generation = s.generation.wrapping_add(1);
+                s.map.clear();
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.shards.sum(|s| s.map.len())
     }

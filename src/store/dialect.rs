@@ -38,6 +38,11 @@ pub(super) mod sqlite {
         Ok(())
     }
 
+    /// Event ids are in commit order already: SQLite's writers are serialised.
+    pub(crate) async fn lock_events(_conn: &mut Conn) -> sqlx::Result<()> {
+        Ok(())
+    }
+
     pub(crate) async fn lock_migrations(_conn: &mut Conn) -> crate::domain::Result<()> {
         Ok(())
     }
@@ -93,6 +98,20 @@ pub(super) mod postgres {
         .execute(conn)
         .await
         .map(|_| ())
+    }
+
+    /// Advisory lock key that orders the writers of events (see `lock_events`).
+    const EVENTS_LOCK: i64 = 0x7265_706f_6576_6e74; // "repoevnt"
+
+    /// Keep event ids in commit order: taken before an event draws its id, held to the
+    /// commit, so no id commits after a greater one. Taken last in every transaction that
+    /// writes an event (after its tenant locks and row locks), so it closes no cycle.
+    pub(crate) async fn lock_events(conn: &mut Conn) -> sqlx::Result<()> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(EVENTS_LOCK)
+            .execute(conn)
+            .await
+            .map(|_| ())
     }
 
     /// Advisory lock key that serialises migrations across replicas starting together.

@@ -118,14 +118,19 @@ macro_rules! migrations {
                 "repositories",
                 include_str!(concat!("../../migrations/", $dir, "/0004_repositories.sql")),
             ),
-            // Numbered 0007 on main (0005 events, 0006 rewrap): renumber when merging.
             (
                 5,
+                "events",
+                include_str!(concat!("../../migrations/", $dir, "/0005_events.sql")),
+            ),
+            // 0007 on main once the rewrap's 0006 lands: renumber then.
+            (
+                6,
                 "repositories_by_key",
                 include_str!(concat!(
                     "../../migrations/",
                     $dir,
-                    "/0005_repositories_by_key.sql"
+                    "/0006_repositories_by_key.sql"
                 )),
             ),
         ]

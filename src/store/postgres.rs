@@ -159,7 +159,7 @@ impl PostgresStore {
 
     /// Nothing cached: every replica reads the grant (and a release reads it with the
     /// repository), so a grant or a withdrawal is seen by all at once.
-    fn grant_written(&self, _tenant: &TenantId) {}
+    fn repositories_written(&self, _tenant: &TenantId) {}
 
     /// Every replica reads the row: a shred on one is seen by all at once.
     async fn read_repository_for_release(

@@ -259,17 +259,18 @@ impl SqliteStore {
         self.grants.invalidate(tenant);
     }
 
-    /// The tenant's grant was given or withdrawn (or the write failed, and may have
-    /// happened): forget every cached repository of the tenant, which holds whether it
-    /// stood (the grant itself is `tenant_written`'s).
-    fn grant_written(&self, tenant: &TenantId) {
-        self.repositories
-            .invalidate_prefix(&repository_key_prefix(tenant));
-    }
-
     fn repository_written(&self, tenant: &TenantId, repo_id: RepoId) {
         self.repositories
             .invalidate(&repository_key(tenant, repo_id));
+    }
+
+    /// Some of the tenant's repositories, or its grant (which they are cached with), were
+    /// written: by this process (a grant given or withdrawn, or the write failed and may
+    /// have happened), or by another (an event says so). Forget every cached repository of
+    /// the tenant.
+    fn repositories_written(&self, tenant: &TenantId) {
+        self.repositories
+            .invalidate_prefix(&repository_key_prefix(tenant));
     }
 
     /// The repository and its grant from the cache (within [`OUTSIDE_WRITE_BOUND`]), else

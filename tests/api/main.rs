@@ -6,6 +6,7 @@
 mod common;
 
 mod api;
+mod events;
 mod group_commit;
 mod kms_conformance;
 mod migrations;

@@ -1526,6 +1526,24 @@ async fn key_repo_ids(
     (ids(list), total)
 }
 
+/// The change events of the tenant in the store, as (type, the event's JSON).
+async fn events_of(t: &TestApp, tenant: &str) -> Vec<(String, Value)> {
+    t.app
+        .store
+        .events_after(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.tenant_id == tenant)
+        .map(|e| {
+            (
+                e.change.kind().to_owned(),
+                serde_json::to_value(&e).unwrap(),
+            )
+        })
+        .collect()
+}
+
 async fn delete_grant(t: &TestApp, auth: &Auth, tenant: &str) -> Resp {
     t.send_as(auth, Method::DELETE, &grant_path(tenant), "")
         .await
@@ -1766,8 +1784,25 @@ async fn disabling_or_deleting_a_key_that_repositories_depend_on_is_refused_unle
 
     // Forced: done, audited with the count before the KMS's own record; this process's
     // releases stop at once (not after the TTL).
+    let key_events = |all: Vec<(String, Value)>| -> Vec<(String, Value)> {
+        all.into_iter()
+            .filter(|e| e.0 == "key_state_changed")
+            .collect()
+    };
+    assert!(
+        key_events(events_of(&t, TENANT_A).await).is_empty(),
+        "a refusal changes nothing"
+    );
     let info = s.disable_key(&cli, &a, &key.key_id, true).await.unwrap();
     assert_eq!(info.key_state, KeyState::Disabled);
+    // The change is an event naming the repositories it cut off.
+    let events = key_events(events_of(&t, TENANT_A).await);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, "key_state_changed");
+    assert_eq!(events[0].1["key_id"], key.key_id.as_str());
+    assert_eq!(events[0].1["old_state"], 2);
+    assert_eq!(events[0].1["new_state"], 3);
+    assert_eq!(events[0].1["repositories"], json!([1, 2]));
     assert_eq!(state().await, KeyState::Disabled);
     let r = release(&t, &service_token(&t), TENANT_A, 1).await;
     assert_error(&r, StatusCode::FORBIDDEN, "RC.403005", &["disabled"]);
@@ -1836,6 +1871,10 @@ async fn withdrawing_the_grant_stops_releases_registrations_and_kms_puts_until_a
     let audit_len = t.audit(TENANT_A).await.len();
     assert_eq!(release_ok(&t, TENANT_A, 1).await, one, "still granted");
 
+    assert!(
+        events_of(&t, TENANT_A).await.is_empty(),
+        "a first grant raises nothing"
+    );
     // Withdrawn: 204, and again 204 (nothing more written).
     for kind in CALLERS {
         let r = delete_grant(&t, &t.admin_as(kind, TENANT_A).await, TENANT_A).await;
@@ -1862,6 +1901,16 @@ async fn withdrawing_the_grant_stops_releases_registrations_and_kms_puts_until_a
         new.iter().filter(|a| *a == "kms_grant.delete").count(),
         1,
         "{new:?}"
+    );
+    let kinds: Vec<String> = events_of(&t, TENANT_A)
+        .await
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(
+        kinds,
+        ["grant_withdrawn"],
+        "one event, for the one withdrawal"
     );
 
     // GET answers assumed false; releases are refused at once in this process (the cached
@@ -1933,6 +1982,19 @@ async fn withdrawing_the_grant_stops_releases_registrations_and_kms_puts_until_a
         None,
         "a new grant, not the old one"
     );
+    let r = t.post_grant(TENANT_A, &admin).await;
+    assert_eq!(r.0, StatusCode::OK, "{}", r.2);
+    let kinds: Vec<String> = events_of(&t, TENANT_A)
+        .await
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(
+        kinds,
+        ["grant_withdrawn", "grant_restored"],
+        "restored once: a repeated grant is no restoration"
+    );
+    assert!(events_of(&t, TENANT_B).await.is_empty());
 }
 
 #[tokio::test]

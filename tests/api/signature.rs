@@ -441,7 +441,10 @@ async fn every_route_in_the_table_is_served_documented_counted_and_authenticated
             .replace("{key_id}", "some-key");
         let platform = matches!(
             route.operation,
-            Operation::RegisterRepository | Operation::ShowDataKey | Operation::DeleteDataKey
+            Operation::RegisterRepository
+                | Operation::ShowDataKey
+                | Operation::DeleteDataKey
+                | Operation::Events
         );
         let (cred, token) = if platform {
             (&service_cred, &service_token)

@@ -95,6 +95,23 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     }
 }
 
+impl TestApp {
+    /// Another process on the same database, data directory (root key) and clock: a
+    /// replica, or the same server after a restart.
+    pub async fn replica(&self) -> TestApp {
+        let app = App::open(self.app.config.clone(), self.clock.clone())
+            .await
+            .expect("replica opens");
+        let router = app.router();
+        TestApp {
+            app,
+            clock: self.clock.clone(),
+            router,
+            _dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+}
+
 /// The PostgreSQL server to run the story on, if any.
 pub fn test_database_url() -> Option<String> {
     std::env::var("REPOCRYPT_TEST_DATABASE_URL")
@@ -203,6 +220,14 @@ pub async fn send_to(
     let request = builder.body(body.into()).expect("request builds");
     let response = router.oneshot(request).await.expect("router is infallible");
     let (parts, body) = response.into_parts();
+    if parts
+        .headers
+        .get("content-type")
+        .is_some_and(|v| v == "text/event-stream")
+    {
+        // A stream of events never ends: its status and headers are the answer.
+        return (parts.status, parts.headers, Value::Null);
+    }
     let bytes = body.collect().await.expect("body reads").to_bytes();
     let value = if bytes.is_empty() {
         Value::Null

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use sqlx::Row as _;
 
-use super::audit;
-use super::dialect::Db;
+use super::dialect::{Conn, Db};
 use super::Row;
+use super::{audit, events};
 use crate::clock::Clock;
+use crate::domain::events::Change;
 use crate::domain::{Actor, Grant, PermitPublic, Result, TenantId};
 use crate::store::Context;
 
@@ -67,11 +68,27 @@ pub(crate) async fn put(
         Some(grant_json(&grant)),
     )
     .await?;
-    // EVENT: Change::GrantRestored, only when `before.is_none()` (the tenant's data keys may
-    // be released again after a withdrawal; a first grant has nothing yet to release):
-    //   super::events::insert(&mut tx, clock, tenant.as_str(), &Change::GrantRestored).await?;
+    if before.is_none() && withdrawn_before(&mut tx, tenant).await? {
+        // The tenant's data keys may be released again. (A first grant has nothing yet to
+        // restore, and raises nothing.)
+        events::insert(&mut tx, clock, tenant.as_str(), &Change::GrantRestored).await?;
+    }
     tx.commit().await.context("commit grant")?;
     Ok(grant)
+}
+
+/// Whether the tenant ever withdrew a grant (its audit log says so, for ever: events are
+/// pruned).
+async fn withdrawn_before(conn: &mut Conn, tenant: &TenantId) -> Result<bool> {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT CAST(1 AS BIGINT) FROM audit_log
+         WHERE tenant_id = $1 AND action = 'kms_grant.delete' LIMIT 1",
+    )
+    .bind(tenant.as_str())
+    .fetch_optional(conn)
+    .await
+    .context("read grant history")
+    .map(|found| found.is_some())
 }
 
 /// Withdraw the grant: delete its row, with its audit record (`before`: the grant), in one
@@ -106,8 +123,7 @@ pub(crate) async fn delete(
         None,
     )
     .await?;
-    // EVENT: Change::GrantWithdrawn
-    //   super::events::insert(&mut tx, clock, tenant.as_str(), &Change::GrantWithdrawn).await?;
+    events::insert(&mut tx, clock, tenant.as_str(), &Change::GrantWithdrawn).await?;
     tx.commit().await.context("commit grant withdrawal")?;
     Ok(Some(before))
 }

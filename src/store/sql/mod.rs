@@ -16,7 +16,7 @@
 //!   (`read_setting`, `read_setting_with_key`, `read_grant`, `read_permit_public`,
 //!   `read_key`, `read_repository_for_release`: SQLite from its row cache, PostgreSQL
 //!   coalesced or direct), the cache hooks (`tenant_written`, `repository_written`,
-//!   `grant_written`, `row_cache_stats`), and what a shred leaves to clean
+//!   `repositories_written`, `row_cache_stats`), and what a shred leaves to clean
 //!   (`after_shred`: SQLite truncates its WAL).
 //!
 //! One file per aggregate: settings (and their group commit), grants and tenants,
@@ -26,6 +26,7 @@ pub(super) mod audit;
 #[cfg(feature = "bench")]
 pub(super) mod bulk;
 pub(super) mod credentials;
+pub(super) mod events;
 pub(super) mod grants;
 pub(super) mod keys;
 pub(super) mod migrate;
@@ -37,10 +38,11 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::{dialect, Backend};
+use crate::domain::events::Event;
 use crate::domain::ports::CacheStats;
 use crate::domain::{
-    Actor, AuditRecord, Grant, Page, PermitPublic, Project, ProjectId, RepoForRelease, RepoId,
-    RepoQuery, Repository, Result, Setting, Shredded, TenantId,
+    Actor, AuditRecord, Grant, KeyState, Page, PermitPublic, Project, ProjectId, RepoForRelease,
+    RepoId, RepoQuery, Repository, Result, Setting, Shredded, TenantId,
 };
 #[cfg(feature = "bench")]
 use crate::store::{bulk_summary, BulkTenant};
@@ -120,7 +122,7 @@ impl Store for Backend {
     async fn put_grant(&self, tenant: &TenantId, actor: &Actor) -> Result<Grant> {
         let grant = grants::put(&self.pool, &self.clock, tenant, actor).await;
         self.tenant_written(tenant.as_str());
-        self.grant_written(tenant);
+        self.repositories_written(tenant);
         grant
     }
 
@@ -128,7 +130,7 @@ impl Store for Backend {
         let withdrawn = grants::delete(&self.pool, &self.clock, tenant, actor).await;
         // Whatever the outcome (a commit whose answer was lost may still have happened).
         self.tenant_written(tenant.as_str());
-        self.grant_written(tenant);
+        self.repositories_written(tenant);
         withdrawn
     }
 
@@ -261,6 +263,42 @@ impl Store for Backend {
             self.after_shred().await;
         }
         Ok(shredded)
+    }
+
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>> {
+        events::after(&self.pool, after, limit).await
+    }
+
+    async fn latest_event_id(&self) -> Result<i64> {
+        events::latest_id(&self.pool).await
+    }
+
+    async fn events_pruned_through(&self) -> Result<i64> {
+        events::pruned_through(&self.pool).await
+    }
+
+    async fn prune_events(&self, before: std::time::SystemTime) -> Result<u64> {
+        events::prune(&self.pool, &crate::store::audit_time_bound(before)).await
+    }
+
+    async fn observe_key_state(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        previous: Option<Option<KeyState>>,
+        now: Option<KeyState>,
+    ) -> Result<Option<i64>> {
+        events::observe_key_state(&self.pool, &self.clock, tenant, key_id, previous, now).await
+    }
+
+    fn forget_cached(&self, tenant: &TenantId, repo_id: Option<RepoId>) {
+        match repo_id {
+            Some(repo_id) => self.repository_written(tenant, repo_id),
+            None => {
+                self.tenant_written(tenant.as_str());
+                self.repositories_written(tenant);
+            }
+        }
     }
 
     fn cache_stats(&self) -> Vec<CacheStats> {

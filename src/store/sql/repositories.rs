@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use sqlx::Row as _;
 
-use super::audit;
 use super::dialect::{self, Db};
 use super::Row;
+use super::{audit, events};
 use crate::clock::Clock;
+use crate::domain::events::Change;
 use crate::domain::{
     Actor, Page, RepoFields, RepoForRelease, RepoId, RepoOrder, RepoQuery, Repository, Result,
     Shredded, TenantId,
@@ -288,6 +289,10 @@ pub(crate) async fn shred(
         Some(after.audit_json()),
     )
     .await?;
+    let change = Change::DataKeyShredded {
+        repo_id: i64::from(repo_id.get()),
+    };
+    events::insert(&mut tx, clock, tenant.as_str(), &change).await?;
     tx.commit().await.context("commit shred")?;
     Ok(Shredded::Now)
 }
