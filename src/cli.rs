@@ -214,16 +214,32 @@ pub enum KmsCommand {
         #[arg(long)]
         tenant: String,
     },
+    /// Print how many repositories depend on a key (encrypted, their data key wrapped by it
+    /// and not destroyed) and list them: {"tenant_id","key_id","repositories","items"}.
+    Impact(KeyRef),
     /// Enable a key (from states 1, 2 or 3).
     EnableKey(KeyRef),
-    /// Disable a key (from states 2 or 3).
-    DisableKey(KeyRef),
-    /// Schedule deletion after 7 to 1096 days (7 to 30 on AWS KMS) (state 4).
+    /// Disable a key (from states 2 or 3). Refused while repositories depend on it (see
+    /// `kms impact`), unless --force.
+    DisableKey {
+        #[command(flatten)]
+        key: KeyRef,
+        /// Disable it even though repositories depend on it: their data keys are no
+        /// longer released (audited with their count).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Schedule deletion after 7 to 1096 days (7 to 30 on AWS KMS) (state 4). Refused while
+    /// repositories depend on the key, unless --force.
     ScheduleKeyDeletion {
         #[command(flatten)]
         key: KeyRef,
         #[arg(long)]
         pending_days: u32,
+        /// Schedule it even though repositories depend on the key: their data keys are no
+        /// longer released, and are lost with the key (audited with their count).
+        #[arg(long)]
+        force: bool,
     },
     /// Cancel a scheduled deletion (back to 3, or 5 for a key without material).
     CancelKeyDeletion(KeyRef),
@@ -274,6 +290,13 @@ pub enum TenantCommand {
         tenant: String,
         #[arg(long, value_enum)]
         permit_public: PermitPublicArg,
+    },
+    /// Withdraw the tenant's KMS grant (as DELETE kms-grant): no data key of the tenant is
+    /// released, and no KMS setting or encrypted registration accepted, until a new POST
+    /// kms-grant. The data keys are kept. Prints {"tenant_id","assumed":false,"withdrawn"}.
+    RevokeKmsGrant {
+        #[arg(long)]
+        tenant: String,
     },
 }
 
@@ -686,6 +709,15 @@ pub async fn run(cli: Cli) -> Result<()> {
                 "project_id": project_id, "tenant_id": tenant.as_str(), "user_id": user
             }))
         }
+        Command::Tenant(TenantCommand::RevokeKmsGrant { tenant }) => {
+            let tenant = TenantId::parse(tenant)?;
+            let withdrawn = app.service.delete_grant(&actor, &tenant).await?;
+            print_json(&Revoked {
+                tenant_id: tenant.as_str(),
+                assumed: false,
+                withdrawn,
+            })
+        }
         Command::Tenant(TenantCommand::Set {
             tenant,
             permit_public,
@@ -819,7 +851,8 @@ async fn credential(app: &App, actor: &Actor, cmd: CredentialCommand) -> Result<
 
 async fn kms(app: &App, actor: &Actor, cmd: KmsCommand) -> Result<()> {
     let tenant = |t: &str| TenantId::parse(t);
-    let k = &app.kms;
+    // Through the service: the interlock, and every key state change in one place.
+    let s = &app.service;
     match cmd {
         KmsCommand::CreateKey {
             tenant: t,
@@ -827,25 +860,31 @@ async fn kms(app: &App, actor: &Actor, cmd: KmsCommand) -> Result<()> {
             origin,
             inactive,
         } => print_json(
-            &k.create_key(&tenant(&t)?, &alias, origin.into(), inactive, actor)
+            &s.create_key(actor, &tenant(&t)?, &alias, origin.into(), inactive)
                 .await?,
         ),
-        KmsCommand::ListKeys { tenant: t } => print_json(&k.list_keys(&tenant(&t)?).await?),
+        KmsCommand::ListKeys { tenant: t } => print_json(&s.list_keys(&tenant(&t)?).await?),
+        KmsCommand::Impact(r) => {
+            let t = tenant(&r.tenant)?;
+            print_json(&impact(s, &t, &r.key_id).await?)
+        }
         KmsCommand::EnableKey(r) => {
-            print_json(&k.enable_key(&tenant(&r.tenant)?, &r.key_id, actor).await?)
+            print_json(&s.enable_key(actor, &tenant(&r.tenant)?, &r.key_id).await?)
         }
-        KmsCommand::DisableKey(r) => {
-            print_json(&k.disable_key(&tenant(&r.tenant)?, &r.key_id, actor).await?)
-        }
+        KmsCommand::DisableKey { key: r, force } => print_json(
+            &s.disable_key(actor, &tenant(&r.tenant)?, &r.key_id, force)
+                .await?,
+        ),
         KmsCommand::ScheduleKeyDeletion {
             key: r,
             pending_days,
+            force,
         } => print_json(
-            &k.schedule_key_deletion(&tenant(&r.tenant)?, &r.key_id, pending_days, actor)
+            &s.schedule_key_deletion(actor, &tenant(&r.tenant)?, &r.key_id, pending_days, force)
                 .await?,
         ),
         KmsCommand::CancelKeyDeletion(r) => print_json(
-            &k.cancel_key_deletion(&tenant(&r.tenant)?, &r.key_id, actor)
+            &s.cancel_key_deletion(actor, &tenant(&r.tenant)?, &r.key_id)
                 .await?,
         ),
         KmsCommand::ImportKeyMaterial {
@@ -859,11 +898,60 @@ async fn kms(app: &App, actor: &Actor, cmd: KmsCommand) -> Result<()> {
                 None => None,
             };
             print_json(
-                &k.import_key_material(&tenant(&r.tenant)?, &r.key_id, material, actor)
+                &s.import_key_material(actor, &tenant(&r.tenant)?, &r.key_id, material)
                     .await?,
             )
         }
     }
+}
+
+/// `kms impact`: every repository that depends on the key, read a page at a time, as
+/// ListTenantCmkRepositories answers them (the SDK's `RepoEncryptionDto`).
+async fn impact(s: &crate::domain::Service, tenant: &TenantId, key_id: &str) -> Result<Impact> {
+    use crate::domain::Page;
+    crate::domain::check_text_arg("--key-id", key_id)?;
+    let mut items = Vec::new();
+    let mut offset = 0_i64;
+    let (key_id, total) = loop {
+        let page = Page::new(Some(offset), Some(Page::MAX_LIMIT))?;
+        let found = s.key_impact(tenant, key_id, page).await?;
+        let n = found.repositories.len();
+        items.extend(
+            found
+                .repositories
+                .iter()
+                .map(|r| crate::http::views::RepoView::from(&r.fields)),
+        );
+        offset += n as i64;
+        if n < page.limit as usize || items.len() as u64 >= found.total {
+            break (found.key_id, found.total);
+        }
+    };
+    Ok(Impact {
+        tenant_id: tenant.as_str().to_owned(),
+        key_id,
+        repositories: total,
+        items,
+    })
+}
+
+/// What `kms impact` prints.
+#[derive(Serialize)]
+struct Impact {
+    tenant_id: String,
+    key_id: String,
+    /// How many repositories depend on the key.
+    repositories: u64,
+    items: Vec<crate::http::views::RepoView>,
+}
+
+/// What `tenant revoke-kms-grant` prints.
+#[derive(Serialize)]
+struct Revoked<'a> {
+    tenant_id: &'a str,
+    assumed: bool,
+    /// Whether there was a grant to withdraw.
+    withdrawn: bool,
 }
 
 async fn serve(app: App) -> Result<()> {

@@ -79,6 +79,8 @@ pub enum Operation {
     DeleteDataKey,
     CreateRewrap,
     ShowRewrap,
+    ListCmkRepositories,
+    DeleteGrant,
     Events,
     Health,
     Ready,
@@ -89,7 +91,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 18] = [
+    pub const ALL: [Operation; 20] = [
         Operation::ShowSetting,
         Operation::UpdateSetting,
         Operation::ShowGrant,
@@ -102,6 +104,8 @@ impl Operation {
         Operation::DeleteDataKey,
         Operation::CreateRewrap,
         Operation::ShowRewrap,
+        Operation::ListCmkRepositories,
+        Operation::DeleteGrant,
         Operation::Events,
         Operation::Health,
         Operation::Ready,

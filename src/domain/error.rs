@@ -104,6 +104,12 @@ pub enum Error {
     RewrapJobNotFound { job_id: String },
     #[error("the setting was changed concurrently too many times; retry the request")]
     Conflict,
+    #[error("key {key_id} wraps the data keys of {} of this tenant: to {op} it would stop their release (see `repocrypt kms impact`); add --force to {op} it anyway", count_of(*.repositories, "repository", "repositories"))]
+    KeyInUse {
+        key_id: String,
+        repositories: u64,
+        op: &'static str,
+    },
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
 
@@ -177,6 +183,7 @@ impl Error {
             CmkGone { .. } => "RC.410002",
             ProjectNotFound(_) => "RC.404001",
             Conflict => "RC.409001",
+            KeyInUse { .. } => "RC.409010",
             AlreadyExists(_) => "RC.409002",
             RewrapIncomplete { .. } => "RC.409020",
             PayloadTooLarge { .. } => "RC.413001",
@@ -200,6 +207,11 @@ impl Error {
             reason: reason.to_string(),
         }
     }
+}
+
+/// `1 repository`, `2 repositories`.
+fn count_of(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -6,6 +6,7 @@ pub mod data_keys;
 pub mod error;
 pub mod events;
 pub mod key_states;
+pub mod keys;
 pub mod model;
 pub mod patch;
 pub mod ports;
@@ -15,6 +16,7 @@ pub mod service;
 pub mod types;
 
 pub use error::{Error, Result};
+pub use keys::KeyImpact;
 pub use model::*;
 pub use patch::{parse_setting_patch, BodyField, FieldKind, BODY_FIELDS, MAX_BODY_BYTES};
 pub use repository::*;

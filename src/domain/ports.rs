@@ -9,9 +9,9 @@ use serde::Serialize;
 
 use super::events::Event;
 use super::{
-    Actor, AuditRecord, DataKey, EncryptionContext, GeneratedKey, Grant, KeyState, PermitPublic,
-    Project, ProjectId, RepoForRelease, RepoId, RepoQuery, Repository, Result, RewrapCommit,
-    RewrapJob, Setting, SettingDraft, Shredded, TenantId,
+    Actor, AuditRecord, DataKey, EncryptionContext, GeneratedKey, Grant, KeyState, Page,
+    PermitPublic, Project, ProjectId, RepoForRelease, RepoId, RepoQuery, Repository, Result,
+    RewrapCommit, RewrapJob, Setting, SettingDraft, Shredded, TenantId,
 };
 
 // ---- storage -------------------------------------------------------------------------
@@ -77,6 +77,10 @@ pub trait Store: Send + Sync + 'static {
     async fn get_grant(&self, tenant: &TenantId) -> Result<Option<Grant>>;
     /// Record the grant (idempotent: the first grant's who and when are kept) and audit it.
     async fn put_grant(&self, tenant: &TenantId, actor: &Actor) -> Result<Grant>;
+    /// Withdraw the grant, with its audit record (`kms_grant.delete`), in one transaction:
+    /// the grant withdrawn, or `None` (nothing written) when there was none. Settings and
+    /// wrapped data keys stay.
+    async fn delete_grant(&self, tenant: &TenantId, actor: &Actor) -> Result<Option<Grant>>;
 
     async fn get_permit_public(&self, tenant: &TenantId) -> Result<Option<PermitPublic>>;
     async fn set_permit_public(
@@ -143,6 +147,17 @@ pub trait Store: Send + Sync + 'static {
         tenant: &TenantId,
         query: &RepoQuery,
     ) -> Result<Vec<Repository>>;
+    /// A page of the tenant's repositories that depend on the CMK `key_id` (encrypted, data
+    /// key not destroyed, wrapped by that key), by id.
+    async fn list_key_repositories(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        page: Page,
+    ) -> Result<Vec<Repository>>;
+    /// How many repositories [`list_key_repositories`](Store::list_key_repositories)
+    /// selects in all.
+    async fn count_key_repositories(&self, tenant: &TenantId, key_id: &str) -> Result<u64>;
     /// Every repository of the tenant, encrypted or not, shredded or not, by id.
     async fn list_repositories(&self, tenant: &TenantId) -> Result<Vec<Repository>>;
     /// Destroy the wrapped data key (overwritten, not flagged), with its audit record.

@@ -285,7 +285,25 @@ impl Service {
     pub async fn create_grant(&self, actor: &Actor, tenant: &TenantId) -> Result<()> {
         self.kms.check_access(tenant).await?;
         self.store.put_grant(tenant, actor).await?;
+        // A grant after none raised `grant_restored`.
+        self.event_written();
         Ok(())
+    }
+
+    /// Withdraw the tenant's KMS grant: from then on no data key of the tenant is released
+    /// (403 `GrantWithdrawn`), no KMS setting is accepted and no encrypted repository is
+    /// registered, until a new grant. The data keys are kept. `true` when there was a grant
+    /// (withdrawing none is not an error, and writes nothing).
+    pub async fn delete_grant(&self, actor: &Actor, tenant: &TenantId) -> Result<bool> {
+        let withdrawn = self.store.delete_grant(tenant, actor).await;
+        // The keys released here are forgotten at once, whatever the outcome.
+        self.released.forget_key(tenant.as_str(), None);
+        let withdrawn = withdrawn?.is_some();
+        if withdrawn {
+            // It raised `grant_withdrawn`: the other processes forget theirs from it.
+            self.event_written();
+        }
+        Ok(withdrawn)
     }
 
     /// Whether the tenant has granted KMS use (`assumed`).

@@ -1,10 +1,11 @@
-//! Thin handlers of the key broker's operations: the SDK's two list operations, and the
-//! platform's register, release and shred (`domain::broker` holds the rules).
+//! Thin handlers of the key broker's operations: the SDK's two list operations, the
+//! repositories that depend on a key (`domain::keys`), and the platform's register, release
+//! and shred (`domain::broker` holds the rules).
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::Extension;
 use serde::Deserialize;
@@ -17,7 +18,7 @@ use super::handlers::{actor, body_bytes, path_tenant, require_json, ApiResult, J
 use super::limits::check_json_depth;
 use super::views::{CmkView, DataKeyView, RegisteredView, RepoView};
 use super::AppState;
-use crate::domain::{parse_registration, Error, Page, RepoId, RepoQuery, TenantId};
+use crate::domain::{parse_registration, CmkText, Error, Page, RepoId, RepoQuery, TenantId};
 
 /// Paging of the list operations.
 #[derive(Deserialize, IntoParams)]
@@ -99,6 +100,72 @@ pub async fn list_cmks(
     let views: Vec<CmkView> = keys.into_iter().map(CmkView::from).collect();
     Ok((StatusCode::ACCEPTED, JsonBody(views)))
 }
+
+/// The tenant and key id of a key's path.
+fn key_path(
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(String, String), Error> {
+    let Path((tenant, key_id)) = path.map_err(|e| {
+        Error::invalid(
+            "key_id",
+            format!("invalid path parameter: {}", e.body_text()),
+        )
+    })?;
+    CmkText::parse("key_id", &key_id)?;
+    Ok((tenant, key_id))
+}
+
+/// Query the tenant's repositories that depend on a key: encrypted, their data key wrapped
+/// by it and not destroyed. What disabling the key, or deleting it, would cut off.
+#[utoipa::path(
+    get,
+    path = "/v4/tenants/{tenant_id}/repo-encryption/cmks/{key_id}/repositories",
+    operation_id = "ListTenantCmkRepositories",
+    tag = "Tenant",
+    params(
+        ("tenant_id" = String, Path, description = "Tenant ID."),
+        ("key_id" = String, Path, min_length = 1, max_length = 1000, description = "The key's id in KMS (on AWS also its ARN or alias)."),
+        PageQuery,
+    ),
+    responses(
+        (status = 202, description = "A page of the repositories that depend on the key, by repository id (empty for a key the tenant does not have)", body = [RepoView],
+            headers(("X-Total-Count" = u64, description = "How many repositories depend on the key in all"))),
+        (status = 400, description = "key_id, offset or limit out of range, or a malformed query string", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Another tenant's repositories", body = ErrorBody),
+        (status = 408, description = "The request was not completed within the server's request timeout", body = ErrorBody),
+        (status = 429, description = "Too many requests from this tenant or credential: retry after `Retry-After` seconds", body = ErrorBody),
+        (status = 503, description = "Database (or, for a key named by alias or ARN, KMS) unavailable", body = ErrorBody),
+    ),
+    security(("X-Auth-Token" = []), ("SDK-HMAC-SHA256" = []))
+)]
+pub async fn list_cmk_repositories(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    path: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let (tenant, key_id) = key_path(path)?;
+    caller.authorize_repositories(&tenant)?;
+    let tenant = TenantId::parse(tenant)?;
+    let q = query(q)?;
+    let page = Page::new(q.offset, q.limit)?;
+    let impact = state.service.key_impact(&tenant, &key_id, page).await?;
+    let views: Vec<RepoView> = impact
+        .repositories
+        .iter()
+        .map(|r| RepoView::from(&r.fields))
+        .collect();
+    Ok((
+        StatusCode::ACCEPTED,
+        [(TOTAL_COUNT, HeaderValue::from(impact.total))],
+        JsonBody(views),
+    ))
+}
+
+/// The header of ListTenantCmkRepositories that tells how many repositories there are in
+/// all.
+const TOTAL_COUNT: HeaderName = HeaderName::from_static("x-total-count");
 
 /// Query the list of the tenant's encrypted repositories.
 #[utoipa::path(

@@ -121,6 +121,7 @@ pub fn status_of(e: &Error) -> StatusCode {
             StatusCode::NOT_FOUND
         }
         Conflict
+        | KeyInUse { .. }
         | AlreadyExists(_)
         | RepoNotEncrypted { .. }
         | RepoConflict { .. }
@@ -298,6 +299,11 @@ mod tests {
             DataKeyDestroyed { repo_id: 1 },
             CmkGone { key_id: s() },
             Conflict,
+            KeyInUse {
+                key_id: s(),
+                repositories: 2,
+                op: "disable",
+            },
             PayloadTooLarge { limit: 1 },
             KmsUnavailable(s()),
             Store(s()),
@@ -343,6 +349,7 @@ mod tests {
                 | DataKeyDestroyed { .. }
                 | CmkGone { .. }
                 | Conflict
+                | KeyInUse { .. }
                 | PayloadTooLarge { .. }
                 | KmsUnavailable(_)
                 | Store(_)

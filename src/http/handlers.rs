@@ -269,6 +269,39 @@ pub async fn show_grant(
     ))
 }
 
+/// Withdraw the KMS authorization the current tenant delegated to this service.
+#[utoipa::path(
+    delete,
+    path = "/v4/tenants/{tenant_id}/repo-encryption/kms-grant",
+    operation_id = "DeleteTenantKmsGrant",
+    tag = "Tenant",
+    params(("tenant_id" = String, Path, description = "Tenant ID.")),
+    responses(
+        (status = 204, description = "Withdrawn (now, or there was no grant): no data key of the tenant is released, no KMS setting accepted and no encrypted repository registered until a new POST kms-grant; the data keys are kept"),
+        (status = 400, description = "Bad request", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Another tenant, or not a tenant admin", body = ErrorBody),
+        (status = 408, description = "The request was not completed within the server's request timeout", body = ErrorBody),
+        (status = 429, description = "Too many requests from this tenant or credential: retry after `Retry-After` seconds", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ),
+    security(("X-Auth-Token" = []), ("SDK-HMAC-SHA256" = []))
+)]
+pub async fn delete_grant(
+    State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
+    Caller(caller): Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    let tenant = path_tenant(path)?;
+    caller.authorize_write(&tenant)?;
+    state
+        .service
+        .delete_grant(&actor(&caller, &request_id), &caller.tenant_id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Obtain tenant settings: the caller's own tenant, or the owner of `project_id`.
 #[utoipa::path(
     get,

@@ -106,6 +106,7 @@ fn documented<P: utoipa::Path + for<'t> utoipa::__dev::Tags<'t>>() -> Documented
 const SETTING: &str = "/v4/tenants/{tenant_id}/repo-encryption/setting";
 const GRANT: &str = "/v4/tenants/{tenant_id}/repo-encryption/kms-grant";
 const CMKS: &str = "/v4/tenants/{tenant_id}/repo-encryption/cmks";
+const CMK_REPOSITORIES: &str = "/v4/tenants/{tenant_id}/repo-encryption/cmks/{key_id}/repositories";
 const REPOSITORIES: &str = "/v4/tenants/{tenant_id}/repo-encryption/repositories";
 const DATA_KEY: &str = "/v4/tenants/{tenant_id}/repo-encryption/repositories/{repo_id}/data-key";
 const REWRAP: &str = "/v4/tenants/{tenant_id}/repo-encryption/rewrap";
@@ -113,7 +114,7 @@ const REWRAP_JOB: &str = "/v4/tenants/{tenant_id}/repo-encryption/rewrap/{job_id
 
 /// Every operation the service has. A request that matches none (no route, or a method
 /// its route does not have) is [`Operation::Other`].
-pub static ROUTES: [Route; 17] = [
+pub static ROUTES: [Route; 19] = [
     Route {
         operation: Operation::ShowSetting,
         method: Verb::Get,
@@ -209,6 +210,22 @@ pub static ROUTES: [Route; 17] = [
         id: "ShowTenantRewrapJob",
         access: Access::Api(documented::<rewrap::__path_show_rewrap>),
         handler: |m| on(m, rewrap::show_rewrap),
+    },
+    Route {
+        operation: Operation::ListCmkRepositories,
+        method: Verb::Get,
+        path: CMK_REPOSITORIES,
+        id: "ListTenantCmkRepositories",
+        access: Access::Api(documented::<broker::__path_list_cmk_repositories>),
+        handler: |m| on(m, broker::list_cmk_repositories),
+    },
+    Route {
+        operation: Operation::DeleteGrant,
+        method: Verb::Delete,
+        path: GRANT,
+        id: "DeleteTenantKmsGrant",
+        access: Access::Api(documented::<handlers::__path_delete_grant>),
+        handler: |m| on(m, handlers::delete_grant),
     },
     Route {
         operation: Operation::Events,

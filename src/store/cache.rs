@@ -76,6 +76,25 @@ impl<V: Clone> RowCache<V> {
         }
     }
 
+    /// A write to every key that starts with `prefix` has committed: forget them all, and
+    /// refuse every fill that began before (in any shard: the keys are spread over all).
+    pub fn invalidate_prefix(&self, prefix: &str) {
+        for index in 0..crate::shards::SHARDS {
+            if let Ok(mut s) = self.shards.at(index).lock() {
+                s.generation = s.generation.wrapping_add(1);
+                let keys: Vec<String> = s
+                    .map
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in keys {
+                    s.map.pop(&k);
+                }
+            }
+        }
+    }
+
     /// Writes this cache cannot name have committed: forget everything, and refuse fills
     /// that began before.
     pub fn clear(&self) {
@@ -124,6 +143,26 @@ mod tests {
         let t = c.get("a").expect_err("miss");
         c.fill("a", t, 2);
         assert_eq!(c.get("a").ok(), Some(2));
+    }
+
+    #[test]
+    fn a_prefix_is_forgotten_in_every_shard_and_races_are_refused() {
+        let c = RowCache::<u32>::new(1000);
+        for i in 0..100 {
+            for tenant in ["a", "b"] {
+                let k = format!("{tenant}\0{i}");
+                let t = c.get(&k).expect_err("miss");
+                c.fill(&k, t, i);
+            }
+        }
+        let raced = c.get("a\0new").expect_err("miss"); // a reader starts
+        c.invalidate_prefix("a\0");
+        c.fill("a\0new", raced, 1); // what it read may be older than the write
+        for i in 0..100 {
+            assert!(c.get(&format!("a\0{i}")).is_err(), "a {i} forgotten");
+            assert_eq!(c.get(&format!("b\0{i}")).ok(), Some(i), "b {i} kept");
+        }
+        assert!(c.get("a\0new").is_err(), "the raced read was not kept");
     }
 
     #[test]

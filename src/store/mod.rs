@@ -128,6 +128,15 @@ macro_rules! migrations {
                 "rewrap_jobs",
                 include_str!(concat!("../../migrations/", $dir, "/0006_rewrap_jobs.sql")),
             ),
+            (
+                7,
+                "repositories_by_key",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $dir,
+                    "/0007_repositories_by_key.sql"
+                )),
+            ),
         ]
     };
 }

@@ -157,6 +157,8 @@ impl PostgresStore {
     /// Nothing is cached.
     fn repository_written(&self, _tenant: &TenantId, _repo_id: RepoId) {}
 
+    /// Nothing cached: every replica reads the grant (and a release reads it with the
+    /// repository), so a grant or a withdrawal is seen by all at once.
     fn repositories_written(&self, _tenant: &TenantId) {}
 
     /// Every replica reads the row: a shred on one is seen by all at once.

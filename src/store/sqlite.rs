@@ -1,8 +1,8 @@
 //! SQLite: the embedded default. WAL journal, `synchronous=FULL` (an acknowledged write
 //! survives power loss), writes in `BEGIN IMMEDIATE` transactions so a read-then-write
 //! never fails to upgrade its lock. The queries are `store::sql`'s; what is SQLite's own
-//! is here: the pools and pragmas, the background checkpoints, the row cache of settings
-//! and grants (this process is the database's only writer), and the dialect.
+//! is here: the pools and pragmas, the background checkpoints, the row caches of settings,
+//! grants and repositories (this process is the database's only server), and the dialect.
 
 use std::str::FromStr;
 use std::sync::{Arc, Weak};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row as _;
 
-use super::cache::RowCache;
+use super::cache::{RowCache, Ticket};
 use super::coalesce::Coalescer;
 use super::sql;
 use super::{migrations, Context, JoinedKey};
@@ -45,14 +45,16 @@ pub struct SqliteStore {
     clock: Arc<dyn Clock>,
     /// The setting writer: one connection that commits concurrent PUTs together.
     writer: Coalescer<SettingJob, Setting>,
-    /// Settings and grants are written by this process only (one `serve` per SQLite
-    /// database), so they can be cached exactly; see `store::cache`.
+    /// Settings are written by this process only (one `serve` per SQLite database), so
+    /// they can be cached exactly; see `store::cache`.
     settings: Arc<RowCache<Option<Setting>>>,
-    grants: RowCache<Option<Grant>>,
+    /// Grants, with when they were read: exact for this process's writes, at most
+    /// [`OUTSIDE_WRITE_BOUND`] old for another process's (`tenant revoke-kms-grant`).
+    grants: RowCache<(Instant, Option<Grant>)>,
     /// Repositories as a release reads them (with whether their tenant's grant stands),
     /// keyed `tenant NUL repo_id`, with when they were read. Exact for this process's
     /// writes to the repository (registration and shred invalidate), and at most
-    /// [`REPOSITORY_CACHE_TTL`] old for anything else: another process's writes
+    /// [`OUTSIDE_WRITE_BOUND`] old for anything else: another process's writes
     /// (`repocrypt repo shred` while the server runs) and the grant.
     repositories: RowCache<(Instant, Option<RepoForRelease>)>,
     /// Held while the store lives; the checkpoint task stops when it is gone.
@@ -203,11 +205,13 @@ impl SqliteStore {
         Ok((Some(setting), JoinedKey::Read(key)))
     }
 
+    /// The grant from the cache (within [`OUTSIDE_WRITE_BOUND`]), else from the database.
     async fn read_grant(&self, tenant: &TenantId) -> Result<Option<Grant>> {
-        let ticket = match self.grants.get(tenant.as_str()) {
-            Ok(cached) => return Ok(cached),
-            Err(ticket) => ticket,
+        let ticket = match bounded_get(&self.grants, tenant.as_str(), self.clock.monotonic()) {
+            Err(cached) => return Ok(cached),
+            Ok(ticket) => ticket,
         };
+        let read_at = self.clock.monotonic();
         let row = sqlx::query("SELECT granted_by, granted_at FROM kms_grants WHERE tenant_id = $1")
             .bind(tenant.as_str())
             .fetch_optional(&self.pool)
@@ -216,7 +220,10 @@ impl SqliteStore {
         let grant = row
             .map(|r| sql::grants::grant_from_row(tenant, &r))
             .transpose()?;
-        self.grants.fill(tenant.as_str(), ticket, grant.clone());
+        if let Some(ticket) = ticket {
+            self.grants
+                .fill(tenant.as_str(), ticket, (read_at, grant.clone()));
+        }
         Ok(grant)
     }
 
@@ -257,13 +264,16 @@ impl SqliteStore {
             .invalidate(&repository_key(tenant, repo_id));
     }
 
-    /// Another process wrote some of the tenant's repositories or its grant: forget every
-    /// cached repository (rare: only an event says so).
-    fn repositories_written(&self, _tenant: &TenantId) {
-        self.repositories.clear();
+    /// Some of the tenant's repositories, or its grant (which they are cached with), were
+    /// written: by this process (a grant given or withdrawn, or the write failed and may
+    /// have happened), or by another (an event says so). Forget every cached repository of
+    /// the tenant.
+    fn repositories_written(&self, tenant: &TenantId) {
+        self.repositories
+            .invalidate_prefix(&repository_key_prefix(tenant));
     }
 
-    /// The repository and its grant from the cache (within [`REPOSITORY_CACHE_TTL`]), else
+    /// The repository and its grant from the cache (within [`OUTSIDE_WRITE_BOUND`]), else
     /// from the database in one query: a release of a warm repository costs no query.
     async fn read_repository_for_release(
         &self,
@@ -271,19 +281,7 @@ impl SqliteStore {
         repo_id: RepoId,
     ) -> Result<Option<RepoForRelease>> {
         let key = repository_key(tenant, repo_id);
-        let ticket = match self.repositories.get(&key) {
-            Ok((at, repo))
-                if self.clock.monotonic().saturating_duration_since(at) < REPOSITORY_CACHE_TTL =>
-            {
-                Err(repo)
-            }
-            Ok(_) => {
-                self.repositories.invalidate(&key);
-                Ok(self.repositories.get(&key).err())
-            }
-            Err(ticket) => Ok(Some(ticket)),
-        };
-        match ticket {
+        match bounded_get(&self.repositories, &key, self.clock.monotonic()) {
             Err(cached) => Ok(cached),
             Ok(ticket) => {
                 let read_at = self.clock.monotonic();
@@ -323,12 +321,36 @@ impl SqliteStore {
     }
 }
 
-/// How old a cached repository may be: the bound on how late a release sees a shred made
-/// by another process on the same SQLite database, or a change of the tenant's grant.
-const REPOSITORY_CACHE_TTL: Duration = Duration::from_secs(1);
+/// How old a cached repository or grant may be: the bound on how late this server sees a
+/// write made by another process on the same SQLite database (a shred, or a grant withdrawn
+/// by `repocrypt repo shred` or `repocrypt tenant revoke-kms-grant` while it runs).
+const OUTSIDE_WRITE_BOUND: Duration = Duration::from_secs(1);
+
+/// A row of a cache whose entries are kept with when they were read: `Err` with the row
+/// when it is younger than [`OUTSIDE_WRITE_BOUND`], else `Ok` with a ticket to read the
+/// database with (`None`: do not fill, a write raced).
+fn bounded_get<V: Clone>(
+    cache: &RowCache<(Instant, V)>,
+    key: &str,
+    now: Instant,
+) -> std::result::Result<Option<Ticket>, V> {
+    match cache.get(key) {
+        Ok((at, row)) if now.saturating_duration_since(at) < OUTSIDE_WRITE_BOUND => Err(row),
+        Ok(_) => {
+            cache.invalidate(key);
+            Ok(cache.get(key).err())
+        }
+        Err(ticket) => Ok(Some(ticket)),
+    }
+}
 
 fn repository_key(tenant: &TenantId, repo_id: RepoId) -> String {
-    format!("{}\0{repo_id}", tenant.as_str())
+    format!("{}{repo_id}", repository_key_prefix(tenant))
+}
+
+/// What every [`repository_key`] of the tenant starts with.
+fn repository_key_prefix(tenant: &TenantId) -> String {
+    format!("{}\0", tenant.as_str())
 }
 
 /// How often the WAL is copied back into the database file.

@@ -2055,7 +2055,11 @@ async fn wrong_method_is_405_with_a_json_error_body() {
         (Method::DELETE, setting_path(TENANT_A)),
         (Method::POST, setting_path(TENANT_A)),
         (Method::PUT, grant_path(TENANT_A)),
-        (Method::DELETE, grant_path(TENANT_A)),
+        (Method::PATCH, grant_path(TENANT_A)),
+        (
+            Method::DELETE,
+            format!("/v4/tenants/{TENANT_A}/repo-encryption/cmks/k/repositories"),
+        ),
         (Method::POST, "/v4/tenant/setting".to_owned()),
     ] {
         let r = t

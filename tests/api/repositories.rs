@@ -1486,3 +1486,529 @@ async fn concurrent_identical_registrations_make_one_repository_and_one_key() {
     assert_eq!(stored_repos(&t, TENANT_A).await, 1);
     assert_eq!(&release_ok(&t, TENANT_A, 77).await, keys.first().unwrap());
 }
+
+// =====================================================================================
+// 10. Changing and retiring keys: impact, the interlock, grant withdrawal
+// =====================================================================================
+
+fn key_repos_path(tenant: &str, key_id: &str) -> String {
+    format!("/v4/tenants/{tenant}/repo-encryption/cmks/{key_id}/repositories")
+}
+
+async fn key_repos(t: &TestApp, auth: &Auth, tenant: &str, key_id: &str, query: &str) -> Resp {
+    t.send_as(
+        auth,
+        Method::GET,
+        &with_query(key_repos_path(tenant, key_id), query),
+        "",
+    )
+    .await
+}
+
+/// ListTenantCmkRepositories expecting 202: the repository ids and `X-Total-Count`.
+async fn key_repo_ids(
+    t: &TestApp,
+    auth: &Auth,
+    tenant: &str,
+    key_id: &str,
+    query: &str,
+) -> (Vec<i64>, u64) {
+    let r = key_repos(t, auth, tenant, key_id, query).await;
+    assert_eq!(r.0, StatusCode::ACCEPTED, "{key_id} ?{query}: {}", r.2);
+    let total =
+        r.1.get("x-total-count")
+            .unwrap_or_else(|| panic!("no X-Total-Count: {:?}", r.1))
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+    let list = r.2.as_array().unwrap_or_else(|| panic!("{}", r.2));
+    (ids(list), total)
+}
+
+/// The change events of the tenant in the store, as (type, the event's JSON).
+async fn events_of(t: &TestApp, tenant: &str) -> Vec<(String, Value)> {
+    t.app
+        .store
+        .events_after(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.tenant_id == tenant)
+        .map(|e| {
+            (
+                e.change.kind().to_owned(),
+                serde_json::to_value(&e).unwrap(),
+            )
+        })
+        .collect()
+}
+
+async fn delete_grant(t: &TestApp, auth: &Auth, tenant: &str) -> Resp {
+    t.send_as(auth, Method::DELETE, &grant_path(tenant), "")
+        .await
+}
+
+/// Register `id` encrypted under the tenant's current key, as the service; its data key.
+async fn register_encrypted(t: &TestApp, tenant: &str, id: i64) -> String {
+    let mut body = repo(id, &format!("r{id}"));
+    body["encrypted"] = json!(true);
+    data_key_of(&register_new(t, tenant, &body).await)
+}
+
+#[tokio::test]
+async fn the_repositories_of_a_key_are_counted_paged_by_id_and_tenant_isolated() {
+    let t = spawn_app().await;
+    let first = t.configure_kms(TENANT_A).await;
+    for id in [5, 3, 1, 2, 4] {
+        register_new(&t, TENANT_A, &full_repo(id, &format!("r{id}"), "owner")).await;
+    }
+    let mut plain = repo(8, "plain");
+    plain["encrypted"] = json!(false);
+    register_new(&t, TENANT_A, &plain).await;
+    assert_eq!(
+        shred(&t, &service_token(&t), TENANT_A, 2).await.0,
+        StatusCode::NO_CONTENT
+    );
+    // A new key for new repositories: the old ones stay under the first.
+    let second = t.create_key(TENANT_A, "second-key").await;
+    let r = t
+        .put_setting(
+            TENANT_A,
+            &t.admin(TENANT_A),
+            &json!({"cmk_key_id": second.key_id}),
+        )
+        .await;
+    assert_eq!(r.0, StatusCode::OK, "{}", r.2);
+    for id in [7, 6] {
+        register_new(&t, TENANT_A, &repo(id, &format!("r{id}"))).await;
+    }
+    let b_key = t.configure_kms(TENANT_B).await;
+    register_new(&t, TENANT_B, &repo(1, "b1")).await;
+
+    // Any role of the tenant, and service principals, by either kind of credential.
+    for kind in CALLERS {
+        for auth in [
+            t.admin_as(kind, TENANT_A).await,
+            t.member_as(kind, TENANT_A).await,
+            service_as(&t, kind).await,
+        ] {
+            let got = key_repo_ids(&t, &auth, TENANT_A, &first.key_id, "").await;
+            assert_eq!(got, (vec![1, 3, 4, 5], 4), "{kind:?} {auth:?}");
+        }
+    }
+    let svc = service_token(&t);
+    assert_eq!(
+        key_repo_ids(&t, &svc, TENANT_A, &second.key_id, "").await,
+        (vec![6, 7], 2)
+    );
+    // Paged by id; the count is of them all.
+    assert_eq!(
+        key_repo_ids(&t, &svc, TENANT_A, &first.key_id, "offset=1&limit=2").await,
+        (vec![3, 4], 4)
+    );
+    assert_eq!(
+        key_repo_ids(&t, &svc, TENANT_A, &first.key_id, "offset=3&limit=2").await,
+        (vec![5], 4)
+    );
+    assert_eq!(
+        key_repo_ids(&t, &svc, TENANT_A, &first.key_id, "offset=9").await,
+        (vec![], 4)
+    );
+    // The items are the list operation's RepoEncryptionDto, field for field.
+    let r = key_repos(&t, &svc, TENANT_A, &first.key_id, "limit=1").await;
+    let listed_one = listed(&t, TENANT_A, "order_by=repoName&sort=asc&limit=1").await;
+    assert_eq!(r.2, json!(listed_one), "the same view as the list");
+    assert_eq!(r.2[0]["repo_id"], 1, "{}", r.2);
+    // Out of range, or a malformed key id: 400, as the list operations.
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("offset=-1", "offset"),
+    ] {
+        let r = key_repos(&t, &svc, TENANT_A, &first.key_id, query).await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "RC.400002", &[field]);
+    }
+    let r = key_repos(&t, &svc, TENANT_A, &"k".repeat(1001), "").await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "RC.400002", &["key_id"]);
+    let r = key_repos(&t, &svc, TENANT_A, &first.key_id, "limit=x").await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "RC.400005", &[]);
+
+    // Another tenant's user: 403. Another tenant's key, seen from this tenant, is a key
+    // this tenant does not have: the same empty answer as a key that exists nowhere.
+    let r = key_repos(
+        &t,
+        &Auth::Token(t.admin(TENANT_B)),
+        TENANT_A,
+        &first.key_id,
+        "",
+    )
+    .await;
+    assert_error(&r, StatusCode::FORBIDDEN, "CH.004403", &[]);
+    let b_admin = Auth::Token(t.admin(TENANT_B));
+    let foreign = key_repos(&t, &b_admin, TENANT_B, &first.key_id, "").await;
+    let unknown = key_repos(&t, &b_admin, TENANT_B, "no-such-key", "").await;
+    for r in [&foreign, &unknown] {
+        assert_eq!((r.0, &r.2), (StatusCode::ACCEPTED, &json!([])));
+        assert_eq!(r.1["x-total-count"], "0");
+    }
+    assert_eq!(
+        key_repo_ids(&t, &b_admin, TENANT_B, &b_key.key_id, "").await,
+        (vec![1], 1)
+    );
+    assert_eq!(
+        key_repo_ids(
+            &t,
+            &Auth::Token(t.admin(TENANT_A)),
+            TENANT_A,
+            &b_key.key_id,
+            ""
+        )
+        .await,
+        (vec![], 0)
+    );
+    // The service's answer, as `repocrypt kms impact` reads it.
+    let page = repocrypt::domain::Page::new(None, None).unwrap();
+    let impact = t
+        .app
+        .service
+        .key_impact(&tid(TENANT_A), &first.key_id, page)
+        .await
+        .unwrap();
+    assert_eq!(
+        (impact.key_id.as_str(), impact.total),
+        (first.key_id.as_str(), 4)
+    );
+}
+
+#[tokio::test]
+async fn disabling_or_deleting_a_key_that_repositories_depend_on_is_refused_unless_forced() {
+    use repocrypt::domain::{Error, KeyState};
+    let t = spawn_app_with(|c| c.key_state_cache_ttl = Duration::from_secs(10)).await;
+    let key = t.configure_kms(TENANT_A).await;
+    let one = register_encrypted(&t, TENANT_A, 1).await;
+    register_encrypted(&t, TENANT_A, 2).await;
+    register_encrypted(&t, TENANT_A, 3).await;
+    assert_eq!(
+        shred(&t, &service_token(&t), TENANT_A, 3).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let mut plain = repo(4, "plain");
+    plain["encrypted"] = json!(false);
+    register_new(&t, TENANT_A, &plain).await;
+    assert_eq!(release_ok(&t, TENANT_A, 1).await, one); // cached, state and key
+    let (s, a, cli) = (&t.app.service, tid(TENANT_A), Actor::cli());
+    let state = || async {
+        t.app
+            .kms
+            .describe_key(&tid(TENANT_A), &key.key_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .key_state
+    };
+
+    // Refused, with the count of the repositories it would cut off (2: not the shredded
+    // one, nor the unencrypted), and audited; the key is unchanged.
+    let e = s
+        .disable_key(&cli, &a, &key.key_id, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::KeyInUse {
+                repositories: 2,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(e.code(), "RC.409010");
+    let msg = e.to_string();
+    for part in [
+        key.key_id.as_str(),
+        "2 repositories",
+        "--force",
+        "kms impact",
+    ] {
+        assert!(msg.contains(part), "{part}: {msg}");
+    }
+    let e = s
+        .schedule_key_deletion(&cli, &a, &key.key_id, 7, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::KeyInUse {
+                repositories: 2,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("deletion"), "{e}");
+    assert_eq!(state().await, KeyState::Enabled);
+    assert_eq!(release_ok(&t, TENANT_A, 1).await, one);
+    let refused = t.audit_of(TENANT_A, "kms.disable_key.refused").await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].actor, "cli");
+    assert_eq!(
+        refused[0].after,
+        Some(json!({"key_id": key.key_id, "key_state": 2, "repositories": 2}))
+    );
+    let refused = t
+        .audit_of(TENANT_A, "kms.schedule_key_deletion.refused")
+        .await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].after.as_ref().unwrap()["repositories"], 2);
+    assert_eq!(refused[0].after.as_ref().unwrap()["pending_days"], 7);
+    assert!(t.audit_of(TENANT_A, "kms.disable_key").await.is_empty());
+    assert!(t
+        .audit_of(TENANT_A, "kms.schedule_key_deletion")
+        .await
+        .is_empty());
+
+    // Another tenant cannot learn of the key, nor of its repositories, this way.
+    let e = s
+        .disable_key(&cli, &tid(TENANT_B), &key.key_id, false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "RC.400008", "{e:?}");
+    assert!(t
+        .audit(TENANT_B)
+        .await
+        .iter()
+        .all(|r| !r.action.contains("refused")));
+
+    // Forced: done, audited with the count before the KMS's own record; this process's
+    // releases stop at once (not after the TTL).
+    let key_events = |all: Vec<(String, Value)>| -> Vec<(String, Value)> {
+        all.into_iter()
+            .filter(|e| e.0 == "key_state_changed")
+            .collect()
+    };
+    assert!(
+        key_events(events_of(&t, TENANT_A).await).is_empty(),
+        "a refusal changes nothing"
+    );
+    let info = s.disable_key(&cli, &a, &key.key_id, true).await.unwrap();
+    assert_eq!(info.key_state, KeyState::Disabled);
+    // The change is an event naming the repositories it cut off.
+    let events = key_events(events_of(&t, TENANT_A).await);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, "key_state_changed");
+    assert_eq!(events[0].1["key_id"], key.key_id.as_str());
+    assert_eq!(events[0].1["old_state"], 2);
+    assert_eq!(events[0].1["new_state"], 3);
+    assert_eq!(events[0].1["repositories"], json!([1, 2]));
+    assert_eq!(state().await, KeyState::Disabled);
+    let r = release(&t, &service_token(&t), TENANT_A, 1).await;
+    assert_error(&r, StatusCode::FORBIDDEN, "RC.403005", &["disabled"]);
+    let records = t.audit(TENANT_A).await;
+    let at = |action: &str| records.iter().position(|r| r.action == action);
+    let forced = at("kms.disable_key.forced").expect("forced record");
+    assert!(forced < at("kms.disable_key").expect("the change's record"));
+    assert_eq!(
+        records[forced].after,
+        Some(json!({"key_id": key.key_id, "key_state": 2, "repositories": 2}))
+    );
+    let info = s
+        .schedule_key_deletion(&cli, &a, &key.key_id, 7, true)
+        .await
+        .unwrap();
+    assert_eq!(info.key_state, KeyState::PendingDeletion);
+    let forced = t
+        .audit_of(TENANT_A, "kms.schedule_key_deletion.forced")
+        .await;
+    assert_eq!(forced.len(), 1);
+    assert_eq!(forced[0].after.as_ref().unwrap()["repositories"], 2);
+    assert_eq!(forced[0].after.as_ref().unwrap()["key_state"], 3);
+    // Cancelled and enabled again through the service: released again at once.
+    s.cancel_key_deletion(&cli, &a, &key.key_id).await.unwrap();
+    s.enable_key(&cli, &a, &key.key_id).await.unwrap();
+    assert_eq!(release_ok(&t, TENANT_A, 1).await, one);
+
+    // A key no repository depends on: as before, no --force, nothing more recorded.
+    let spare = t.create_key(TENANT_A, "spare-key").await;
+    let before = t.audit(TENANT_A).await.len();
+    let info = s.disable_key(&cli, &a, &spare.key_id, false).await.unwrap();
+    assert_eq!(info.key_state, KeyState::Disabled);
+    s.schedule_key_deletion(&cli, &a, &spare.key_id, 7, false)
+        .await
+        .unwrap();
+    let new: Vec<String> = t.audit(TENANT_A).await[before..]
+        .iter()
+        .map(|r| r.action.clone())
+        .collect();
+    assert_eq!(new, ["kms.disable_key", "kms.schedule_key_deletion"]);
+}
+
+#[tokio::test]
+async fn withdrawing_the_grant_stops_releases_registrations_and_kms_puts_until_a_new_grant() {
+    let t = spawn_app_with(|c| c.key_state_cache_ttl = Duration::from_secs(10)).await;
+    let key = t.configure_kms(TENANT_A).await;
+    t.configure_kms(TENANT_B).await;
+    let one = register_encrypted(&t, TENANT_A, 1).await;
+    register_new(&t, TENANT_B, &repo(1, "b1")).await;
+    let wrapped = wrapped_in_db(&t, TENANT_A, 1).await.unwrap();
+    assert_eq!(release_ok(&t, TENANT_A, 1).await, one); // cached: repository, key, state
+
+    // Only the tenant's admin withdraws it.
+    let audit_len = t.audit(TENANT_A).await.len();
+    for kind in CALLERS {
+        let r = delete_grant(&t, &t.member_as(kind, TENANT_A).await, TENANT_A).await;
+        assert_error(&r, StatusCode::FORBIDDEN, "RC.403001", &["admin"]);
+        let r = delete_grant(&t, &t.admin_as(kind, TENANT_B).await, TENANT_A).await;
+        assert_error(&r, StatusCode::FORBIDDEN, "CH.004403", &[]);
+        let r = delete_grant(&t, &service_as(&t, kind).await, TENANT_A).await;
+        assert_error(&r, StatusCode::FORBIDDEN, "RC.403003", &[]);
+    }
+    assert!(t.audit_of(TENANT_A, "kms_grant.delete").await.is_empty());
+    assert!(t.audit(TENANT_A).await.len() >= audit_len);
+    // (AK/SK credentials made above are audited: count from here.)
+    let audit_len = t.audit(TENANT_A).await.len();
+    assert_eq!(release_ok(&t, TENANT_A, 1).await, one, "still granted");
+
+    assert!(
+        events_of(&t, TENANT_A).await.is_empty(),
+        "a first grant raises nothing"
+    );
+    // Withdrawn: 204, and again 204 (nothing more written).
+    for kind in CALLERS {
+        let r = delete_grant(&t, &t.admin_as(kind, TENANT_A).await, TENANT_A).await;
+        assert_eq!(
+            (r.0, &r.2),
+            (StatusCode::NO_CONTENT, &Value::Null),
+            "{kind:?}"
+        );
+    }
+    let deleted = t.audit_of(TENANT_A, "kms_grant.delete").await;
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert_eq!(deleted[0].actor, admin_user(TENANT_A));
+    assert!(deleted[0].request_id.is_some());
+    let before = deleted[0].before.as_ref().unwrap();
+    assert_eq!(before["assumed"], true, "{before}");
+    assert_eq!(before["granted_by"], "cli", "{before}");
+    assert!(before["granted_at"].is_string(), "{before}");
+    assert_eq!(deleted[0].after, None);
+    let new: Vec<String> = t.audit(TENANT_A).await[audit_len..]
+        .iter()
+        .map(|r| r.action.clone())
+        .collect();
+    assert_eq!(
+        new.iter().filter(|a| *a == "kms_grant.delete").count(),
+        1,
+        "{new:?}"
+    );
+    let kinds: Vec<String> = events_of(&t, TENANT_A)
+        .await
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(
+        kinds,
+        ["grant_withdrawn"],
+        "one event, for the one withdrawal"
+    );
+
+    // GET answers assumed false; releases are refused at once in this process (the cached
+    // repository, state and key notwithstanding), by every kind of caller.
+    let r = t.get_grant(TENANT_A, &t.member(TENANT_A)).await;
+    assert_eq!(
+        (r.0, &r.2),
+        (
+            StatusCode::ACCEPTED,
+            &json!({"tenant_id": TENANT_A, "assumed": false})
+        )
+    );
+    for kind in CALLERS {
+        let r = release(&t, &service_as(&t, kind).await, TENANT_A, 1).await;
+        assert_error(&r, StatusCode::FORBIDDEN, "RC.403004", &[TENANT_A]);
+        assert!(!r.2.to_string().contains(&one), "{kind:?}");
+    }
+    // Registering it again releases nothing either; a new encrypted one is refused as
+    // before a grant, an unencrypted one is not.
+    let mut again = repo(1, "r1");
+    again["encrypted"] = json!(true);
+    let r = register(&t, &service_token(&t), TENANT_A, &again).await;
+    assert_error(&r, StatusCode::FORBIDDEN, "RC.403004", &[]);
+    let mut enc = repo(2, "r2");
+    enc["encrypted"] = json!(true);
+    let r = register(&t, &service_token(&t), TENANT_A, &enc).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "RC.400007", &["kms-grant"]);
+    let r = register(&t, &service_token(&t), TENANT_A, &repo(3, "default")).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "RC.400007", &["kms-grant"]);
+    let mut plain = repo(4, "plain");
+    plain["encrypted"] = json!(false);
+    register_new(&t, TENANT_A, &plain).await;
+    // A KMS PUT is refused as before a grant; one that turns encryption off is not.
+    let admin = t.admin(TENANT_A);
+    let r = t
+        .put_setting(
+            TENANT_A,
+            &admin,
+            &json!({"encryption_type": "KMS", "cmk_key_id": key.key_id}),
+        )
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "RC.400007", &["kms-grant"]);
+    let r = t
+        .put_setting(
+            TENANT_A,
+            &admin,
+            &json!({"default_encryption_enabled": true}),
+        )
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "RC.400007", &[]);
+    // The other tenant is untouched.
+    assert_eq!(release_ok(&t, TENANT_B, 1).await.len(), 44);
+    // The data key is kept: withdrawal is reversible.
+    assert_eq!(wrapped_in_db(&t, TENANT_A, 1).await, Some(wrapped));
+
+    // A new grant restores the releases: the same plaintext key.
+    let r = t.post_grant(TENANT_A, &admin).await;
+    assert_eq!(r.0, StatusCode::OK, "{}", r.2);
+    let r = t.get_grant(TENANT_A, &admin).await;
+    assert_eq!(r.2["assumed"], true, "{}", r.2);
+    assert_eq!(release_ok(&t, TENANT_A, 1).await, one);
+    assert_eq!(
+        data_key_of(&register_new(&t, TENANT_A, &enc).await).len(),
+        44
+    );
+    let created = t.audit_of(TENANT_A, "kms_grant.create").await;
+    assert_eq!(
+        created.last().unwrap().before,
+        None,
+        "a new grant, not the old one"
+    );
+    let r = t.post_grant(TENANT_A, &admin).await;
+    assert_eq!(r.0, StatusCode::OK, "{}", r.2);
+    let kinds: Vec<String> = events_of(&t, TENANT_A)
+        .await
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(
+        kinds,
+        ["grant_withdrawn", "grant_restored"],
+        "restored once: a repeated grant is no restoration"
+    );
+    assert!(events_of(&t, TENANT_B).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_grant_withdrawn_by_another_process_is_seen_within_a_second() {
+    let t = spawn_app().await;
+    t.configure_kms(TENANT_A).await;
+    register_encrypted(&t, TENANT_A, 1).await;
+    let member = t.member(TENANT_A);
+    // Read (and cached, on SQLite) before the withdrawal.
+    assert_eq!(t.get_grant(TENANT_A, &member).await.2["assumed"], true);
+    delete_grant_in_db(&t, TENANT_A).await; // as `repocrypt tenant revoke-kms-grant` does
+    assert_eq!(t.get_grant(TENANT_A, &member).await.2["assumed"], false);
+    let r = register(&t, &service_token(&t), TENANT_A, &repo(2, "two")).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "RC.400007", &[]);
+    let r = release(&t, &service_token(&t), TENANT_A, 1).await;
+    assert_error(&r, StatusCode::FORBIDDEN, "RC.403004", &[]);
+}

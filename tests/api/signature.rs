@@ -446,7 +446,8 @@ async fn every_route_in_the_table_is_served_documented_counted_and_authenticated
             .path
             .replace("{tenant_id}", TENANT_A)
             .replace("{repo_id}", "1")
-            .replace("{job_id}", &job_id);
+            .replace("{job_id}", &job_id)
+            .replace("{key_id}", "some-key");
         let platform = matches!(
             route.operation,
             Operation::RegisterRepository

@@ -543,6 +543,53 @@ async fn broker_story(moto: &mut Moto, database: Option<&str>) {
     assert_eq!(v.as_array().map(Vec::len), Some(2), "{v}");
     assert!(!v.to_string().contains(&keys[0]), "{v}");
 
+    // The interlock on AWS KMS: the repositories of the key, by its id and by its ARN
+    // (resolved in the tenant's KMS); disable-key and schedule-key-deletion refused while
+    // they depend on it, and nothing sent to AWS.
+    let arn = raw
+        .describe_key()
+        .key_id(&key_id)
+        .send()
+        .await
+        .expect("DescribeKey")
+        .key_metadata()
+        .and_then(|m| m.arn())
+        .expect("an ARN")
+        .to_owned();
+    for named in [key_id.as_str(), arn.as_str()] {
+        let impact: Value =
+            serde_json::from_str(&cli(&["kms", "impact", "--tenant", t, "--key-id", named]))
+                .expect("json");
+        assert_eq!(impact["key_id"], key_id.as_str(), "{impact}");
+        assert_eq!(impact["repositories"], 2, "{impact}");
+        let ids: Vec<&Value> = impact["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| &r["repo_id"])
+            .collect();
+        assert_eq!(ids, [&json!(1), &json!(2)], "{impact}");
+        for op in [
+            &["disable-key"][..],
+            &["schedule-key-deletion", "--pending-days", "7"],
+        ] {
+            let mut args = vec!["kms", op[0], "--tenant", t, "--key-id", named];
+            args.extend_from_slice(&op[1..]);
+            let out = binary::cli(server.dir.path(), &env, &args);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+            assert!(stderr(&out).contains("2 repositories"), "{}", stderr(&out));
+        }
+    }
+    let audit = cli(&["audit", "list", "--tenant", t]);
+    assert_eq!(
+        audit.matches("\"kms.disable_key.refused\"").count(),
+        2,
+        "{audit}"
+    );
+    assert!(!audit.contains("\"kms.disable_key.requested\""), "{audit}");
+    let (status, v) = release(1).await;
+    assert_eq!(status, 200, "still enabled: {v}");
+
     // The kill switch: DisableKey in the KMS itself; releases stop within the TTL. A
     // storage node following the events hears of it from the refresh that sees it.
     let mut events = binary::EventClient::open(&server.addr, &node, None).await;
@@ -572,10 +619,20 @@ async fn broker_story(moto: &mut Moto, database: Option<&str>) {
     };
     eprintln!("release refused {refused_after:?} after DisableKey (TTL 1 s)");
     let seen = events.drain(Duration::from_millis(800)).await;
-    assert_eq!(seen.len(), 1, "one event for one change in the KMS: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        1,
+        "one event for one change in the KMS: {seen:?}"
+    );
     assert_eq!(seen[0].event, "key_state_changed");
     assert_eq!(seen[0].data["key_id"], key_id.as_str());
-    assert_eq!((seen[0].data["old_state"].clone(), seen[0].data["new_state"].clone()), (json!(2), json!(3)));
+    assert_eq!(
+        (
+            seen[0].data["old_state"].clone(),
+            seen[0].data["new_state"].clone()
+        ),
+        (json!(2), json!(3))
+    );
     assert_eq!(seen[0].data["repositories"], json!([1, 2]));
     // ...and stays refused, for every repository of the key, registration included.
     for id in [1, 2, 1] {

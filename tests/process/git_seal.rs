@@ -219,10 +219,18 @@ fn a_real_repository_survives_seal_and_unseal_and_the_kill_switch_bites() {
         "every file of every ref, with the same blob"
     );
 
-    // The kill switch: the CMK disabled, unseal is refused with the API's code and leaves
-    // no output; enabled again, it works again.
-    let disabled = server.cli(&["kms", "disable-key", "--tenant", "t1", "--key-id", &key_id]);
-    assert!(disabled.status.success());
+    // The kill switch: the CMK disabled (forced: the repository depends on it), unseal is
+    // refused with the API's code and leaves no output; enabled again, it works again.
+    let disabled = server.cli(&[
+        "kms",
+        "disable-key",
+        "--tenant",
+        "t1",
+        "--key-id",
+        &key_id,
+        "--force",
+    ]);
+    assert!(disabled.status.success(), "{}", binary::stderr(&disabled));
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let refused = seal(&server, &env, "unseal", "repo.sealed", "refused.bundle");
     assert_eq!(

@@ -492,3 +492,254 @@ async fn service_principals_from_the_cli_register_and_release() {
 
     assert_eq!(server.stop(), Some(0));
 }
+
+/// The audit records of the tenant, from `audit list`, with this action.
+fn audit_of(server: &Server, tenant: &str, action: &str) -> Vec<Value> {
+    ok(server, &["audit", "list", "--tenant", tenant])
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["action"] == action)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_shows_a_keys_impact_refuses_to_cut_it_off_unless_forced_and_withdraws_grants() {
+    let server = Server::start(&[]);
+    let http = server.client();
+    let (admin, key_id) = kms_tenant(&server, &http, TENANT).await;
+    let node = ok(&server, &["token", "issue", "--service", "node-1"]);
+    let mut keys = Vec::new();
+    for (id, encrypted) in [(202, true), (201, true), (203, false)] {
+        let (status, v) = http
+            .call(
+                Method::POST,
+                &repositories_path(TENANT),
+                &node,
+                Some(registration(id, encrypted)),
+            )
+            .await;
+        assert_eq!(status, 201, "{v}");
+        if encrypted {
+            keys.push((id, data_key(&v)));
+        }
+    }
+    let release = |id: i64| {
+        let (http, node) = (http.clone(), node.clone());
+        async move {
+            http.call(Method::GET, &data_key_path(TENANT, id), &node, None)
+                .await
+        }
+    };
+
+    // `kms impact`: the count, and the repositories as the API's list shows them.
+    let impact = ok_json(
+        &server,
+        &["kms", "impact", "--tenant", TENANT, "--key-id", &key_id],
+    );
+    let (status, listed) = http
+        .call(
+            Method::GET,
+            &format!("/v4/tenants/{TENANT}/repo-encryption/cmks/{key_id}/repositories"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{listed}");
+    assert_eq!(
+        impact,
+        json!({"tenant_id": TENANT, "key_id": key_id, "repositories": 2, "items": listed}),
+    );
+    assert_eq!(impact["items"][0]["repo_id"], 201, "by id: {impact}");
+    assert_eq!(impact["items"][0]["owner_name"], "owner-1", "{impact}");
+    assert_eq!(
+        ok_json(
+            &server,
+            &[
+                "kms",
+                "impact",
+                "--tenant",
+                TENANT,
+                "--key-id",
+                "no-such-key"
+            ]
+        ),
+        json!({"tenant_id": TENANT, "key_id": "no-such-key", "repositories": 0, "items": []}),
+    );
+    assert_eq!(
+        ok_json(
+            &server,
+            &[
+                "kms",
+                "impact",
+                "--tenant",
+                "another-tenant",
+                "--key-id",
+                &key_id
+            ]
+        )["repositories"],
+        0,
+        "another tenant's view of the key"
+    );
+
+    // disable-key and schedule-key-deletion refuse (exit 1, the count, --force), audited.
+    let disable = [
+        "kms",
+        "disable-key",
+        "--tenant",
+        TENANT,
+        "--key-id",
+        &key_id,
+    ];
+    let err = fails(&server, &disable, 1);
+    assert!(
+        err.contains("2 repositories") && err.contains("--force") && err.contains(&key_id),
+        "{err}"
+    );
+    let schedule = [
+        "kms",
+        "schedule-key-deletion",
+        "--tenant",
+        TENANT,
+        "--key-id",
+        &key_id,
+        "--pending-days",
+        "7",
+    ];
+    let err = fails(&server, &schedule, 1);
+    assert!(
+        err.contains("2 repositories") && err.contains("--force"),
+        "{err}"
+    );
+    let refused = audit_of(&server, TENANT, "kms.disable_key.refused");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["actor"], "cli");
+    assert_eq!(refused[0]["after"]["repositories"], 2, "{}", refused[0]);
+    let refused = audit_of(&server, TENANT, "kms.schedule_key_deletion.refused");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["after"]["pending_days"], 7, "{}", refused[0]);
+    assert!(audit_of(&server, TENANT, "kms.disable_key").is_empty());
+    // Nothing changed: the key is enabled, its repositories' keys are released.
+    let listed_keys = ok_json(&server, &["kms", "list-keys", "--tenant", TENANT]);
+    assert_eq!(listed_keys[0]["key_state"], 2, "{listed_keys}");
+    for (id, key) in &keys {
+        let (status, v) = release(*id).await;
+        assert_eq!((status, data_key(&v)), (200, key.clone()));
+    }
+
+    // The grant withdrawn from the command line while the server runs: within a second
+    // the server answers assumed false and releases nothing; the data keys are kept.
+    let revoke = ["tenant", "revoke-kms-grant", "--tenant", TENANT];
+    assert_eq!(
+        ok_json(&server, &revoke),
+        json!({"tenant_id": TENANT, "assumed": false, "withdrawn": true})
+    );
+    assert_eq!(
+        ok_json(&server, &revoke),
+        json!({"tenant_id": TENANT, "assumed": false, "withdrawn": false}),
+        "again: nothing to withdraw, not an error"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (status, v) = http
+        .call(Method::GET, &grant_path(TENANT), &admin, None)
+        .await;
+    assert_eq!(
+        (status, v),
+        (202, json!({"tenant_id": TENANT, "assumed": false}))
+    );
+    let (status, v) = release(201).await;
+    assert_eq!(
+        (status, v["error_code"].clone()),
+        (403, json!("RC.403004")),
+        "{v}"
+    );
+    let (status, v) = http
+        .call(
+            Method::POST,
+            &repositories_path(TENANT),
+            &node,
+            Some(registration(204, true)),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error_code"].clone()),
+        (400, json!("RC.400007")),
+        "{v}"
+    );
+    let deleted = audit_of(&server, TENANT, "kms_grant.delete");
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert_eq!(deleted[0]["actor"], "cli");
+    assert_eq!(
+        deleted[0]["before"]["granted_by"], "admin-1",
+        "{}",
+        deleted[0]
+    );
+    assert_eq!(deleted[0]["after"], Value::Null);
+    assert_eq!(
+        wrapped_keys(&server).await.len(),
+        2,
+        "the wrapped keys are kept"
+    );
+    // Granted again: the same keys.
+    let (status, v) = http
+        .call(Method::POST, &grant_path(TENANT), &admin, None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    for (id, key) in &keys {
+        let (status, v) = release(*id).await;
+        assert_eq!((status, data_key(&v)), (200, key.clone()));
+    }
+
+    // --force: done, and audited with the count before the change itself.
+    let mut forced = disable.to_vec();
+    forced.push("--force");
+    let info = ok_json(&server, &forced);
+    assert_eq!(info["key_state"], 3, "{info}");
+    let records: Vec<Value> = ok(&server, &["audit", "list", "--tenant", TENANT])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let at = |action: &str| {
+        records
+            .iter()
+            .position(|r| r["action"] == action)
+            .unwrap_or_else(|| panic!("no {action}"))
+    };
+    assert!(at("kms.disable_key.forced") < at("kms.disable_key"));
+    assert_eq!(
+        records[at("kms.disable_key.forced")]["after"]["repositories"],
+        2
+    );
+    let mut forced = schedule.to_vec();
+    forced.push("--force");
+    assert_eq!(ok_json(&server, &forced)["key_state"], 4);
+    assert_eq!(
+        audit_of(&server, TENANT, "kms.schedule_key_deletion.forced")[0]["after"]["repositories"],
+        2
+    );
+
+    // A key no repository depends on needs no --force.
+    let spare = ok_json(
+        &server,
+        &["kms", "create-key", "--tenant", TENANT, "--alias", "spare"],
+    );
+    let spare_id = spare["key_id"].as_str().unwrap();
+    let info = ok_json(
+        &server,
+        &[
+            "kms",
+            "disable-key",
+            "--tenant",
+            TENANT,
+            "--key-id",
+            spare_id,
+        ],
+    );
+    assert_eq!(info["key_state"], 3, "{info}");
+    assert_eq!(
+        audit_of(&server, TENANT, "kms.disable_key.refused").len(),
+        1
+    );
+    assert_eq!(audit_of(&server, TENANT, "kms.disable_key.forced").len(), 1);
+
+    assert_eq!(server.stop(), Some(0));
+}

@@ -707,8 +707,20 @@ async fn broker(run: &mut Run) {
     run.set_wrapped_key(a, 12, &w12).await;
     std::thread::sleep(std::time::Duration::from_millis(1100));
 
-    // The key disabled: refused (the run's key-state cache TTL is 0); enabled: released.
-    run.key_op("disable-key", a, &setting_key, 3);
+    // The key disabled (forced: repositories depend on it): refused (the run's key-state
+    // cache TTL is 0); enabled: released.
+    run.key(
+        &[
+            "kms",
+            "disable-key",
+            "--tenant",
+            a,
+            "--key-id",
+            &setting_key,
+            "--force",
+        ],
+        3,
+    );
     let v = run
         .with_token(M::GET, &data_key_uri(a, 11), &node, None, 403)
         .await;

@@ -164,10 +164,44 @@ fn readme_repository_walkthrough_runs_against_the_real_binary() {
         stdout.lines().any(|l| l == "hello"),
         "copy/README:\n{stdout}"
     );
+    // The impact of the key: repository 42, as ListTenantCmkRepositories lists it; and
+    // disable-key refused without --force.
+    let impact = stdout
+        .lines()
+        .find(|l| l.starts_with(r#"{"tenant_id":"t1","key_id":"#))
+        .unwrap_or_else(|| panic!("no kms impact answer:\n{stdout}"));
+    assert!(
+        impact.ends_with(
+            r#""repositories":1,"items":[{"repo_id":42,"repo_name":"demo","full_path":"team/demo","owner_name":"alice"}]}"#
+        ),
+        "{impact}"
+    );
+    assert!(
+        stdout.contains("refused: repositories depend on the key"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("1 repository of this tenant") && stderr.contains("--force"),
+        "the refusal names the count and --force:\n{stderr}"
+    );
     assert!(
         stdout.contains("refused while the key is disabled"),
         "{stdout}\n{stderr}"
     );
+    // The grant withdrawn: refused with its own code; granted again: unsealed again.
+    assert!(
+        stdout.contains(r#"{"tenant_id":"t1","assumed":false,"withdrawn":true}"#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("refused while the grant is withdrawn"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("RC.403004"),
+        "the withdrawal names its code:\n{stderr}"
+    );
+    assert!(stdout.contains("unsealed again"), "{stdout}\n{stderr}");
     assert!(
         stderr.contains("RC.403005"),
         "the refusal names its code:\n{stderr}"

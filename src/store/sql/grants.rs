@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use sqlx::Row as _;
 
-use super::audit;
-use super::dialect::Db;
+use super::dialect::{Conn, Db};
 use super::Row;
+use super::{audit, events};
 use crate::clock::Clock;
+use crate::domain::events::Change;
 use crate::domain::{Actor, Grant, PermitPublic, Result, TenantId};
 use crate::store::Context;
 
@@ -67,8 +68,64 @@ pub(crate) async fn put(
         Some(grant_json(&grant)),
     )
     .await?;
+    if before.is_none() && withdrawn_before(&mut tx, tenant).await? {
+        // The tenant's data keys may be released again. (A first grant has nothing yet to
+        // restore, and raises nothing.)
+        events::insert(&mut tx, clock, tenant.as_str(), &Change::GrantRestored).await?;
+    }
     tx.commit().await.context("commit grant")?;
     Ok(grant)
+}
+
+/// Whether the tenant ever withdrew a grant (its audit log says so, for ever: events are
+/// pruned).
+async fn withdrawn_before(conn: &mut Conn, tenant: &TenantId) -> Result<bool> {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT CAST(1 AS BIGINT) FROM audit_log
+         WHERE tenant_id = $1 AND action = 'kms_grant.delete' LIMIT 1",
+    )
+    .bind(tenant.as_str())
+    .fetch_optional(conn)
+    .await
+    .context("read grant history")
+    .map(|found| found.is_some())
+}
+
+/// Withdraw the grant: delete its row, with its audit record (`before`: the grant), in one
+/// transaction. The grant that was withdrawn, or `None` (and nothing written) when there
+/// was none. The tenant's settings and wrapped data keys are kept.
+pub(crate) async fn delete(
+    pool: &sqlx::Pool<Db>,
+    clock: &Arc<dyn Clock>,
+    tenant: &TenantId,
+    actor: &Actor,
+) -> Result<Option<Grant>> {
+    let mut tx = super::begin_write(pool).await?;
+    super::lock_tenant(&mut tx, "grant", tenant.as_str()).await?;
+    let before =
+        sqlx::query("DELETE FROM kms_grants WHERE tenant_id = $1 RETURNING granted_by, granted_at")
+            .bind(tenant.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .context("delete grant")?
+            .map(|r| grant_from_row(tenant, &r))
+            .transpose()?;
+    let Some(before) = before else {
+        return Ok(None);
+    };
+    audit::insert(
+        &mut tx,
+        clock,
+        tenant.as_str(),
+        actor,
+        "kms_grant.delete",
+        Some(grant_json(&before)),
+        None,
+    )
+    .await?;
+    events::insert(&mut tx, clock, tenant.as_str(), &Change::GrantWithdrawn).await?;
+    tx.commit().await.context("commit grant withdrawal")?;
+    Ok(Some(before))
 }
 
 pub(crate) fn permit_from_row(row: &Row) -> Result<Option<PermitPublic>> {

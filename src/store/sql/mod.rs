@@ -16,7 +16,7 @@
 //!   (`read_setting`, `read_setting_with_key`, `read_grant`, `read_permit_public`,
 //!   `read_key`, `read_repository_for_release`: SQLite from its row cache, PostgreSQL
 //!   coalesced or direct), the cache hooks (`tenant_written`, `repository_written`,
-//!   `row_cache_stats`), and what a shred leaves to clean
+//!   `repositories_written`, `row_cache_stats`), and what a shred leaves to clean
 //!   (`after_shred`: SQLite truncates its WAL).
 //!
 //! One file per aggregate: settings (and their group commit), grants and tenants,
@@ -45,8 +45,8 @@ use crate::domain::events::Event;
 use crate::domain::ports::CacheStats;
 use crate::domain::rewrap::REWRAP_LEASE;
 use crate::domain::{
-    Actor, AuditRecord, Grant, KeyState, PermitPublic, Project, ProjectId, RepoForRelease, RepoId,
-    RepoQuery, Repository, Result, RewrapCommit, RewrapJob, Setting, Shredded, TenantId,
+    Actor, AuditRecord, Grant, KeyState, Page, PermitPublic, Project, ProjectId, RepoForRelease,
+    RepoId, RepoQuery, Repository, Result, RewrapCommit, RewrapJob, Setting, Shredded, TenantId,
 };
 #[cfg(feature = "bench")]
 use crate::store::{bulk_summary, BulkTenant};
@@ -124,9 +124,18 @@ impl Store for Backend {
     }
 
     async fn put_grant(&self, tenant: &TenantId, actor: &Actor) -> Result<Grant> {
-        let grant = grants::put(&self.pool, &self.clock, tenant, actor).await?;
+        let grant = grants::put(&self.pool, &self.clock, tenant, actor).await;
         self.tenant_written(tenant.as_str());
-        Ok(grant)
+        self.repositories_written(tenant);
+        grant
+    }
+
+    async fn delete_grant(&self, tenant: &TenantId, actor: &Actor) -> Result<Option<Grant>> {
+        let withdrawn = grants::delete(&self.pool, &self.clock, tenant, actor).await;
+        // Whatever the outcome (a commit whose answer was lost may still have happened).
+        self.tenant_written(tenant.as_str());
+        self.repositories_written(tenant);
+        withdrawn
     }
 
     async fn get_permit_public(&self, tenant: &TenantId) -> Result<Option<PermitPublic>> {
@@ -226,6 +235,19 @@ impl Store for Backend {
         query: &RepoQuery,
     ) -> Result<Vec<Repository>> {
         repositories::list_encrypted(&self.pool, tenant, query).await
+    }
+
+    async fn list_key_repositories(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+        page: Page,
+    ) -> Result<Vec<Repository>> {
+        repositories::list_by_key(&self.pool, tenant, key_id, page).await
+    }
+
+    async fn count_key_repositories(&self, tenant: &TenantId, key_id: &str) -> Result<u64> {
+        repositories::count_by_key(&self.pool, tenant, key_id).await
     }
 
     async fn list_repositories(&self, tenant: &TenantId) -> Result<Vec<Repository>> {

@@ -10,8 +10,8 @@ use super::{audit, events};
 use crate::clock::Clock;
 use crate::domain::events::Change;
 use crate::domain::{
-    Actor, RepoFields, RepoForRelease, RepoId, RepoOrder, RepoQuery, Repository, Result, Shredded,
-    TenantId,
+    Actor, Page, RepoFields, RepoForRelease, RepoId, RepoOrder, RepoQuery, Repository, Result,
+    Shredded, TenantId,
 };
 use crate::store::{sql, Context};
 
@@ -178,6 +178,50 @@ fn list_query(key: &str, direction: &str) -> String {
         TRUE = dialect::TRUE,
         bytewise = dialect::BYTEWISE,
     )
+}
+
+/// A page of the tenant's repositories whose data key is wrapped by `key_id` (encrypted,
+/// not shredded), by id: what disabling or deleting the key would cut off.
+pub(crate) async fn list_by_key(
+    pool: &sqlx::Pool<Db>,
+    tenant: &TenantId,
+    key_id: &str,
+    page: Page,
+) -> Result<Vec<Repository>> {
+    let rows = sqlx::query(sql!(format!(
+        "SELECT {COLUMNS} FROM repositories
+         WHERE tenant_id = $1 AND cmk_key_id = $2 AND encrypted = {TRUE} AND shredded_at IS NULL
+         ORDER BY repo_id
+         LIMIT $3 OFFSET $4",
+        TRUE = dialect::TRUE,
+    )))
+    .bind(tenant.as_str())
+    .bind(key_id)
+    .bind(i64::from(page.limit))
+    .bind(i64::from(page.offset))
+    .fetch_all(pool)
+    .await
+    .context("list repositories by key")?;
+    rows.iter().map(|r| from_row(tenant, r)).collect()
+}
+
+/// How many of the tenant's repositories [`list_by_key`] would list, in all.
+pub(crate) async fn count_by_key(
+    pool: &sqlx::Pool<Db>,
+    tenant: &TenantId,
+    key_id: &str,
+) -> Result<u64> {
+    let n: i64 = sqlx::query_scalar(sql!(format!(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM repositories
+         WHERE tenant_id = $1 AND cmk_key_id = $2 AND encrypted = {TRUE} AND shredded_at IS NULL",
+        TRUE = dialect::TRUE,
+    )))
+    .bind(tenant.as_str())
+    .bind(key_id)
+    .fetch_one(pool)
+    .await
+    .context("count repositories by key")?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 pub(crate) async fn list_all(pool: &sqlx::Pool<Db>, tenant: &TenantId) -> Result<Vec<Repository>> {
