@@ -64,7 +64,7 @@ pub async fn create_rewrap(
     tag = "Tenant",
     params(
         ("tenant_id" = String, Path, description = "Tenant ID."),
-        ("job_id" = String, Path, description = "Rewrap job ID, as CreateTenantRewrapJob answered it."),
+        ("job_id" = String, Path, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "Rewrap job ID (a UUID), as CreateTenantRewrapJob answered it."),
     ),
     responses(
         (status = 200, description = "The job: its state, and how many repositories it has rewrapped and could not", body = RewrapJobView),

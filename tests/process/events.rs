@@ -84,37 +84,48 @@ async fn release(server: &Server, service: &str, id: i64) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shred_by_another_process_reaches_the_stream_and_the_release_cache_within_a_second() {
-    let (server, service, _) = broker(&[1, 2]).await;
-    assert_eq!(release(&server, &service, 1).await.0, 200); // now in the release cache
+    const N: i64 = 10;
+    let ids: Vec<i64> = (1..=N + 1).collect();
+    let (server, service, _) = broker(&ids).await;
     let mut events = EventClient::open(&server.addr, &service, None).await;
-
-    let out = server.cli(&[
-        "repo",
-        "shred",
-        "--tenant",
-        TENANT,
-        "--repo-id",
-        "1",
-        "--yes",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let done = Instant::now();
-    let event = events.next(Duration::from_secs(5)).await.expect("an event");
-    let latency = event.at.duration_since(done);
-    assert_eq!(event.event, "data_key_shredded");
-    assert_eq!(event.data["repo_id"], 1);
-    assert_eq!(event.data["tenant_id"], TENANT);
+    let mut latencies = Vec::new();
+    for id in 1..=N {
+        assert_eq!(release(&server, &service, id).await.0, 200); // now in the release cache
+                                                                 // Timed from the command's start (its start-up included): an upper bound.
+        let done = Instant::now();
+        let out = server.cli(&[
+            "repo",
+            "shred",
+            "--tenant",
+            TENANT,
+            "--repo-id",
+            &id.to_string(),
+            "--yes",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let event = events.next(Duration::from_secs(5)).await.expect("an event");
+        latencies.push(event.at.duration_since(done));
+        assert_eq!(event.event, "data_key_shredded");
+        assert_eq!(event.data["repo_id"], id);
+        assert_eq!(event.data["tenant_id"], TENANT);
+        // The server applied it too: its caches (the repository row cache, the released
+        // key) no longer answer for the shredded repository.
+        let (status, v) = release(&server, &service, id).await;
+        assert_eq!(status, 410, "{v}");
+    }
+    latencies.sort();
     eprintln!(
-        "MEASURED SQLite: shred by another process to the subscriber: {} ms",
-        latency.as_millis()
+        "MEASURED SQLite: shred by another process (from the start of repocrypt repo shred) to the subscriber, {N} times: min {} ms, median {} ms, max {} ms",
+        latencies[0].as_millis(),
+        latencies[latencies.len() / 2].as_millis(),
+        latencies[latencies.len() - 1].as_millis()
     );
-    assert!(latency < Duration::from_secs(1), "{latency:?}");
-    // The server applied it too: its caches (the repository row cache, the released key)
-    // no longer answer for the shredded repository.
-    let (status, v) = release(&server, &service, 1).await;
-    assert_eq!(status, 410, "{v}");
-    assert_eq!(release(&server, &service, 2).await.0, 200);
-    // Exactly once.
+    assert!(
+        latencies[latencies.len() - 1] < Duration::from_secs(1),
+        "{latencies:?}"
+    );
+    assert_eq!(release(&server, &service, N + 1).await.0, 200);
+    // Each exactly once.
     assert!(events.next(Duration::from_millis(500)).await.is_none());
 }
 
@@ -164,6 +175,8 @@ async fn seal_stops_the_moment_its_data_key_is_revoked() {
         assert!(seal.try_wait().unwrap().is_none(), "seal ended early");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Timed from the revoking command's start (its start-up included): an upper bound.
+    let revoked = Instant::now();
     let out = server.cli(&[
         "repo",
         "shred",
@@ -174,7 +187,6 @@ async fn seal_stops_the_moment_its_data_key_is_revoked() {
         "--yes",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let revoked = Instant::now();
     let status = loop {
         if let Some(status) = seal.try_wait().unwrap() {
             break status;
@@ -189,7 +201,7 @@ async fn seal_stops_the_moment_its_data_key_is_revoked() {
     let mut err = String::new();
     std::io::Read::read_to_string(&mut seal.stderr.take().unwrap(), &mut err).unwrap();
     eprintln!(
-        "MEASURED SQLite: shred to seal stopped: {} ms",
+        "MEASURED SQLite: from the start of repo shred to repo seal stopped: {} ms",
         stopped.as_millis()
     );
     assert!(!status.success(), "{err}");
