@@ -28,14 +28,26 @@ const REGISTRARS: i64 = 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rewrap_of_1000_repositories_killed_twice_resumes_and_keeps_every_data_key() {
-    story(None).await;
+    story(None, Vec::new()).await;
     match crate::common::test_database_url() {
         Some(url) => {
             let db = crate::common::fresh_postgres_database(&url).await;
-            story(Some(db)).await;
+            story(Some(db), Vec::new()).await;
         }
         None => eprintln!("SKIPPED (PostgreSQL part): REPOCRYPT_TEST_DATABASE_URL is not set"),
     }
+}
+
+/// The same story on the AWS KMS backend (moto): `ReEncrypt` of 1,000 data keys, killed
+/// twice, on SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrap_of_1000_repositories_on_aws_kms_killed_twice_resumes_and_keeps_every_data_key() {
+    let Some(moto) = crate::common::moto::Moto::start(
+        "a_rewrap_of_1000_repositories_on_aws_kms_killed_twice_resumes_and_keeps_every_data_key",
+    ) else {
+        return;
+    };
+    story(None, moto.env()).await;
 }
 
 /// The environment of every process of the story.
@@ -126,13 +138,14 @@ fn check_whole(dir: &Path, env: &[(&str, String)], a: &str, b: &str, what: &str)
     under_b
 }
 
-async fn story(database: Option<String>) {
-    let label = if database.is_some() {
-        "postgres"
-    } else {
-        "sqlite"
+async fn story(database: Option<String>, kms: Vec<(&'static str, String)>) {
+    let label = match (database.is_some(), kms.is_empty()) {
+        (true, _) => "postgres",
+        (false, true) => "sqlite",
+        (false, false) => "sqlite, AWS KMS",
     };
-    let env = env_of(&database);
+    let mut env = env_of(&database);
+    env.extend(kms);
     let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let server = Server::start(&env_ref);
     let dir = server.dir.path().to_path_buf();
