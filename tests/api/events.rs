@@ -43,23 +43,12 @@ impl Stream {
     async fn next(&mut self, wait: Duration) -> Option<Sse> {
         let deadline = Instant::now() + wait;
         loop {
-            if let Some(end) = self.buffer.find("\n\n") {
+            while let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
-                let (mut id, mut event, mut data) = (None, String::new(), String::new());
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id:") {
-                        id = v.trim().parse().ok();
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        event = v.trim().to_owned();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim_start());
-                    }
+                // A comment, or the retry hint, is no event.
+                if let Some((id, event, data)) = parse_sse_block(&block) {
+                    return Some(Sse { id, event, data });
                 }
-                if event.is_empty() && data.is_empty() {
-                    continue; // a comment, or the retry hint
-                }
-                let data = serde_json::from_str(&data).unwrap_or(Value::String(data));
-                return Some(Sse { id, event, data });
             }
             let left = deadline.checked_duration_since(Instant::now())?;
             match tokio::time::timeout(left, self.body.frame()).await {

@@ -350,21 +350,11 @@ impl EventClient {
         loop {
             while let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
-                let (mut id, mut event, mut data) = (None, String::new(), String::new());
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id:") {
-                        id = v.trim().parse().ok();
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        event = v.trim().to_owned();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim_start());
-                    }
-                }
-                if !event.is_empty() {
+                if let Some((id, event, data)) = super::parse_sse_block(&block) {
                     return Some(SseEvent {
                         id,
                         event,
-                        data: serde_json::from_str(&data).unwrap_or(Value::String(data)),
+                        data,
                         at: Instant::now(),
                     });
                 }

@@ -112,6 +112,26 @@ impl TestApp {
     }
 }
 
+/// One Server-Sent Event's block (up to its blank line) as a client reads it: its `id`,
+/// `event` and `data` (JSON where it parses); `None` for a comment or a `retry:` alone.
+pub fn parse_sse_block(block: &str) -> Option<(Option<i64>, String, Value)> {
+    let (mut id, mut event, mut data) = (None, String::new(), String::new());
+    for line in block.lines() {
+        if let Some(v) = line.strip_prefix("id:") {
+            id = v.trim().parse().ok();
+        } else if let Some(v) = line.strip_prefix("event:") {
+            event = v.trim().to_owned();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data.push_str(v.trim_start());
+        }
+    }
+    if event.is_empty() {
+        return None;
+    }
+    let data = serde_json::from_str(&data).unwrap_or(Value::String(data));
+    Some((id, event, data))
+}
+
 /// The PostgreSQL server to run the story on, if any.
 pub fn test_database_url() -> Option<String> {
     std::env::var("REPOCRYPT_TEST_DATABASE_URL")
