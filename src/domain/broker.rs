@@ -72,7 +72,7 @@ impl Service {
             // Decided on the KMS's answer now, as a PUT is.
             let read_at = self.cache.now();
             let info = self.kms.describe_key(tenant, &key_id).await?;
-            self.remember_key(tenant, &key_id, info.as_ref(), read_at);
+            self.remember_key(tenant, &key_id, info.as_ref(), read_at, false);
             let info = info.ok_or_else(|| Error::KeyNotFound {
                 key_id: key_id.clone(),
             })?;
@@ -216,7 +216,7 @@ impl Service {
             Lookup::Stale(_) | Lookup::Unknown => {
                 let read_at = self.cache.now();
                 let info = self.kms.describe_key(tenant, key_id).await?;
-                self.remember_key(tenant, key_id, info.as_ref(), read_at);
+                self.remember_key(tenant, key_id, info.as_ref(), read_at, true);
                 info.map(|i| i.key_state)
             }
         };

@@ -30,8 +30,16 @@ use crate::clock::Clock;
 /// How often a process reads the events other processes wrote.
 pub const POLL_EVERY: Duration = Duration::from_millis(100);
 
-/// How often a process prunes the events past the retention window.
+/// Repository ids a `key_state_changed` lists (`repositories_total` counts them all): an
+/// event stays small however many repositories a key wraps.
+pub const MAX_LISTED_REPOSITORIES: u32 = 1000;
+
+/// How often a process prunes the events past the retention window, and when first.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+const FIRST_PRUNE_AFTER: Duration = Duration::from_secs(60);
+
+/// The longest pause between reads of an events table that cannot be read.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
 /// Events read from the table in one query.
 pub const BATCH: u32 = 500;
@@ -50,7 +58,11 @@ pub enum Change {
         key_id: String,
         old_state: Option<KeyState>,
         new_state: Option<KeyState>,
+        /// At most [`MAX_LISTED_REPOSITORIES`] of them, by id.
         repositories: Vec<i64>,
+        /// How many there are in all.
+        #[serde(default)]
+        repositories_total: u64,
     },
     /// The tenant withdrew its KMS grant: none of its data keys may be held.
     GrantWithdrawn,
@@ -64,6 +76,10 @@ pub enum Change {
         old_key_id: String,
         new_key_id: String,
     },
+    /// An event this version does not know (written by a newer one, or unreadable): passed
+    /// over, never sent.
+    #[serde(other)]
+    Unknown,
 }
 
 impl Change {
@@ -75,6 +91,7 @@ impl Change {
             Change::GrantRestored => "grant_restored",
             Change::DataKeyShredded { .. } => "data_key_shredded",
             Change::RepositoryRewrapped { .. } => "repository_rewrapped",
+            Change::Unknown => "unknown",
         }
     }
 }
@@ -168,13 +185,15 @@ impl EventFeed {
     /// what is older than the retention window now and then.
     pub async fn follow(self: Arc<Self>, sink: Weak<dyn EventSink>) {
         let mut failing = false;
-        let mut pruned_at: Option<Instant> = None;
+        let mut pause = POLL_EVERY;
+        // The first prune a minute in: a short-lived command never writes for it.
+        let mut prune_at = Instant::now() + FIRST_PRUNE_AFTER;
         loop {
             let Some(sink) = sink.upgrade() else {
                 return;
             };
-            if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
-                pruned_at = Some(Instant::now());
+            if Instant::now() >= prune_at {
+                prune_at = Instant::now() + PRUNE_EVERY;
                 self.prune().await;
             }
             let read = self.read_once(sink.as_ref()).await;
@@ -184,6 +203,7 @@ impl EventFeed {
                     if failing {
                         tracing::info!("events: reading the events table again");
                         failing = false;
+                        pause = POLL_EVERY;
                     }
                     if more {
                         continue;
@@ -197,9 +217,11 @@ impl EventFeed {
                         );
                         failing = true;
                     }
+                    // Backing off, up to a few seconds, while the database is away.
+                    pause = (pause * 2).min(MAX_RETRY_PAUSE);
                 }
             }
-            let _ = tokio::time::timeout(POLL_EVERY, self.wake.notified()).await;
+            let _ = tokio::time::timeout(pause, self.wake.notified()).await;
         }
     }
 
@@ -312,29 +334,45 @@ impl KeyWatch {
         previous: Option<Option<KeyState>>,
         now: Option<KeyState>,
     ) {
-        match self
-            .store
-            .observe_key_state(tenant, key_id, previous, now)
-            .await
-        {
-            Ok(Some(_)) => self.poke(),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(
-                tenant = %tenant,
-                key_id,
-                error = %e.internal_detail().unwrap_or("unknown"),
-                "events: cannot record a key state change; the next refresh that sees it will"
-            ),
+        // A few tries: a change not recorded is an event storage nodes never get.
+        let mut wait = Duration::from_millis(250);
+        for attempt in 1..=3 {
+            match self
+                .store
+                .observe_key_state(tenant, key_id, previous, now)
+                .await
+            {
+                Ok(Some(_)) => return self.poke(),
+                Ok(None) => return,
+                Err(e) if attempt < 3 => {
+                    tracing::debug!(
+                        tenant = %tenant,
+                        key_id,
+                        error = %e.internal_detail().unwrap_or("unknown"),
+                        "events: recording a key state change failed; trying again"
+                    );
+                    tokio::time::sleep(wait).await;
+                    wait *= 4;
+                }
+                Err(e) => tracing::warn!(
+                    tenant = %tenant,
+                    key_id,
+                    error = %e.internal_detail().unwrap_or("unknown"),
+                    "events: cannot record a key state change; the next read of the key that sees it will"
+                ),
+            }
         }
     }
 
     /// [`changed`](Self::changed), in a task of its own (outside a runtime: not at all;
-    /// the next process to see the change records it).
+    /// the next process to see the change records it). `previous` `None`: this process
+    /// knew nothing of the key, or saw no change: the state is compared with the last one
+    /// an event recorded, which another process may have changed since.
     pub fn changed_later(
         &self,
         tenant: &TenantId,
         key_id: &str,
-        previous: Option<KeyState>,
+        previous: Option<Option<KeyState>>,
         now: Option<KeyState>,
     ) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -342,7 +380,7 @@ impl KeyWatch {
         };
         let (watch, tenant, key_id) = (self.clone(), tenant.clone(), key_id.to_owned());
         runtime.spawn(async move {
-            watch.changed(&tenant, &key_id, Some(previous), now).await;
+            watch.changed(&tenant, &key_id, previous, now).await;
         });
     }
 }
@@ -381,6 +419,7 @@ impl EventSink for Service {
                     self.store.forget_cached(&tenant, Some(repo_id));
                 }
             }
+            Change::Unknown => {}
         }
     }
 }

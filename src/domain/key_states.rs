@@ -38,6 +38,9 @@ struct Entry {
     at: Instant,
     /// A refresh ahead of the TTL has been handed out and has not answered yet.
     refreshing: bool,
+    /// An event said the state changed at this moment: no answer to a read that began
+    /// before it is taken (it may predate the change).
+    floor: Option<Instant>,
 }
 
 /// Keyed by `tenant NUL key id` (a tenant id has no control characters, so the pair is
@@ -161,13 +164,17 @@ impl KeyStateCache {
         let key = format!("{tenant}\0{key_id}");
         let state = info.map(|i| i.key_state);
         let mut shard = self.shard(&key).lock().ok()?;
-        if shard.peek(&key).is_some_and(|e| e.at > read_at) {
+        if shard
+            .peek(&key)
+            .is_some_and(|e| e.at > read_at || e.floor.is_some_and(|floor| read_at < floor))
+        {
             return None;
         }
         let entry = Entry {
             state,
             at: read_at,
             refreshing: false,
+            floor: None,
         };
         shard
             .put(key, entry)
@@ -175,32 +182,49 @@ impl KeyStateCache {
             .filter(|old| *old != state)
     }
 
-    /// The key's state changed to `state` somewhere (an event said so): unless the entry
-    /// holds that state already, the next lookup finds it past its TTL and asks the KMS.
+    /// The key's state changed to `state` somewhere (an event said so), now. Unless the
+    /// entry holds that state already, the next lookup finds it past its TTL and asks the
+    /// KMS; and no answer to a read that began before now is taken, since it may predate
+    /// the change (a refresh in flight would otherwise put the old state back for a TTL).
     /// The state itself is not taken from the event: a later read of the KMS may already
-    /// be here, and an older event must not overwrite it.
+    /// be here, and an older event must not overwrite it. A key the cache does not hold
+    /// gets an expired entry with the event's state, for the same reason.
     pub fn expire_unless(&self, tenant: &str, key_id: &str, state: Option<KeyState>) {
-        let ttl = self.ttl;
-        with_key(tenant, key_id, |key| {
-            if let Ok(mut shard) = self.shard(key).lock() {
-                let aged = match shard.peek(key) {
-                    None => return,
-                    Some(e) if e.state == state => return,
-                    Some(e) => e.at.checked_sub(ttl.max(Duration::from_millis(1))),
-                };
-                match aged {
-                    Some(at) => {
-                        if let Some(entry) = shard.peek_mut(key) {
-                            entry.at = at;
+        let now = self.now();
+        let aged = now.checked_sub(self.ttl.max(Duration::from_millis(1)));
+        let key = format!("{tenant}\0{key_id}");
+        let Ok(mut shard) = self.shard(&key).lock() else {
+            return;
+        };
+        match shard.peek_mut(&key) {
+            Some(entry) => {
+                entry.floor = Some(now);
+                if entry.state != state {
+                    match aged {
+                        Some(at) => {
+                            entry.at = entry.at.min(at);
                             entry.refreshing = false;
                         }
-                    }
-                    None => {
-                        shard.pop(key);
+                        None => {
+                            shard.pop(&key);
+                        }
                     }
                 }
             }
-        })
+            None => {
+                if let Some(at) = aged {
+                    shard.put(
+                        key,
+                        Entry {
+                            state,
+                            at,
+                            refreshing: false,
+                            floor: Some(now),
+                        },
+                    );
+                }
+            }
+        }
     }
 
     /// A refresh ahead of the TTL failed: let a later lookup try again.
@@ -392,8 +416,30 @@ mod tests {
             c.lookup("t", "k"),
             Lookup::Stale(Some(KeyState::Disabled))
         ));
-        // A key the cache does not hold stays unknown.
-        c.expire_unless("t", "other", None);
-        assert!(matches!(c.lookup("t", "other"), Lookup::Unknown));
+        // An answer to a read that began before the event is not taken...
+        let before = c.now();
+        clock.advance(Duration::from_millis(5));
+        c.expire_unless("t", "k", Some(KeyState::Disabled));
+        assert_eq!(c.put("t", "k", info(KeyState::Enabled), before), None);
+        assert!(matches!(
+            c.lookup("t", "k"),
+            Lookup::Stale(Some(KeyState::Disabled))
+        ));
+        // ...one that began after it is.
+        c.put("t", "k", info(KeyState::Disabled), c.now());
+        assert!(matches!(
+            c.lookup("t", "k"),
+            Lookup::Fresh(Some(KeyState::Disabled))
+        ));
+        // A key the cache does not hold gets an expired entry with the event's state, which
+        // a read begun before the event cannot overwrite.
+        let before = c.now();
+        clock.advance(Duration::from_millis(5));
+        c.expire_unless("t", "other", Some(KeyState::Disabled));
+        c.put("t", "other", info(KeyState::Enabled), before);
+        assert!(matches!(
+            c.lookup("t", "other"),
+            Lookup::Stale(Some(KeyState::Disabled))
+        ));
     }
 }

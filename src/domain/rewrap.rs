@@ -219,8 +219,7 @@ impl Service {
     async fn target_key(&self, tenant: &TenantId, key_id: &str) -> Result<String> {
         let read_at = self.cache.now();
         let info = self.kms.describe_key(tenant, key_id).await?;
-        self.cache
-            .put(tenant.as_str(), key_id, info.as_ref(), read_at);
+        self.remember_key(tenant, key_id, info.as_ref(), read_at, false);
         let info = info.ok_or_else(|| Error::KeyNotFound {
             key_id: key_id.to_owned(),
         })?;
@@ -371,6 +370,15 @@ impl Service {
         else {
             return Ok(Step::Next);
         };
+        // A withdrawn grant stops the job: the service may no longer use the tenant's KMS.
+        if self.store.get_grant(tenant).await?.is_none() {
+            return Ok(Step::TargetRefused(
+                Error::GrantWithdrawn {
+                    tenant: tenant.as_str().to_owned(),
+                }
+                .to_string(),
+            ));
+        }
         let context = EncryptionContext::new(tenant, repo_id);
         let mut attempt = 1;
         let rewrapped = loop {

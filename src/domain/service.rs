@@ -72,17 +72,25 @@ impl Service {
     }
 
     /// Cache the KMS's answer about a key, read at `read_at`; a change of its state is
-    /// reported as an event.
+    /// reported as an event. `compare`: also when this process saw no change, compare the
+    /// answer with the state the last event recorded (one read, in the background: the
+    /// release path does, so that a change only another process saw the start of is not
+    /// missed).
     pub(super) fn remember_key(
         &self,
         tenant: &TenantId,
         key_id: &str,
         info: Option<&KeyInfo>,
         read_at: std::time::Instant,
+        compare: bool,
     ) {
-        if let Some(previous) = self.cache.put(tenant.as_str(), key_id, info, read_at) {
-            self.watch
-                .changed_later(tenant, key_id, previous, info.map(|i| i.key_state));
+        let now = info.map(|i| i.key_state);
+        match self.cache.put(tenant.as_str(), key_id, info, read_at) {
+            Some(previous) => self
+                .watch
+                .changed_later(tenant, key_id, Some(previous), now),
+            None if compare => self.watch.changed_later(tenant, key_id, None, now),
+            None => {}
         }
     }
 
@@ -152,7 +160,7 @@ impl Service {
         match answer {
             Ok(info) => {
                 let state = info.as_ref().map(|i| i.key_state);
-                self.remember_key(tenant, key_id, info.as_ref(), read_at);
+                self.remember_key(tenant, key_id, info.as_ref(), read_at, false);
                 state
             }
             Err(e) => {
@@ -189,11 +197,9 @@ impl Service {
             match kms.describe_key(&tenant, &key_id).await {
                 Ok(info) => {
                     let now = info.as_ref().map(|i| i.key_state);
-                    if let Some(previous) =
-                        cache.put(tenant.as_str(), &key_id, info.as_ref(), read_at)
-                    {
-                        watch.changed(&tenant, &key_id, Some(previous), now).await;
-                    }
+                    // A refresh is of a key in use: compare with the recorded state too.
+                    let previous = cache.put(tenant.as_str(), &key_id, info.as_ref(), read_at);
+                    watch.changed(&tenant, &key_id, previous, now).await;
                 }
                 Err(e) => {
                     tracing::debug!(
@@ -248,7 +254,7 @@ impl Service {
                     let read_at = self.cache.now();
                     let info = self.kms.describe_key(tenant, &key_id).await?;
                     if let Some(found) = &info {
-                        self.remember_key(tenant, &found.key_id, Some(found), read_at);
+                        self.remember_key(tenant, &found.key_id, Some(found), read_at, false);
                     }
                     Some(KeyLookup { key_id, info })
                 }

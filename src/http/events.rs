@@ -18,7 +18,7 @@ use super::error::{ErrorBody, WebError};
 use super::extract::Caller;
 use super::handlers::ApiResult;
 use super::AppState;
-use crate::domain::events::{Backlog, Event, EventFeed};
+use crate::domain::events::{Backlog, Change, Event, EventFeed};
 use crate::domain::{Error, TenantId};
 
 /// How often an idle stream sends a comment, so proxies and clients know it is alive.
@@ -72,11 +72,15 @@ pub async fn events(
         None => feed.latest(),
         Some(value) => last_event_id(value)?,
     };
-    // The first read now, so a database that is down is a 503, not an empty stream.
+    // Subscribed before the first read, so that nothing the follower reads meanwhile
+    // goes unnoticed; the first read now, so a database that is down is a 503, not an
+    // empty stream.
+    let mut changed = feed.subscribe();
+    changed.borrow_and_update();
     let first = feed.after(after).await?;
     let stream = Stream {
         feed: feed.clone(),
-        changed: feed.subscribe(),
+        changed,
         after,
         tenant,
         pending: VecDeque::new(),
@@ -134,7 +138,11 @@ impl Stream {
             }
             let backlog = match self.first.take() {
                 Some(backlog) => Ok(backlog),
-                None => self.feed.after(self.after).await,
+                None => {
+                    // Marked seen before the read: a change the read misses wakes the wait.
+                    self.changed.borrow_and_update();
+                    self.feed.after(self.after).await
+                }
             };
             match backlog {
                 Ok(Backlog::Events(events)) if events.is_empty() => {
@@ -149,11 +157,10 @@ impl Stream {
                         self.after = last.id;
                     }
                     let tenant = self.tenant.as_ref().map(TenantId::as_str);
-                    self.pending.extend(
-                        events
-                            .into_iter()
-                            .filter(|e| tenant.is_none_or(|t| t == e.tenant_id)),
-                    );
+                    self.pending.extend(events.into_iter().filter(|e| {
+                        tenant.is_none_or(|t| t == e.tenant_id)
+                            && !matches!(e.change, Change::Unknown)
+                    }));
                 }
                 Ok(Backlog::Lost { resume_from }) => {
                     self.after = resume_from;

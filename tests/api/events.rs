@@ -306,6 +306,18 @@ async fn a_key_state_change_seen_by_the_service_is_one_event_naming_the_reposito
         .await
         .unwrap();
     assert_eq!(twice, None);
+    // A process that knew nothing of the key (cold) still raises a change from the state
+    // the last event recorded; and nothing when it matches, or when nothing is recorded.
+    let same = store
+        .observe_key_state(&tenant, &key, None, Some(KeyState::Enabled))
+        .await
+        .unwrap();
+    assert_eq!(same, None);
+    let never = store
+        .observe_key_state(&tenant, "no-such-key", None, Some(KeyState::Disabled))
+        .await
+        .unwrap();
+    assert_eq!(never, None);
     let got = stream.drain(QUIET).await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].data["new_state"], 2);
@@ -355,4 +367,34 @@ async fn a_client_resuming_before_the_retention_window_is_told_to_start_afresh()
     let got = stream.unwrap().drain(QUIET).await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].event, "reset");
+}
+
+#[tokio::test]
+async fn an_event_this_version_cannot_read_is_passed_over_not_a_wall() {
+    let t = spawn_app().await;
+    tenant_with_repos(&t, TENANT_A, &[1]).await;
+    let token = service_token(&t);
+    let (_, stream, _) = open(&t, &token, None, "").await;
+    let mut stream = stream.unwrap();
+    // A newer version's event, and a row that is not JSON at all, then a real change.
+    let at = "2026-01-01T00:00:00.000Z";
+    for body in [r#"{"type":"from_the_future","x":1}"#, "{not json"] {
+        let n = t
+            .exec_sql(&format!(
+                "INSERT INTO events (tenant_id, kind, body, at) VALUES ('{TENANT_A}', 'x', '{body}', '{at}')"
+            ))
+            .await;
+        assert_eq!(n, 1);
+    }
+    shred(&t, TENANT_A, 1).await;
+    let got = stream.drain(QUIET).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].event, "data_key_shredded");
+    // A reconnect from before them reads them from the table: passed over there too.
+    let first = got[0].id.unwrap();
+    let t = t.replica().await;
+    let (_, stream, _) = open(&t, &token, Some(&(first - 3).to_string()), "").await;
+    let again = stream.unwrap().drain(QUIET).await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].id, Some(first));
 }

@@ -132,6 +132,34 @@ pub fn parse_sse_block(block: &str) -> Option<(Option<i64>, String, Value)> {
     Some((id, event, data))
 }
 
+impl TestApp {
+    /// Run one SQL statement (no parameters) on the app's database, as another process
+    /// would; the rows it affected.
+    pub async fn exec_sql(&self, statement: &str) -> u64 {
+        use sqlx::Connection as _;
+        let url = self.app.config.database_url.clone();
+        if url.starts_with("sqlite:") {
+            let mut c = sqlx::SqliteConnection::connect(&url)
+                .await
+                .expect("connect");
+            let n = sqlx::query(statement)
+                .execute(&mut c)
+                .await
+                .expect(statement);
+            c.close().await.expect("close");
+            n.rows_affected()
+        } else {
+            let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+            let n = sqlx::query(statement)
+                .execute(&mut c)
+                .await
+                .expect(statement);
+            c.close().await.expect("close");
+            n.rows_affected()
+        }
+    }
+}
+
 /// The PostgreSQL server to run the story on, if any.
 pub fn test_database_url() -> Option<String> {
     std::env::var("REPOCRYPT_TEST_DATABASE_URL")

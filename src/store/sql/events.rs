@@ -8,7 +8,7 @@ use sqlx::Row as _;
 use super::dialect::{self, Conn, Db};
 use super::Row;
 use crate::clock::Clock;
-use crate::domain::events::{Change, Event};
+use crate::domain::events::{Change, Event, MAX_LISTED_REPOSITORIES};
 use crate::domain::{KeyState, Result, TenantId};
 use crate::store::coalesce::BoxFuture;
 use crate::store::{sql, Context};
@@ -48,7 +48,11 @@ fn from_row(row: &Row) -> Result<Event> {
         id: row.try_get("id").context(what)?,
         tenant_id: row.try_get("tenant_id").context(what)?,
         at: row.try_get("at").context(what)?,
-        change: serde_json::from_str(&body).map_err(|e| crate::store::db_error(what, e))?,
+        change: serde_json::from_str(&body).unwrap_or_else(|e| {
+            // One unreadable event must not stop every follower behind it.
+            tracing::warn!(error = %e, "events: an event that does not decode is passed over");
+            Change::Unknown
+        }),
     })
 }
 
@@ -132,6 +136,21 @@ pub(in super::super) async fn observe_key_state(
     now: Option<KeyState>,
 ) -> Result<Option<i64>> {
     let code = |s: Option<KeyState>| s.map(|s| i64::from(s.code()));
+    // Most calls change nothing (the recorded state is the one seen, or nothing is
+    // recorded and nothing was known): a plain read decides that, without a write lock.
+    let recorded: Option<Option<i64>> = sqlx::query_scalar(
+        "SELECT CAST(state AS BIGINT) FROM key_states_seen WHERE tenant_id = $1 AND key_id = $2",
+    )
+    .bind(tenant.as_str())
+    .bind(key_id)
+    .fetch_optional(pool)
+    .await
+    .context("read key state")?;
+    match recorded {
+        Some(state) if state == code(now) => return Ok(None),
+        None if previous.is_none_or(|p| p == now) => return Ok(None),
+        _ => {}
+    }
     let mut tx = super::begin_write(pool).await?;
     super::lock_tenant(&mut tx, "key_state", tenant.as_str()).await?;
     let seen: Option<Option<i64>> = sqlx::query_scalar(
@@ -165,19 +184,36 @@ pub(in super::super) async fn observe_key_state(
     let repositories: Vec<i64> = sqlx::query_scalar(sql!(format!(
         "SELECT CAST(repo_id AS BIGINT) FROM repositories
          WHERE tenant_id = $1 AND cmk_key_id = $2 AND encrypted = {TRUE} AND shredded_at IS NULL
-         ORDER BY repo_id",
+         ORDER BY repo_id LIMIT $3",
         TRUE = dialect::TRUE
     )))
     .bind(tenant.as_str())
     .bind(key_id)
+    .bind(i64::from(MAX_LISTED_REPOSITORIES))
     .fetch_all(&mut *tx)
     .await
     .context("read repositories")?;
+    let total: i64 = if repositories.len() < MAX_LISTED_REPOSITORIES as usize {
+        repositories.len() as i64
+    } else {
+        sqlx::query_scalar(sql!(format!(
+            "SELECT COUNT(*) FROM repositories
+             WHERE tenant_id = $1 AND cmk_key_id = $2 AND encrypted = {TRUE}
+                 AND shredded_at IS NULL",
+            TRUE = dialect::TRUE
+        )))
+        .bind(tenant.as_str())
+        .bind(key_id)
+        .fetch_one(&mut *tx)
+        .await
+        .context("count repositories")?
+    };
     let change = Change::KeyStateChanged {
         key_id: key_id.to_owned(),
         old_state: old,
         new_state: now,
         repositories,
+        repositories_total: u64::try_from(total).unwrap_or(0),
     };
     let id = insert(&mut tx, clock, tenant.as_str(), &change).await?;
     tx.commit().await.context("commit key state")?;
