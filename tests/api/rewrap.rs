@@ -530,8 +530,16 @@ async fn a_rewrap_is_refused_as_a_registration_is_and_writes_nothing() {
     assert!(t.audit_of(TENANT_A, "rewrap.start").await.is_empty());
 }
 
-#[tokio::test]
-async fn a_target_key_disabled_while_the_job_waits_stops_it_with_the_reason() {
+/// What stops a job that has not run yet.
+enum Cut {
+    DisableTarget,
+    WithdrawGrant,
+}
+
+/// Three repositories under key A, key B chosen, a job started and not run; `cut` made;
+/// then the POST takes the job up. The job must end failed, with nothing rewrapped: its
+/// `error`, and B's id.
+async fn a_job_stopped_by(cut: Cut) -> (String, String) {
     let t = spawn_app().await;
     let a = t.configure_kms(TENANT_A).await.key_id;
     for id in 1..=3 {
@@ -545,53 +553,41 @@ async fn a_target_key_disabled_while_the_job_waits_stops_it_with_the_reason() {
         .start_rewrap(&Actor::cli(), &tid(TENANT_A))
         .await
         .unwrap();
-    t.disable_key(TENANT_A, &b).await;
+    match cut {
+        Cut::DisableTarget => {
+            t.disable_key(TENANT_A, &b).await;
+        }
+        Cut::WithdrawGrant => {
+            t.app
+                .service
+                .delete_grant(&Actor::cli(), &tid(TENANT_A))
+                .await
+                .unwrap();
+        }
+    }
     // The POST answers the job and takes it up: it cannot run.
     let r = post_rewrap(&t, TENANT_A, &t.admin(TENANT_A)).await;
     assert_eq!(r.0, StatusCode::OK, "{}", r.2);
     let end = finished(&t, TENANT_A, &job.job_id).await;
     assert_eq!(end["state"], "failed", "{end}");
     assert_eq!(end["done"], 0);
-    let error = end["error"].as_str().unwrap();
-    assert!(error.contains(&b) && error.contains("disabled"), "{error}");
     assert!(cmks(&t, TENANT_A)
         .await
         .values()
         .all(|k| k.as_deref() == Some(a.as_str())));
+    (end["error"].as_str().unwrap().to_owned(), b)
+}
+
+#[tokio::test]
+async fn a_target_key_disabled_while_the_job_waits_stops_it_with_the_reason() {
+    let (error, b) = a_job_stopped_by(Cut::DisableTarget).await;
+    assert!(error.contains(&b) && error.contains("disabled"), "{error}");
 }
 
 #[tokio::test]
 async fn a_grant_withdrawn_while_the_job_waits_stops_it_and_nothing_is_rewrapped() {
-    let t = spawn_app().await;
-    let a = t.configure_kms(TENANT_A).await.key_id;
-    for id in 1..=3 {
-        register(&t, TENANT_A, id).await;
-    }
-    let b = t.create_key(TENANT_A, "new-key").await.key_id;
-    use_key(&t, TENANT_A, &b).await;
-    let (job, _) = t
-        .app
-        .service
-        .start_rewrap(&Actor::cli(), &tid(TENANT_A))
-        .await
-        .unwrap();
-    t.app
-        .service
-        .delete_grant(&Actor::cli(), &tid(TENANT_A))
-        .await
-        .unwrap();
-    // The POST answers the job and takes it up: it stops at its first repository.
-    let r = post_rewrap(&t, TENANT_A, &t.admin(TENANT_A)).await;
-    assert_eq!(r.0, StatusCode::OK, "{}", r.2);
-    let end = finished(&t, TENANT_A, &job.job_id).await;
-    assert_eq!(end["state"], "failed", "{end}");
-    assert_eq!(end["done"], 0);
-    let error = end["error"].as_str().unwrap();
+    let (error, _) = a_job_stopped_by(Cut::WithdrawGrant).await;
     assert!(error.contains("withdrawn"), "{error}");
-    assert!(cmks(&t, TENANT_A)
-        .await
-        .values()
-        .all(|k| k.as_deref() == Some(a.as_str())));
 }
 
 /// The runner's transaction per repository: fenced by the lease, compare-and-set on the
