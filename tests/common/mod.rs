@@ -160,6 +160,20 @@ impl TestApp {
     }
 }
 
+/// The PostgreSQL server for test `test`, or `None` with the reason printed (a failure
+/// when `REPOCRYPT_REQUIRE_EXTERNAL` is set, as under `.ci/run`).
+pub fn pg_url_or_skip(test: &str) -> Option<String> {
+    let url = test_database_url();
+    if url.is_none() {
+        assert!(
+            std::env::var_os("REPOCRYPT_REQUIRE_EXTERNAL").is_none(),
+            "REPOCRYPT_REQUIRE_EXTERNAL is set but REPOCRYPT_TEST_DATABASE_URL is not"
+        );
+        eprintln!("SKIPPED {test}: REPOCRYPT_TEST_DATABASE_URL is not set");
+    }
+    url
+}
+
 /// The PostgreSQL server to run the story on, if any.
 pub fn test_database_url() -> Option<String> {
     std::env::var("REPOCRYPT_TEST_DATABASE_URL")

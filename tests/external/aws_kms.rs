@@ -376,14 +376,7 @@ async fn aws_backend_key_broker_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_backend_key_broker_postgres() {
-    let Some(url) = crate::common::test_database_url() else {
-        assert!(
-            std::env::var_os("REPOCRYPT_REQUIRE_EXTERNAL").is_none(),
-            "REPOCRYPT_REQUIRE_EXTERNAL is set but REPOCRYPT_TEST_DATABASE_URL is not"
-        );
-        eprintln!(
-            "SKIPPED aws_backend_key_broker_postgres: REPOCRYPT_TEST_DATABASE_URL is not set"
-        );
+    let Some(url) = crate::common::pg_url_or_skip("aws_backend_key_broker_postgres") else {
         return;
     };
     let Some(mut moto) = Moto::start("aws_backend_key_broker_postgres") else {
@@ -758,12 +751,7 @@ async fn aws_backend_rewrap_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_backend_rewrap_postgres() {
-    let Some(url) = crate::common::test_database_url() else {
-        assert!(
-            std::env::var_os("REPOCRYPT_REQUIRE_EXTERNAL").is_none(),
-            "REPOCRYPT_REQUIRE_EXTERNAL is set but REPOCRYPT_TEST_DATABASE_URL is not"
-        );
-        eprintln!("SKIPPED aws_backend_rewrap_postgres: REPOCRYPT_TEST_DATABASE_URL is not set");
+    let Some(url) = crate::common::pg_url_or_skip("aws_backend_rewrap_postgres") else {
         return;
     };
     let Some(mut moto) = Moto::start("aws_backend_rewrap_postgres") else {

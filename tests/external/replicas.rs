@@ -10,17 +10,7 @@ use crate::common::binary;
 use binary::{Client, Server};
 use serde_json::{json, Value};
 
-fn pg_url_or_skip(test: &str) -> Option<String> {
-    let url = common::test_database_url();
-    if url.is_none() {
-        assert!(
-            std::env::var_os("REPOCRYPT_REQUIRE_EXTERNAL").is_none(),
-            "REPOCRYPT_REQUIRE_EXTERNAL is set but REPOCRYPT_TEST_DATABASE_URL is not"
-        );
-        eprintln!("SKIPPED {test}: REPOCRYPT_TEST_DATABASE_URL is not set");
-    }
-    url
-}
+use common::pg_url_or_skip;
 
 /// An admin command with the replicas' shared settings, run in `dir`.
 fn cli(dir: &std::path::Path, env: &[(&str, String)], args: &[&str]) -> String {
