@@ -3,11 +3,12 @@
 use std::sync::{Arc, Weak};
 
 use crate::auth::credentials::Credentials;
+use crate::auth::keystone::{KeystoneAuth, KeystoneSettings};
 use crate::auth::signature::SignatureVerifier;
 use crate::auth::token::TokenCodec;
 use crate::auth::{Authenticator, LocalAuth};
 use crate::clock::Clock;
-use crate::config::{Config, KmsBackend};
+use crate::config::{Config, IamBackend, KmsBackend};
 use crate::domain::events::{EventFeed, EventSink};
 use crate::domain::key_states::KeyStateCache;
 use crate::domain::{Error, Result, Service};
@@ -111,15 +112,22 @@ impl App {
             &root,
             clock.clone(),
         ));
-        let auth: Arc<dyn Authenticator> = Arc::new(LocalAuth::new(
-            tokens.clone(),
-            SignatureVerifier::new(
-                credentials.clone(),
-                clock.clone(),
-                config.signature_max_skew,
-            ),
+        let signatures = SignatureVerifier::new(
+            credentials.clone(),
             clock.clone(),
-        ));
+            config.signature_max_skew,
+        );
+        let auth: Arc<dyn Authenticator> = match config.iam {
+            IamBackend::Local => {
+                Arc::new(LocalAuth::new(tokens.clone(), signatures, clock.clone()))
+            }
+            IamBackend::Keystone => Arc::new(KeystoneAuth::new(
+                keystone_settings(&config)?,
+                signatures,
+                clock.clone(),
+                metrics.clone(),
+            )?),
+        };
         Ok(App {
             metrics,
             tokens,
@@ -147,4 +155,24 @@ impl App {
             clock: self.clock.clone(),
         })
     }
+}
+
+/// The `iam_*` settings of `iam = "keystone"` (checked by `Config::validate`).
+fn keystone_settings(config: &Config) -> Result<KeystoneSettings> {
+    let missing = |what: &str| Error::InvalidArgument(format!("iam = keystone needs {what}"));
+    Ok(KeystoneSettings {
+        url: config.iam_url.clone().ok_or_else(|| missing("iam_url"))?,
+        user: config.iam_user.clone().ok_or_else(|| missing("iam_user"))?,
+        user_domain: config.iam_user_domain.clone(),
+        project: config.iam_project.clone(),
+        password: config
+            .iam_password
+            .clone()
+            .ok_or_else(|| missing("the password of iam_user"))?,
+        admin_roles: config.iam_admin_roles.clone(),
+        member_roles: config.iam_member_roles.clone(),
+        service_roles: config.iam_service_roles.clone(),
+        cache_ttl: config.iam_cache_ttl,
+        timeout: config.iam_timeout,
+    })
 }

@@ -636,6 +636,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         ttl,
     }) = &cli.command
     {
+        if config.iam == crate::config::IamBackend::Keystone {
+            return Err(Error::InvalidArgument(
+                "token issue makes tokens of the built-in IAM, and this service is set to iam = keystone: get a token from Keystone instead (POST {iam_url}/auth/tokens; its X-Subject-Token is the token; see README, \"Using an external IAM\")".into(),
+            ));
+        }
         if ttl.is_zero() || *ttl > MAX_TTL {
             return Err(Error::InvalidArgument(
                 "--ttl must be between 1s and 365 days".into(),

@@ -33,6 +33,13 @@ pub const DEFAULT_SIGNATURE_MAX_SKEW: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_RATE_LIMIT_PER_TENANT: u32 = 1000;
 pub const DEFAULT_RATE_LIMIT_PER_CREDENTIAL: u32 = 500;
+/// How long a token validated by the external IAM is trusted without asking it again.
+pub const DEFAULT_IAM_CACHE_TTL: Duration = Duration::from_secs(60);
+pub const DEFAULT_IAM_TIMEOUT: Duration = Duration::from_secs(2);
+pub const MAX_IAM_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_IAM_USER_DOMAIN: &str = "Default";
+/// The environment variable of the IAM password of the service's own user: never a flag.
+pub const IAM_PASSWORD_ENV: &str = "REPOCRYPT_IAM_PASSWORD";
 
 /// Where tenants' keys live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -42,6 +49,16 @@ pub enum KmsBackend {
     Local,
     /// AWS KMS or anything speaking its API (LocalStack, moto), through aws-sdk-kms.
     Aws,
+}
+
+/// Who says who a token's bearer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IamBackend {
+    /// Tokens from `repocrypt token issue`, verified here.
+    Local,
+    /// An OpenStack Keystone v3 (or Huawei Cloud IAM), which validates every token.
+    Keystone,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -137,6 +154,74 @@ pub struct ConfigArgs {
     #[arg(long, env = "REPOCRYPT_KMS_TIMEOUT", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(serialize_with = "duration::serialize_option")]
     pub kms_timeout: Option<Duration>,
+    /// Who validates X-Auth-Token: `local` (tokens of `repocrypt token issue`) or `keystone` (an OpenStack Keystone v3 / Huawei Cloud IAM) [default: local].
+    #[arg(long, env = "REPOCRYPT_IAM", global = true, value_name = "IAM")]
+    pub iam: Option<IamBackend>,
+    /// The IAM's v3 endpoint, e.g. `http://127.0.0.1:5000/v3`.
+    #[arg(long, env = "REPOCRYPT_IAM_URL", global = true, value_name = "URL")]
+    pub iam_url: Option<String>,
+    /// The service's own IAM user, whose token validates the callers' (it needs the `service` or `admin` role).
+    #[arg(long, env = "REPOCRYPT_IAM_USER", global = true, value_name = "NAME")]
+    pub iam_user: Option<String>,
+    /// The domain (name) of --iam-user [default: Default].
+    #[arg(
+        long,
+        env = "REPOCRYPT_IAM_USER_DOMAIN",
+        global = true,
+        value_name = "NAME"
+    )]
+    pub iam_user_domain: Option<String>,
+    /// A project (name) of --iam-user-domain to scope the service's token to [default: the domain itself].
+    #[arg(
+        long,
+        env = "REPOCRYPT_IAM_PROJECT",
+        global = true,
+        value_name = "NAME"
+    )]
+    pub iam_project: Option<String>,
+    /// A file holding the IAM password of --iam-user (REPOCRYPT_IAM_PASSWORD is read first).
+    #[arg(
+        long,
+        env = "REPOCRYPT_IAM_PASSWORD_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub iam_password_file: Option<PathBuf>,
+    /// IAM roles that make a token's bearer the tenant admin, comma-separated [default: admin].
+    #[arg(
+        long,
+        env = "REPOCRYPT_IAM_ADMIN_ROLES",
+        global = true,
+        value_delimiter = ',',
+        value_name = "ROLES"
+    )]
+    pub iam_admin_roles: Option<Vec<String>>,
+    /// IAM roles that make a token's bearer a tenant member, comma-separated [default: member,reader].
+    #[arg(
+        long,
+        env = "REPOCRYPT_IAM_MEMBER_ROLES",
+        global = true,
+        value_delimiter = ',',
+        value_name = "ROLES"
+    )]
+    pub iam_member_roles: Option<Vec<String>>,
+    /// IAM roles that make a token's bearer a platform service principal, comma-separated [default: service].
+    #[arg(
+        long,
+        env = "REPOCRYPT_IAM_SERVICE_ROLES",
+        global = true,
+        value_delimiter = ',',
+        value_name = "ROLES"
+    )]
+    pub iam_service_roles: Option<Vec<String>>,
+    /// How long a token the IAM validated is trusted without asking again (a revoked token works that long at most); `0` turns the cache off [default: 60s].
+    #[arg(long, env = "REPOCRYPT_IAM_CACHE_TTL", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(serialize_with = "duration::serialize_option")]
+    pub iam_cache_ttl: Option<Duration>,
+    /// Longest time one call to the IAM may take; at most 2s [default: 2s].
+    #[arg(long, env = "REPOCRYPT_IAM_TIMEOUT", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(serialize_with = "duration::serialize_option")]
+    pub iam_timeout: Option<Duration>,
     /// Log filter, e.g. `info` or `repocrypt=debug` [default: info for serve, warn otherwise].
     #[arg(long, env = "REPOCRYPT_LOG", global = true, value_name = "FILTER")]
     pub log: Option<String>,
@@ -281,6 +366,19 @@ pub struct Config {
     pub kms_region: Option<String>,
     #[serde(with = "duration")]
     pub kms_timeout: Duration,
+    pub iam: IamBackend,
+    pub iam_url: Option<String>,
+    pub iam_user: Option<String>,
+    pub iam_user_domain: String,
+    pub iam_project: Option<String>,
+    pub iam_password_file: Option<PathBuf>,
+    pub iam_admin_roles: Vec<String>,
+    pub iam_member_roles: Vec<String>,
+    pub iam_service_roles: Vec<String>,
+    #[serde(with = "duration")]
+    pub iam_cache_ttl: Duration,
+    #[serde(with = "duration")]
+    pub iam_timeout: Duration,
     pub log: Option<String>,
     pub log_format: LogFormat,
     pub rate_limit_per_tenant: u32,
@@ -301,6 +399,10 @@ pub struct Config {
     /// all) nor a file key.
     #[serde(skip)]
     pub root_key: Option<SecretString>,
+    /// The IAM password of `iam_user`, from `REPOCRYPT_IAM_PASSWORD` or `iam_password_file`
+    /// (read by [`Config::load`]): never a flag nor a file key.
+    #[serde(skip)]
+    pub iam_password: Option<SecretString>,
 }
 
 impl Default for Config {
@@ -321,6 +423,17 @@ impl Default for Config {
             kms_endpoint: None,
             kms_region: None,
             kms_timeout: DEFAULT_KMS_TIMEOUT,
+            iam: IamBackend::Local,
+            iam_url: None,
+            iam_user: None,
+            iam_user_domain: DEFAULT_IAM_USER_DOMAIN.into(),
+            iam_project: None,
+            iam_password_file: None,
+            iam_admin_roles: vec!["admin".into()],
+            iam_member_roles: vec!["member".into(), "reader".into()],
+            iam_service_roles: vec!["service".into()],
+            iam_cache_ttl: DEFAULT_IAM_CACHE_TTL,
+            iam_timeout: DEFAULT_IAM_TIMEOUT,
             log: None,
             log_format: LogFormat::Text,
             rate_limit_per_tenant: DEFAULT_RATE_LIMIT_PER_TENANT,
@@ -335,6 +448,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             root_key: None,
+            iam_password: None,
         }
     }
 }
@@ -347,7 +461,7 @@ impl std::fmt::Debug for Config {
         if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(self) {
             for (name, value) in &fields {
                 match (name.as_str(), value.as_str()) {
-                    ("database_url" | "kms_endpoint", Some(url)) => {
+                    ("database_url" | "kms_endpoint" | "iam_url", Some(url)) => {
                         out.field(name, &redact_url(url))
                     }
                     _ => out.field(name, &format_args!("{value}")),
@@ -355,6 +469,10 @@ impl std::fmt::Debug for Config {
             }
         }
         out.field("root_key", &self.root_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "iam_password",
+                &self.iam_password.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -422,6 +540,9 @@ impl Config {
         config.root_key = std::env::var(crate::keys::ROOT_KEY_ENV)
             .ok()
             .map(SecretString::from);
+        if config.iam == IamBackend::Keystone {
+            config.iam_password = iam_password(config.iam_password_file.as_deref())?;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -496,7 +617,64 @@ impl Config {
             ));
         }
         crate::domain::check_text_arg("region", &self.region)?;
-        crate::domain::check_text_arg("region_type", &self.region_type)
+        crate::domain::check_text_arg("region_type", &self.region_type)?;
+        self.validate_iam()
+    }
+
+    /// The external IAM's settings: only checked when `iam = "keystone"`, except the
+    /// timeout and the role lists, which have ranges of their own.
+    fn validate_iam(&self) -> Result<(), Error> {
+        if self.iam_timeout.is_zero() || self.iam_timeout > MAX_IAM_TIMEOUT {
+            return Err(Error::InvalidArgument(format!(
+                "iam_timeout must be more than 0 and at most {}",
+                humantime::format_duration(MAX_IAM_TIMEOUT)
+            )));
+        }
+        let lists = [
+            ("iam_admin_roles", &self.iam_admin_roles),
+            ("iam_member_roles", &self.iam_member_roles),
+            ("iam_service_roles", &self.iam_service_roles),
+        ];
+        for (i, (name, roles)) in lists.iter().enumerate() {
+            for role in roles.iter() {
+                crate::domain::check_text_arg(name, role)?;
+                if let Some((other, _)) = lists[..i].iter().find(|(_, r)| r.contains(role)) {
+                    return Err(Error::InvalidArgument(format!(
+                        "role `{role}` is in both {other} and {name}: a role maps to one access level"
+                    )));
+                }
+            }
+        }
+        if self.iam != IamBackend::Keystone {
+            return Ok(());
+        }
+        let url = self.iam_url.as_deref().ok_or_else(|| {
+            Error::InvalidArgument(
+                "iam = keystone needs iam_url (REPOCRYPT_IAM_URL), the v3 endpoint, e.g. http://127.0.0.1:5000/v3".into(),
+            )
+        })?;
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains('?') {
+            return Err(Error::InvalidArgument(format!(
+                "iam_url `{}` must be an http:// or https:// URL without a query, e.g. http://127.0.0.1:5000/v3",
+                redact_url(url)
+            )));
+        }
+        let user = self.iam_user.as_deref().ok_or_else(|| {
+            Error::InvalidArgument(
+                "iam = keystone needs iam_user (REPOCRYPT_IAM_USER), the service's own user in the IAM".into(),
+            )
+        })?;
+        crate::domain::check_text_arg("iam_user", user)?;
+        crate::domain::check_text_arg("iam_user_domain", &self.iam_user_domain)?;
+        if let Some(project) = &self.iam_project {
+            crate::domain::check_text_arg("iam_project", project)?;
+        }
+        if self.iam_password.is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "iam = keystone needs the password of iam_user: set {IAM_PASSWORD_ENV} or iam_password_file"
+            )));
+        }
+        Ok(())
     }
 
     pub fn limits(&self) -> Limits {
@@ -533,6 +711,32 @@ impl Config {
     pub fn expose_root_key(&self) -> Option<&str> {
         self.root_key.as_ref().map(|k| k.expose_secret())
     }
+}
+
+/// The IAM password: `REPOCRYPT_IAM_PASSWORD`, else the file's first line.
+fn iam_password(file: Option<&Path>) -> Result<Option<SecretString>, Error> {
+    if let Ok(password) = std::env::var(IAM_PASSWORD_ENV) {
+        if !password.is_empty() {
+            return Ok(Some(SecretString::from(password)));
+        }
+    }
+    let Some(path) = file else {
+        return Ok(None);
+    };
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "cannot read iam_password_file {}: {e}",
+            path.display()
+        ))
+    })?);
+    let password = text.lines().next().unwrap_or("");
+    if password.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "iam_password_file {} is empty: its first line is the password",
+            path.display()
+        )));
+    }
+    Ok(Some(SecretString::from(password.to_owned())))
 }
 
 /// The flags and environment variables given: `args` serialized, without those not given.
@@ -815,11 +1019,9 @@ mod tests {
                 )
             })
             .collect();
-        rows.push((
-            String::new(),
-            crate::keys::ROOT_KEY_ENV.to_owned(),
-            String::new(),
-        ));
+        for env in [crate::keys::ROOT_KEY_ENV, IAM_PASSWORD_ENV] {
+            rows.push((String::new(), env.to_owned(), String::new()));
+        }
         rows
     }
 
@@ -870,6 +1072,18 @@ mod tests {
             kms_endpoint: Some("http://k".into()),
             kms_region: Some("k".into()),
             kms_timeout: Some(Duration::from_secs(1)),
+            // Local, so that the IAM settings load without a Keystone password.
+            iam: Some(IamBackend::Local),
+            iam_url: Some("http://i/v3".into()),
+            iam_user: Some("u".into()),
+            iam_user_domain: Some("d".into()),
+            iam_project: Some("p".into()),
+            iam_password_file: Some("f".into()),
+            iam_admin_roles: Some(vec!["a".into()]),
+            iam_member_roles: Some(vec!["m".into()]),
+            iam_service_roles: Some(vec!["s".into()]),
+            iam_cache_ttl: Some(Duration::from_secs(1)),
+            iam_timeout: Some(Duration::from_secs(1)),
             log: Some("info".into()),
             log_format: Some(LogFormat::Json),
             rate_limit_per_tenant: Some(1),

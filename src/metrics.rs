@@ -176,11 +176,32 @@ impl KmsCall {
     }
 }
 
-/// How a KMS call ended.
+/// A call to the external IAM (`iam = "keystone"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KmsOutcome {
+pub enum IamCall {
+    /// `GET /v3/auth/tokens`: a caller's token validated.
+    ValidateToken,
+    /// `POST /v3/auth/tokens`: the service's own token issued or renewed.
+    IssueServiceToken,
+}
+
+impl IamCall {
+    const ALL: [IamCall; 2] = [IamCall::ValidateToken, IamCall::IssueServiceToken];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            IamCall::ValidateToken => "validate_token",
+            IamCall::IssueServiceToken => "issue_service_token",
+        }
+    }
+}
+
+/// How a call to a dependency (the KMS, the IAM) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOutcome {
     Ok,
-    /// The KMS answered with a refusal (not found, wrong state, …).
+    /// The dependency answered with a refusal (KMS: not found, wrong state, …; IAM: an
+    /// unknown, revoked or expired token, or one without a mapped role or scope).
     Refused,
     /// The KMS could not be reached or failed (the `RC.503001` cases).
     Unavailable,
@@ -189,20 +210,20 @@ pub enum KmsOutcome {
     Error,
 }
 
-const OUTCOMES: [KmsOutcome; 4] = [
-    KmsOutcome::Ok,
-    KmsOutcome::Refused,
-    KmsOutcome::Unavailable,
-    KmsOutcome::Error,
+const OUTCOMES: [CallOutcome; 4] = [
+    CallOutcome::Ok,
+    CallOutcome::Refused,
+    CallOutcome::Unavailable,
+    CallOutcome::Error,
 ];
 
-impl KmsOutcome {
+impl CallOutcome {
     fn name(self) -> &'static str {
         match self {
-            KmsOutcome::Ok => "ok",
-            KmsOutcome::Refused => "refused",
-            KmsOutcome::Unavailable => "unavailable",
-            KmsOutcome::Error => "error",
+            CallOutcome::Ok => "ok",
+            CallOutcome::Refused => "refused",
+            CallOutcome::Unavailable => "unavailable",
+            CallOutcome::Error => "error",
         }
     }
 }
@@ -212,8 +233,9 @@ struct OperationMetrics {
     latency: Histogram,
 }
 
+/// Calls of one kind to a dependency: their outcomes and latency.
 #[derive(Default)]
-struct KmsMetrics {
+struct CallMetrics {
     outcomes: [AtomicU64; OUTCOMES.len()],
     latency: Histogram,
 }
@@ -222,7 +244,8 @@ pub use crate::domain::ports::CacheStats;
 
 pub struct Metrics {
     operations: Vec<OperationMetrics>,
-    kms: Vec<KmsMetrics>,
+    kms: Vec<CallMetrics>,
+    iam: Vec<CallMetrics>,
 }
 
 impl Default for Metrics {
@@ -247,7 +270,14 @@ impl Metrics {
                     latency: Histogram::default(),
                 })
                 .collect(),
-            kms: KmsCall::ALL.iter().map(|_| KmsMetrics::default()).collect(),
+            kms: KmsCall::ALL
+                .iter()
+                .map(|_| CallMetrics::default())
+                .collect(),
+            iam: IamCall::ALL
+                .iter()
+                .map(|_| CallMetrics::default())
+                .collect(),
         }
     }
 
@@ -261,8 +291,14 @@ impl Metrics {
         m.latency.observe(elapsed);
     }
 
-    pub fn record_kms(&self, call: KmsCall, outcome: KmsOutcome, elapsed: Duration) {
+    pub fn record_kms(&self, call: KmsCall, outcome: CallOutcome, elapsed: Duration) {
         let m = &self.kms[call as usize];
+        m.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        m.latency.observe(elapsed);
+    }
+
+    pub fn record_iam(&self, call: IamCall, outcome: CallOutcome, elapsed: Duration) {
+        let m = &self.iam[call as usize];
         m.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
         m.latency.observe(elapsed);
     }
@@ -328,6 +364,34 @@ impl Metrics {
             let labels = format!("call=\"{}\"", call.name());
             m.latency
                 .render(&mut out, "repocrypt_kms_call_duration_seconds", &labels);
+        }
+        header(
+            &mut out,
+            "repocrypt_iam_calls_total",
+            "counter",
+            "Calls to the external IAM (Keystone), by call and outcome (ok, refused, unavailable, error).",
+        );
+        for (call, m) in IamCall::ALL.iter().zip(&self.iam) {
+            for (outcome, count) in OUTCOMES.iter().zip(&m.outcomes) {
+                let _ = writeln!(
+                    out,
+                    "repocrypt_iam_calls_total{{call=\"{}\",outcome=\"{}\"}} {}",
+                    call.name(),
+                    outcome.name(),
+                    count.load(Ordering::Relaxed)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "repocrypt_iam_call_duration_seconds",
+            "histogram",
+            "Time of a call to the external IAM, by call.",
+        );
+        for (call, m) in IamCall::ALL.iter().zip(&self.iam) {
+            let labels = format!("call=\"{}\"", call.name());
+            m.latency
+                .render(&mut out, "repocrypt_iam_call_duration_seconds", &labels);
         }
         for (name, help, pick) in [
             (
@@ -409,7 +473,7 @@ mod tests {
         let m = Metrics::new();
         m.record_kms(
             KmsCall::DescribeKey,
-            KmsOutcome::Unavailable,
+            CallOutcome::Unavailable,
             Duration::from_secs(2),
         );
         let text = m.render(
@@ -457,7 +521,7 @@ mod tests {
     fn every_sample_is_typed_by_its_own_family_in_the_text_format() {
         let m = Metrics::new();
         m.record_request(Operation::ShowSetting, 200, Duration::from_millis(1));
-        m.record_kms(KmsCall::Ping, KmsOutcome::Ok, Duration::from_millis(1));
+        m.record_kms(KmsCall::Ping, CallOutcome::Ok, Duration::from_millis(1));
         let caches = [CacheStats {
             name: "key_state",
             hits: 1,
@@ -495,7 +559,7 @@ mod tests {
                 samples += 1;
             }
         }
-        assert_eq!(types.len(), 7, "{text}");
+        assert_eq!(types.len(), 9, "{text}");
         assert!(samples > 0);
     }
 

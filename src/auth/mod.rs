@@ -1,7 +1,9 @@
-//! Identity: who is calling. Built-in tokens and AK/SK request signatures; the
-//! [`Authenticator`] trait is where an external IAM (Keystone v3 token validation) plugs in.
+//! Identity: who is calling. Built-in tokens and AK/SK request signatures ([`LocalAuth`]),
+//! or tokens validated by an external IAM, OpenStack Keystone v3 ([`keystone::KeystoneAuth`]),
+//! behind one [`Authenticator`] trait.
 
 pub mod credentials;
+pub mod keystone;
 pub mod sdk_signature;
 pub mod signature;
 pub mod token;
@@ -11,6 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::clock::Clock;
+use crate::domain::ports::CacheStats;
 use crate::domain::{Identity, Result};
 use signature::{SignatureVerifier, SignedRequest};
 use token::TokenCodec;
@@ -22,6 +25,14 @@ pub trait Authenticator: Send + Sync + 'static {
     async fn authenticate_token(&self, token: &str) -> Result<Identity>;
     /// A request signed with an access key / secret key (`Authorization: SDK-HMAC-SHA256 …`).
     async fn authenticate_signature(&self, request: &SignedRequest<'_>) -> Result<Identity>;
+    /// Whatever the identity provider depends on answers, for `/readyz`.
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Its caches' counters, for `/metrics`.
+    fn cache_stats(&self) -> Vec<CacheStats> {
+        Vec::new()
+    }
 }
 
 /// The built-in identity provider: tokens from `repocrypt token issue`, credentials from

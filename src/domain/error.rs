@@ -74,6 +74,8 @@ pub enum Error {
     ServiceOnly,
     #[error("Insufficient permissions: a service principal may only list, register and key repositories.")]
     ServiceNotAllowed,
+    #[error("Insufficient permissions: the token holds no role this service maps to an access level (an admin, member or service role).")]
+    NoMappedRole,
     #[error("the tenant has withdrawn its KMS grant: no data key of tenant {tenant} is released")]
     GrantWithdrawn { tenant: String },
     #[error("key {key_id} is {state} in KMS (state {code}): the tenant has stopped the release of data keys under it")]
@@ -116,6 +118,8 @@ pub enum Error {
     // ---- 503 / 500 -------------------------------------------------------------------
     #[error("the KMS is unavailable; retry later")]
     KmsUnavailable(String),
+    #[error("the identity service (IAM) is unavailable; retry later")]
+    IamUnavailable(String),
     #[error("internal error")]
     Store(String),
     #[error("internal error")]
@@ -174,6 +178,7 @@ impl Error {
             ServiceNotAllowed => "RC.403003",
             GrantWithdrawn { .. } => "RC.403004",
             KeyRefused { .. } => "RC.403005",
+            NoMappedRole => "RC.403006",
             RepoNotFound { .. } => "RC.404002",
             RewrapJobNotFound { .. } => "RC.404010",
             RepoNotEncrypted { .. } => "RC.409003",
@@ -189,6 +194,7 @@ impl Error {
             PayloadTooLarge { .. } => "RC.413001",
             KmsUnavailable(_) => "RC.503001",
             Store(_) => "RC.503002",
+            IamUnavailable(_) => "RC.503003",
             Internal(_) => "RC.500000",
         }
     }
@@ -196,7 +202,10 @@ impl Error {
     /// Detail that must be logged but never shown to a client.
     pub fn internal_detail(&self) -> Option<&str> {
         match self {
-            Error::Store(d) | Error::Internal(d) | Error::KmsUnavailable(d) => Some(d),
+            Error::Store(d)
+            | Error::Internal(d)
+            | Error::KmsUnavailable(d)
+            | Error::IamUnavailable(d) => Some(d),
             _ => None,
         }
     }

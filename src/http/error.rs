@@ -116,7 +116,8 @@ pub fn status_of(e: &Error) -> StatusCode {
         | ServiceOnly
         | ServiceNotAllowed
         | GrantWithdrawn { .. }
-        | KeyRefused { .. } => StatusCode::FORBIDDEN,
+        | KeyRefused { .. }
+        | NoMappedRole => StatusCode::FORBIDDEN,
         ProjectNotFound(_) | RepoNotFound { .. } | RewrapJobNotFound { .. } => {
             StatusCode::NOT_FOUND
         }
@@ -129,7 +130,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         | RewrapIncomplete { .. } => StatusCode::CONFLICT,
         DataKeyDestroyed { .. } | CmkGone { .. } => StatusCode::GONE,
         PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        KmsUnavailable(_) | Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        KmsUnavailable(_) | IamUnavailable(_) | Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -287,6 +288,7 @@ mod tests {
                 state: "disabled",
                 code: 3,
             },
+            NoMappedRole,
             ProjectNotFound(s()),
             RepoNotFound { repo_id: 1 },
             RewrapJobNotFound { job_id: s() },
@@ -306,6 +308,7 @@ mod tests {
             },
             PayloadTooLarge { limit: 1 },
             KmsUnavailable(s()),
+            IamUnavailable(s()),
             Store(s()),
             Internal(s()),
         ];
@@ -340,6 +343,7 @@ mod tests {
                 | ServiceNotAllowed
                 | GrantWithdrawn { .. }
                 | KeyRefused { .. }
+                | NoMappedRole
                 | ProjectNotFound(_)
                 | RepoNotFound { .. }
                 | RewrapJobNotFound { .. }
@@ -352,6 +356,7 @@ mod tests {
                 | KeyInUse { .. }
                 | PayloadTooLarge { .. }
                 | KmsUnavailable(_)
+                | IamUnavailable(_)
                 | Store(_)
                 | Internal(_) => {}
                 InvalidArgument(_)

@@ -340,72 +340,86 @@ pub async fn healthz() -> impl IntoResponse {
 }
 
 /// The last readiness probe, reused for a second so that `/readyz` (unauthenticated)
-/// cannot be used to flood the database or the KMS.
+/// cannot be used to flood the database, the KMS or the IAM.
 #[derive(Debug, Default)]
 pub struct Readiness {
-    last: tokio::sync::Mutex<Option<(Instant, bool, bool)>>,
+    last: tokio::sync::Mutex<Option<(Instant, Probes)>>,
+}
+
+/// Whether each dependency answered the last probe.
+#[derive(Debug, Clone, Copy)]
+struct Probes {
+    database: bool,
+    kms: bool,
+    iam: bool,
 }
 
 const READINESS_REUSE: Duration = Duration::from_secs(1);
 /// How long each probe may take.
 const READINESS_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Readiness: the database and the KMS answer (503 naming the one that does not).
+/// Readiness: the database, the KMS and the IAM answer (503 naming the one that does not;
+/// the local IAM is this process and always answers).
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let (database, kms) = {
+    let probes = {
         let mut last = state.readiness.last.lock().await;
         match *last {
-            Some((at, db, kms))
+            Some((at, probes))
                 if state.clock.monotonic().saturating_duration_since(at) < READINESS_REUSE =>
             {
-                (db, kms)
+                probes
             }
             _ => {
                 // A hung dependency is an unreachable one, reported well within the
                 // request timeout.
-                let probe = |ping| async move {
-                    tokio::time::timeout(READINESS_TIMEOUT, ping)
+                let probe = |name: &'static str, ping| async move {
+                    let outcome = tokio::time::timeout(READINESS_TIMEOUT, ping)
                         .await
                         .unwrap_or_else(|_| {
                             Err(crate::domain::Error::Internal(format!(
                                 "no answer within {}",
                                 humantime::format_duration(READINESS_TIMEOUT)
                             )))
-                        })
+                        });
+                    if let Err(e) = &outcome {
+                        tracing::warn!(error = %e, detail = e.internal_detail().unwrap_or(""), "readiness: {name} unreachable");
+                    }
+                    outcome.is_ok()
                 };
-                let (db, kms) =
-                    tokio::join!(probe(state.service.store().ping()), probe(state.kms.ping()));
-                if let Err(e) = &db {
-                    tracing::warn!(error = %e, detail = e.internal_detail().unwrap_or(""), "readiness: database unreachable");
-                }
-                if let Err(e) = &kms {
-                    tracing::warn!(error = %e, detail = e.internal_detail().unwrap_or(""), "readiness: KMS unreachable");
-                }
-                *last = Some((state.clock.monotonic(), db.is_ok(), kms.is_ok()));
-                (db.is_ok(), kms.is_ok())
+                let (database, kms, iam) = tokio::join!(
+                    probe("database", state.service.store().ping()),
+                    probe("KMS", state.kms.ping()),
+                    probe("IAM", state.auth.ping()),
+                );
+                let probes = Probes { database, kms, iam };
+                *last = Some((state.clock.monotonic(), probes));
+                probes
             }
         }
     };
     let word = |ok: bool| if ok { "ok" } else { "unreachable" };
-    let status = if database && kms {
+    let ready = probes.database && probes.kms && probes.iam;
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let body = serde_json::json!({
-        "status": if database && kms { "ready" } else { "unready" },
-        "database": word(database),
-        "kms": word(kms),
+        "status": if ready { "ready" } else { "unready" },
+        "database": word(probes.database),
+        "kms": word(probes.kms),
+        "iam": word(probes.iam),
     });
     (status, Json(body))
 }
 
 /// Prometheus metrics, in the text exposition format.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let text = state.metrics.render(
-        &state.service.cache_stats(),
-        &state.rate_limiters.rejected(),
-    );
+    let mut caches = state.service.cache_stats();
+    caches.extend(state.auth.cache_stats());
+    let text = state
+        .metrics
+        .render(&caches, &state.rate_limiters.rejected());
     (
         [(
             header::CONTENT_TYPE,

@@ -11,7 +11,7 @@ use crate::domain::ports::KeyRecord;
 use crate::domain::{
     Actor, DataKey, EncryptionContext, Error, GeneratedKey, RepoId, Result, TenantId,
 };
-use crate::metrics::{KmsCall, KmsOutcome, Metrics};
+use crate::metrics::{CallOutcome, KmsCall, Metrics};
 
 pub struct MeteredKms {
     inner: Arc<dyn Kms>,
@@ -34,12 +34,12 @@ impl MeteredKms {
 
 /// How a call's result is counted: a failure of this service (its database, an internal
 /// error) is an `error`, not a refusal by the KMS.
-fn outcome<T>(result: &Result<T>) -> KmsOutcome {
+fn outcome<T>(result: &Result<T>) -> CallOutcome {
     match result {
-        Ok(_) => KmsOutcome::Ok,
-        Err(Error::KmsUnavailable(_)) => KmsOutcome::Unavailable,
-        Err(Error::Store(_) | Error::Internal(_)) => KmsOutcome::Error,
-        Err(_) => KmsOutcome::Refused,
+        Ok(_) => CallOutcome::Ok,
+        Err(Error::KmsUnavailable(_)) => CallOutcome::Unavailable,
+        Err(Error::Store(_) | Error::Internal(_)) => CallOutcome::Error,
+        Err(_) => CallOutcome::Refused,
     }
 }
 

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod keystone;
 pub mod moto;
 pub mod sdk;
 
@@ -708,4 +709,28 @@ pub fn keys_of(value: &Value) -> Vec<String> {
         .collect();
     keys.sort_unstable();
     keys
+}
+
+/// The first ```sh block after `heading` in README.md.
+pub fn readme_block(heading: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let section = readme
+        .split(heading)
+        .nth(1)
+        .unwrap_or_else(|| panic!("README has a {heading:?} section"));
+    let start = section
+        .find("```sh\n")
+        .expect("walkthrough has a ```sh block")
+        + 6;
+    let end = section[start..].find("```").expect("block is closed") + start;
+    section[start..end].to_owned()
+}
+
+pub fn substitute(script: &str, from: &str, to: &str) -> String {
+    assert!(
+        script.contains(from),
+        "the README walkthrough no longer contains `{from}`: update this test with it"
+    );
+    script.replace(from, to)
 }

@@ -363,7 +363,7 @@ async fn readyz_reports_the_database_and_the_kms() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body,
-        json!({"status": "ready", "database": "ok", "kms": "ok"})
+        json!({"status": "ready", "database": "ok", "kms": "ok", "iam": "ok"})
     );
 }
 

@@ -2,6 +2,7 @@
 //! so the README cannot drift from what the service does.
 
 use crate::common::binary;
+use crate::common::{readme_block, substitute};
 
 use std::process::Command;
 
@@ -10,30 +11,6 @@ use binary::Server;
 /// The first ```sh block after the `## Walkthrough` heading.
 fn walkthrough_block() -> String {
     readme_block("\n## Walkthrough")
-}
-
-/// The first ```sh block after `heading` in README.md.
-fn readme_block(heading: &str) -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
-    let section = readme
-        .split(heading)
-        .nth(1)
-        .unwrap_or_else(|| panic!("README has a {heading:?} section"));
-    let start = section
-        .find("```sh\n")
-        .expect("walkthrough has a ```sh block")
-        + 6;
-    let end = section[start..].find("```").expect("block is closed") + start;
-    section[start..end].to_owned()
-}
-
-fn substitute(script: &str, from: &str, to: &str) -> String {
-    assert!(
-        script.contains(from),
-        "the README walkthrough no longer contains `{from}`: update this test with it"
-    );
-    script.replace(from, to)
 }
 
 #[test]

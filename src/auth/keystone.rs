@@ -1,0 +1,745 @@
+//! Tokens from an external IAM: OpenStack Keystone v3, whose token API Huawei Cloud IAM
+//! follows (`iam = "keystone"`).
+//!
+//! ```text
+//! POST {iam_url}/auth/tokens?nocatalog            the service's own token (password, scoped)
+//!   201, X-Subject-Token: <token>, {"token": {"expires_at": ...}}
+//! GET  {iam_url}/auth/tokens?nocatalog&allow_expired=1
+//!   X-Auth-Token: <the service's token>, X-Subject-Token: <the caller's token>
+//!   200 {"token": {user, roles, project{domain} | domain, expires_at}}  valid (or expired:
+//!       `allow_expired` lets Keystone say so instead of 404, for `DEV.00000003`)
+//!   404  unknown, revoked, or expired beyond Keystone's allow_expired_window
+//!   401  the service's own token was refused: renewed once, then 503
+//! ```
+//!
+//! What a caller is: the tenant is the domain of the token's scope (`token.domain.id`, or
+//! `token.project.domain.id`); the role is the first of admin, member, service whose list
+//! (`iam_admin_roles`, `iam_member_roles`, `iam_service_roles`) holds one of the token's roles.
+//! A service principal belongs to no tenant ([`Identity::PLATFORM`]).
+//!
+//! Verdicts are cached in memory ([`VerdictCache`]), keyed by the SHA-256 of the token (never
+//! the token), for the shorter of `iam_cache_ttl` and the token's remaining life; refusals for
+//! [`REFUSAL_TTL`] at most, so that garbage cannot flood Keystone. Concurrent validations of
+//! one token make one call ([`InFlight`]). Every call to Keystone is bounded by
+//! `iam_timeout` (2 s at most) and a validation, its service-token renewal included, by the
+//! same: Keystone slow or down is a 503 `RC.503003` in that time, while tokens already in the
+//! cache keep working until their entry expires.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::signature::{SignatureVerifier, SignedRequest};
+use super::{trace_outcome, Authenticator};
+use crate::clock::Clock;
+use crate::domain::ports::CacheStats;
+use crate::domain::{Error, Identity, Result, Role, TenantId};
+use crate::metrics::{CallOutcome, IamCall, Metrics};
+use crate::shards::Shards;
+
+/// Longest a refusal (an unknown, revoked, expired or unscoped token, or one without a
+/// mapped role) is remembered: a role granted in Keystone takes effect after it.
+pub const REFUSAL_TTL: Duration = Duration::from_secs(5);
+/// Most verdicts kept in memory (least recently used first out); about 300 bytes each.
+pub const CACHE_CAPACITY: usize = 65_536;
+/// Largest answer read from Keystone (a token without its catalog is 1-3 KB).
+const MAX_ANSWER: usize = 1024 * 1024;
+/// After a failed attempt to get the service's own token, callers are told it failed for
+/// this long without another attempt (one log line, one call, a second at most).
+const RENEW_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The settings of [`KeystoneAuth`], from `iam_*` in the configuration.
+pub struct KeystoneSettings {
+    /// The v3 endpoint, e.g. `http://127.0.0.1:5000/v3`.
+    pub url: String,
+    pub user: String,
+    pub user_domain: String,
+    /// A project of `user_domain` to scope the service's token to; else the domain itself.
+    pub project: Option<String>,
+    pub password: SecretString,
+    pub admin_roles: Vec<String>,
+    pub member_roles: Vec<String>,
+    pub service_roles: Vec<String>,
+    /// `0`: no cache (concurrent validations of one token still make one call).
+    pub cache_ttl: Duration,
+    pub timeout: Duration,
+}
+
+/// Validates `X-Auth-Token` with Keystone; AK/SK signatures with repocrypt's own
+/// credentials, as in `local` mode (Keystone verifies no SDK-HMAC-SHA256 signature).
+pub struct KeystoneAuth {
+    http: reqwest::Client,
+    /// `{url}/auth/tokens?nocatalog`
+    issue_url: String,
+    /// `{url}/auth/tokens?nocatalog&allow_expired=1`
+    validate_url: String,
+    settings: KeystoneSettings,
+    service: ServiceTokens,
+    cache: VerdictCache,
+    in_flight: InFlight,
+    signatures: SignatureVerifier,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+}
+
+impl KeystoneAuth {
+    pub fn new(
+        settings: KeystoneSettings,
+        signatures: SignatureVerifier,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout)
+            // Below the keep-alive of common WSGI servers (gunicorn: 2 s), so that a request
+            // is not sent on a connection the server is closing.
+            .pool_idle_timeout(Duration::from_secs(1))
+            .user_agent(concat!("repocrypt/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("iam_url: cannot build a client: {e}")))?;
+        let base = settings.url.trim_end_matches('/');
+        Ok(KeystoneAuth {
+            http,
+            issue_url: format!("{base}/auth/tokens?nocatalog"),
+            validate_url: format!("{base}/auth/tokens?nocatalog&allow_expired=1"),
+            settings,
+            service: ServiceTokens::default(),
+            cache: VerdictCache::new(CACHE_CAPACITY),
+            in_flight: InFlight::default(),
+            signatures,
+            clock,
+            metrics,
+        })
+    }
+
+    /// A token's verdict from Keystone, cached; at most `timeout` however many calls it
+    /// takes (a renewal of the service's token and a retry).
+    async fn validate(&self, token: &str, key: &Digest32) -> Verdict {
+        let outcome = tokio::time::timeout(self.settings.timeout, self.ask_keystone(token)).await;
+        let verdict = outcome.unwrap_or_else(|_| {
+            Err(Failure::Unavailable(format!(
+                "Keystone did not answer within {}",
+                humantime::format_duration(self.settings.timeout)
+            )))
+        });
+        if let Some(ttl) = self.cache_ttl(&verdict) {
+            self.cache
+                .put(*key, verdict.clone(), self.clock.monotonic() + ttl);
+        }
+        verdict
+    }
+
+    /// How long a verdict is cached: none for an unavailable IAM.
+    fn cache_ttl(&self, verdict: &Verdict) -> Option<Duration> {
+        let ttl = self.settings.cache_ttl;
+        if ttl.is_zero() {
+            return None;
+        }
+        match verdict {
+            Ok(identity) => {
+                let left = identity
+                    .expires_at
+                    .saturating_sub(self.clock.unix_seconds());
+                Some(ttl.min(Duration::from_secs(left))).filter(|d| !d.is_zero())
+            }
+            Err(Failure::Refused(_)) => Some(ttl.min(REFUSAL_TTL)),
+            Err(Failure::Unavailable(_)) => None,
+        }
+    }
+
+    async fn ask_keystone(&self, token: &str) -> Verdict {
+        let subject = reqwest::header::HeaderValue::from_str(token)
+            .map_err(|_| Failure::Refused(Refusal::Malformed))?;
+        let mut service = self.service_token(None).await?;
+        for attempt in 0..2 {
+            let started = Instant::now();
+            let answer = self
+                .http
+                .get(&self.validate_url)
+                .header("x-auth-token", service.header.clone())
+                .header("x-subject-token", subject.clone())
+                .send()
+                .await;
+            let answer = match answer {
+                Ok(response) => read_answer(response).await,
+                Err(e) => Err(unreachable(&e)),
+            };
+            let (outcome, verdict) = match answer {
+                Err(detail) => (CallOutcome::Unavailable, Err(Failure::Unavailable(detail))),
+                Ok((200, body)) => match self.identity(&body) {
+                    Ok(identity) => (CallOutcome::Ok, Ok(identity)),
+                    Err(Failure::Refused(r)) => (CallOutcome::Refused, Err(Failure::Refused(r))),
+                    Err(e) => (CallOutcome::Error, Err(e)),
+                },
+                Ok((404, _)) => (
+                    CallOutcome::Refused,
+                    Err(Failure::Refused(Refusal::Unknown)),
+                ),
+                Ok((401, _)) if attempt == 0 => {
+                    // The service's own token was refused (expired early, revoked): a new
+                    // one, and once more.
+                    self.metrics.record_iam(
+                        IamCall::ValidateToken,
+                        CallOutcome::Error,
+                        started.elapsed(),
+                    );
+                    service = self.service_token(Some(&service)).await?;
+                    continue;
+                }
+                Ok((401 | 403, _)) => {
+                    tracing::error!(
+                        user = %self.settings.user,
+                        "Keystone refuses to let the service's own token validate tokens: give iam_user the `service` (or `admin`) role on iam_project (or on iam_user_domain when iam_project is not set)"
+                    );
+                    (
+                        CallOutcome::Error,
+                        Err(Failure::Unavailable(
+                            "Keystone refused the service's own token for validating tokens".into(),
+                        )),
+                    )
+                }
+                Ok((status, _)) => (
+                    CallOutcome::Unavailable,
+                    Err(Failure::Unavailable(format!(
+                        "Keystone answered a validation with status {status}"
+                    ))),
+                ),
+            };
+            self.metrics
+                .record_iam(IamCall::ValidateToken, outcome, started.elapsed());
+            return verdict;
+        }
+        Err(Failure::Unavailable(
+            "Keystone refused the service's own token twice".into(),
+        ))
+    }
+
+    /// The identity in a validated token, or why it is refused.
+    fn identity(&self, body: &[u8]) -> Verdict {
+        let envelope: Envelope = serde_json::from_slice(body).map_err(|e| {
+            Failure::Unavailable(format!("Keystone's token is not the v3 JSON expected: {e}"))
+        })?;
+        let token = envelope.token;
+        let expires_at = unix_seconds(&token.expires_at).ok_or_else(|| {
+            Failure::Unavailable(format!(
+                "Keystone's token has an unreadable expires_at `{}`",
+                token.expires_at
+            ))
+        })?;
+        if expires_at <= self.clock.unix_seconds() {
+            return Err(Failure::Refused(Refusal::Expired));
+        }
+        let domain = match (&token.project, &token.domain) {
+            (Some(project), _) => &project.domain.id,
+            (None, Some(domain)) => &domain.id,
+            (None, None) => return Err(Failure::Refused(Refusal::Unscoped)),
+        };
+        let has = |names: &[String]| token.roles.iter().any(|r| names.contains(&r.name));
+        let s = &self.settings;
+        let role = if has(&s.admin_roles) {
+            Role::Admin
+        } else if has(&s.member_roles) {
+            Role::Member
+        } else if has(&s.service_roles) {
+            Role::Service
+        } else {
+            return Err(Failure::Refused(Refusal::NoMappedRole));
+        };
+        let (tenant_id, user_id) = if role == Role::Service {
+            (Identity::PLATFORM, format!("service:{}", token.user.id))
+        } else {
+            (domain.as_str(), token.user.id.clone())
+        };
+        Ok(Identity {
+            tenant_id: TenantId::parse(tenant_id)
+                .map_err(|_| Failure::Refused(Refusal::BadDomain))?,
+            user_id,
+            user_name: token.user.name,
+            role,
+            expires_at,
+        })
+    }
+
+    /// The service's own token: the current one, or a new one when it is due for renewal
+    /// or `refused` (the one Keystone just refused) is the current one. One request at a
+    /// time asks Keystone; the others wait for its answer.
+    async fn service_token(
+        &self,
+        refused: Option<&Arc<ServiceToken>>,
+    ) -> std::result::Result<Arc<ServiceToken>, Failure> {
+        let usable = |current: &Option<Arc<ServiceToken>>, now: u64| {
+            current
+                .as_ref()
+                .filter(|t| now < t.renew_at && refused.is_none_or(|r| !Arc::ptr_eq(r, t)))
+                .cloned()
+        };
+        if let Some(token) = usable(&self.service.current(), self.clock.unix_seconds()) {
+            return Ok(token);
+        }
+        let mut last_failure = self.service.renewing.lock().await;
+        let now = self.clock.unix_seconds();
+        let current = self.service.current();
+        if let Some(token) = usable(&current, now) {
+            return Ok(token);
+        }
+        if let Some((at, detail)) = last_failure.as_ref() {
+            if at.elapsed() < RENEW_BACKOFF {
+                return Err(Failure::Unavailable(detail.clone()));
+            }
+        }
+        match self.issue_service_token().await {
+            Ok(token) => {
+                let token = Arc::new(token);
+                self.service.set(token.clone());
+                *last_failure = None;
+                Ok(token)
+            }
+            Err(detail) => {
+                *last_failure = Some((Instant::now(), detail.clone()));
+                // Due for renewal but not yet expired, and not refused: still good.
+                match current.filter(|t| now < t.expires_at && refused.is_none()) {
+                    Some(token) => {
+                        tracing::warn!(reason = %detail, "renewing the service's Keystone token failed; the current one is used until it expires");
+                        Ok(token)
+                    }
+                    None => Err(Failure::Unavailable(detail)),
+                }
+            }
+        }
+    }
+
+    /// `POST /v3/auth/tokens` with the service's password.
+    async fn issue_service_token(&self) -> std::result::Result<ServiceToken, String> {
+        let s = &self.settings;
+        let scope = match &s.project {
+            Some(project) => serde_json::json!({
+                "project": {"name": project, "domain": {"name": s.user_domain}}
+            }),
+            None => serde_json::json!({"domain": {"name": s.user_domain}}),
+        };
+        let body = zeroize::Zeroizing::new(
+            serde_json::json!({"auth": {
+                "identity": {"methods": ["password"], "password": {"user": {
+                    "name": s.user,
+                    "domain": {"name": s.user_domain},
+                    "password": s.password.expose_secret(),
+                }}},
+                "scope": scope,
+            }})
+            .to_string(),
+        );
+        let started = Instant::now();
+        let answer = self
+            .http
+            .post(&self.issue_url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.as_bytes().to_vec())
+            .send()
+            .await;
+        let (outcome, result) = match answer {
+            Err(e) => (CallOutcome::Unavailable, Err(unreachable(&e))),
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let header = response.headers().get("x-subject-token").cloned();
+                match (status, header, read_answer(response).await) {
+                    (_, _, Err(detail)) => (CallOutcome::Unavailable, Err(detail)),
+                    (201, Some(mut header), Ok((_, body))) => {
+                        header.set_sensitive(true);
+                        match self.service_token_from(header, &body) {
+                            Ok(token) => (CallOutcome::Ok, Ok(token)),
+                            Err(detail) => (CallOutcome::Error, Err(detail)),
+                        }
+                    }
+                    (401 | 403, _, _) => {
+                        tracing::error!(
+                            user = %s.user,
+                            user_domain = %s.user_domain,
+                            project = s.project.as_deref().unwrap_or("(none: the domain)"),
+                            "Keystone refused the service's own credentials: check iam_user, iam_user_domain, iam_project and the password (REPOCRYPT_IAM_PASSWORD or iam_password_file)"
+                        );
+                        (
+                            CallOutcome::Refused,
+                            Err(format!(
+                                "Keystone refused the service's own credentials (status {status})"
+                            )),
+                        )
+                    }
+                    (status, _, _) => (
+                        CallOutcome::Unavailable,
+                        Err(format!(
+                            "Keystone answered the service's login with status {status}"
+                        )),
+                    ),
+                }
+            }
+        };
+        self.metrics
+            .record_iam(IamCall::IssueServiceToken, outcome, started.elapsed());
+        result
+    }
+
+    fn service_token_from(
+        &self,
+        header: reqwest::header::HeaderValue,
+        body: &[u8],
+    ) -> std::result::Result<ServiceToken, String> {
+        #[derive(Deserialize)]
+        struct Issued {
+            token: IssuedToken,
+        }
+        #[derive(Deserialize)]
+        struct IssuedToken {
+            expires_at: String,
+        }
+        let issued: Issued = serde_json::from_slice(body)
+            .map_err(|e| format!("Keystone's new token is not the v3 JSON expected: {e}"))?;
+        let expires_at = unix_seconds(&issued.token.expires_at)
+            .ok_or("Keystone's new token has an unreadable expires_at")?;
+        let now = self.clock.unix_seconds();
+        // Renewed once three quarters of its life have passed.
+        let renew_at = now + expires_at.saturating_sub(now) * 3 / 4;
+        Ok(ServiceToken {
+            header,
+            expires_at,
+            renew_at,
+        })
+    }
+}
+
+#[async_trait]
+impl Authenticator for KeystoneAuth {
+    async fn authenticate_token(&self, token: &str) -> Result<Identity> {
+        let key = digest(token);
+        let now = self.clock.monotonic();
+        let verdict = match self.cache.get(&key, now) {
+            Some(verdict) => verdict,
+            None => {
+                let cell = self.in_flight.join(key);
+                let verdict = cell
+                    .cell
+                    .get_or_init(|| self.validate(token, &key))
+                    .await
+                    .clone();
+                drop(cell);
+                verdict
+            }
+        };
+        let outcome = match verdict {
+            Ok(identity) if identity.expires_at <= self.clock.unix_seconds() => {
+                Err(Error::TokenExpired)
+            }
+            Ok(identity) => Ok(identity),
+            Err(failure) => Err(failure.into()),
+        };
+        trace_outcome("keystone", &outcome);
+        outcome
+    }
+
+    async fn authenticate_signature(&self, request: &SignedRequest<'_>) -> Result<Identity> {
+        let outcome = self.signatures.verify(request).await;
+        trace_outcome("signature", &outcome);
+        outcome
+    }
+
+    /// Keystone answers and accepts the service's token: the service validates its own.
+    async fn ping(&self) -> Result<()> {
+        let check = async {
+            let service = self.service_token(None).await?;
+            let answer = self
+                .http
+                .get(&self.validate_url)
+                .header("x-auth-token", service.header.clone())
+                .header("x-subject-token", service.header.clone())
+                .send()
+                .await
+                .map_err(|e| Failure::Unavailable(unreachable(&e)))?;
+            match answer.status().as_u16() {
+                200 => Ok(()),
+                401 => {
+                    // Refused: renewed now rather than on a caller's request.
+                    self.service_token(Some(&service)).await.map(|_| ())
+                }
+                status => Err(Failure::Unavailable(format!(
+                    "Keystone answered the service's own validation with status {status}"
+                ))),
+            }
+        };
+        match tokio::time::timeout(self.settings.timeout, check).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(failure)) => Err(failure.into()),
+            Err(_) => Err(Error::IamUnavailable(format!(
+                "Keystone did not answer within {}",
+                humantime::format_duration(self.settings.timeout)
+            ))),
+        }
+    }
+
+    fn cache_stats(&self) -> Vec<CacheStats> {
+        let (hits, misses) = self.cache.shards.hits_and_misses();
+        vec![CacheStats {
+            name: "iam_tokens",
+            hits,
+            misses,
+        }]
+    }
+}
+
+/// Why a token is refused. Cached (for [`REFUSAL_TTL`] at most) and cloned to each caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Keystone does not know it (never issued, revoked, or expired long ago).
+    Unknown,
+    Expired,
+    /// Scoped to nothing (or to the system): it names no tenant.
+    Unscoped,
+    NoMappedRole,
+    /// Not a value an HTTP header can carry.
+    Malformed,
+    /// Its domain id is not a tenant id (longer than 1000 characters).
+    BadDomain,
+}
+
+#[derive(Debug, Clone)]
+enum Failure {
+    Refused(Refusal),
+    /// Keystone could not be asked, or did not answer as it should: not cached.
+    Unavailable(String),
+}
+
+impl From<Failure> for Error {
+    fn from(failure: Failure) -> Error {
+        match failure {
+            Failure::Unavailable(detail) => Error::IamUnavailable(detail),
+            Failure::Refused(Refusal::Expired) => Error::TokenExpired,
+            Failure::Refused(Refusal::NoMappedRole) => Error::NoMappedRole,
+            Failure::Refused(Refusal::Unknown) => {
+                Error::InvalidToken("the identity service does not know it, or it was revoked")
+            }
+            Failure::Refused(Refusal::Unscoped) => Error::InvalidToken(
+                "it is unscoped: it names no tenant; get a token scoped to your domain or to a project of it",
+            ),
+            Failure::Refused(Refusal::Malformed) => {
+                Error::InvalidToken("not a value an HTTP header can carry")
+            }
+            Failure::Refused(Refusal::BadDomain) => {
+                Error::InvalidToken("its domain id is not a tenant id")
+            }
+        }
+    }
+}
+
+type Verdict = std::result::Result<Identity, Failure>;
+type Digest32 = [u8; 32];
+
+fn digest(token: &str) -> Digest32 {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Verdicts by token digest, each until its deadline (monotonic).
+struct VerdictCache {
+    shards: Shards<lru::LruCache<Digest32, (Verdict, Instant)>>,
+}
+
+impl VerdictCache {
+    fn new(capacity: usize) -> Self {
+        let per_shard = crate::shards::per_shard(capacity);
+        VerdictCache {
+            shards: Shards::new(|| lru::LruCache::new(per_shard)),
+        }
+    }
+
+    fn shard(&self, key: &Digest32) -> &Mutex<lru::LruCache<Digest32, (Verdict, Instant)>> {
+        // The key is a hash already: its first bytes pick the shard.
+        let first = u64::from_le_bytes([
+            key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7],
+        ]);
+        self.shards.at(crate::shards::index_of(first))
+    }
+
+    fn get(&self, key: &Digest32, now: Instant) -> Option<Verdict> {
+        let found = {
+            let mut shard = self.shard(key).lock().ok()?;
+            match shard.get(key) {
+                Some((verdict, until)) if now < *until => Some(verdict.clone()),
+                Some(_) => {
+                    shard.pop(key);
+                    None
+                }
+                None => None,
+            }
+        };
+        self.shards.count(found.is_some());
+        found
+    }
+
+    fn put(&self, key: Digest32, verdict: Verdict, until: Instant) {
+        if let Ok(mut shard) = self.shard(&key).lock() {
+            shard.put(key, (verdict, until));
+        }
+    }
+}
+
+/// The validations under way, one per token digest, so that concurrent requests with one
+/// token make one call to Keystone.
+#[derive(Default)]
+struct InFlight {
+    calls: Mutex<HashMap<Digest32, Arc<tokio::sync::OnceCell<Verdict>>>>,
+}
+
+impl InFlight {
+    /// The validation of `key` under way, or a new one. A caller that gives up (its client
+    /// went away) lets the next waiter make the call.
+    fn join(&self, key: Digest32) -> Joined<'_> {
+        let cell = match self.calls.lock() {
+            Ok(mut calls) => calls.entry(key).or_default().clone(),
+            Err(_) => Arc::default(),
+        };
+        Joined {
+            owner: self,
+            key,
+            cell,
+        }
+    }
+}
+
+/// A place in a validation under way; the last one out removes it.
+struct Joined<'a> {
+    owner: &'a InFlight,
+    key: Digest32,
+    cell: Arc<tokio::sync::OnceCell<Verdict>>,
+}
+
+impl Drop for Joined<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut calls) = self.owner.calls.lock() {
+            // The map's reference and this one: nobody else waits on it.
+            let last = Arc::strong_count(&self.cell) <= 2;
+            if (last || self.cell.initialized())
+                && calls
+                    .get(&self.key)
+                    .is_some_and(|c| Arc::ptr_eq(c, &self.cell))
+            {
+                calls.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The service's own token, as a header value marked sensitive (never in a log).
+struct ServiceToken {
+    header: reqwest::header::HeaderValue,
+    expires_at: u64,
+    renew_at: u64,
+}
+
+#[derive(Default)]
+struct ServiceTokens {
+    current: std::sync::RwLock<Option<Arc<ServiceToken>>>,
+    /// Held while one request renews it; the last failure, for [`RENEW_BACKOFF`].
+    renewing: tokio::sync::Mutex<Option<(Instant, String)>>,
+}
+
+impl ServiceTokens {
+    fn current(&self) -> Option<Arc<ServiceToken>> {
+        self.current.read().ok().and_then(|c| c.clone())
+    }
+
+    fn set(&self, token: Arc<ServiceToken>) {
+        if let Ok(mut current) = self.current.write() {
+            *current = Some(token);
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    token: TokenBody,
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    expires_at: String,
+    user: Named,
+    #[serde(default)]
+    roles: Vec<RoleName>,
+    project: Option<Project>,
+    domain: Option<Named>,
+}
+
+#[derive(Deserialize)]
+struct Named {
+    id: String,
+    #[serde(default)]
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct RoleName {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct Project {
+    domain: Named,
+}
+
+/// Keystone's `2026-12-01T16:50:02.000000Z` as Unix seconds.
+fn unix_seconds(text: &str) -> Option<u64> {
+    let at = humantime::parse_rfc3339_weak(text.trim_end_matches('Z')).ok()?;
+    at.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
+}
+
+/// The status and the body (at most [`MAX_ANSWER`] bytes) of an answer.
+async fn read_answer(
+    mut response: reqwest::Response,
+) -> std::result::Result<(u16, Vec<u8>), String> {
+    let status = response.status().as_u16();
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(&e))? {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(format!("Keystone's answer is over {MAX_ANSWER} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((status, body))
+}
+
+/// A transport failure, for the log (the URL holds no secret).
+fn unreachable(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut detail = if e.is_timeout() {
+        "Keystone did not answer in time".to_owned()
+    } else if e.is_connect() {
+        "cannot connect to Keystone".to_owned()
+    } else {
+        "Keystone's answer failed".to_owned()
+    };
+    let mut source = e.source();
+    while let Some(cause) = source {
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    detail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keystone_times_are_read_with_their_fraction() {
+        assert_eq!(
+            unix_seconds("2026-12-01T16:50:02.000000Z"),
+            Some(1_796_143_802)
+        );
+        assert_eq!(unix_seconds("2026-12-01T16:50:02Z"), Some(1_796_143_802));
+        assert_eq!(unix_seconds("yesterday"), None);
+    }
+}
