@@ -19,7 +19,8 @@
 # those in the warmed rotation: within the default cache of 50,000 settings), BENCH_PG_URL (unset: SQLite only),
 # BENCH_BROKER_REPOS (10000 repositories in the key broker's part), BENCH_BROKER_RATE (2000,
 # its open-loop releases/s),
-# BENCH_PARTS ("sqlite postgres broker large": which parts to run; postgres needs BENCH_PG_URL;
+# BENCH_PARTS ("sqlite postgres broker keystone large": which parts to run; postgres needs
+# BENCH_PG_URL; keystone needs tests/keystone/install.sh's venv (or REPOCRYPT_KEYSTONE_VENV);
 # "ratio" is a focused check of GET setting's ratio alone, with every round shown:
 # BENCH_PARTS=ratio BENCH_ROUNDS=5 scripts/bench.sh).
 # BENCH_SERVER_LOG (/dev/null): where the servers' logs go. They log as in production (one
@@ -48,7 +49,7 @@ if ! command -v wrk >/dev/null; then
     log "installing wrk (Debian)"
     apt-get install -y wrk >/dev/null || { log "need wrk: apt-get install wrk"; exit 1; }
 fi
-parts="${BENCH_PARTS:-sqlite postgres broker large}"
+parts="${BENCH_PARTS:-sqlite postgres broker keystone large}"
 part() { [[ " $parts " == *" $1 "* ]]; }
 oha="$repo/target/bench-tools/bin/oha"
 # Only the open loop on one tenant of the sqlite and postgres parts uses oha.
@@ -436,4 +437,51 @@ if part large; then
     done
     printf '\nwarmed p99, %s tenants against 1,000: %s\n' "$(commas "$large")" \
         "$(awk -v a="${p99s[large]}" -v b="${p99s[small]}" 'BEGIN {printf "%.2f x", a / b}')"
+fi
+
+# ---- GET setting with Keystone tokens against local tokens ------------------------------------
+# Two servers on the same data: one with the built-in IAM and a local token, one with
+# iam = "keystone" against a real Keystone (tests/keystone) and a Keystone token of the same
+# tenant (its domain). Every request after the first is answered from the IAM cache, so
+# the ratio is the cost of that cache against one HMAC.
+keystone_venv="${REPOCRYPT_KEYSTONE_VENV:-$repo/tests/keystone/.venv}"
+if part keystone && [ ! -x "$keystone_venv/bin/keystone-manage" ]; then
+    log "[keystone] skipped: no Keystone venv (run tests/keystone/install.sh)"
+elif part keystone; then
+    log "[keystone] starting Keystone"
+    kport="$(free_port)"
+    kpid="$(KEYSTONE_VENV="$keystone_venv" bash tests/keystone/start.sh "$work/keystone" "$kport")"
+    pids+=("$kpid")
+    kurl="http://127.0.0.1:$kport/v3"
+    ktenant="$(awk -F= '$1=="TENANT_A_DOMAIN_ID"{print $2}' "$work/keystone/ids.env")"
+    ktoken="$(curl -si -X POST "$kurl/auth/tokens?nocatalog" -H 'Content-Type: application/json' \
+        -d '{"auth":{"identity":{"methods":["password"],"password":{"user":{"name":"alice","domain":{"name":"tenant-a"},"password":"alice-secret"}}},"scope":{"domain":{"name":"tenant-a"}}}}' |
+        awk 'tolower($1)=="x-subject-token:"{print $2}' | tr -d '\r')"
+    ltoken="$(REPOCRYPT_DATA_DIR="$small" "$bin" token issue --tenant "$ktenant" --user alice --role admin)"
+    start_server repocrypt-local-iam "$small"
+    local_addr="$addr"
+    start_server repocrypt-keystone-iam "$small" REPOCRYPT_IAM=keystone REPOCRYPT_IAM_URL="$kurl" \
+        REPOCRYPT_IAM_USER=repocrypt REPOCRYPT_IAM_PROJECT=service REPOCRYPT_IAM_PASSWORD=repocrypt-secret
+    keystone_addr="$addr"
+    ksetting="/v4/tenants/$ktenant/repo-encryption/setting"
+    check_202() { # ADDR TOKEN
+        local code
+        code="$(curl -s -o /dev/null -w '%{http_code}' -H "X-Auth-Token: $2" "http://$1$ksetting")"
+        [ "$code" = 202 ] || { log "[keystone] GET setting on $1 answered $code"; exit 1; }
+    }
+    check_202 "$local_addr" "$ltoken"
+    check_202 "$keystone_addr" "$ktoken"
+    printf '\n## GET setting, Keystone tokens against local tokens: closed loop, %s connections, %s per run, %s interleaved rounds\n\n' \
+        "$conns" "$duration" "$rounds"
+    printf '| round | local-token rps | local p99 ms | Keystone-token rps | Keystone p99 ms | non-2xx | ratio |\n|---|---|---|---|---|---|---|\n'
+    kratios=""
+    for round in $(seq "$rounds"); do
+        log "[keystone] round $round/$rounds"
+        read -r lrps _ lp99 lbad < <(wrk_run "http://$local_addr$ksetting" -H "X-Auth-Token: $ltoken")
+        read -r krps _ kp99 kbad < <(wrk_run "http://$keystone_addr$ksetting" -H "X-Auth-Token: $ktoken")
+        kratio="$(awk -v a="$krps" -v b="$lrps" 'BEGIN {printf "%.3f", a / b}')"
+        kratios+="$kratio"$'\n'
+        printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$round" "$lrps" "$lp99" "$krps" "$kp99" "$((lbad + kbad))" "$kratio"
+    done
+    printf '\nmedian ratio, Keystone tokens to local tokens: %s\n' "$(printf '%s' "$kratios" | awk 'NF' | median)"
 fi

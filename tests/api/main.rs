@@ -8,6 +8,7 @@ mod common;
 mod api;
 mod events;
 mod group_commit;
+mod keystone;
 mod kms_conformance;
 mod migrations;
 mod repositories;

@@ -766,3 +766,52 @@ fn a_bad_duration_in_the_file_is_refused_naming_the_setting() {
         "config file c.toml: header_read_timeout `10 parsecs`: unknown time unit \"parsecs\"",
     );
 }
+
+/// `iam = "keystone"`: its settings are checked up front, naming what is missing, and the
+/// built-in tokens are not issued (they would not be accepted).
+#[test]
+fn keystone_mode_settings_are_checked_and_token_issue_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path());
+    let d = dir.path();
+    let issue = ["token", "issue", "--tenant", "t", "--user", "u"];
+    let keystone = [
+        ("REPOCRYPT_IAM", "keystone"),
+        ("REPOCRYPT_IAM_URL", "http://127.0.0.1:5000/v3"),
+        ("REPOCRYPT_IAM_USER", "repocrypt"),
+    ];
+    let expect_refused = |env: &[(&str, &str)], needle: &str| {
+        let out = binary::cli(d, env, &issue);
+        assert_eq!(out.status.code(), Some(1), "{env:?}: {}", stdout(&out));
+        assert!(stdout(&out).is_empty(), "no token printed");
+        let err = stderr(&out);
+        assert!(err.contains(needle), "{env:?}: {err:?} lacks {needle:?}");
+    };
+    expect_refused(&keystone[..1], "iam_url (REPOCRYPT_IAM_URL)");
+    expect_refused(&keystone[..2], "iam_user (REPOCRYPT_IAM_USER)");
+    expect_refused(&keystone, "REPOCRYPT_IAM_PASSWORD or iam_password_file");
+    let mut env = keystone.to_vec();
+    env.push(("REPOCRYPT_IAM_PASSWORD_FILE", "missing-password-file"));
+    expect_refused(&env, "cannot read iam_password_file missing-password-file");
+    env.pop();
+    env.push(("REPOCRYPT_IAM_PASSWORD", "s3cret-password"));
+    let with_password = env.clone();
+    expect_refused(&with_password, "get a token from Keystone instead");
+    env[1] = ("REPOCRYPT_IAM_URL", "ftp://keystone");
+    expect_refused(&env, "must be an http:// or https:// URL");
+    let mut env = with_password.clone();
+    env.push(("REPOCRYPT_IAM_MEMBER_ROLES", "member,admin"));
+    expect_refused(
+        &env,
+        "role `admin` is in both iam_admin_roles and iam_member_roles",
+    );
+    // No message carries the password.
+    let out = binary::cli(d, &with_password, &issue);
+    assert!(!stderr(&out).contains("s3cret-password"));
+    // The built-in IAM still issues tokens, whatever the iam_* settings say.
+    let mut local = with_password.clone();
+    local[0] = ("REPOCRYPT_IAM", "local");
+    let out = binary::cli(d, &local, &issue);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("rc1."));
+}

@@ -56,17 +56,19 @@ def pytest_unconfigure(config):
     shutil.rmtree(_SDK_HOME, ignore_errors=True)
 
 
-def _child_env():
+def _child_env(extra=None):
     """The environment of every repocrypt process: no REPOCRYPT_* setting leaks in from the
     caller's shell (a root key, a config file or a database URL would point the suite at
-    other data)."""
+    other data), then `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REPOCRYPT_")}
     env["REPOCRYPT_KEY_STATE_CACHE_TTL"] = "0"
+    env.update(extra or {})
     return env
 
 
 class Server:
-    def __init__(self):
+    def __init__(self, extra_env=None):
+        self.extra_env = dict(extra_env or {})
         if not BIN.is_file():
             pytest.exit(f"no repocrypt binary at {BIN} (build it or set REPOCRYPT_BIN)", 2)
         self.workdir = Path(tempfile.mkdtemp(prefix="repocrypt-sdk-"))
@@ -77,7 +79,7 @@ class Server:
             [str(BIN), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(self.data_dir),
              "--region", REGION, "--region-type", REGION_TYPE],
             cwd=self.workdir,
-            env=_child_env(),
+            env=_child_env(self.extra_env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -115,7 +117,7 @@ class Server:
         done = subprocess.run(
             [str(BIN), "--data-dir", str(self.data_dir), *args],
             cwd=self.workdir,
-            env=_child_env(),
+            env=_child_env(self.extra_env),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
