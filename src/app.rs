@@ -44,7 +44,7 @@ impl App {
     pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<App> {
         keys::create_private_dir(&config.data_dir)?;
         let root = RootKey::load_or_create(&config.data_dir, config.expose_root_key())?;
-        Self::open_with_root(config, clock, root).await
+        Self::open_with_root(config, clock, root, Serving::Callers).await
     }
 
     /// Like [`App::open`], for the admin commands: the root key must exist already (in the
@@ -55,10 +55,15 @@ impl App {
         // A key from the environment needs no file, but the SQLite database may still
         // live in the data directory.
         keys::create_private_dir(&config.data_dir)?;
-        Self::open_with_root(config, clock, root).await
+        Self::open_with_root(config, clock, root, Serving::Admin).await
     }
 
-    async fn open_with_root(config: Config, clock: Arc<dyn Clock>, root: RootKey) -> Result<App> {
+    async fn open_with_root(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        root: RootKey,
+        serving: Serving,
+    ) -> Result<App> {
         let url = &config.database_url;
         let database: Arc<dyn Database> = if url.starts_with("sqlite:") {
             Arc::new(SqliteStore::open(url, clock.clone(), None, config.row_cache_capacity).await?)
@@ -117,11 +122,12 @@ impl App {
             clock.clone(),
             config.signature_max_skew,
         );
-        let auth: Arc<dyn Authenticator> = match config.iam {
-            IamBackend::Local => {
+        let auth: Arc<dyn Authenticator> = match (config.iam, serving) {
+            // An admin command authenticates nobody: it needs no IAM password.
+            (IamBackend::Local, _) | (IamBackend::Keystone, Serving::Admin) => {
                 Arc::new(LocalAuth::new(tokens.clone(), signatures, clock.clone()))
             }
-            IamBackend::Keystone => Arc::new(KeystoneAuth::new(
+            (IamBackend::Keystone, Serving::Callers) => Arc::new(KeystoneAuth::new(
                 keystone_settings(&config)?,
                 signatures,
                 clock.clone(),
@@ -157,7 +163,15 @@ impl App {
     }
 }
 
-/// The `iam_*` settings of `iam = "keystone"` (checked by `Config::validate`).
+/// Whether the app will authenticate callers (`serve`, the tests) or run an admin command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serving {
+    Callers,
+    Admin,
+}
+
+/// The `iam_*` settings of `iam = "keystone"` (checked by `Config::validate`, but for the
+/// password, which only `serve` needs).
 fn keystone_settings(config: &Config) -> Result<KeystoneSettings> {
     let missing = |what: &str| Error::InvalidArgument(format!("iam = keystone needs {what}"));
     Ok(KeystoneSettings {
@@ -165,10 +179,9 @@ fn keystone_settings(config: &Config) -> Result<KeystoneSettings> {
         user: config.iam_user.clone().ok_or_else(|| missing("iam_user"))?,
         user_domain: config.iam_user_domain.clone(),
         project: config.iam_project.clone(),
-        password: config
-            .iam_password
-            .clone()
-            .ok_or_else(|| missing("the password of iam_user"))?,
+        password: config.iam_password.clone().ok_or_else(|| {
+            missing("the password of iam_user: set REPOCRYPT_IAM_PASSWORD or iam_password_file")
+        })?,
         admin_roles: config.iam_admin_roles.clone(),
         member_roles: config.iam_member_roles.clone(),
         service_roles: config.iam_service_roles.clone(),

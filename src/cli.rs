@@ -983,6 +983,19 @@ async fn serve(app: App) -> Result<()> {
         "repocrypt started"
     );
     print_line(&format!("repocrypt listening on {scheme}://{local}"))?;
+    if app.config.iam == crate::config::IamBackend::Keystone {
+        // The service's own login (and Keystone's first validation, which loads its policy
+        // engine) now, not within the first caller's iam_timeout.
+        let auth = app.auth.clone();
+        tokio::spawn(async move {
+            match auth.ping().await {
+                Ok(()) => tracing::info!("logged in to Keystone"),
+                Err(e) => {
+                    tracing::warn!(error = %e, detail = e.internal_detail().unwrap_or(""), "Keystone is not answering yet; requests with new tokens get 503 until it does")
+                }
+            }
+        });
+    }
     let options = crate::http::server::ServerOptions {
         limits: app.config.limits(),
         tls,

@@ -540,6 +540,16 @@ impl Config {
         config.root_key = std::env::var(crate::keys::ROOT_KEY_ENV)
             .ok()
             .map(SecretString::from);
+        for roles in [
+            &mut config.iam_admin_roles,
+            &mut config.iam_member_roles,
+            &mut config.iam_service_roles,
+        ] {
+            // `member, reader` from the environment means `member` and `reader`.
+            for role in roles.iter_mut() {
+                *role = role.trim().to_owned();
+            }
+        }
         if config.iam == IamBackend::Keystone {
             config.iam_password = iam_password(config.iam_password_file.as_deref())?;
         }
@@ -648,6 +658,13 @@ impl Config {
         if self.iam != IamBackend::Keystone {
             return Ok(());
         }
+        if self.iam_timeout >= self.request_timeout {
+            return Err(Error::InvalidArgument(format!(
+                "iam_timeout ({}) must be shorter than request_timeout ({}): a validation must end before its request does",
+                humantime::format_duration(self.iam_timeout),
+                humantime::format_duration(self.request_timeout)
+            )));
+        }
         let url = self.iam_url.as_deref().ok_or_else(|| {
             Error::InvalidArgument(
                 "iam = keystone needs iam_url (REPOCRYPT_IAM_URL), the v3 endpoint, e.g. http://127.0.0.1:5000/v3".into(),
@@ -669,11 +686,8 @@ impl Config {
         if let Some(project) = &self.iam_project {
             crate::domain::check_text_arg("iam_project", project)?;
         }
-        if self.iam_password.is_none() {
-            return Err(Error::InvalidArgument(format!(
-                "iam = keystone needs the password of iam_user: set {IAM_PASSWORD_ENV} or iam_password_file"
-            )));
-        }
+        // The password is checked where it is needed, by `serve` (admin commands share the
+        // settings but authenticate nobody).
         Ok(())
     }
 

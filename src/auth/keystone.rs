@@ -45,8 +45,13 @@ use crate::shards::Shards;
 /// Longest a refusal (an unknown, revoked, expired or unscoped token, or one without a
 /// mapped role) is remembered: a role granted in Keystone takes effect after it.
 pub const REFUSAL_TTL: Duration = Duration::from_secs(5);
-/// Most verdicts kept in memory (least recently used first out); about 300 bytes each.
+/// Most accepted tokens kept in memory (least recently used first out); about 300 bytes each.
 pub const CACHE_CAPACITY: usize = 65_536;
+/// Most refusals kept, apart, so that a stream of distinct garbage tokens cannot push the
+/// accepted ones out.
+pub const REFUSAL_CAPACITY: usize = 8_192;
+/// Most calls to Keystone under way at once; more callers wait (within `iam_timeout`).
+pub const MAX_CONCURRENT_CALLS: usize = 64;
 /// Largest answer read from Keystone (a token without its catalog is 1-3 KB).
 const MAX_ANSWER: usize = 1024 * 1024;
 /// After a failed attempt to get the service's own token, callers are told it failed for
@@ -81,7 +86,9 @@ pub struct KeystoneAuth {
     settings: KeystoneSettings,
     service: ServiceTokens,
     cache: VerdictCache,
+    refusals: VerdictCache,
     in_flight: InFlight,
+    calls: tokio::sync::Semaphore,
     signatures: SignatureVerifier,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
@@ -94,8 +101,24 @@ impl KeystoneAuth {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Result<Self> {
+        let parsed = reqwest::Url::parse(&settings.url).map_err(|e| {
+            Error::InvalidArgument(format!("iam_url `{}` is not a URL: {e}", settings.url))
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https")
+            || parsed.query().is_some()
+            || parsed.fragment().is_some()
+            || !parsed.username().is_empty()
+        {
+            return Err(Error::InvalidArgument(format!(
+                "iam_url `{}` must be http:// or https://, without credentials, query or fragment",
+                settings.url
+            )));
+        }
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
+            // A redirect would carry X-Auth-Token, X-Subject-Token (and a login's password)
+            // to wherever it points: never followed.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(settings.timeout)
             // Below the keep-alive of common WSGI servers (gunicorn: 2 s), so that a request
             // is not sent on a connection the server is closing.
@@ -111,7 +134,9 @@ impl KeystoneAuth {
             settings,
             service: ServiceTokens::default(),
             cache: VerdictCache::new(CACHE_CAPACITY),
+            refusals: VerdictCache::new(REFUSAL_CAPACITY),
             in_flight: InFlight::default(),
+            calls: tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS),
             signatures,
             clock,
             metrics,
@@ -121,18 +146,40 @@ impl KeystoneAuth {
     /// A token's verdict from Keystone, cached; at most `timeout` however many calls it
     /// takes (a renewal of the service's token and a retry).
     async fn validate(&self, token: &str, key: &Digest32) -> Verdict {
-        let outcome = tokio::time::timeout(self.settings.timeout, self.ask_keystone(token)).await;
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(self.settings.timeout, async {
+            let _permit =
+                self.calls.acquire().await.map_err(|_| {
+                    Failure::Unavailable("the Keystone client is shutting down".into())
+                })?;
+            self.ask_keystone(token).await
+        })
+        .await;
         let verdict = outcome.unwrap_or_else(|_| {
-            Err(Failure::Unavailable(format!(
-                "Keystone did not answer within {}",
-                humantime::format_duration(self.settings.timeout)
-            )))
+            // The call under way was dropped before it could count itself.
+            self.metrics.record_iam(
+                IamCall::ValidateToken,
+                CallOutcome::Unavailable,
+                started.elapsed(),
+            );
+            Err(self.late())
         });
         if let Some(ttl) = self.cache_ttl(&verdict) {
-            self.cache
-                .put(*key, verdict.clone(), self.clock.monotonic() + ttl);
+            let cache = if verdict.is_ok() {
+                &self.cache
+            } else {
+                &self.refusals
+            };
+            cache.put(*key, verdict.clone(), self.clock.monotonic() + ttl);
         }
         verdict
+    }
+
+    fn late(&self) -> Failure {
+        Failure::Unavailable(format!(
+            "Keystone did not answer within {}",
+            humantime::format_duration(self.settings.timeout)
+        ))
     }
 
     /// How long a verdict is cached: none for an unavailable IAM.
@@ -154,8 +201,9 @@ impl KeystoneAuth {
     }
 
     async fn ask_keystone(&self, token: &str) -> Verdict {
-        let subject = reqwest::header::HeaderValue::from_str(token)
+        let mut subject = reqwest::header::HeaderValue::from_str(token)
             .map_err(|_| Failure::Refused(Refusal::Malformed))?;
+        subject.set_sensitive(true);
         let mut service = self.service_token(None).await?;
         for attempt in 0..2 {
             let started = Instant::now();
@@ -181,7 +229,13 @@ impl KeystoneAuth {
                     CallOutcome::Refused,
                     Err(Failure::Refused(Refusal::Unknown)),
                 ),
-                Ok((401, _)) if attempt == 0 => {
+                // What a front end of Keystone says of a token it will not pass on (too
+                // long for its header limit, say): the token's fault, not Keystone's.
+                Ok((400 | 413 | 414 | 431, _)) => (
+                    CallOutcome::Refused,
+                    Err(Failure::Refused(Refusal::Malformed)),
+                ),
+                Ok((401, _)) if attempt == 0 && service.issued.elapsed() >= RENEW_BACKOFF => {
                     // The service's own token was refused (expired early, revoked): a new
                     // one, and once more.
                     self.metrics.record_iam(
@@ -192,10 +246,11 @@ impl KeystoneAuth {
                     service = self.service_token(Some(&service)).await?;
                     continue;
                 }
-                Ok((401 | 403, _)) => {
+                Ok((status @ (401 | 403), _)) => {
                     tracing::error!(
                         user = %self.settings.user,
-                        "Keystone refuses to let the service's own token validate tokens: give iam_user the `service` (or `admin`) role on iam_project (or on iam_user_domain when iam_project is not set)"
+                        status,
+                        "Keystone refuses to let the service's own token validate tokens (401: refused again just after a login; 403: not allowed): give iam_user the `service` role on iam_project (or on iam_user_domain when iam_project is not set)"
                     );
                     (
                         CallOutcome::Error,
@@ -246,7 +301,7 @@ impl KeystoneAuth {
             Role::Admin
         } else if has(&s.member_roles) {
             Role::Member
-        } else if has(&s.service_roles) {
+        } else if has(&s.service_roles) && self.in_platform_scope(&token) {
             Role::Service
         } else {
             return Err(Failure::Refused(Refusal::NoMappedRole));
@@ -266,33 +321,89 @@ impl KeystoneAuth {
         })
     }
 
+    /// Whether a token is scoped where the platform's own principals are: `iam_project` of
+    /// `iam_user_domain`, or that domain itself without `iam_project`. A service role held
+    /// anywhere else (a tenant's admin may grant any role on the tenant's own projects)
+    /// makes no platform principal.
+    fn in_platform_scope(&self, token: &TokenBody) -> bool {
+        let s = &self.settings;
+        match (&s.project, &token.project, &token.domain) {
+            (Some(name), Some(project), _) => {
+                project.name == *name && project.domain.name == s.user_domain
+            }
+            (None, None, Some(domain)) => domain.name == s.user_domain,
+            _ => false,
+        }
+    }
+
     /// The service's own token: the current one, or a new one when it is due for renewal
-    /// or `refused` (the one Keystone just refused) is the current one. One request at a
-    /// time asks Keystone; the others wait for its answer.
+    /// or `refused` (the one Keystone just refused) is the current one.
+    ///
+    /// One request at a time asks Keystone. While the current token is still valid (due
+    /// for renewal, not expired, not refused) nobody waits for that: the one request that
+    /// renews gives it half of `iam_timeout`, and on failure (or while another request
+    /// renews) the current token is used. Without a usable token, requests queue for the
+    /// login; after a failed one they are told so for [`RENEW_BACKOFF`] without another.
     async fn service_token(
         &self,
         refused: Option<&Arc<ServiceToken>>,
     ) -> std::result::Result<Arc<ServiceToken>, Failure> {
-        let usable = |current: &Option<Arc<ServiceToken>>, now: u64| {
-            current
+        let not_refused = |t: &Arc<ServiceToken>| refused.is_none_or(|r| !Arc::ptr_eq(r, t));
+        let now = self.clock.unix_seconds();
+        let current = self.service.current().filter(|t| not_refused(t));
+        if let Some(token) = current.as_ref().filter(|t| now < t.renew_at) {
+            return Ok(token.clone());
+        }
+        if let Some(valid) = current.filter(|t| now < t.expires_at) {
+            // Due for renewal but still good: renew without making anyone wait for it.
+            let Ok(mut last_failure) = self.service.renewing.try_lock() else {
+                return Ok(valid);
+            };
+            if last_failure
                 .as_ref()
-                .filter(|t| now < t.renew_at && refused.is_none_or(|r| !Arc::ptr_eq(r, t)))
-                .cloned()
-        };
-        if let Some(token) = usable(&self.service.current(), self.clock.unix_seconds()) {
-            return Ok(token);
+                .is_some_and(|(at, _)| at.elapsed() < RENEW_BACKOFF)
+            {
+                return Ok(valid);
+            }
+            let renewed =
+                tokio::time::timeout(self.settings.timeout / 2, self.issue_service_token())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err("Keystone did not answer the service's login in time".to_owned())
+                    });
+            return match renewed {
+                Ok(token) => {
+                    let token = Arc::new(token);
+                    self.service.set(token.clone());
+                    *last_failure = None;
+                    Ok(token)
+                }
+                Err(detail) => {
+                    tracing::warn!(reason = %detail, "renewing the service's Keystone token failed; the current one is used until it expires");
+                    *last_failure = Some((Instant::now(), detail));
+                    Ok(valid)
+                }
+            };
         }
         let mut last_failure = self.service.renewing.lock().await;
-        let now = self.clock.unix_seconds();
-        let current = self.service.current();
-        if let Some(token) = usable(&current, now) {
-            return Ok(token);
+        if let Some(token) = self
+            .service
+            .current()
+            .filter(|t| not_refused(t) && self.clock.unix_seconds() < t.expires_at)
+        {
+            return Ok(token); // renewed while this request waited
         }
         if let Some((at, detail)) = last_failure.as_ref() {
             if at.elapsed() < RENEW_BACKOFF {
                 return Err(Failure::Unavailable(detail.clone()));
             }
         }
+        // Recorded before the call, so that a caller giving up (its deadline) still leaves
+        // the backoff in place; cleared on success.
+        *last_failure = Some((
+            Instant::now(),
+            "Keystone did not answer the service's login in time".to_owned(),
+        ));
         match self.issue_service_token().await {
             Ok(token) => {
                 let token = Arc::new(token);
@@ -302,14 +413,7 @@ impl KeystoneAuth {
             }
             Err(detail) => {
                 *last_failure = Some((Instant::now(), detail.clone()));
-                // Due for renewal but not yet expired, and not refused: still good.
-                match current.filter(|t| now < t.expires_at && refused.is_none()) {
-                    Some(token) => {
-                        tracing::warn!(reason = %detail, "renewing the service's Keystone token failed; the current one is used until it expires");
-                        Ok(token)
-                    }
-                    None => Err(Failure::Unavailable(detail)),
-                }
+                Err(Failure::Unavailable(detail))
             }
         }
     }
@@ -323,6 +427,7 @@ impl KeystoneAuth {
             }),
             None => serde_json::json!({"domain": {"name": s.user_domain}}),
         };
+        // The password is in this body, and in the request's copy of it, until both drop.
         let body = zeroize::Zeroizing::new(
             serde_json::json!({"auth": {
                 "identity": {"methods": ["password"], "password": {"user": {
@@ -396,18 +501,25 @@ impl KeystoneAuth {
         #[derive(Deserialize)]
         struct IssuedToken {
             expires_at: String,
+            issued_at: Option<String>,
         }
         let issued: Issued = serde_json::from_slice(body)
             .map_err(|e| format!("Keystone's new token is not the v3 JSON expected: {e}"))?;
-        let expires_at = unix_seconds(&issued.token.expires_at)
+        let expires = unix_seconds(&issued.token.expires_at)
             .ok_or("Keystone's new token has an unreadable expires_at")?;
         let now = self.clock.unix_seconds();
-        // Renewed once three quarters of its life have passed.
-        let renew_at = now + expires_at.saturating_sub(now) * 3 / 4;
+        // Its life by Keystone's clock (issued_at to expires_at), counted from now by this
+        // one, so that clocks apart do not make it due at once; renewed once three quarters
+        // of it have passed.
+        let life = match issued.token.issued_at.as_deref().and_then(unix_seconds) {
+            Some(at) => expires.saturating_sub(at),
+            None => expires.saturating_sub(now),
+        };
         Ok(ServiceToken {
             header,
-            expires_at,
-            renew_at,
+            expires_at: now + life,
+            renew_at: now + life * 3 / 4,
+            issued: Instant::now(),
         })
     }
 }
@@ -417,16 +529,27 @@ impl Authenticator for KeystoneAuth {
     async fn authenticate_token(&self, token: &str) -> Result<Identity> {
         let key = digest(token);
         let now = self.clock.monotonic();
-        let verdict = match self.cache.get(&key, now) {
+        let cached = self
+            .cache
+            .get(&key, now)
+            .or_else(|| self.refusals.get(&key, now));
+        let verdict = match cached {
             Some(verdict) => verdict,
             None => {
-                let cell = self.in_flight.join(key);
-                let verdict = cell
-                    .cell
-                    .get_or_init(|| self.validate(token, &key))
-                    .await
-                    .clone();
-                drop(cell);
+                let joined = self.in_flight.join(key);
+                let cell = joined.cell();
+                // Bounded from here: a waiter whose leader gave up late makes the call
+                // itself, within what is left.
+                let waited = tokio::time::timeout(
+                    self.settings.timeout,
+                    cell.get_or_init(|| self.validate(token, &key)),
+                )
+                .await;
+                let verdict = match waited {
+                    Ok(verdict) => verdict.clone(),
+                    Err(_) => Err(self.late()),
+                };
+                drop(joined);
                 verdict
             }
         };
@@ -522,7 +645,7 @@ impl From<Failure> for Error {
                 Error::InvalidToken("the identity service does not know it, or it was revoked")
             }
             Failure::Refused(Refusal::Unscoped) => Error::InvalidToken(
-                "it is unscoped: it names no tenant; get a token scoped to your domain or to a project of it",
+                "it is unscoped (or system-scoped): it names no tenant; get a token scoped to your domain or to a project of it",
             ),
             Failure::Refused(Refusal::Malformed) => {
                 Error::InvalidToken("not a value an HTTP header can carry")
@@ -603,28 +726,46 @@ impl InFlight {
         Joined {
             owner: self,
             key,
-            cell,
+            cell: Some(cell),
         }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.calls.lock().map(|c| c.len()).unwrap_or(0)
     }
 }
 
-/// A place in a validation under way; the last one out removes it.
+/// A place in a validation under way; the last one out removes it. Every clone of the cell
+/// is made and dropped under the map's lock, so its count there is exact.
 struct Joined<'a> {
     owner: &'a InFlight,
     key: Digest32,
-    cell: Arc<tokio::sync::OnceCell<Verdict>>,
+    cell: Option<Arc<tokio::sync::OnceCell<Verdict>>>,
 }
+
+impl Joined<'_> {
+    fn cell(&self) -> &tokio::sync::OnceCell<Verdict> {
+        // Some until dropped.
+        self.cell.as_deref().unwrap_or(&EMPTY)
+    }
+}
+
+static EMPTY: tokio::sync::OnceCell<Verdict> = tokio::sync::OnceCell::const_new();
 
 impl Drop for Joined<'_> {
     fn drop(&mut self) {
-        if let Ok(mut calls) = self.owner.calls.lock() {
-            // The map's reference and this one: nobody else waits on it.
-            let last = Arc::strong_count(&self.cell) <= 2;
-            if (last || self.cell.initialized())
-                && calls
-                    .get(&self.key)
-                    .is_some_and(|c| Arc::ptr_eq(c, &self.cell))
-            {
+        let Ok(mut calls) = self.owner.calls.lock() else {
+            return;
+        };
+        let Some(mine) = self.cell.take() else {
+            return;
+        };
+        let done = mine.initialized();
+        drop(mine);
+        if let Some(entry) = calls.get(&self.key) {
+            // Only the map holds it now, or it has its answer (later callers find the cache).
+            if Arc::strong_count(entry) == 1 || done {
                 calls.remove(&self.key);
             }
         }
@@ -634,8 +775,11 @@ impl Drop for Joined<'_> {
 /// The service's own token, as a header value marked sensitive (never in a log).
 struct ServiceToken {
     header: reqwest::header::HeaderValue,
+    /// Unix seconds by this service's clock.
     expires_at: u64,
     renew_at: u64,
+    /// When it was issued: a 401 for a token this young is not cured by another login.
+    issued: Instant,
 }
 
 #[derive(Default)]
@@ -686,6 +830,8 @@ struct RoleName {
 
 #[derive(Deserialize)]
 struct Project {
+    #[serde(default)]
+    name: String,
     domain: Named,
 }
 
@@ -732,6 +878,20 @@ fn unreachable(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_caller_out_of_a_validation_removes_it() {
+        let in_flight = InFlight::default();
+        let (a, b) = (in_flight.join([1; 32]), in_flight.join([1; 32]));
+        let other = in_flight.join([2; 32]);
+        assert_eq!(in_flight.len(), 2);
+        drop(a);
+        assert_eq!(in_flight.len(), 2, "b still waits on it");
+        drop(b);
+        assert_eq!(in_flight.len(), 1);
+        drop(other);
+        assert_eq!(in_flight.len(), 0);
+    }
 
     #[test]
     fn keystone_times_are_read_with_their_fraction() {

@@ -358,8 +358,10 @@ const READINESS_REUSE: Duration = Duration::from_secs(1);
 /// How long each probe may take.
 const READINESS_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Readiness: the database, the KMS and the IAM answer (503 naming the one that does not;
-/// the local IAM is this process and always answers).
+/// Readiness: the database and the KMS answer (503 naming the one that does not). The IAM
+/// is reported too, but an unreachable one leaves the instance ready ("degraded"): tokens
+/// already validated and AK/SK signatures still work, and a Keystone down for every replica
+/// at once must not take them all out of the load balancer. The local IAM is this process.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let probes = {
         let mut last = state.readiness.last.lock().await;
@@ -398,14 +400,19 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         }
     };
     let word = |ok: bool| if ok { "ok" } else { "unreachable" };
-    let ready = probes.database && probes.kms && probes.iam;
+    let ready = probes.database && probes.kms;
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let word_of_all = match (ready, probes.iam) {
+        (true, true) => "ready",
+        (true, false) => "degraded",
+        (false, _) => "unready",
+    };
     let body = serde_json::json!({
-        "status": if ready { "ready" } else { "unready" },
+        "status": word_of_all,
         "database": word(probes.database),
         "kms": word(probes.kms),
         "iam": word(probes.iam),

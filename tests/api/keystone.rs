@@ -38,6 +38,8 @@ struct Fake {
     service_token: Mutex<String>,
     /// Every validation waits this long first (milliseconds).
     delay_ms: AtomicU64,
+    /// Every login waits this long first (milliseconds).
+    login_delay_ms: AtomicU64,
     /// Refuse the current service token (as if revoked) until the next login.
     refuse_service: AtomicBool,
 }
@@ -47,6 +49,10 @@ fn iso(unix: u64) -> String {
 }
 
 async fn login(State(fake): State<Arc<Fake>>, Json(body): Json<Value>) -> Response {
+    let delay = fake.login_delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     let user = &body["auth"]["identity"]["password"]["user"];
     if user["name"] != "svc" || user["password"] != "svc-pass" {
         return (StatusCode::UNAUTHORIZED, "{}").into_response();
@@ -123,12 +129,25 @@ impl Harness {
             "expires_at": iso(self.t.clock.unix_seconds() + life),
         });
         if project {
-            body["project"] = json!({"id": "p1", "name": "app", "domain": {"id": domain}});
+            body["project"] =
+                json!({"id": "p1", "name": "app", "domain": {"id": domain, "name": domain}});
         } else if !domain.is_empty() {
             body["domain"] = json!({"id": domain, "name": "d"});
         }
         let token = format!("gAAAAAB-{name}-{}", uuid::Uuid::new_v4().simple());
         self.fake.tokens.lock().unwrap().insert(token.clone(), body);
+        token
+    }
+
+    /// A token of the platform's own project (`service` of `Default`, as the harness's
+    /// iam_project and iam_user_domain say).
+    fn platform_token(&self, name: &str, roles: &[&str]) -> String {
+        let token = self.token(name, "default", roles, true, 3600);
+        let mut tokens = self.fake.tokens.lock().unwrap();
+        let body = tokens.get_mut(&token).unwrap();
+        body["project"] =
+            json!({"id": "svc", "name": "service", "domain": {"id": "default", "name": "Default"}});
+        drop(tokens);
         token
     }
 
@@ -159,7 +178,10 @@ async fn keystone_roles_scopes_and_tenants() {
         3600,
     );
     let member = h.token("bob", TENANT_A, &["reader"], true, 3600);
-    let service = h.token("node", "default", &["service"], true, 3600);
+    let service = h.platform_token("node", &["service"]);
+    // A tenant's admin can grant `service` on the tenant's own project: that is no
+    // platform principal.
+    let self_made = h.token("mallory", TENANT_A, &["service"], true, 3600);
     let nobody = h.token("carol", TENANT_A, &["auditor"], false, 3600);
     let unscoped = h.token("erin", "", &[], false, 3600);
 
@@ -179,6 +201,8 @@ async fn keystone_roles_scopes_and_tenants() {
     assert_error(&r, StatusCode::FORBIDDEN, "RC.403003", &[]);
     let r = h.get(&repositories_path(TENANT_B), &service).await;
     assert_eq!(r.0, StatusCode::ACCEPTED, "{}", r.2);
+    let r = h.get(&repositories_path(TENANT_B), &self_made).await;
+    assert_error(&r, StatusCode::FORBIDDEN, "RC.403006", &[]);
     let r = h.get(&setting_path(TENANT_A), &nobody).await;
     assert_error(&r, StatusCode::FORBIDDEN, "RC.403006", &["no role"]);
     let r = h.get(&setting_path(TENANT_A), &unscoped).await;
@@ -252,7 +276,14 @@ async fn a_refused_service_token_is_renewed_and_the_validation_retried() {
     );
     assert_eq!(h.fake.logins.load(Ordering::SeqCst), 1);
     h.fake.refuse_service.store(true, Ordering::SeqCst);
+    // Refused under a second after its login: another login would not help (Keystone
+    // nodes out of step, a clock far off), so none is made, and the answer is 503.
     let second = h.token("bob", TENANT_A, &["member"], false, 3600);
+    let r = h.get(&setting_path(TENANT_A), &second).await;
+    assert_error(&r, StatusCode::SERVICE_UNAVAILABLE, "RC.503003", &[]);
+    assert_eq!(h.fake.logins.load(Ordering::SeqCst), 1);
+    // Refused when older: renewed, and the validation made again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = h.get(&setting_path(TENANT_A), &second).await;
     assert_eq!(r.0, StatusCode::ACCEPTED, "{}", r.2);
     assert_eq!(h.fake.logins.load(Ordering::SeqCst), 2);
@@ -286,4 +317,42 @@ async fn a_hung_keystone_is_a_503_within_iam_timeout_and_cached_tokens_still_wor
         h.get(&setting_path(TENANT_A), &fresh).await.0,
         StatusCode::ACCEPTED
     );
+}
+
+#[tokio::test]
+async fn a_hung_login_while_the_service_token_is_still_valid_costs_callers_nothing() {
+    let h = harness(|c| c.iam_timeout = Duration::from_millis(600)).await;
+    let first = h.token("alice", TENANT_A, &["admin"], false, 7200);
+    assert_eq!(
+        h.get(&setting_path(TENANT_A), &first).await.0,
+        StatusCode::ACCEPTED
+    );
+    // Past three quarters of the service token's hour: due for renewal, still valid.
+    h.t.clock.advance(Duration::from_secs(2800));
+    h.fake.login_delay_ms.store(5_000, Ordering::SeqCst);
+    for name in ["bob", "dave", "erin"] {
+        let token = h.token(name, TENANT_A, &["member"], false, 3600);
+        let started = Instant::now();
+        let r = h.get(&setting_path(TENANT_A), &token).await;
+        assert_eq!(r.0, StatusCode::ACCEPTED, "{}", r.2);
+        assert!(
+            started.elapsed() < Duration::from_millis(600),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        h.fake.logins.load(Ordering::SeqCst),
+        1,
+        "the hung login never finished"
+    );
+    // Keystone answers logins again: the next request after the backoff renews.
+    h.fake.login_delay_ms.store(0, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let token = h.token("frank", TENANT_A, &["member"], false, 3600);
+    assert_eq!(
+        h.get(&setting_path(TENANT_A), &token).await.0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(h.fake.logins.load(Ordering::SeqCst), 2);
 }

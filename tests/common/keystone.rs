@@ -105,12 +105,17 @@ fn template(venv: &Path) -> PathBuf {
     TEMPLATE
         .get_or_init(|| {
             let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("keystone-template");
-            if !dir.join("ids.env").exists() {
+            // Made again when the scripts that made it have changed.
+            let stamp = dir.join("made-by.txt");
+            let made_by = made_by();
+            let current = std::fs::read_to_string(&stamp).is_ok_and(|s| s == made_by);
+            if !current || !dir.join("ids.env").exists() {
                 let _ = std::fs::remove_dir_all(&dir);
                 std::fs::create_dir_all(&dir).expect("template dir");
                 let started = Instant::now();
                 let pid = start_sh(venv, &dir, free_port(), 3600);
                 stop_pid(pid);
+                std::fs::write(&stamp, &made_by).expect("template stamp");
                 eprintln!(
                     "keystone: set up and seeded a template in {} s",
                     started.elapsed().as_secs()
@@ -119,6 +124,24 @@ fn template(venv: &Path) -> PathBuf {
             dir
         })
         .clone()
+}
+
+/// A digest of what makes a template: the scripts and the pinned packages.
+fn made_by() -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for file in [
+        "start.sh",
+        "seed.py",
+        "manage.py",
+        "keystone_wsgi.py",
+        "requirements.txt",
+    ] {
+        std::fs::read(Path::new(HERE).join(file))
+            .unwrap_or_default()
+            .hash(&mut hasher);
+    }
+    format!("{:016x}\n", hasher.finish())
 }
 
 impl Keystone {

@@ -159,4 +159,18 @@ if [ ! -e "$dir/ids.env" ] && ! "$venv/bin/python" "$here/seed.py" "$url" "$dir/
     exit 1
 fi
 
+# 9. Warm up: Keystone loads its policy engine on the first request that needs it (about
+#    1.5 s here), which would otherwise fall within a client's first deadline. The admin's
+#    token validates itself once.
+admin_token="$(curl -si --max-time 30 -X POST "$url/auth/tokens?nocatalog" -H 'Content-Type: application/json' \
+    -d '{"auth":{"identity":{"methods":["password"],"password":{"user":{"name":"admin","domain":{"id":"default"},"password":"admin-secret"}}},"scope":{"project":{"name":"admin","domain":{"id":"default"}}}}}' |
+    awk 'tolower($1)=="x-subject-token:"{print $2}' | tr -d '\r')"
+curl -sf -o /dev/null --max-time 30 "$url/auth/tokens?nocatalog" \
+    -H "X-Auth-Token: $admin_token" -H "X-Subject-Token: $admin_token" || {
+    echo "start.sh: Keystone did not validate a token; the end of $log:" >&2
+    tail -n 30 "$log" >&2
+    kill "$pid" 2>/dev/null || true
+    exit 1
+}
+
 echo "$pid"

@@ -789,7 +789,17 @@ fn keystone_mode_settings_are_checked_and_token_issue_is_refused() {
     };
     expect_refused(&keystone[..1], "iam_url (REPOCRYPT_IAM_URL)");
     expect_refused(&keystone[..2], "iam_user (REPOCRYPT_IAM_USER)");
-    expect_refused(&keystone, "REPOCRYPT_IAM_PASSWORD or iam_password_file");
+    // Only serve needs the password; admin commands run without it.
+    let out = binary::cli(d, &keystone, &["serve", "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("set REPOCRYPT_IAM_PASSWORD or iam_password_file"),
+        "{}",
+        stderr(&out)
+    );
+    let out = binary::cli(d, &keystone, &["credential", "list", "--tenant", "t"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    expect_refused(&keystone, "get a token from Keystone instead");
     let mut env = keystone.to_vec();
     env.push(("REPOCRYPT_IAM_PASSWORD_FILE", "missing-password-file"));
     expect_refused(&env, "cannot read iam_password_file missing-password-file");

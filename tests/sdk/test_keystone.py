@@ -128,7 +128,7 @@ def test_sdk_in_token_mode_with_a_keystone_token(keystone, keystone_server):
             ShowTenantRepoEncryptionSettingRequest(tenant_id=tenant))
     assert (err.value.status_code, err.value.error_code) == (403, "CH.004403")
 
-    # Not a Keystone token (a built-in one is not accepted in keystone mode either).
+    # Not a token Keystone knows.
     with pytest.raises(ClientRequestException) as err:
         token_client(keystone_server.endpoint, "gAAAAABnot-a-token").show_tenant_kms_grant(
             ShowTenantKmsGrantRequest(tenant_id=tenant))
