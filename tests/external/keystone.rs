@@ -25,7 +25,22 @@ fn server(keystone: &Keystone, more: &[(&'static str, &str)]) -> Server {
         env.push((k, (*v).to_owned()));
     }
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Server::start(&env)
+    let server = Server::start(&env);
+    // serve logs in at start: wait for it, so that the first request's iam_timeout is its
+    // validation's alone (Keystone is slow on a loaded 2-core machine).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !["logged in to Keystone", "Keystone is not answering yet"]
+        .iter()
+        .any(|line| server.log().contains(line))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "serve did not log in:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
 }
 
 async fn get(http: &Client, path: &str, token: &str) -> (u16, Value) {

@@ -117,12 +117,14 @@ fi
 
 # 6. The server, in the background: Keystone's public WSGI application (keystone_wsgi.py
 #    clears gunicorn's arguments, which oslo.config would otherwise parse) in one gunicorn
-#    worker with 4 threads, bound to loopback only. A short graceful timeout, so that
+#    worker with one thread, bound to loopback only. One thread: every login writes the
+#    user's last_active_at, and two at once in SQLite failed with "database is locked" (a
+#    500) under the test suite's load. A short graceful timeout, so that
 #    `kill PID` stops it in about 3 s. Its output and stdin are detached from the caller
 #    (a `$(start.sh ...)` would otherwise wait for it to exit).
 OS_KEYSTONE_CONFIG_DIR="$dir" "$venv/bin/gunicorn" \
     --pythonpath "$here" --chdir "$dir" \
-    --bind "127.0.0.1:$port" --workers 1 --threads 4 \
+    --bind "127.0.0.1:$port" --workers 1 --threads 1 \
     --timeout 60 --graceful-timeout 2 \
     --access-logfile - --error-logfile - \
     keystone_wsgi:application </dev/null >>"$log" 2>&1 &
