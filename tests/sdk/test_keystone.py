@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -73,6 +74,13 @@ def keystone_server(keystone):
         "REPOCRYPT_IAM_PROJECT": "service",
         "REPOCRYPT_IAM_PASSWORD": "repocrypt-secret",
     })
+    # serve logs in to Keystone at start: wait for it, so that the first request's deadline
+    # (iam_timeout) is its validation's alone.
+    deadline = time.monotonic() + 20
+    while "logged in to Keystone" not in srv.log():
+        if "Keystone is not answering yet" in srv.log() or time.monotonic() > deadline:
+            pytest.fail(f"repocrypt did not log in to Keystone; log:\n{srv.log()}")
+        time.sleep(0.05)
     yield srv
     code = srv.stop()
     log = srv.log()
@@ -110,7 +118,7 @@ def test_sdk_in_token_mode_with_a_keystone_token(keystone, keystone_server):
     put = client.update_tenant_repo_encryption_setting(UpdateTenantRepoEncryptionSettingRequest(
         tenant_id=tenant, body=TenantRepoEncryptionSettingRequestDto(
             encryption_type="KMS", cmk_key_id=key["key_id"], default_encryption_enabled=True)))
-    assert put.status_code == 200 and put.cmk_key_id == key["key_id"] and put.key_state == 2
+    assert put.status_code == 200 and put.cmk_key_id == key["key_id"] and str(put.key_state) == "2"
 
     # bob is a member of tenant-a: he reads, and may not change.
     bob, _ = keystone_token(keystone, "bob", "tenant-a")
