@@ -337,62 +337,30 @@ impl Metrics {
             m.latency
                 .render(&mut out, "repocrypt_http_request_duration_seconds", &labels);
         }
-        header(
+        let kms: Vec<_> = KmsCall::ALL
+            .iter()
+            .map(|c| c.name())
+            .zip(&self.kms)
+            .collect();
+        render_calls(
             &mut out,
-            "repocrypt_kms_calls_total",
-            "counter",
-            "Calls to the KMS, by call and outcome (ok, refused, unavailable, error).",
-        );
-        for (call, m) in KmsCall::ALL.iter().zip(&self.kms) {
-            for (outcome, count) in OUTCOMES.iter().zip(&m.outcomes) {
-                let _ = writeln!(
-                    out,
-                    "repocrypt_kms_calls_total{{call=\"{}\",outcome=\"{}\"}} {}",
-                    call.name(),
-                    outcome.name(),
-                    count.load(Ordering::Relaxed)
-                );
-            }
-        }
-        header(
-            &mut out,
-            "repocrypt_kms_call_duration_seconds",
-            "histogram",
+            "repocrypt_kms",
+            "Calls to the KMS",
             "Time of a KMS call, retries included, by call.",
+            &kms,
         );
-        for (call, m) in KmsCall::ALL.iter().zip(&self.kms) {
-            let labels = format!("call=\"{}\"", call.name());
-            m.latency
-                .render(&mut out, "repocrypt_kms_call_duration_seconds", &labels);
-        }
-        header(
+        let iam: Vec<_> = IamCall::ALL
+            .iter()
+            .map(|c| c.name())
+            .zip(&self.iam)
+            .collect();
+        render_calls(
             &mut out,
-            "repocrypt_iam_calls_total",
-            "counter",
-            "Calls to the external IAM (Keystone), by call and outcome (ok, refused, unavailable, error).",
-        );
-        for (call, m) in IamCall::ALL.iter().zip(&self.iam) {
-            for (outcome, count) in OUTCOMES.iter().zip(&m.outcomes) {
-                let _ = writeln!(
-                    out,
-                    "repocrypt_iam_calls_total{{call=\"{}\",outcome=\"{}\"}} {}",
-                    call.name(),
-                    outcome.name(),
-                    count.load(Ordering::Relaxed)
-                );
-            }
-        }
-        header(
-            &mut out,
-            "repocrypt_iam_call_duration_seconds",
-            "histogram",
+            "repocrypt_iam",
+            "Calls to the external IAM (Keystone)",
             "Time of a call to the external IAM, by call.",
+            &iam,
         );
-        for (call, m) in IamCall::ALL.iter().zip(&self.iam) {
-            let labels = format!("call=\"{}\"", call.name());
-            m.latency
-                .render(&mut out, "repocrypt_iam_call_duration_seconds", &labels);
-        }
         for (name, help, pick) in [
             (
                 "repocrypt_cache_hits_total",
@@ -423,6 +391,40 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+/// `PREFIX_calls_total{call,outcome}` and `PREFIX_call_duration_seconds{call}` of one
+/// dependency's calls.
+fn render_calls(
+    out: &mut String,
+    prefix: &str,
+    what: &str,
+    duration_help: &str,
+    calls: &[(&str, &CallMetrics)],
+) {
+    let total = format!("{prefix}_calls_total");
+    header(
+        out,
+        &total,
+        "counter",
+        &format!("{what}, by call and outcome (ok, refused, unavailable, error)."),
+    );
+    for (call, m) in calls {
+        for (outcome, count) in OUTCOMES.iter().zip(&m.outcomes) {
+            let _ = writeln!(
+                out,
+                "{total}{{call=\"{call}\",outcome=\"{}\"}} {}",
+                outcome.name(),
+                count.load(Ordering::Relaxed)
+            );
+        }
+    }
+    let duration = format!("{prefix}_call_duration_seconds");
+    header(out, &duration, "histogram", duration_help);
+    for (call, m) in calls {
+        m.latency
+            .render(out, &duration, &format!("call=\"{call}\""));
     }
 }
 

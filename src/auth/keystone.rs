@@ -565,9 +565,7 @@ impl Authenticator for KeystoneAuth {
     }
 
     async fn authenticate_signature(&self, request: &SignedRequest<'_>) -> Result<Identity> {
-        let outcome = self.signatures.verify(request).await;
-        trace_outcome("signature", &outcome);
-        outcome
+        super::verify_signature(&self.signatures, request).await
     }
 
     /// Keystone answers and accepts the service's token: the service validates its own.

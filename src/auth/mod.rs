@@ -111,10 +111,18 @@ impl Authenticator for LocalAuth {
     }
 
     async fn authenticate_signature(&self, request: &SignedRequest<'_>) -> Result<Identity> {
-        let outcome = self.signatures.verify(request).await;
-        trace_outcome("signature", &outcome);
-        outcome
+        verify_signature(&self.signatures, request).await
     }
+}
+
+/// An AK/SK signature, by repocrypt's own credentials (in both IAM modes), traced.
+async fn verify_signature(
+    signatures: &SignatureVerifier,
+    request: &SignedRequest<'_>,
+) -> Result<Identity> {
+    let outcome = signatures.verify(request).await;
+    trace_outcome("signature", &outcome);
+    outcome
 }
 
 /// At trace level, who a credential turned out to be, or why it was refused: never the
