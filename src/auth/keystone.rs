@@ -89,6 +89,7 @@ pub struct KeystoneAuth {
     refusals: VerdictCache,
     in_flight: InFlight,
     calls: tokio::sync::Semaphore,
+    refusal_logged: Throttle,
     signatures: SignatureVerifier,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
@@ -137,6 +138,7 @@ impl KeystoneAuth {
             refusals: VerdictCache::new(REFUSAL_CAPACITY),
             in_flight: InFlight::default(),
             calls: tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS),
+            refusal_logged: Throttle::default(),
             signatures,
             clock,
             metrics,
@@ -247,11 +249,15 @@ impl KeystoneAuth {
                     continue;
                 }
                 Ok((status @ (401 | 403), _)) => {
-                    tracing::error!(
-                        user = %self.settings.user,
-                        status,
-                        "Keystone refuses to let the service's own token validate tokens (401: refused again just after a login; 403: not allowed): give iam_user the `service` role on iam_project (or on iam_user_domain when iam_project is not set)"
-                    );
+                    // A setting to fix, not an event: said once every ten seconds at most
+                    // (each request's own failure is in its access line).
+                    if self.refusal_logged.allow(self.clock.unix_seconds()) {
+                        tracing::error!(
+                            user = %self.settings.user,
+                            status,
+                            "Keystone refuses to let the service's own token validate tokens (401: refused again just after a login; 403: not allowed): give iam_user the `service` role on iam_project (or on iam_user_domain when iam_project is not set)"
+                        );
+                    }
                     (
                         CallOutcome::Error,
                         Err(Failure::Unavailable(
@@ -770,6 +776,27 @@ impl Drop for Joined<'_> {
     }
 }
 
+/// Lets a log line through once every [`Throttle::EVERY`] seconds at most.
+#[derive(Default)]
+struct Throttle {
+    /// Unix seconds of the last line let through, plus one (0: none yet).
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    const EVERY: u64 = 10;
+
+    fn allow(&self, now: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        let last = self.last.load(Ordering::Relaxed);
+        (last == 0 || now + 1 >= last + Self::EVERY)
+            && self
+                .last
+                .compare_exchange(last, now + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
 /// The service's own token, as a header value marked sensitive (never in a log).
 struct ServiceToken {
     header: reqwest::header::HeaderValue,
@@ -876,6 +903,16 @@ fn unreachable(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_throttled_line_goes_through_once_every_ten_seconds() {
+        let throttle = Throttle::default();
+        assert!(throttle.allow(100));
+        assert!(!throttle.allow(100));
+        assert!(!throttle.allow(109));
+        assert!(throttle.allow(110));
+        assert!(!throttle.allow(111));
+    }
 
     #[test]
     fn the_last_caller_out_of_a_validation_removes_it() {
