@@ -66,9 +66,18 @@ impl App {
     ) -> Result<App> {
         let url = &config.database_url;
         let database: Arc<dyn Database> = if url.starts_with("sqlite:") {
-            Arc::new(SqliteStore::open(url, clock.clone(), None, config.row_cache_capacity).await?)
+            Arc::new(
+                SqliteStore::open(
+                    url,
+                    clock.clone(),
+                    None,
+                    config.row_cache_capacity,
+                    config.db_timeout,
+                )
+                .await?,
+            )
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Arc::new(PostgresStore::connect(url, clock.clone()).await?)
+            Arc::new(PostgresStore::open(url, clock.clone(), None, config.db_timeout).await?)
         } else {
             return Err(Error::InvalidArgument(format!(
                 "unsupported database URL `{}`: use sqlite://PATH or postgres://USER@HOST/DB",

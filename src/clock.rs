@@ -2,7 +2,9 @@
 //! and tokens carry) and a monotonic reading (what caches, limiters and reuse windows
 //! measure ages with).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub trait Clock: Send + Sync + 'static {
@@ -23,6 +25,20 @@ pub trait Clock: Send + Sync + 'static {
     fn rfc3339(&self) -> String {
         humantime::format_rfc3339_millis(self.now()).to_string()
     }
+}
+
+/// `work`'s output, or `None` once `limit` has passed since `start` (then `work` is
+/// dropped). The timer is made only when `work` is not done at its first poll: what is
+/// answered from memory never needs one (making it costs a runtime-handle lookup and a
+/// clock read).
+pub async fn within<F: Future>(start: Instant, limit: Duration, work: F) -> Option<F::Output> {
+    let mut work = std::pin::pin!(work);
+    if let Poll::Ready(out) = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
+        return Some(out);
+    }
+    tokio::time::timeout_at((start + limit).into(), work)
+        .await
+        .ok()
 }
 
 /// The real wall clock.

@@ -28,6 +28,10 @@ pub const DEFAULT_KEY_STATE_CACHE_TTL: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEY_STATE_CACHE_CAPACITY: usize = 100_000;
 pub const DEFAULT_KMS_TIMEOUT: Duration = crate::kms::aws::DEFAULT_TIMEOUT;
 pub const MAX_KMS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one PostgreSQL call may take (its connection's acquisition included), and how
+/// long a SQLite call waits for a lock.
+pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(2);
+pub const MAX_DB_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_SIGNATURE_MAX_SKEW: Duration = Duration::from_secs(15 * 60);
 /// How long change events are kept for storage nodes that reconnect.
 pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -92,6 +96,10 @@ pub struct ConfigArgs {
         value_name = "URL"
     )]
     pub database_url: Option<String>,
+    /// Longest time one database call may take: on PostgreSQL the whole call (then 503 `RC.503002`), on SQLite the wait for a lock; at most 5s [default: 2s].
+    #[arg(long, env = "REPOCRYPT_DB_TIMEOUT", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(serialize_with = "duration::serialize_option")]
+    pub db_timeout: Option<Duration>,
     /// Region reported in settings [default: local].
     #[arg(long, env = "REPOCRYPT_REGION", global = true)]
     pub region: Option<String>,
@@ -350,6 +358,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Defaults to `sqlite://DATA_DIR/repocrypt.db`, in the data directory of the layers.
     pub database_url: String,
+    #[serde(with = "duration")]
+    pub db_timeout: Duration,
     pub region: String,
     pub region_type: String,
     #[serde(with = "duration")]
@@ -411,6 +421,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: default_database_url(&data_dir),
+            db_timeout: DEFAULT_DB_TIMEOUT,
             data_dir,
             region: DEFAULT_REGION.into(),
             region_type: DEFAULT_REGION_TYPE.into(),
@@ -603,6 +614,19 @@ impl Config {
             return Err(Error::InvalidArgument(
                 "event_retention must be at least 1m".into(),
             ));
+        }
+        if self.db_timeout.is_zero() || self.db_timeout > MAX_DB_TIMEOUT {
+            return Err(Error::InvalidArgument(format!(
+                "db_timeout must be more than 0 and at most {}",
+                humantime::format_duration(MAX_DB_TIMEOUT)
+            )));
+        }
+        if self.db_timeout >= self.request_timeout {
+            return Err(Error::InvalidArgument(format!(
+                "db_timeout ({}) must be shorter than request_timeout ({}): a database call must end before its request does",
+                humantime::format_duration(self.db_timeout),
+                humantime::format_duration(self.request_timeout)
+            )));
         }
         if self.kms_timeout.is_zero() || self.kms_timeout > MAX_KMS_TIMEOUT {
             return Err(Error::InvalidArgument(format!(
@@ -922,6 +946,10 @@ mod tests {
         assert_eq!(c.kms_timeout, Duration::from_millis(500));
         let err = |text: &str| load(text).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err("kms_timeout = \"3s\"\n").contains("kms_timeout"));
+        assert!(err("db_timeout = \"6s\"\n").contains("db_timeout"));
+        assert!(err("db_timeout = \"0s\"\n").contains("db_timeout"));
+        assert!(err("db_timeout = \"3s\"\nrequest_timeout = \"3s\"\n")
+            .contains("shorter than request_timeout"));
         assert!(err("kms_timeout = \"0s\"\n").contains("kms_timeout"));
         assert!(err("kms_endpoint = \"127.0.0.1:5000\"\n").contains("kms_endpoint"));
         assert!(err("kms_backend = \"vault\"\n").contains("kms_backend"));
@@ -1075,6 +1103,7 @@ mod tests {
             listen: Some(DEFAULT_LISTEN.parse().expect("address")),
             data_dir: Some("d".into()),
             database_url: Some("sqlite://x".into()),
+            db_timeout: Some(Duration::from_millis(500)),
             region: Some("r".into()),
             region_type: Some("t".into()),
             key_state_cache_ttl: Some(Duration::from_secs(1)),
@@ -1223,6 +1252,7 @@ mod tests {
             "key_state_cache_ttl",
             "signature_max_skew",
             "event_retention",
+            "db_timeout",
             "kms_timeout",
             "request_timeout",
             "header_read_timeout",

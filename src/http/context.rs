@@ -4,9 +4,7 @@
 //! service per request). Each route has its own copy of the layer, which knows the route
 //! (see `http::router`), so a request's operation is the route it matched.
 
-use std::future::Future;
-use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::HeaderValue;
@@ -54,19 +52,6 @@ pub fn new_request_id() -> RequestId {
     RequestId(HeaderValue::from_bytes(&digits).expect("hex digits"))
 }
 
-/// `work`'s output, or `None` once `limit` has passed since `start`. The timer is made
-/// only when `work` is not done at its first poll: a GET answered from memory never
-/// needs one (making it costs a runtime-handle lookup and a clock read).
-async fn within<F: Future>(start: Instant, limit: Duration, work: F) -> Option<F::Output> {
-    let mut work = std::pin::pin!(work);
-    if let Poll::Ready(out) = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
-        return Some(out);
-    }
-    tokio::time::timeout_at((start + limit).into(), work)
-        .await
-        .ok()
-}
-
 /// What one route's [`request_context`] layer knows.
 #[derive(Clone)]
 pub struct RouteContext {
@@ -105,7 +90,7 @@ pub async fn request_context(
             next.run(req).await
         }
     };
-    let mut response = match within(start, limit, work.instrument(span)).await {
+    let mut response = match crate::clock::within(start, limit, work.instrument(span)).await {
         Some(response) => response,
         None => WebError::RequestTimeout { limit }.into_response(),
     };

@@ -9,6 +9,11 @@
 //! A batch runs in a task of its own, so a panic in it reaches its callers as an error
 //! (and leaves the worker serving the next batch); a caller whose batch never answers
 //! because the workers are gone (the runtime shutting down) gets an error too, never a hang.
+//!
+//! With a [`Deadline`], a batch that has not answered within it is cut (its task aborted)
+//! and its callers answered 503, so a database that stops answering cannot hold the
+//! workers; and a call whose caller has stopped waiting (its own deadline passed) before
+//! its batch formed is dropped, not run: a write nobody waits for any more is not made.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +21,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use super::deadline::Deadline;
 use crate::domain::{Error, Result};
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -41,17 +47,25 @@ pub(crate) struct Coalescer<K, V> {
 }
 
 impl<K: Send + 'static, V: Send + 'static> Coalescer<K, V> {
-    /// Start `workers` tasks that serve batches of at most `max_batch` items with `run`.
+    /// Start `workers` tasks that serve batches of at most `max_batch` items with `run`,
+    /// each cut at `deadline` if there is one.
     pub(crate) fn start(
         name: &'static str,
         workers: usize,
         max_batch: usize,
+        deadline: Option<Deadline>,
         run: BatchFn<K, V>,
     ) -> Self {
         let (queue, calls) = mpsc::channel(QUEUE);
         let calls = Arc::new(Mutex::new(calls));
         for _ in 0..workers.max(1) {
-            tokio::spawn(work(name, calls.clone(), max_batch.max(1), run.clone()));
+            let worker = Worker {
+                name,
+                max_batch: max_batch.max(1),
+                deadline: deadline.clone(),
+                run: run.clone(),
+            };
+            tokio::spawn(worker.work(calls.clone()));
         }
         Coalescer { queue, name }
     }
@@ -73,41 +87,77 @@ impl<K: Send + 'static, V: Send + 'static> Coalescer<K, V> {
     }
 }
 
-/// One worker: take the first call waiting and every other call already queued (up to
-/// `max_batch`), serve them, answer each; until the queue is closed and empty.
-async fn work<K: Send + 'static, V: Send + 'static>(
+/// What each worker of a coalescer knows.
+struct Worker<K, V> {
     name: &'static str,
-    calls: Arc<Mutex<mpsc::Receiver<Call<K, V>>>>,
     max_batch: usize,
+    deadline: Option<Deadline>,
     run: BatchFn<K, V>,
-) {
-    let mut batch = Vec::with_capacity(max_batch);
-    loop {
-        // One worker at a time waits on the queue; the others are serving their batch or
-        // waiting for this lock. The lock is held only while taking calls.
-        let taken = calls.lock().await.recv_many(&mut batch, max_batch).await;
-        if taken == 0 {
-            return; // the store is gone
-        }
-        let (items, replies): (Vec<K>, Vec<_>) = batch.drain(..).map(|c| (c.item, c.reply)).unzip();
-        let n = items.len();
-        match tokio::spawn(run(items)).await {
-            Ok(results) if results.len() == n => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result); // the caller may have gone
-                }
+}
+
+impl<K: Send + 'static, V: Send + 'static> Worker<K, V> {
+    /// Take the first call waiting and every other call already queued (up to
+    /// `max_batch`), serve those whose caller still waits, answer each; until the queue is
+    /// closed and empty.
+    async fn work(self, calls: Arc<Mutex<mpsc::Receiver<Call<K, V>>>>) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        loop {
+            // One worker at a time waits on the queue; the others are serving their batch
+            // or waiting for this lock. The lock is held only while taking calls.
+            let taken = calls
+                .lock()
+                .await
+                .recv_many(&mut batch, self.max_batch)
+                .await;
+            if taken == 0 {
+                return; // the store is gone
             }
+            let (items, replies): (Vec<K>, Vec<_>) = batch
+                .drain(..)
+                .filter(|c| !c.reply.is_closed())
+                .map(|c| (c.item, c.reply))
+                .unzip();
+            if items.is_empty() {
+                continue;
+            }
+            let results = self.serve(items).await;
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result); // the caller may have gone
+            }
+        }
+    }
+
+    /// One result per item, whatever happens to the batch.
+    async fn serve(&self, items: Vec<K>) -> Vec<Result<V>> {
+        let n = items.len();
+        let name = self.name;
+        let mut task = tokio::spawn((self.run)(items));
+        let outcome = match &self.deadline {
+            None => (&mut task).await,
+            Some(deadline) => match tokio::time::timeout(deadline.limit(), &mut task).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    let errors: Vec<_> = (0..n).map(|_| Err(deadline.missed(name))).collect();
+                    task.abort();
+                    tracing::warn!(
+                        batcher = name, calls = n, limit = ?deadline.limit(),
+                        "a database batch did not answer within db_timeout and was cut"
+                    );
+                    return errors;
+                }
+            },
+        };
+        match outcome {
+            Ok(results) if results.len() == n => results,
             outcome => {
                 let detail = match outcome {
                     Ok(results) => format!("{} results for {n} calls", results.len()),
                     Err(e) => e.to_string(),
                 };
                 tracing::error!(batcher = name, error = %detail, "a database batch failed");
-                for reply in replies {
-                    let _ = reply.send(Err(Error::Store(format!(
-                        "the {name} batch failed: {detail}"
-                    ))));
-                }
+                (0..n)
+                    .map(|_| Err(Error::Store(format!("the {name} batch failed: {detail}"))))
+                    .collect()
             }
         }
     }
@@ -137,7 +187,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_calls_share_batches_and_each_gets_its_own_answer() {
         let batches = Arc::new(AtomicUsize::new(0));
-        let c = Arc::new(Coalescer::start("test", 2, 64, echo(batches.clone())));
+        let c = Arc::new(Coalescer::start("test", 2, 64, None, echo(batches.clone())));
         let tasks: Vec<_> = (0..200u32)
             .map(|i| {
                 let c = c.clone();
@@ -165,7 +215,7 @@ mod tests {
                 items.into_iter().map(Ok).collect()
             }) as BoxFuture<'static, _>
         });
-        let c = Coalescer::start("test", 1, 8, run);
+        let c = Coalescer::start("test", 1, 8, None, run);
         let err = c.call(13).await.unwrap_err();
         assert!(
             matches!(err, Error::Store(ref d) if d.contains("batch failed")),
@@ -178,8 +228,51 @@ mod tests {
     async fn a_batch_with_the_wrong_number_of_results_fails_every_caller() {
         let run: BatchFn<u32, u32> =
             Arc::new(|_: Vec<u32>| Box::pin(async { Vec::new() }) as BoxFuture<'static, _>);
-        let c = Coalescer::start("test", 1, 8, run);
+        let c = Coalescer::start("test", 1, 8, None, run);
         assert!(matches!(c.call(1).await, Err(Error::Store(_))));
+    }
+
+    #[tokio::test]
+    async fn a_batch_past_its_deadline_is_cut_and_a_call_nobody_waits_for_is_not_run() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let run: BatchFn<u32, u32> = {
+            let runs = runs.clone();
+            Arc::new(move |items: Vec<u32>| {
+                runs.fetch_add(items.len(), Ordering::SeqCst);
+                Box::pin(async move {
+                    if items.contains(&0) {
+                        std::future::pending::<()>().await;
+                    }
+                    items.into_iter().map(Ok).collect()
+                }) as BoxFuture<'static, _>
+            })
+        };
+        let deadline = Deadline::new("PostgreSQL", Duration::from_millis(100));
+        let c = Arc::new(Coalescer::start("test", 1, 8, Some(deadline), run));
+        // The hung batch holds the only worker; a call queued behind it whose caller gives
+        // up before the batch forms must not run when the worker is free again.
+        let hung = tokio::spawn({
+            let c = c.clone();
+            async move { c.call(0).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let gave_up = tokio::time::timeout(Duration::from_millis(10), c.call(5)).await;
+        assert!(
+            gave_up.is_err(),
+            "the call behind the hung batch had to wait"
+        );
+        let err = hung.await.unwrap().unwrap_err();
+        assert!(
+            matches!(err, Error::Store(ref d) if d.contains("did not answer within db_timeout")),
+            "{err:?}"
+        );
+        // The worker serves again after the cut.
+        assert_eq!(c.call(7).await.unwrap(), 7);
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "0 and 7 ran; 5 was dropped unrun"
+        );
     }
 
     #[test]
@@ -190,7 +283,7 @@ mod tests {
             .build()
             .unwrap();
         let c = first.block_on(async {
-            Coalescer::start("test", 2, 8, echo(Arc::new(AtomicUsize::new(0))))
+            Coalescer::start("test", 2, 8, None, echo(Arc::new(AtomicUsize::new(0))))
         });
         drop(first);
         let second = tokio::runtime::Builder::new_current_thread()

@@ -2,6 +2,7 @@
 
 pub mod cache;
 mod coalesce;
+pub(crate) mod deadline;
 mod dialect;
 pub mod postgres;
 pub mod sqlite;

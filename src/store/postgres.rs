@@ -19,6 +19,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
 use super::coalesce::Coalescer;
+use super::deadline::Deadline;
 use super::sql;
 use super::{all_fail, distinct, internal_detail, migrations, Context, JoinedKey};
 use crate::clock::Clock;
@@ -55,6 +56,8 @@ const WRITERS: usize = 2;
 const MAX_WRITE_BATCH: usize = 48;
 
 pub struct PostgresStore {
+    /// Every call's (`store::deadline`).
+    deadline: Deadline,
     pool: PgPool,
     clock: Arc<dyn Clock>,
     settings: Coalescer<TenantId, Option<Setting>>,
@@ -72,36 +75,89 @@ impl PostgresStore {
 
     /// Like [`connect`](Self::connect), migrating only up to `target` (tests of upgrades).
     pub async fn connect_at(url: &str, clock: Arc<dyn Clock>, target: Option<i64>) -> Result<Self> {
+        Self::open(url, clock, target, crate::config::DEFAULT_DB_TIMEOUT).await
+    }
+
+    /// Connect and migrate (up to `target`, or all); every call of the store's, its
+    /// connection's acquisition included, ends within `db_timeout` (see `store::deadline`).
+    pub async fn open(
+        url: &str,
+        clock: Arc<dyn Clock>,
+        target: Option<i64>,
+        db_timeout: Duration,
+    ) -> Result<Self> {
+        let deadline = Deadline::new("PostgreSQL", db_timeout);
         let pool = PgPoolOptions::new()
             .max_connections(16)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(db_timeout)
+            .after_release({
+                let deadline = deadline.clone();
+                move |conn, _| {
+                    let deadline = deadline.clone();
+                    Box::pin(async move { deadline.test_released(conn).await })
+                }
+            })
             .connect(url)
             .await
             .context("cannot connect to PostgreSQL")?;
+        let batches = Some(deadline.clone());
         let store = PostgresStore {
-            settings: Coalescer::start("PostgreSQL setting read", READERS, MAX_READ_BATCH, {
-                let pool = pool.clone();
-                Arc::new(move |tenants| Box::pin(read_settings(pool.clone(), tenants)))
-            }),
-            grants: Coalescer::start("PostgreSQL grant read", READERS, MAX_READ_BATCH, {
-                let pool = pool.clone();
-                Arc::new(move |tenants| Box::pin(read_grants(pool.clone(), tenants)))
-            }),
-            keys: Coalescer::start("PostgreSQL key read", READERS, MAX_READ_BATCH, {
-                let pool = pool.clone();
-                Arc::new(move |keys| Box::pin(read_keys(pool.clone(), keys)))
-            }),
-            permits: Coalescer::start("PostgreSQL tenant read", READERS, MAX_READ_BATCH, {
-                let pool = pool.clone();
-                Arc::new(move |tenants| Box::pin(read_permits(pool.clone(), tenants)))
-            }),
-            writer: Coalescer::start("PostgreSQL setting write", WRITERS, MAX_WRITE_BATCH, {
-                let (pool, clock) = (pool.clone(), clock.clone());
-                Arc::new(move |jobs: Vec<SettingJob>| {
+            deadline,
+            settings: Coalescer::start(
+                "PostgreSQL setting read",
+                READERS,
+                MAX_READ_BATCH,
+                batches.clone(),
+                {
+                    let pool = pool.clone();
+                    Arc::new(move |tenants| Box::pin(read_settings(pool.clone(), tenants)))
+                },
+            ),
+            grants: Coalescer::start(
+                "PostgreSQL grant read",
+                READERS,
+                MAX_READ_BATCH,
+                batches.clone(),
+                {
+                    let pool = pool.clone();
+                    Arc::new(move |tenants| Box::pin(read_grants(pool.clone(), tenants)))
+                },
+            ),
+            keys: Coalescer::start(
+                "PostgreSQL key read",
+                READERS,
+                MAX_READ_BATCH,
+                batches.clone(),
+                {
+                    let pool = pool.clone();
+                    Arc::new(move |keys| Box::pin(read_keys(pool.clone(), keys)))
+                },
+            ),
+            permits: Coalescer::start(
+                "PostgreSQL tenant read",
+                READERS,
+                MAX_READ_BATCH,
+                batches.clone(),
+                {
+                    let pool = pool.clone();
+                    Arc::new(move |tenants| Box::pin(read_permits(pool.clone(), tenants)))
+                },
+            ),
+            writer: Coalescer::start(
+                "PostgreSQL setting write",
+                WRITERS,
+                MAX_WRITE_BATCH,
+                batches,
+                {
                     let (pool, clock) = (pool.clone(), clock.clone());
-                    Box::pin(async move { sql::settings::commit_batch(&pool, &clock, &jobs).await })
-                })
-            }),
+                    Arc::new(move |jobs: Vec<SettingJob>| {
+                        let (pool, clock) = (pool.clone(), clock.clone());
+                        Box::pin(
+                            async move { sql::settings::commit_batch(&pool, &clock, &jobs).await },
+                        )
+                    })
+                },
+            ),
             pool,
             clock,
         };
@@ -112,6 +168,15 @@ impl PostgresStore {
     /// The schema version the database is at.
     pub async fn schema_version(&self) -> Result<i64> {
         sql::migrate::version(&self.pool).await
+    }
+
+    /// Every call of the store's ends within `db_timeout`: see `store::deadline`.
+    async fn bounded<T>(
+        &self,
+        call: &'static str,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.deadline.bound(call, work).await
     }
 
     // ---- the reads `store::sql` leaves to the backend: coalesced -------------------

@@ -69,23 +69,32 @@ impl SqliteStore {
 
     /// Like [`connect`](Self::connect), migrating only up to `target` (tests of upgrades).
     pub async fn connect_at(url: &str, clock: Arc<dyn Clock>, target: Option<i64>) -> Result<Self> {
-        Self::open(url, clock, target, DEFAULT_ROW_CACHE_CAPACITY).await
+        Self::open(
+            url,
+            clock,
+            target,
+            DEFAULT_ROW_CACHE_CAPACITY,
+            crate::config::DEFAULT_DB_TIMEOUT,
+        )
+        .await
     }
 
     /// Open and migrate (up to `target`, or all), caching up to `row_cache_capacity`
-    /// settings and as many grants (0: no cache).
+    /// settings and as many grants (0: no cache). A call waits at most `db_timeout` for
+    /// a lock; it is not cut once it runs (see `bounded`).
     pub async fn open(
         url: &str,
         clock: Arc<dyn Clock>,
         target: Option<i64>,
         row_cache_capacity: usize,
+        db_timeout: Duration,
     ) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| Error::InvalidArgument(format!("invalid database URL: {e}")))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(db_timeout)
             .foreign_keys(true)
             // A shredded data key's bytes are zeroed in the page, not left as free space.
             .pragma("secure_delete", "on");
@@ -102,7 +111,7 @@ impl SqliteStore {
             .min_connections(0)
             .connect_lazy_with(options.pragma("wal_autocheckpoint", "0"));
         let settings = Arc::new(RowCache::new(row_cache_capacity));
-        let writer = Coalescer::start("SQLite setting write", 1, MAX_BATCH, {
+        let writer = Coalescer::start("SQLite setting write", 1, MAX_BATCH, None, {
             let (clock, settings) = (clock.clone(), settings.clone());
             Arc::new(move |jobs: Vec<SettingJob>| {
                 let (pool, clock, settings) =
@@ -139,6 +148,19 @@ impl SqliteStore {
     /// The schema version the database is at.
     pub async fn schema_version(&self) -> Result<i64> {
         sql::migrate::version(&self.pool).await
+    }
+
+    /// SQLite calls are not cut once they run: the database is a local file with no
+    /// network to stall, a lock is waited for at most `db_timeout` (`busy_timeout`), and a
+    /// cut write would still be made by its connection's thread after its row-cache
+    /// invalidation had been skipped.
+    #[inline]
+    async fn bounded<T>(
+        &self,
+        _call: &'static str,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        work.await
     }
 
     // ---- the reads `store::sql` leaves to the backend: through the row cache ---------

@@ -88,18 +88,19 @@ pub(super) async fn lock_tenant(conn: &mut dialect::Conn, scope: &str, tenant: &
 #[async_trait]
 impl Store for Backend {
     async fn ping(&self) -> Result<()> {
-        ping(&self.pool).await
+        self.bounded("ping", ping(&self.pool)).await
     }
 
     async fn get_setting(&self, tenant: &TenantId) -> Result<Option<Setting>> {
-        self.read_setting(tenant).await
+        self.bounded("get_setting", self.read_setting(tenant)).await
     }
 
     async fn get_setting_with_key(
         &self,
         tenant: &TenantId,
     ) -> Result<(Option<Setting>, JoinedKey)> {
-        self.read_setting_with_key(tenant).await
+        self.bounded("get_setting_with_key", self.read_setting_with_key(tenant))
+            .await
     }
 
     /// Group commit: see [`settings::commit_batch`]. Answered only after the COMMIT of the
@@ -110,36 +111,45 @@ impl Store for Backend {
         actor: &Actor,
         plan: SettingPlan,
     ) -> Result<Setting> {
-        self.writer
-            .call(settings::SettingJob {
+        self.bounded(
+            "update_setting",
+            self.writer.call(settings::SettingJob {
                 tenant: tenant.clone(),
                 actor: actor.clone(),
                 plan,
-            })
-            .await
+            }),
+        )
+        .await
     }
 
     async fn get_grant(&self, tenant: &TenantId) -> Result<Option<Grant>> {
-        self.read_grant(tenant).await
+        self.bounded("get_grant", self.read_grant(tenant)).await
     }
 
     async fn put_grant(&self, tenant: &TenantId, actor: &Actor) -> Result<Grant> {
-        let grant = grants::put(&self.pool, &self.clock, tenant, actor).await;
-        self.tenant_written(tenant.as_str());
-        self.repositories_written(tenant);
-        grant
+        self.bounded("put_grant", async {
+            let grant = grants::put(&self.pool, &self.clock, tenant, actor).await;
+            self.tenant_written(tenant.as_str());
+            self.repositories_written(tenant);
+            grant
+        })
+        .await
     }
 
     async fn delete_grant(&self, tenant: &TenantId, actor: &Actor) -> Result<Option<Grant>> {
-        let withdrawn = grants::delete(&self.pool, &self.clock, tenant, actor).await;
-        // Whatever the outcome (a commit whose answer was lost may still have happened).
-        self.tenant_written(tenant.as_str());
-        self.repositories_written(tenant);
-        withdrawn
+        self.bounded("delete_grant", async {
+            let withdrawn = grants::delete(&self.pool, &self.clock, tenant, actor).await;
+            // Whatever the outcome (a commit whose answer was lost may still have happened).
+            self.tenant_written(tenant.as_str());
+            self.repositories_written(tenant);
+            withdrawn
+        })
+        .await
     }
 
     async fn get_permit_public(&self, tenant: &TenantId) -> Result<Option<PermitPublic>> {
-        self.read_permit_public(tenant).await
+        self.bounded("get_permit_public", self.read_permit_public(tenant))
+            .await
     }
 
     async fn set_permit_public(
@@ -148,15 +158,24 @@ impl Store for Backend {
         value: PermitPublic,
         actor: &Actor,
     ) -> Result<()> {
-        grants::set_permit_public(&self.pool, &self.clock, tenant, value, actor).await
+        self.bounded(
+            "set_permit_public",
+            grants::set_permit_public(&self.pool, &self.clock, tenant, value, actor),
+        )
+        .await
     }
 
     async fn add_project(&self, project: &Project, actor: &Actor) -> Result<()> {
-        projects::add(&self.pool, &self.clock, project, actor).await
+        self.bounded(
+            "add_project",
+            projects::add(&self.pool, &self.clock, project, actor),
+        )
+        .await
     }
 
     async fn get_project(&self, project_id: &ProjectId) -> Result<Option<Project>> {
-        projects::get(&self.pool, project_id).await
+        self.bounded("get_project", projects::get(&self.pool, project_id))
+            .await
     }
 
     async fn add_project_member(
@@ -166,7 +185,11 @@ impl Store for Backend {
         user_id: &str,
         actor: &Actor,
     ) -> Result<()> {
-        projects::add_member(&self.pool, &self.clock, project_id, tenant, user_id, actor).await
+        self.bounded(
+            "add_project_member",
+            projects::add_member(&self.pool, &self.clock, project_id, tenant, user_id, actor),
+        )
+        .await
     }
 
     async fn is_project_member(
@@ -175,11 +198,16 @@ impl Store for Backend {
         tenant: &TenantId,
         user_id: &str,
     ) -> Result<bool> {
-        projects::is_member(&self.pool, project_id, tenant, user_id).await
+        self.bounded(
+            "is_project_member",
+            projects::is_member(&self.pool, project_id, tenant, user_id),
+        )
+        .await
     }
 
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
-        audit::list(&self.pool, filter).await
+        self.bounded("list_audit", audit::list(&self.pool, filter))
+            .await
     }
 
     async fn record_audit(
@@ -190,16 +218,19 @@ impl Store for Backend {
         before: Option<Value>,
         after: Option<Value>,
     ) -> Result<()> {
-        let mut conn = self.pool.acquire().await.context("acquire connection")?;
-        audit::insert(
-            &mut conn,
-            &self.clock,
-            tenant.as_str(),
-            actor,
-            action,
-            before,
-            after,
-        )
+        self.bounded("record_audit", async {
+            let mut conn = self.pool.acquire().await.context("acquire connection")?;
+            audit::insert(
+                &mut conn,
+                &self.clock,
+                tenant.as_str(),
+                actor,
+                action,
+                before,
+                after,
+            )
+            .await
+        })
         .await
     }
 
@@ -208,9 +239,12 @@ impl Store for Backend {
         repository: &Repository,
         actor: &Actor,
     ) -> Result<Option<Repository>> {
-        let stored = repositories::insert(&self.pool, &self.clock, repository, actor).await?;
-        self.repository_written(&repository.tenant_id, repository.fields.repo_id);
-        Ok(stored)
+        self.bounded("insert_repository", async {
+            let stored = repositories::insert(&self.pool, &self.clock, repository, actor).await?;
+            self.repository_written(&repository.tenant_id, repository.fields.repo_id);
+            Ok(stored)
+        })
+        .await
     }
 
     async fn get_repository(
@@ -218,7 +252,11 @@ impl Store for Backend {
         tenant: &TenantId,
         repo_id: RepoId,
     ) -> Result<Option<Repository>> {
-        repositories::get(&self.pool, tenant, repo_id).await
+        self.bounded(
+            "get_repository",
+            repositories::get(&self.pool, tenant, repo_id),
+        )
+        .await
     }
 
     async fn get_repository_for_release(
@@ -226,7 +264,11 @@ impl Store for Backend {
         tenant: &TenantId,
         repo_id: RepoId,
     ) -> Result<Option<RepoForRelease>> {
-        self.read_repository_for_release(tenant, repo_id).await
+        self.bounded(
+            "get_repository_for_release",
+            self.read_repository_for_release(tenant, repo_id),
+        )
+        .await
     }
 
     async fn list_encrypted_repositories(
@@ -234,7 +276,11 @@ impl Store for Backend {
         tenant: &TenantId,
         query: &RepoQuery,
     ) -> Result<Vec<Repository>> {
-        repositories::list_encrypted(&self.pool, tenant, query).await
+        self.bounded(
+            "list_encrypted_repositories",
+            repositories::list_encrypted(&self.pool, tenant, query),
+        )
+        .await
     }
 
     async fn list_key_repositories(
@@ -243,15 +289,27 @@ impl Store for Backend {
         key_id: &str,
         page: Page,
     ) -> Result<Vec<Repository>> {
-        repositories::list_by_key(&self.pool, tenant, key_id, page).await
+        self.bounded(
+            "list_key_repositories",
+            repositories::list_by_key(&self.pool, tenant, key_id, page),
+        )
+        .await
     }
 
     async fn count_key_repositories(&self, tenant: &TenantId, key_id: &str) -> Result<u64> {
-        repositories::count_by_key(&self.pool, tenant, key_id).await
+        self.bounded(
+            "count_key_repositories",
+            repositories::count_by_key(&self.pool, tenant, key_id),
+        )
+        .await
     }
 
     async fn list_repositories(&self, tenant: &TenantId) -> Result<Vec<Repository>> {
-        repositories::list_all(&self.pool, tenant).await
+        self.bounded(
+            "list_repositories",
+            repositories::list_all(&self.pool, tenant),
+        )
+        .await
     }
 
     async fn shred_repository(
@@ -260,13 +318,17 @@ impl Store for Backend {
         repo_id: RepoId,
         actor: &Actor,
     ) -> Result<Shredded> {
-        let shredded = repositories::shred(&self.pool, &self.clock, tenant, repo_id, actor).await;
-        self.repository_written(tenant, repo_id);
-        let shredded = shredded?;
-        if shredded == Shredded::Now {
-            self.after_shred().await;
-        }
-        Ok(shredded)
+        self.bounded("shred_repository", async {
+            let shredded =
+                repositories::shred(&self.pool, &self.clock, tenant, repo_id, actor).await;
+            self.repository_written(tenant, repo_id);
+            let shredded = shredded?;
+            if shredded == Shredded::Now {
+                self.after_shred().await;
+            }
+            Ok(shredded)
+        })
+        .await
     }
 
     async fn start_rewrap_job(
@@ -276,35 +338,52 @@ impl Store for Backend {
         target_key_id: &str,
         actor: &Actor,
     ) -> Result<(RewrapJob, bool)> {
-        rewrap::start(
-            &self.pool,
-            &self.clock,
-            tenant,
-            job_id,
-            target_key_id,
-            actor,
+        self.bounded(
+            "start_rewrap_job",
+            rewrap::start(
+                &self.pool,
+                &self.clock,
+                tenant,
+                job_id,
+                target_key_id,
+                actor,
+            ),
         )
         .await
     }
 
     async fn get_rewrap_job(&self, tenant: &TenantId, job_id: &str) -> Result<Option<RewrapJob>> {
-        rewrap::get(&self.pool, tenant, job_id).await
+        self.bounded("get_rewrap_job", rewrap::get(&self.pool, tenant, job_id))
+            .await
     }
 
     async fn running_rewrap_job(&self, tenant: &TenantId) -> Result<Option<RewrapJob>> {
-        rewrap::running(&self.pool, tenant).await
+        self.bounded("running_rewrap_job", rewrap::running(&self.pool, tenant))
+            .await
     }
 
     async fn unleased_rewrap_jobs(&self) -> Result<Vec<RewrapJob>> {
-        rewrap::unleased(&self.pool, &self.clock).await
+        self.bounded(
+            "unleased_rewrap_jobs",
+            rewrap::unleased(&self.pool, &self.clock),
+        )
+        .await
     }
 
     async fn claim_rewrap_job(&self, job_id: &str, lease: &str, ttl: Duration) -> Result<bool> {
-        rewrap::claim(&self.pool, &self.clock, job_id, lease, ttl).await
+        self.bounded(
+            "claim_rewrap_job",
+            rewrap::claim(&self.pool, &self.clock, job_id, lease, ttl),
+        )
+        .await
     }
 
     async fn release_rewrap_lease(&self, job_id: &str, lease: &str) -> Result<()> {
-        rewrap::release(&self.pool, job_id, lease).await
+        self.bounded(
+            "release_rewrap_lease",
+            rewrap::release(&self.pool, job_id, lease),
+        )
+        .await
     }
 
     async fn rewrap_work(
@@ -313,7 +392,8 @@ impl Store for Backend {
         after: Option<RepoId>,
         limit: u32,
     ) -> Result<Vec<Repository>> {
-        rewrap::work(&self.pool, job, after, limit).await
+        self.bounded("rewrap_work", rewrap::work(&self.pool, job, after, limit))
+            .await
     }
 
     async fn commit_rewrap(
@@ -324,19 +404,22 @@ impl Store for Backend {
         new_wrapped: &[u8],
         actor: &Actor,
     ) -> Result<RewrapCommit> {
-        let committed = rewrap::commit(
-            &self.pool,
-            &self.clock,
-            job,
-            lease,
-            REWRAP_LEASE,
-            repo,
-            new_wrapped,
-            actor,
-        )
-        .await;
-        self.repository_written(&job.tenant_id, repo.fields.repo_id);
-        committed
+        self.bounded("commit_rewrap", async {
+            let committed = rewrap::commit(
+                &self.pool,
+                &self.clock,
+                job,
+                lease,
+                REWRAP_LEASE,
+                repo,
+                new_wrapped,
+                actor,
+            )
+            .await;
+            self.repository_written(&job.tenant_id, repo.fields.repo_id);
+            committed
+        })
+        .await
     }
 
     async fn record_rewrap_failure(
@@ -347,15 +430,18 @@ impl Store for Backend {
         reason: &str,
         actor: &Actor,
     ) -> Result<bool> {
-        rewrap::failure(
-            &self.pool,
-            &self.clock,
-            job,
-            lease,
-            REWRAP_LEASE,
-            repo_id,
-            reason,
-            actor,
+        self.bounded(
+            "record_rewrap_failure",
+            rewrap::failure(
+                &self.pool,
+                &self.clock,
+                job,
+                lease,
+                REWRAP_LEASE,
+                repo_id,
+                reason,
+                actor,
+            ),
         )
         .await
     }
@@ -367,23 +453,34 @@ impl Store for Backend {
         error: Option<&str>,
         actor: &Actor,
     ) -> Result<bool> {
-        rewrap::finish(&self.pool, &self.clock, job, lease, error, actor).await
+        self.bounded(
+            "finish_rewrap_job",
+            rewrap::finish(&self.pool, &self.clock, job, lease, error, actor),
+        )
+        .await
     }
 
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>> {
-        events::after(&self.pool, after, limit).await
+        self.bounded("events_after", events::after(&self.pool, after, limit))
+            .await
     }
 
     async fn latest_event_id(&self) -> Result<i64> {
-        events::latest_id(&self.pool).await
+        self.bounded("latest_event_id", events::latest_id(&self.pool))
+            .await
     }
 
     async fn events_pruned_through(&self) -> Result<i64> {
-        events::pruned_through(&self.pool).await
+        self.bounded("events_pruned_through", events::pruned_through(&self.pool))
+            .await
     }
 
     async fn prune_events(&self, before: std::time::SystemTime) -> Result<u64> {
-        events::prune(&self.pool, &crate::store::audit_time_bound(before)).await
+        self.bounded(
+            "prune_events",
+            events::prune(&self.pool, &crate::store::audit_time_bound(before)),
+        )
+        .await
     }
 
     async fn observe_key_state(
@@ -393,7 +490,11 @@ impl Store for Backend {
         previous: Option<Option<KeyState>>,
         now: Option<KeyState>,
     ) -> Result<Option<i64>> {
-        events::observe_key_state(&self.pool, &self.clock, tenant, key_id, previous, now).await
+        self.bounded(
+            "observe_key_state",
+            events::observe_key_state(&self.pool, &self.clock, tenant, key_id, previous, now),
+        )
+        .await
     }
 
     fn forget_cached(&self, tenant: &TenantId, repo_id: Option<RepoId>) {
@@ -414,19 +515,25 @@ impl Store for Backend {
 #[async_trait]
 impl KeyStore for Backend {
     async fn ping(&self) -> Result<()> {
-        ping(&self.pool).await
+        self.bounded("ping", ping(&self.pool)).await
     }
 
     async fn kms_insert_key(&self, key: &StoredKey, actor: &Actor) -> Result<()> {
-        keys::insert(&self.pool, &self.clock, key, actor).await
+        self.bounded(
+            "kms_insert_key",
+            keys::insert(&self.pool, &self.clock, key, actor),
+        )
+        .await
     }
 
     async fn kms_get_key(&self, tenant: &TenantId, key_id: &str) -> Result<Option<StoredKey>> {
-        self.read_key(tenant, key_id).await
+        self.bounded("kms_get_key", self.read_key(tenant, key_id))
+            .await
     }
 
     async fn kms_list_keys(&self, tenant: &TenantId) -> Result<Vec<StoredKey>> {
-        keys::list(&self.pool, tenant).await
+        self.bounded("kms_list_keys", keys::list(&self.pool, tenant))
+            .await
     }
 
     async fn kms_update_key(
@@ -437,14 +544,17 @@ impl KeyStore for Backend {
         actor: &Actor,
         change: KeyChange<'_>,
     ) -> Result<StoredKey> {
-        keys::update(
-            &self.pool,
-            &self.clock,
-            tenant,
-            key_id,
-            action,
-            actor,
-            change,
+        self.bounded(
+            "kms_update_key",
+            keys::update(
+                &self.pool,
+                &self.clock,
+                tenant,
+                key_id,
+                action,
+                actor,
+                change,
+            ),
         )
         .await
     }
@@ -475,18 +585,28 @@ impl KeyStore for Backend {
 #[async_trait]
 impl CredentialStore for Backend {
     async fn credential_insert(&self, credential: &Credential, actor: &Actor) -> Result<()> {
-        credentials::insert(&self.pool, &self.clock, credential, actor).await
+        self.bounded(
+            "credential_insert",
+            credentials::insert(&self.pool, &self.clock, credential, actor),
+        )
+        .await
     }
 
     async fn credential_get(&self, access_key: &str) -> Result<Option<Credential>> {
-        credentials::get(&self.pool, access_key).await
+        self.bounded("credential_get", credentials::get(&self.pool, access_key))
+            .await
     }
 
     async fn credential_list(&self, tenant: &TenantId) -> Result<Vec<Credential>> {
-        credentials::list(&self.pool, tenant).await
+        self.bounded("credential_list", credentials::list(&self.pool, tenant))
+            .await
     }
 
     async fn credential_delete(&self, access_key: &str, actor: &Actor) -> Result<bool> {
-        credentials::delete(&self.pool, &self.clock, access_key, actor).await
+        self.bounded(
+            "credential_delete",
+            credentials::delete(&self.pool, &self.clock, access_key, actor),
+        )
+        .await
     }
 }
