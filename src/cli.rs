@@ -19,6 +19,25 @@ use crate::domain::{
 use crate::http::views::RewrapJobView;
 use crate::kms::KeyOrigin;
 
+/// A data directory others can read or enter: its files are 0600, but the directory
+/// shows what is there and lets others into it.
+fn warn_if_shared(dir: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(dir) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    data_dir = %dir.display(),
+                    mode = %format!("{mode:o}"),
+                    "the data directory is open to group or others; only the service's user should have it (chmod 700)"
+                );
+            }
+        }
+    }
+}
+
 /// `--role`: a caller's role within its tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RoleArg {
@@ -982,6 +1001,7 @@ async fn serve(app: App) -> Result<()> {
         rate_limits = ?app.config.rate_limits(),
         "repocrypt started"
     );
+    warn_if_shared(&app.config.data_dir);
     print_line(&format!("repocrypt listening on {scheme}://{local}"))?;
     if app.config.iam == crate::config::IamBackend::Keystone {
         // The service's own login (and Keystone's first validation, which loads its policy

@@ -98,6 +98,7 @@ impl SqliteStore {
             .foreign_keys(true)
             // A shredded data key's bytes are zeroed in the page, not left as free space.
             .pragma("secure_delete", "on");
+        private_files(options.get_filename())?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
@@ -393,6 +394,59 @@ async fn run_checkpoints(pool: SqlitePool, alive: Weak<()>) {
             tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
         }
     }
+}
+
+/// The database file, created 0600 before SQLite opens it, and its `-wal` and `-shm`,
+/// which SQLite creates with the database's own mode (it sets it whatever the umask): only
+/// the service's user may read them. Files left broader by an older version are narrowed
+/// to 0600, with a warning.
+fn private_files(db: &std::path::Path) -> Result<()> {
+    let name = db.as_os_str();
+    if name.is_empty() || name == ":memory:" || db.starts_with("file::memory:") {
+        return Ok(());
+    }
+    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::keys::create_private_dir(dir)?;
+    }
+    let mut create = std::fs::OpenOptions::new();
+    create.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut create, 0o600);
+    match create.open(db) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(Error::InvalidArgument(format!(
+                "cannot create the SQLite database {}: {e}",
+                db.display()
+            )))
+        }
+    }
+    #[cfg(unix)]
+    for suffix in ["", "-wal", "-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mut path = db.as_os_str().to_owned();
+        path.push(suffix);
+        let path = std::path::PathBuf::from(path);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue; // not there yet
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode != 0o600 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |e| {
+                    Error::InvalidArgument(format!(
+                        "cannot make {} private (mode {mode:o}): {e}",
+                        path.display()
+                    ))
+                },
+            )?;
+            if mode & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), was = %format!("{mode:o}"), "a database file was readable by group or others; it is now 0600");
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ mod audit;
 mod cli;
 mod durability;
 mod events;
+mod files;
 mod git_seal;
 mod hardening;
 mod repositories;
