@@ -10,6 +10,7 @@
 pub mod binary;
 pub mod keystone;
 pub mod moto;
+pub mod proxy;
 pub mod sdk;
 
 use std::sync::Arc;

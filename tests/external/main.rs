@@ -8,5 +8,6 @@
 mod common;
 
 mod aws_kms;
+mod faults;
 mod keystone;
 mod replicas;
