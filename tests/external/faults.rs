@@ -474,8 +474,7 @@ impl Case {
         let last = lines
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|r| r["action"] == "setting.update")
-            .last()
+            .rfind(|r| r["action"] == "setting.update")
             .expect("setting records");
         let (status, shown) = Client::new(&self.server.addr)
             .call(
