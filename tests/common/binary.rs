@@ -27,9 +27,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(env: &[(&str, &str)]) -> Server {
+        Server::start_binary(BIN, env)
+    }
+
+    /// [`Server::start`] of another build of the binary (a release build, say).
+    pub fn start_binary(bin: &str, env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
-        let mut cmd = command(dir.path(), env, &["serve", "--listen", "127.0.0.1:0"]);
+        let mut cmd = command_of(bin, dir.path(), env, &["serve", "--listen", "127.0.0.1:0"]);
         cmd.stdout(Stdio::piped()).stderr(log);
         let mut child = cmd.spawn().expect("start repocrypt serve");
         let stdout = child.stdout.take().expect("stdout");
@@ -137,7 +142,17 @@ where
     V: AsRef<OsStr>,
     A: AsRef<OsStr>,
 {
-    let mut cmd = Command::new(BIN);
+    command_of(BIN, dir, env, args)
+}
+
+/// [`command`] of another build of the binary.
+pub fn command_of<K, V, A>(bin: &str, dir: &Path, env: &[(K, V)], args: &[A]) -> Command
+where
+    K: AsRef<OsStr>,
+    V: AsRef<OsStr>,
+    A: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(bin);
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("REPOCRYPT_") {
             cmd.env_remove(name);

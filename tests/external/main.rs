@@ -11,3 +11,4 @@ mod aws_kms;
 mod faults;
 mod keystone;
 mod replicas;
+mod soak;

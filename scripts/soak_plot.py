@@ -1,0 +1,29 @@
+"""Plot the soak's per-minute p99 of reads and writes (target/tmp/soak.csv) to a PNG."""
+import csv
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+source, target = sys.argv[1], sys.argv[2]
+series = {}
+with open(source, newline="") as f:
+    for row in csv.DictReader(f):
+        series.setdefault(row["op"], []).append((int(row["minute"]), float(row["p99_ms"])))
+
+labels = {"Read": "GET setting", "Put": "PUT setting (durable)", "Register": "register repository"}
+fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+for op, points in series.items():
+    points.sort()
+    ax.plot([m for m, _ in points], [p for _, p in points], marker="o", markersize=3, label=labels.get(op, op))
+ax.set_xlabel("minute of the soak")
+ax.set_ylabel("p99 latency (ms)")
+ax.set_title("Soak: two replicas on PostgreSQL, kill -9 every minute, connections reset every 3 minutes")
+ax.grid(True, alpha=0.3)
+ax.set_ylim(bottom=0)
+ax.legend()
+fig.tight_layout()
+fig.savefig(target)
+print(f"wrote {target}")
