@@ -558,7 +558,11 @@ fn request_heads_over_the_limit_get_431() {
 
 #[test]
 fn a_stalled_body_gets_408_after_the_request_timeout() {
-    let server = binary::Server::start(&[("REPOCRYPT_REQUEST_TIMEOUT", "1s")]);
+    // (db_timeout must be shorter than the request timeout.)
+    let server = binary::Server::start(&[
+        ("REPOCRYPT_REQUEST_TIMEOUT", "1s"),
+        ("REPOCRYPT_DB_TIMEOUT", "500ms"),
+    ]);
     let token = binary::stdout(&server.cli(&[
         "token", "issue", "--tenant", "t1", "--user", "u", "--role", "admin",
     ]));
@@ -662,6 +666,7 @@ async fn a_client_that_stops_reading_loses_its_connection() {
     let server = binary::Server::start(&[
         ("REPOCRYPT_MAX_CONNECTIONS", "1"),
         ("REPOCRYPT_REQUEST_TIMEOUT", "1s"),
+        ("REPOCRYPT_DB_TIMEOUT", "500ms"),
     ]);
     // Thousands of pipelined requests for a large answer, a tiny receive window, and no
     // reading: the server's writes stall once the socket buffers are full.
