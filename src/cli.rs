@@ -1019,6 +1019,7 @@ async fn serve(app: App) -> Result<()> {
     let options = crate::http::server::ServerOptions {
         limits: app.config.limits(),
         tls,
+        metrics: app.metrics.clone(),
     };
     // Rewrap jobs left running (by a process that died, or by `repo rewrap` without
     // `--wait`) are taken up now and whenever their lease expires.

@@ -122,6 +122,51 @@ impl Operation {
     }
 }
 
+/// Why a request was refused at the HTTP edge, before any handler ran: by the service
+/// itself (`http::context`), or by hyper's parser (`http::server`, which sees the
+/// connection end with the parse error hyper answered with a bare status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// An HTTP/1.1 request without a `Host` header (400).
+    NoHost,
+    /// More than one `Host` header, or one that is not a host and port (400).
+    BadHost,
+    /// A `Transfer-Encoding` other than `chunked` alone (400).
+    Framing,
+    /// A declared `Content-Length` over `max_body_bytes` (413, without reading the body).
+    BodyTooLarge,
+    /// A head hyper could not parse (its bare 400).
+    Parse,
+    /// A head over `max_header_bytes`, or a URI over hyper's 65534 bytes (its bare 431 or 414).
+    HeadTooLarge,
+    /// A head begun but not finished within `header_read_timeout` (the connection is closed).
+    HeaderTimeout,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 7] = [
+        Refusal::NoHost,
+        Refusal::BadHost,
+        Refusal::Framing,
+        Refusal::BodyTooLarge,
+        Refusal::Parse,
+        Refusal::HeadTooLarge,
+        Refusal::HeaderTimeout,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::NoHost => "no_host",
+            Refusal::BadHost => "bad_host",
+            Refusal::Framing => "framing",
+            Refusal::BodyTooLarge => "body_too_large",
+            Refusal::Parse => "parse",
+            Refusal::HeadTooLarge => "head_too_large",
+            Refusal::HeaderTimeout => "header_timeout",
+        }
+    }
+}
+
 /// A call to the KMS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KmsCall {
@@ -231,6 +276,8 @@ impl CallOutcome {
 struct OperationMetrics {
     by_status: Vec<AtomicU64>,
     latency: Histogram,
+    /// Requests whose client went away before their answer.
+    client_closed: AtomicU64,
 }
 
 /// Calls of one kind to a dependency: their outcomes and latency.
@@ -246,6 +293,7 @@ pub struct Metrics {
     operations: Vec<OperationMetrics>,
     kms: Vec<CallMetrics>,
     iam: Vec<CallMetrics>,
+    refused: [AtomicU64; Refusal::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -268,6 +316,7 @@ impl Metrics {
                 .map(|_| OperationMetrics {
                     by_status: (0..STATUSES).map(|_| AtomicU64::new(0)).collect(),
                     latency: Histogram::default(),
+                    client_closed: AtomicU64::new(0),
                 })
                 .collect(),
             kms: KmsCall::ALL
@@ -278,6 +327,7 @@ impl Metrics {
                 .iter()
                 .map(|_| CallMetrics::default())
                 .collect(),
+            refused: Default::default(),
         }
     }
 
@@ -289,6 +339,19 @@ impl Metrics {
             .unwrap_or(STATUSES - 1);
         m.by_status[slot].fetch_add(1, Ordering::Relaxed);
         m.latency.observe(elapsed);
+    }
+
+    /// A request whose client went away before it was answered (also counted by
+    /// [`Metrics::record_request`], with the status of what was done).
+    pub fn record_client_closed(&self, op: Operation) {
+        self.operations[op as usize]
+            .client_closed
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request refused at the HTTP edge.
+    pub fn record_refused(&self, reason: Refusal) {
+        self.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn record_kms(&self, call: KmsCall, outcome: CallOutcome, elapsed: Duration) {
@@ -336,6 +399,36 @@ impl Metrics {
             let labels = format!("operation=\"{}\"", op.name());
             m.latency
                 .render(&mut out, "repocrypt_http_request_duration_seconds", &labels);
+        }
+        header(
+            &mut out,
+            "repocrypt_http_requests_client_closed_total",
+            "counter",
+            "Requests whose client went away before the answer, by operation.",
+        );
+        for (op, m) in Operation::ALL.iter().zip(&self.operations) {
+            let count = m.client_closed.load(Ordering::Relaxed);
+            if count > 0 {
+                let _ = writeln!(
+                    out,
+                    "repocrypt_http_requests_client_closed_total{{operation=\"{}\"}} {count}",
+                    op.name()
+                );
+            }
+        }
+        header(
+            &mut out,
+            "repocrypt_http_requests_refused_total",
+            "counter",
+            "Requests refused at the HTTP edge before any handler ran, by reason.",
+        );
+        for (reason, count) in Refusal::ALL.iter().zip(&self.refused) {
+            let _ = writeln!(
+                out,
+                "repocrypt_http_requests_refused_total{{reason=\"{}\"}} {}",
+                reason.name(),
+                count.load(Ordering::Relaxed)
+            );
         }
         let kms: Vec<_> = KmsCall::ALL
             .iter()
@@ -512,6 +605,9 @@ mod tests {
         for (i, outcome) in OUTCOMES.iter().enumerate() {
             assert_eq!(*outcome as usize, i);
         }
+        for (i, reason) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i);
+        }
     }
 
     /// `/metrics` is served as `text/plain; version=0.0.4`, and a scraper reading that
@@ -561,8 +657,33 @@ mod tests {
                 samples += 1;
             }
         }
-        assert_eq!(types.len(), 9, "{text}");
+        assert_eq!(types.len(), 11, "{text}");
         assert!(samples > 0);
+    }
+
+    #[test]
+    fn refusals_and_closed_clients_are_counted() {
+        let m = Metrics::new();
+        m.record_refused(Refusal::NoHost);
+        m.record_refused(Refusal::Parse);
+        m.record_refused(Refusal::Parse);
+        m.record_client_closed(Operation::UpdateSetting);
+        let text = m.render(&[], &[]);
+        let has = |line: &str| text.lines().any(|l| l == line);
+        assert!(
+            has("repocrypt_http_requests_refused_total{reason=\"no_host\"} 1"),
+            "{text}"
+        );
+        assert!(has(
+            "repocrypt_http_requests_refused_total{reason=\"parse\"} 2"
+        ));
+        // Every reason is a series from the start, so a rate of it is never missing.
+        assert!(has(
+            "repocrypt_http_requests_refused_total{reason=\"body_too_large\"} 0"
+        ));
+        assert!(has(
+            "repocrypt_http_requests_client_closed_total{operation=\"UpdateTenantRepoEncryptionSetting\"} 1"
+        ));
     }
 
     #[test]

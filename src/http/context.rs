@@ -3,22 +3,41 @@
 //! check of a request signature (one layer instead of two: each layer costs a boxed
 //! service per request). Each route has its own copy of the layer, which knows the route
 //! (see `http::router`), so a request's operation is the route it matched.
+//!
+//! Every request that reaches a handler has its line in the request log, also when its
+//! client goes away before the answer (hyper then drops this layer's future):
+//!
+//! - a request that can write (any method but GET, HEAD and OPTIONS) runs in a task of its
+//!   own, so it completes (or fails, or times out) whatever the client does, and its line
+//!   names the status of what was done, with `client_closed=true` when the answer found
+//!   no client to take it. A write whose client left is then in the log as it is in the
+//!   audit trail. The server waits for these tasks when it stops (see
+//!   [`writes_in_flight`]).
+//! - a read is simply abandoned, and a drop guard writes its line with status 499 (nothing
+//!   was done) and `client_closed=true`. It costs a GET no task and no allocation.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::HeaderValue;
+use axum::http::header::CONNECTION;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
-use super::error::WebError;
+use super::error::{Failure, WebError};
 use super::extract::verify_signature;
 use super::routes::Route;
 use super::AppState;
+use crate::domain::Error;
 use crate::metrics::Operation;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The status logged (and counted) for a read whose client went away before its answer:
+/// nginx's "client closed request". Never sent: there is no one to send it to.
+pub const CLIENT_CLOSED: u16 = 499;
 
 /// The id of the current request, as sent back in `X-Request-Id`: 1..=128 visible ASCII
 /// characters.
@@ -29,6 +48,21 @@ impl RequestId {
     pub fn as_str(&self) -> &str {
         // Only ever built from visible ASCII (see `usable` and `new_request_id`).
         self.0.to_str().unwrap_or_default()
+    }
+
+    /// The caller's `X-Request-Id` when usable, else a new one.
+    pub fn of(headers: &HeaderMap) -> RequestId {
+        match headers.get(REQUEST_ID_HEADER) {
+            Some(v) if usable(v) => RequestId(v.clone()),
+            _ => new_request_id(),
+        }
+    }
+
+    /// Send it back in `X-Request-Id`.
+    pub fn set_on(&self, response: &mut Response) {
+        response
+            .headers_mut()
+            .insert(REQUEST_ID_HEADER, self.0.clone());
     }
 }
 
@@ -60,6 +94,37 @@ pub struct RouteContext {
     pub route: Option<&'static Route>,
 }
 
+/// Writes running in their own task (see the module's documentation).
+static WRITES_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// How many writes are still running in their own task, their client there or not. Each
+/// ends within the request timeout; the server waits for them before it stops.
+pub fn writes_in_flight() -> usize {
+    WRITES_IN_FLIGHT.load(Ordering::Acquire)
+}
+
+/// Counts one write task while it lives.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> InFlight {
+        WRITES_IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        WRITES_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Whether a request of this method may change anything: only these are let finish
+/// when their client goes away.
+fn can_write(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
 /// The layer of each route and fallback: request id, the request timeout, metrics and the
 /// access log.
 pub async fn request_context(
@@ -67,22 +132,79 @@ pub async fn request_context(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let id = match req.headers().get(REQUEST_ID_HEADER) {
-        Some(v) if usable(v) => RequestId(v.clone()),
-        _ => new_request_id(),
-    };
+    let id = RequestId::of(req.headers());
     req.extensions_mut().insert(id.clone());
     let matched = req.extensions().get::<MatchedPath>().cloned();
-    let operation = route.map_or(Operation::Other, |r| r.operation);
-    // Logs below `info` inside the request carry its id; the access line names it itself,
-    // so no span needs to be built at the default level (it would cost a fifth of a GET).
-    let span = tracing::debug_span!("request", request_id = %id.as_str());
     let start = Instant::now();
     let method = req.method().clone();
+    if can_write(&method) {
+        return detached(
+            state,
+            route,
+            req,
+            next,
+            Line::new(id, method, matched, start),
+        )
+        .await;
+    }
+    let line = Line::new(id, method, matched, start);
+    // Until the answer is there: if hyper drops this future (the client went away), the
+    // guard writes the line.
+    let mut unanswered = Unanswered {
+        state: &state,
+        line: &line,
+        route,
+        armed: true,
+    };
+    let response = routed(&state, route, req, next, &line).await;
+    unanswered.armed = false;
+    line.finish(&state, route, response, false)
+}
+
+/// A write, in a task of its own: it runs to its end even when the client has gone, and
+/// its line says so.
+async fn detached(
+    state: AppState,
+    route: Option<&'static Route>,
+    req: Request,
+    next: Next,
+    line: Line,
+) -> Response {
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let in_flight = InFlight::start();
+    tokio::spawn(async move {
+        let _in_flight = in_flight;
+        let response = routed(&state, route, req, next, &line).await;
+        // Logged once the answer is handed over (or found no one to take it).
+        let (status, failure) = line.status_of(&response);
+        let response = line.finish_response(response);
+        let client_closed = answer.send(response).is_err();
+        line.record(&state, route, status, failure.as_ref(), client_closed);
+    });
+    match answered.await {
+        Ok(response) => response,
+        // The task panicked (a bug): its connection gets a clean error.
+        Err(_) => {
+            WebError::from(Error::Internal("the request's task ended".into())).into_response()
+        }
+    }
+}
+
+/// The routed work of a request, within the request timeout.
+async fn routed(
+    state: &AppState,
+    route: Option<&'static Route>,
+    req: Request,
+    next: Next,
+    line: &Line,
+) -> Response {
+    // Logs below `info` inside the request carry its id; the access line names it itself,
+    // so no span needs to be built at the default level (it would cost a fifth of a GET).
+    let span = tracing::debug_span!("request", request_id = %line.id.as_str());
     let limit = state.limits.request_timeout;
     let work = async {
         if route.is_some_and(Route::is_api) {
-            match verify_signature(&state, req).await {
+            match verify_signature(state, req).await {
                 Ok(req) => next.run(req).await,
                 Err(refused) => refused,
             }
@@ -90,34 +212,137 @@ pub async fn request_context(
             next.run(req).await
         }
     };
-    let mut response = match crate::clock::within(start, limit, work.instrument(span)).await {
+    match crate::clock::within(line.start, limit, work.instrument(span)).await {
         Some(response) => response,
         None => WebError::RequestTimeout { limit }.into_response(),
-    };
-    response
-        .headers_mut()
-        .insert(REQUEST_ID_HEADER, id.0.clone());
-    let id = id.as_str();
-    let path = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let status = response.status().as_u16();
-    let elapsed = start.elapsed();
-    state.metrics.record_request(operation, status, elapsed);
-    let micros = elapsed.as_micros() as u64;
-    match response.extensions().get::<super::error::Failure>() {
-        Some(f) => tracing::error!(
-            request_id = %id, method = %method, route = %path, status, latency_us = micros,
-            error_code = f.code, detail = %f.detail, "request failed"
-        ),
-        None => {
-            if tracing::enabled!(tracing::Level::INFO)
-                && !crate::telemetry::access_line(id, method.as_str(), path, status, micros)
-            {
-                tracing::info!(
-                    request_id = %id, method = %method, route = %path, status,
-                    latency_us = micros, "request"
-                )
+    }
+}
+
+/// What a request's line names.
+struct Line {
+    id: RequestId,
+    method: Method,
+    matched: Option<MatchedPath>,
+    start: Instant,
+}
+
+impl Line {
+    fn new(id: RequestId, method: Method, matched: Option<MatchedPath>, start: Instant) -> Line {
+        Line {
+            id,
+            method,
+            matched,
+            start,
+        }
+    }
+
+    fn status_of(&self, response: &Response) -> (u16, Option<Failure>) {
+        (
+            response.status().as_u16(),
+            response.extensions().get::<Failure>().cloned(),
+        )
+    }
+
+    /// The headers every answer gets: the request id; and `Connection: close` after a
+    /// 413, whose body was left unread (it must not be taken for the next request).
+    fn finish_response(&self, mut response: Response) -> Response {
+        self.id.set_on(&mut response);
+        if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+
+    /// The answer's headers, its metrics and its line.
+    fn finish(
+        &self,
+        state: &AppState,
+        route: Option<&'static Route>,
+        response: Response,
+        client_closed: bool,
+    ) -> Response {
+        let status = response.status().as_u16();
+        let response = self.finish_response(response);
+        let failure = response.extensions().get::<Failure>();
+        self.record(state, route, status, failure, client_closed);
+        response
+    }
+
+    /// The request's metrics and its line in the log.
+    fn record(
+        &self,
+        state: &AppState,
+        route: Option<&'static Route>,
+        status: u16,
+        failure: Option<&Failure>,
+        client_closed: bool,
+    ) {
+        let operation = route.map_or(Operation::Other, |r| r.operation);
+        let id = self.id.as_str();
+        let method = self.method.as_str();
+        let path = self
+            .matched
+            .as_ref()
+            .map_or("unmatched", MatchedPath::as_str);
+        let elapsed = self.start.elapsed();
+        state.metrics.record_request(operation, status, elapsed);
+        if client_closed {
+            state.metrics.record_client_closed(operation);
+        }
+        let micros = elapsed.as_micros() as u64;
+        match failure {
+            Some(f) if client_closed => tracing::error!(
+                request_id = %id, method = %method, route = %path, status, latency_us = micros,
+                client_closed, error_code = f.code, detail = %f.detail, "request failed"
+            ),
+            Some(f) => tracing::error!(
+                request_id = %id, method = %method, route = %path, status, latency_us = micros,
+                error_code = f.code, detail = %f.detail, "request failed"
+            ),
+            None => {
+                if tracing::enabled!(tracing::Level::INFO)
+                    && !crate::telemetry::access_line(
+                        id,
+                        method,
+                        path,
+                        status,
+                        micros,
+                        client_closed,
+                    )
+                {
+                    if client_closed {
+                        tracing::info!(
+                            request_id = %id, method = %method, route = %path, status,
+                            latency_us = micros, client_closed, "request"
+                        )
+                    } else {
+                        tracing::info!(
+                            request_id = %id, method = %method, route = %path, status,
+                            latency_us = micros, "request"
+                        )
+                    }
+                }
             }
         }
     }
-    response
+}
+
+/// A read not yet answered: dropped armed (hyper dropped the request's future, its client
+/// having gone), it writes the request's line, status 499.
+struct Unanswered<'a> {
+    state: &'a AppState,
+    line: &'a Line,
+    route: Option<&'static Route>,
+    armed: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.line
+                .record(self.state, self.route, CLIENT_CLOSED, None, true);
+        }
+    }
 }

@@ -42,6 +42,10 @@ pub enum WebError {
     },
     #[error("invalid query string: {0}")]
     InvalidQuery(String),
+    /// Wrong as HTTP, refused at the edge (`http::server`) before any route: the message
+    /// names what is wrong.
+    #[error("malformed HTTP request: {0}")]
+    MalformedRequest(&'static str),
 }
 
 /// Which rate limit refused a request.
@@ -80,6 +84,7 @@ impl WebError {
                 ..
             } => (StatusCode::TOO_MANY_REQUESTS, "RC.429002"),
             InvalidQuery(_) => (StatusCode::BAD_REQUEST, "RC.400005"),
+            MalformedRequest(_) => (StatusCode::BAD_REQUEST, "RC.400015"),
         }
     }
 }
@@ -226,6 +231,12 @@ mod tests {
                 400,
                 "RC.400005",
                 "invalid query string: x",
+            ),
+            (
+                WebError::MalformedRequest("an HTTP/1.1 request needs a Host header"),
+                400,
+                "RC.400015",
+                "malformed HTTP request: an HTTP/1.1 request needs a Host header",
             ),
             (
                 WebError::from(Error::Conflict),
@@ -382,6 +393,7 @@ mod tests {
                 retry_after: 1,
             },
             WebError::InvalidQuery("x".into()),
+            WebError::MalformedRequest("x"),
         ]);
         all
     }

@@ -3,6 +3,13 @@
 //!
 //! `axum::serve` offers none of these knobs (it sets no header timeout at all), so the
 //! connections are driven with hyper's own builder here.
+//!
+//! The edge of the service is here too ([`Edge`]): what is wrong with a request as HTTP,
+//! whatever its route, is refused before the router sees it (no `Host`, a body declared
+//! over `max_body_bytes`, a framing other than `Content-Length` or `chunked`), with the
+//! service's JSON error and `X-Request-Id`, counted and logged at debug only. What hyper's
+//! own parser refuses it answers itself, with an empty 400, 414 or 431 (hyper 1 has no
+//! hook to render its parse errors); those are counted here as the connection ends.
 
 use std::future::Future;
 use std::io;
@@ -12,10 +19,18 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::convert::Infallible;
+use std::time::Instant;
+
+use axum::http::header::{CONNECTION, HOST, TRANSFER_ENCODING};
+use axum::http::{HeaderValue, Request, Version};
+use axum::response::{IntoResponse, Response};
 use axum::Router;
+use futures_util::future::{Either, Ready};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use hyper_util::service::TowerToHyperService;
+use hyper_util::service::{TowerToHyperService, TowerToHyperServiceFuture};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -23,8 +38,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use super::context::{writes_in_flight, RequestId};
+use super::error::WebError;
 use crate::config::{Limits, TlsFiles};
 use crate::domain::Error;
+use crate::metrics::{Metrics, Operation, Refusal};
 
 /// How connections are accepted and served.
 #[derive(Clone)]
@@ -32,6 +50,8 @@ pub struct ServerOptions {
     pub limits: Limits,
     /// HTTPS when set.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Where requests refused at the edge are counted (the router's own metrics).
+    pub metrics: Arc<Metrics>,
 }
 
 /// A rustls server configuration from a PEM certificate chain and its key, with clear
@@ -75,6 +95,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let limits = options.limits;
+    let edge = Edge {
+        app: TowerToHyperService::new(app),
+        metrics: options.metrics,
+        max_body_bytes: limits.max_body_bytes as u64,
+    };
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let tls = options.tls.map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
@@ -108,7 +133,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let connection = Connection {
             http: http.clone(),
-            service: TowerToHyperService::new(app.clone()),
+            service: edge.clone(),
             watcher: graceful.watcher(),
             stall_limit: limits.request_timeout,
         };
@@ -135,18 +160,172 @@ pub async fn serve(
     }
     drop(listener);
     // Idle connections close at once; busy ones after their current response.
-    let _ = tokio::time::timeout(
-        limits.request_timeout + Duration::from_secs(1),
-        graceful.shutdown(),
-    )
-    .await;
+    let stop_by = tokio::time::Instant::now() + limits.request_timeout + Duration::from_secs(1);
+    let _ = tokio::time::timeout_at(stop_by, graceful.shutdown()).await;
+    // Writes whose clients have gone run on in their own tasks (`http::context`): let them
+    // end (each within the request timeout), so none is cut off between its audit record
+    // and its line in the log.
+    while writes_in_flight() > 0 && tokio::time::Instant::now() < stop_by {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     Ok(())
+}
+
+/// The service of every connection: the edge's checks, then the router.
+#[derive(Clone)]
+struct Edge {
+    app: TowerToHyperService<Router>,
+    metrics: Arc<Metrics>,
+    max_body_bytes: u64,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Edge {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<
+        Ready<Result<Response, Infallible>>,
+        TowerToHyperServiceFuture<Router, Request<Incoming>>,
+    >;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        match refusal(&req, self.max_body_bytes) {
+            None => Either::Right(self.app.call(req)),
+            Some((reason, error)) => Either::Left(futures_util::future::ready(Ok(
+                self.refuse(&req, reason, error)
+            ))),
+        }
+    }
+}
+
+impl Edge {
+    /// The answer to a request refused at the edge: the service's JSON error, its
+    /// `X-Request-Id`, and `Connection: close` (the body, if any, is left unread, and a
+    /// client this confused is not worth keeping). Counted, and logged at debug only: a
+    /// hostile client must not be able to flood the log.
+    fn refuse(&self, req: &Request<Incoming>, reason: Refusal, error: WebError) -> Response {
+        let start = Instant::now();
+        let id = RequestId::of(req.headers());
+        let message = error.to_string();
+        let mut response = error.into_response();
+        id.set_on(&mut response);
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        let status = response.status().as_u16();
+        self.metrics.record_refused(reason);
+        self.metrics
+            .record_request(Operation::Other, status, start.elapsed());
+        tracing::debug!(
+            request_id = %id.as_str(), method = %req.method(), status,
+            reason = %reason.name(), error = %message, "request refused"
+        );
+        response
+    }
+}
+
+/// What is wrong with a request as HTTP, whatever its route: checked on its head alone,
+/// before the router (and so before anything reads its body).
+fn refusal<B: hyper::body::Body>(
+    req: &Request<B>,
+    max_body_bytes: u64,
+) -> Option<(Refusal, WebError)> {
+    let headers = req.headers();
+    let mut hosts = headers.get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        // RFC 9112, section 3.2: an HTTP/1.1 request without Host is a 400; HTTP/1.0
+        // predates the header.
+        (None, _) if req.version() >= Version::HTTP_11 => {
+            return Some((
+                Refusal::NoHost,
+                WebError::MalformedRequest(
+                    "an HTTP/1.1 request needs a Host header (RFC 9112, section 3.2)",
+                ),
+            ))
+        }
+        (None, _) => {}
+        (Some(_), Some(_)) => {
+            return Some((
+                Refusal::BadHost,
+                WebError::MalformedRequest("more than one Host header"),
+            ))
+        }
+        (Some(host), None) if !is_host(host) => {
+            return Some((
+                Refusal::BadHost,
+                WebError::MalformedRequest(
+                    "the Host header is not a host name or address with an optional port",
+                ),
+            ))
+        }
+        (Some(_), None) => {}
+    }
+    if headers.contains_key(TRANSFER_ENCODING) {
+        // hyper refuses a Transfer-Encoding whose last coding is not chunked, and frames
+        // one beside a Content-Length by the Transfer-Encoding alone (dropping the
+        // Content-Length, and closing the connection after the answer: RFC 9112, section
+        // 6.1). It passes other codings before `chunked` on (`gzip, chunked`), which
+        // would hand the handlers a body they cannot read.
+        let mut codings = headers.get_all(TRANSFER_ENCODING).iter();
+        let chunked_only = match (codings.next(), codings.next()) {
+            (Some(v), None) => v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"),
+            _ => false,
+        };
+        if !chunked_only {
+            return Some((
+                Refusal::Framing,
+                WebError::MalformedRequest(
+                    "the only Transfer-Encoding accepted is chunked: send the body as it is, chunked or with a Content-Length",
+                ),
+            ));
+        }
+    }
+    // The body's length as hyper parsed it from Content-Length (chunked bodies have no
+    // lower bound; they are cut at the limit as they are read).
+    if req.body().size_hint().lower() > max_body_bytes {
+        return Some((
+            Refusal::BodyTooLarge,
+            WebError::from(Error::PayloadTooLarge {
+                limit: max_body_bytes as usize,
+            }),
+        ));
+    }
+    None
+}
+
+/// RFC 9110's `Host = uri-host [ ":" port ]`, loosely: the characters of a reg-name, an
+/// IPv4 address or an IP literal and a port, and no others (no space, `@`, `/`, `?`,
+/// `#`). Empty is allowed (RFC 9112, section 3.2, for a target without authority).
+fn is_host(value: &HeaderValue) -> bool {
+    value.as_bytes().iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'['
+                    | b']'
+            )
+    })
 }
 
 /// What serving one accepted connection takes, over TCP or TLS alike.
 struct Connection {
     http: Arc<hyper::server::conn::http1::Builder>,
-    service: TowerToHyperService<Router>,
+    service: Edge,
     watcher: Watcher,
     stall_limit: Duration,
 }
@@ -157,12 +336,33 @@ impl Connection {
     /// only.
     async fn serve<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, stream: T) {
         let stream = StallLimit::new(stream, self.stall_limit);
+        let metrics = self.service.metrics.clone();
         let conn = self
             .http
             .serve_connection(TokioIo::new(stream), self.service);
         if let Err(e) = self.watcher.watch(conn).await {
-            tracing::debug!(error = %e, "connection ended with an error");
+            match parser_refusal(&e) {
+                Some(reason) => {
+                    metrics.record_refused(reason);
+                    tracing::debug!(error = %e, reason = %reason.name(), "request refused by the HTTP parser");
+                }
+                None => tracing::debug!(error = %e, "connection ended with an error"),
+            }
         }
+    }
+}
+
+/// A request hyper refused itself, before any service ran (it answered a parse error with a
+/// bare 400, 414 or 431, and a head not finished in time by closing the connection).
+fn parser_refusal(e: &hyper::Error) -> Option<Refusal> {
+    if e.is_parse_too_large() {
+        Some(Refusal::HeadTooLarge)
+    } else if e.is_parse() {
+        Some(Refusal::Parse)
+    } else if e.is_timeout() {
+        Some(Refusal::HeaderTimeout)
+    } else {
+        None
     }
 }
 
@@ -261,5 +461,61 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for StallLimit<T> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
         self.watch(cx, poll)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(req: Request<axum::body::Body>) -> Option<Refusal> {
+        refusal(&req, 1024).map(|(reason, _)| reason)
+    }
+
+    fn get(version: Version, hosts: &[&str]) -> Request<axum::body::Body> {
+        let mut b = Request::get("/healthz").version(version);
+        for h in hosts {
+            b = b.header(HOST, *h);
+        }
+        b.body(axum::body::Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn the_edge_refuses_what_is_wrong_with_a_request_as_http() {
+        use Version as V;
+        assert_eq!(reason(get(V::HTTP_11, &[])), Some(Refusal::NoHost));
+        assert_eq!(reason(get(V::HTTP_10, &[])), None);
+        assert_eq!(reason(get(V::HTTP_11, &["a", "a"])), Some(Refusal::BadHost));
+        for bad in ["a b", "user@host", "host/path", "h?q", "h#f", "\"x\""] {
+            assert_eq!(
+                reason(get(V::HTTP_11, &[bad])),
+                Some(Refusal::BadHost),
+                "{bad}"
+            );
+        }
+        for good in [
+            "",
+            "x",
+            "repocrypt.test:8080",
+            "127.0.0.1:1",
+            "[::1]:8080",
+            "xn--bcher-kva.example",
+        ] {
+            assert_eq!(reason(get(V::HTTP_11, &[good])), None, "{good}");
+        }
+        let with = |te: &[&str], body: &'static [u8]| {
+            let mut b = Request::post("/x").header(HOST, "x");
+            for v in te {
+                b = b.header(TRANSFER_ENCODING, *v);
+            }
+            reason(b.body(axum::body::Body::from(body)).unwrap())
+        };
+        assert_eq!(with(&["chunked"], b""), None);
+        assert_eq!(with(&[" Chunked "], b""), None);
+        assert_eq!(with(&["gzip, chunked"], b""), Some(Refusal::Framing));
+        assert_eq!(with(&["gzip", "chunked"], b""), Some(Refusal::Framing));
+        // The body's declared length (its exact size hint), before anything reads it.
+        assert_eq!(with(&[], &[b'x'; 1024]), None);
+        assert_eq!(with(&[], &[b'x'; 1025]), Some(Refusal::BodyTooLarge));
     }
 }

@@ -437,6 +437,7 @@ async fn https_with_a_ca_file() {
     let options = ServerOptions {
         limits: Limits::default(),
         tls: Some(tls),
+        metrics: Default::default(),
     };
     tokio::spawn(serve(listener, app, options, std::future::pending()));
 

@@ -558,7 +558,11 @@ fn request_heads_over_the_limit_get_431() {
 
 #[test]
 fn a_stalled_body_gets_408_after_the_request_timeout() {
-    let server = binary::Server::start(&[("REPOCRYPT_REQUEST_TIMEOUT", "1s")]);
+    // (db_timeout must be shorter than the request timeout.)
+    let server = binary::Server::start(&[
+        ("REPOCRYPT_REQUEST_TIMEOUT", "1s"),
+        ("REPOCRYPT_DB_TIMEOUT", "500ms"),
+    ]);
     let token = binary::stdout(&server.cli(&[
         "token", "issue", "--tenant", "t1", "--user", "u", "--role", "admin",
     ]));
@@ -585,6 +589,355 @@ fn a_stalled_body_gets_408_after_the_request_timeout() {
         ),
     );
     assert_eq!(status, 202, "{body}");
+}
+
+/// One request on a fresh connection, and everything the server sends until it closes the
+/// connection (or 5 s pass): the status, the response's head and the rest.
+fn until_closed(addr: &str, request: &[u8]) -> (u16, String, Duration) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let start = Instant::now();
+    s.write_all(request).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    (status_of(&text), text, start.elapsed())
+}
+
+fn head_has(text: &str, header: &str) -> bool {
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    head.lines().any(|l| l.eq_ignore_ascii_case(header))
+}
+
+fn has_request_id(text: &str) -> bool {
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    head.lines()
+        .any(|l| l.to_ascii_lowercase().starts_with("x-request-id: "))
+}
+
+/// `/metrics` of a real server.
+fn scrape_binary(addr: &str) -> String {
+    let (status, text) = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+#[test]
+fn requests_malformed_as_http_get_400_with_the_json_error_and_a_request_id() {
+    let server = binary::Server::start(&[("REPOCRYPT_LOG", "debug")]);
+    for (request, needle) in [
+        ("GET /healthz HTTP/1.1\r\n\r\n", "needs a Host header"),
+        // Unmatched routes too: the edge comes before the router.
+        ("GET /nowhere HTTP/1.1\r\n\r\n", "needs a Host header"),
+        (
+            "GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "more than one Host header",
+        ),
+        (
+            "GET /healthz HTTP/1.1\r\nHost: a b\r\n\r\n",
+            "not a host name or address",
+        ),
+        (
+            "POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            "only Transfer-Encoding accepted is chunked",
+        ),
+    ] {
+        let (status, text, _) = until_closed(&server.addr, request.as_bytes());
+        assert_eq!(status, 400, "{request:?}: {text}");
+        assert!(text.contains(r#""error_code":"RC.400015""#), "{text}");
+        assert!(text.contains(needle), "{request:?}: {text}");
+        assert!(has_request_id(&text), "{text}");
+        assert!(head_has(&text, "connection: close"), "{text}");
+    }
+    // The caller's request id is echoed, as on every answer.
+    let (_, text, _) = until_closed(
+        &server.addr,
+        b"GET /healthz HTTP/1.1\r\nX-Request-Id: no-host-1\r\n\r\n",
+    );
+    assert!(head_has(&text, "x-request-id: no-host-1"), "{text}");
+    // HTTP/1.0 predates Host; an empty Host is what a target without authority sends.
+    let (status, text, _) = until_closed(&server.addr, b"GET /healthz HTTP/1.0\r\n\r\n");
+    assert_eq!(status, 200, "{text}");
+    let (status, _) = http(&server.addr, "GET /healthz HTTP/1.1\r\nHost:\r\n\r\n");
+    assert_eq!(status, 200);
+    let text = scrape_binary(&server.addr);
+    let refused = |reason: &str| {
+        value(
+            &text,
+            &format!("repocrypt_http_requests_refused_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(refused("no_host"), 3, "{text}");
+    assert_eq!(refused("bad_host"), 2, "{text}");
+    assert_eq!(refused("framing"), 1, "{text}");
+    // Logged at debug only: no refusal reaches the log at info or above.
+    let log = server.log_with("reason=no_host");
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("refused"))
+            .all(|l| l.contains(" DEBUG ")),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_body_declared_over_the_limit_gets_413_at_once_and_the_connection_closed() {
+    let server = binary::Server::start(&[("REPOCRYPT_LOG", "warn")]);
+    let token = binary::stdout(&server.cli(&[
+        "token", "issue", "--tenant", "t1", "--user", "u", "--role", "admin",
+    ]));
+    for (target, extra) in [
+        (
+            "PUT /v4/tenants/t1/repo-encryption/setting",
+            format!(
+                "X-Auth-Token: {}\r\nContent-Type: application/json\r\n",
+                token.trim()
+            ),
+        ),
+        ("POST /nowhere", String::new()),
+        // An Expect: 100-continue client is told before it sends anything.
+        (
+            "PUT /v4/tenants/t1/repo-encryption/setting",
+            "Expect: 100-continue\r\n".to_owned(),
+        ),
+    ] {
+        // The head only; then what would be the body is another request, which must not
+        // be answered (the body is never read, the connection is closed).
+        let request = format!(
+            "{target} HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: 65537\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        );
+        let (status, text, took) = until_closed(&server.addr, request.as_bytes());
+        assert_eq!(status, 413, "{target}: {text}");
+        assert!(text.contains(r#""error_code":"RC.413001""#), "{text}");
+        assert!(text.contains("65536 bytes"), "{text}");
+        assert!(has_request_id(&text), "{text}");
+        assert!(head_has(&text, "connection: close"), "{text}");
+        assert!(!text.contains("100 Continue"), "{text}");
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+        // Not after the request timeout (10 s): at once, and closed at once.
+        assert!(took < Duration::from_secs(2), "{target}: {took:?}");
+    }
+    // At the limit, the body is read and the handler answers.
+    let body = format!(r#"{{"cmk_key_name":"{}"}}"#, "x".repeat(65536 - 19));
+    assert_eq!(body.len(), 65536);
+    let (status, text) = http(
+        &server.addr,
+        &format!(
+            "PUT /v4/tenants/t1/repo-encryption/setting HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {}\r\nContent-Type: application/json\r\nContent-Length: 65536\r\n\r\n{body}",
+            token.trim()
+        ),
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(!text.contains("RC.413001"), "{text}");
+    let text = scrape_binary(&server.addr);
+    assert_eq!(
+        value(
+            &text,
+            "repocrypt_http_requests_refused_total{reason=\"body_too_large\"}"
+        ),
+        3,
+        "{text}"
+    );
+    // Nothing about them in the log at warn.
+    assert!(!server.log().contains("413"), "{}", server.log());
+}
+
+#[test]
+fn malformed_heads_get_hypers_bare_answer_and_are_counted() {
+    let server = binary::Server::start(&[("REPOCRYPT_MAX_HEADER_BYTES", "131072")]);
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    let big_head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(140_000)
+    );
+    let cases: Vec<(&str, &str, u16)> = vec![
+        (
+            "space before colon",
+            "GET /healthz HTTP/1.1\r\nHost : x\r\n\r\n",
+            400,
+        ),
+        (
+            "bad header name",
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nX(A: 1\r\n\r\n",
+            400,
+        ),
+        (
+            "obs-fold",
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+            400,
+        ),
+        (
+            "two lengths",
+            "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            400,
+        ),
+        (
+            "negative length",
+            "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+            400,
+        ),
+        (
+            "xchunked",
+            "POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n",
+            400,
+        ),
+        (
+            "chunked in 1.0",
+            "POST /healthz HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        ("HTTP/1.2", "GET /healthz HTTP/1.2\r\nHost: x\r\n\r\n", 400),
+        (
+            "bad method",
+            "G@T /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            400,
+        ),
+        ("long target", &long_target, 414),
+        ("big head", &big_head, 431),
+    ];
+    for (what, request, expected) in &cases {
+        let (status, text, _) = until_closed(&server.addr, request.as_bytes());
+        assert_eq!(status, *expected, "{what}: {text}");
+        // hyper's own answer: empty, closed, no request id (README's error table says so).
+        assert!(head_has(&text, "content-length: 0"), "{what}: {text}");
+        assert!(head_has(&text, "connection: close"), "{what}: {text}");
+        assert!(!has_request_id(&text), "{what}: {text}");
+    }
+    // Counted as the connection ends, just after the answer.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let text = scrape_binary(&server.addr);
+        let parse = value(
+            &text,
+            "repocrypt_http_requests_refused_total{reason=\"parse\"}",
+        );
+        let large = value(
+            &text,
+            "repocrypt_http_requests_refused_total{reason=\"head_too_large\"}",
+        );
+        if (parse, large) == (9, 2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "parse {parse}, head_too_large {large}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The access line of the request `id` (the server writes its log out within 20 ms).
+fn access_line_of(server: &binary::Server, id: &str) -> String {
+    let needle = format!("request_id={id} ");
+    let log = server.log_with(&needle);
+    log.lines()
+        .find(|l| l.contains(&needle) && l.contains(" INFO request "))
+        .unwrap_or_else(|| panic!("no access line for {id}:\n{log}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_write_whose_client_went_away_is_in_the_log_as_in_the_audit_trail() {
+    use sqlx::Connection;
+    let server = binary::Server::start(&[]);
+    let token = binary::stdout(&server.cli(&[
+        "token", "issue", "--tenant", "t1", "--user", "u", "--role", "admin",
+    ]));
+    // Hold SQLite's write lock, so that the PUT waits in its commit (up to db_timeout,
+    // 2 s) while its client goes away.
+    let db = format!(
+        "sqlite://{}",
+        server
+            .dir
+            .path()
+            .join("repocrypt-data/repocrypt.db")
+            .display()
+    );
+    let mut lock = sqlx::SqliteConnection::connect(&db).await.unwrap();
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let body = r#"{"encryption_type":"Normal","default_encryption_enabled":false}"#;
+    let request = format!(
+        "PUT /v4/tenants/t1/repo-encryption/setting HTTP/1.1\r\nHost: x\r\nX-Request-Id: gone-put-1\r\nX-Auth-Token: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        token.trim(),
+        body.len()
+    );
+    let mut client = TcpStream::connect(&server.addr).unwrap();
+    client.write_all(request.as_bytes()).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(client); // the client hangs up before the answer
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sqlx::raw_sql("ROLLBACK").execute(&mut lock).await.unwrap();
+    lock.close().await.unwrap();
+    // The write went on to its end: its line names what was done, and that the client left.
+    let line = access_line_of(&server, "gone-put-1");
+    assert!(line.contains(" method=PUT "), "{line}");
+    assert!(line.contains(" status=200 "), "{line}");
+    assert!(line.ends_with(" client_closed=true"), "{line}");
+    // ...and the audit trail has the change.
+    let audit = binary::stdout(&server.cli(&["audit", "list", "--tenant", "t1"]));
+    assert!(audit.contains(r#""request_id":"gone-put-1""#), "{audit}");
+    // A write whose client stays has no such field.
+    let (status, _) = http(&server.addr, &request.replace("gone-put-1", "stayed-put-1"));
+    assert_eq!(status, 200);
+    let line = access_line_of(&server, "stayed-put-1");
+    assert!(!line.contains("client_closed"), "{line}");
+    let text = scrape_binary(&server.addr);
+    assert_eq!(
+        value(
+            &text,
+            "repocrypt_http_requests_client_closed_total{operation=\"UpdateTenantRepoEncryptionSetting\"}"
+        ),
+        1,
+        "{text}"
+    );
+}
+
+#[test]
+fn a_read_whose_client_went_away_is_logged_as_499() {
+    // A KMS that accepts connections and never answers: /readyz waits for it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let server = binary::Server::start(&[
+        ("REPOCRYPT_KMS_BACKEND", "aws"),
+        ("REPOCRYPT_KMS_ENDPOINT", &endpoint),
+        ("REPOCRYPT_KMS_REGION", "us-east-1"),
+        ("REPOCRYPT_KMS_TIMEOUT", "2s"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ]);
+    let mut client = TcpStream::connect(&server.addr).unwrap();
+    client
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nX-Request-Id: gone-get-1\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(client);
+    let line = access_line_of(&server, "gone-get-1");
+    assert!(
+        line.contains(" method=GET route=/readyz status=499 "),
+        "{line}"
+    );
+    assert!(line.ends_with(" client_closed=true"), "{line}");
+    let text = scrape_binary(&server.addr);
+    assert_eq!(
+        value(
+            &text,
+            "repocrypt_http_requests_client_closed_total{operation=\"readyz\"}"
+        ),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "repocrypt_http_requests_total{operation=\"readyz\",status=\"499\"}"
+        ),
+        1,
+        "{text}"
+    );
+    drop(silent);
 }
 
 fn config_file(server_dir: &std::path::Path, text: &str) -> String {
@@ -662,6 +1015,7 @@ async fn a_client_that_stops_reading_loses_its_connection() {
     let server = binary::Server::start(&[
         ("REPOCRYPT_MAX_CONNECTIONS", "1"),
         ("REPOCRYPT_REQUEST_TIMEOUT", "1s"),
+        ("REPOCRYPT_DB_TIMEOUT", "500ms"),
     ]);
     // Thousands of pipelined requests for a large answer, a tiny receive window, and no
     // reading: the server's writes stall once the socket buffers are full.
