@@ -110,7 +110,7 @@ async fn soak_two_replicas_with_kills_and_cut_connections() {
         let env: Vec<(&str, &str)> = server_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         Server::start_binary(&bin, &env)
     };
-    let mut replicas = vec![start_replica(), start_replica()];
+    let mut replicas = [start_replica(), start_replica()];
     let addrs = Arc::new(RwLock::new(
         replicas.iter().map(|r| r.addr.clone()).collect::<Vec<_>>(),
     ));
@@ -362,11 +362,7 @@ async fn soak_two_replicas_with_kills_and_cut_connections() {
     assert!(wrong.is_empty(), "unexpected answers: {wrong:?}");
 
     // The audit trail against the answers.
-    let lines = binary::cli_ok(
-        &replicas[0].dir.path().to_owned(),
-        &cli_env,
-        &["audit", "list"],
-    );
+    let lines = binary::cli_ok(replicas[0].dir.path(), &cli_env, &["audit", "list"]);
     let mut audited: HashMap<String, Value> = HashMap::new();
     for line in lines.lines() {
         let r: Value = serde_json::from_str(line).unwrap();
