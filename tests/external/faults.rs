@@ -80,6 +80,9 @@ impl Dependency {
                 (ListRepositories, Unavailable),
                 (Register, Unavailable),
                 (Release, Either),
+                (ShowTenantSetting, Unavailable),
+                (ListCmkRepositories, Unavailable),
+                (Shred, Unavailable),
             ],
             // GET setting answers with the last known key state (README, "When the KMS is
             // slow or down"); a PUT naming the key, a grant, a key list and a new data key
@@ -93,6 +96,9 @@ impl Dependency {
                 (ListRepositories, Served),
                 (Register, Unavailable),
                 (Release, Either),
+                (ShowTenantSetting, Served),
+                (ListCmkRepositories, Either),
+                (Shred, Served),
             ],
             // Tokens validated before are trusted for iam_cache_ttl (README, "Using an
             // external IAM"); a token never seen needs Keystone.
@@ -104,6 +110,9 @@ impl Dependency {
                 (ListRepositories, Served),
                 (Register, Served),
                 (Release, Served),
+                (ShowTenantSetting, Served),
+                (ListCmkRepositories, Served),
+                (Shred, Served),
             ],
         }
     }
@@ -133,6 +142,11 @@ enum Kind {
     Release,
     /// GET setting with a token the IAM has not validated yet.
     ShowSettingNewToken,
+    /// ShowProjectTenantSettings, the caller's own tenant.
+    ShowTenantSetting,
+    ListCmkRepositories,
+    /// DELETE data-key of a repository registered for it in the set-up.
+    Shred,
 }
 
 impl Kind {
@@ -228,6 +242,10 @@ struct Case {
     writes: HashMap<String, u16>,
     /// Every registration sent: request id → repository id.
     registrations: HashMap<String, u64>,
+    /// Repositories registered in the set-up, one per shred to come.
+    to_shred: Vec<u64>,
+    /// Every shred sent: request id → repository id.
+    shredded: HashMap<String, u64>,
     table: String,
 }
 
@@ -306,6 +324,24 @@ impl Case {
                 self.service.clone(),
                 None,
             ),
+            Kind::ShowTenantSetting => (
+                Method::GET,
+                "/v4/tenant/setting".to_owned(),
+                self.admin.clone(),
+                None,
+            ),
+            Kind::ListCmkRepositories => (
+                Method::GET,
+                self.api(&format!("cmks/{}/repositories", self.key_ids[0])),
+                self.admin.clone(),
+                None,
+            ),
+            Kind::Shred => {
+                let repo = self.to_shred.pop().expect("a repository left to shred");
+                self.shredded.insert(id.clone(), repo);
+                let path = self.api(&format!("repositories/{repo}/data-key"));
+                (Method::DELETE, path, self.service.clone(), None)
+            }
         };
         Req {
             kind,
@@ -450,18 +486,12 @@ impl Case {
         }
         // A registration answered 503 may have been committed: then its repository exists
         // and so does its record; never one without the other.
-        let listed = Client::new(&self.server.addr)
-            .call(
-                Method::GET,
-                &self.api("repositories?limit=100"),
-                &self.admin,
-                None,
-            )
-            .await;
-        assert_eq!(listed.0 / 100, 2, "{}", listed.1);
-        let text = listed.1.to_string();
+        let http = Client::new(&self.server.addr);
         for (id, repo) in &self.registrations {
-            let exists = text.contains(&format!("\"repo_name\":\"r{repo}\""));
+            let path = self.api(&format!("repositories/{repo}/data-key"));
+            let (status, body) = http.call(Method::GET, &path, &self.service, None).await;
+            assert!(status == 200 || status == 404, "{repo}: {status} {body}");
+            let exists = status == 200;
             assert_eq!(
                 exists,
                 audited.contains_key(id),
@@ -611,6 +641,8 @@ async fn start(dependency: Dependency, database: &'static str, test: &str) -> Op
         next_repo: 0,
         writes: HashMap::new(),
         registrations: HashMap::new(),
+        to_shred: Vec::new(),
+        shredded: HashMap::new(),
         table: String::new(),
     };
     // The set-up, through the API: a grant, a setting, repository 1; then one round of
@@ -623,6 +655,14 @@ async fn start(dependency: Dependency, database: &'static str, test: &str) -> Op
             answers[0].text(),
             case.server.log()
         );
+    }
+    // Repositories to shred, one per round to come (a fault's round and its recovery's).
+    for _ in 0..3 {
+        for a in case.round(&[Kind::Register; 50]).await {
+            assert!(a.ok(), "set-up registration: {}", a.text());
+            let repo = case.registrations.remove(&a.id).unwrap();
+            case.to_shred.push(repo);
+        }
     }
     let kinds: Vec<Kind> = dependency.operations().iter().map(|(k, _)| *k).collect();
     let answers = case.round(&kinds).await;
