@@ -367,47 +367,6 @@ async fn readyz_reports_the_database_and_the_kms() {
     );
 }
 
-/// A TCP relay to PostgreSQL that the test can cut: the database "goes away".
-struct Relay {
-    addr: std::net::SocketAddr,
-    up: Arc<std::sync::atomic::AtomicBool>,
-    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
-}
-
-impl Relay {
-    async fn start(target: String) -> Relay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let (up2, conns2) = (up.clone(), conns.clone());
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
-                    continue; // dropped: the connection is closed at once
-                }
-                let target = target.clone();
-                let task = tokio::spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                conns2.lock().unwrap().push(task.abort_handle());
-            }
-        });
-        Relay { addr, up, conns }
-    }
-
-    fn set_up(&self, up: bool) {
-        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
-        if !up {
-            for c in self.conns.lock().unwrap().drain(..) {
-                c.abort();
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn readyz_fails_while_the_database_is_unreachable_and_recovers() {
     let Some(url) = test_database_url() else {
@@ -422,19 +381,19 @@ async fn readyz_fails_while_the_database_is_unreachable_and_recovers() {
     // postgres://user@HOST:PORT/db → the host and port, to relay to.
     let rest = database.split_once('@').map(|(_, r)| r).unwrap();
     let (hostport, db) = rest.split_once('/').unwrap();
-    let relay = Relay::start(hostport.to_owned()).await;
-    let relayed = database.replace(hostport, &relay.addr.to_string());
+    let relay = crate::common::proxy::FaultProxy::start(hostport);
+    let relayed = relay.rewrite(&database, hostport);
     assert!(relayed.ends_with(db));
     let t = spawn_app_with(|c| c.database_url = relayed.clone()).await;
     let ready = || async { t.send(Method::GET, "/readyz", &[], "").await };
     assert_eq!(ready().await.0, StatusCode::OK);
-    relay.set_up(false);
+    relay.set(crate::common::proxy::Fault::Reset); // the database "goes away"
     t.clock.advance(Duration::from_millis(1100)); // past the reuse window
     let (status, _, body) = ready().await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["status"], "unready");
     assert_eq!(body["database"], "unreachable");
-    relay.set_up(true);
+    relay.set(crate::common::proxy::Fault::Pass);
     // The pool reconnects in real time; each probe is past the reuse window.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
