@@ -35,6 +35,7 @@ if [ "${SOAK_PLOT:-1}" = 1 ]; then
         python3 -m venv target/soak-venv
         target/soak-venv/bin/pip install -q 'matplotlib==3.9.*'
     fi
-    target/soak-venv/bin/python scripts/soak_plot.py target/tmp/soak.csv docs/soak-p99.png
+    target/soak-venv/bin/python scripts/soak_plot.py target/tmp/soak.csv docs/soak-p99.png \
+        "Soak: two replicas on PostgreSQL, ${REPOCRYPT_SOAK_RATE} req/s, kill -9 every ${REPOCRYPT_SOAK_KILL_EVERY} s, connections reset every ${REPOCRYPT_SOAK_CUT_EVERY} s"
 fi
 echo "== the figures: target/tmp/soak.md (docs/reliability.md shows one run)" >&2

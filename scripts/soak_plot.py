@@ -8,6 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 source, target = sys.argv[1], sys.argv[2]
+title = sys.argv[3] if len(sys.argv) > 3 else "Soak: p99 per minute"
 series = {}
 with open(source, newline="") as f:
     for row in csv.DictReader(f):
@@ -20,7 +21,7 @@ for op, points in series.items():
     ax.plot([m for m, _ in points], [p for _, p in points], marker="o", markersize=3, label=labels.get(op, op))
 ax.set_xlabel("minute of the soak")
 ax.set_ylabel("p99 latency (ms)")
-ax.set_title("Soak: two replicas on PostgreSQL, kill -9 every minute, connections reset every 3 minutes")
+ax.set_title(title, fontsize=10)
 ax.grid(True, alpha=0.3)
 ax.set_ylim(bottom=0)
 ax.legend()
