@@ -65,6 +65,7 @@ impl App {
         serving: Serving,
     ) -> Result<App> {
         let url = &config.database_url;
+        let db_timeout = serving.db_timeout(&config);
         let database: Arc<dyn Database> = if url.starts_with("sqlite:") {
             Arc::new(
                 SqliteStore::open(
@@ -72,12 +73,12 @@ impl App {
                     clock.clone(),
                     None,
                     config.row_cache_capacity,
-                    config.db_timeout,
+                    db_timeout,
                 )
                 .await?,
             )
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Arc::new(PostgresStore::open(url, clock.clone(), None, config.db_timeout).await?)
+            Arc::new(PostgresStore::open(url, clock.clone(), None, db_timeout).await?)
         } else {
             return Err(Error::InvalidArgument(format!(
                 "unsupported database URL `{}`: use sqlite://PATH or postgres://USER@HOST/DB",
@@ -177,6 +178,20 @@ impl App {
 enum Serving {
     Callers,
     Admin,
+}
+
+/// The deadline of an admin command's database calls: an operator's `audit list` of a
+/// large trail, say, is not a request with a client waiting on a timeout.
+const ADMIN_DB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+impl Serving {
+    /// `db_timeout` bounds what callers wait for; an admin command waits longer.
+    fn db_timeout(self, config: &Config) -> std::time::Duration {
+        match self {
+            Serving::Callers => config.db_timeout,
+            Serving::Admin => ADMIN_DB_TIMEOUT.max(config.db_timeout),
+        }
+    }
 }
 
 /// The `iam_*` settings of `iam = "keystone"` (checked by `Config::validate`, but for the

@@ -336,12 +336,16 @@ impl Connection {
     /// only.
     async fn serve<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, stream: T) {
         let stream = StallLimit::new(stream, self.stall_limit);
+        let begun = stream.begun.clone();
         let metrics = self.service.metrics.clone();
         let conn = self
             .http
             .serve_connection(TokioIo::new(stream), self.service);
         if let Err(e) = self.watcher.watch(conn).await {
-            match parser_refusal(&e) {
+            // hyper times out an idle keep-alive connection as it does a head begun and
+            // not finished: only the second is a refused request.
+            let idle = e.is_timeout() && !begun.load(std::sync::atomic::Ordering::Relaxed);
+            match parser_refusal(&e).filter(|_| !idle) {
                 Some(reason) => {
                     metrics.record_refused(reason);
                     tracing::debug!(error = %e, reason = %reason.name(), "request refused by the HTTP parser");
@@ -389,6 +393,9 @@ struct StallLimit<T> {
     limit: Duration,
     /// Armed while a write is waiting for the client; reset by any progress.
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether bytes came in since the last answer went out: a request head begun (what
+    /// tells a timed-out head from an idle keep-alive connection).
+    begun: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<T> StallLimit<T> {
@@ -397,6 +404,7 @@ impl<T> StallLimit<T> {
             inner,
             limit,
             stalled: None,
+            begun: Arc::default(),
         }
     }
 
@@ -420,13 +428,28 @@ impl<T> StallLimit<T> {
     }
 }
 
+impl<T> StallLimit<T> {
+    /// Bytes of an answer went out: what was read before was a whole request.
+    fn answered(&self, poll: &Poll<io::Result<usize>>) {
+        if matches!(poll, Poll::Ready(Ok(n)) if *n > 0) {
+            self.begun
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for StallLimit<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.begun.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        poll
     }
 }
 
@@ -437,7 +460,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for StallLimit<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.watch(cx, poll)
+        let poll = self.watch(cx, poll);
+        self.answered(&poll);
+        poll
     }
 
     fn poll_write_vectored(
@@ -446,7 +471,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for StallLimit<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.watch(cx, poll)
+        let poll = self.watch(cx, poll);
+        self.answered(&poll);
+        poll
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -117,7 +117,13 @@ pub(super) mod postgres {
     /// Advisory lock key that serialises migrations across replicas starting together.
     const MIGRATION_LOCK: i64 = 0x7265_706f_6372_7970; // "repocryp"
 
+    /// Migrations are not bound by the connections' `statement_timeout` (`db_timeout`):
+    /// one may rewrite a large table, and a replica waits here for another's.
     pub(crate) async fn lock_migrations(conn: &mut Conn) -> crate::domain::Result<()> {
+        sqlx::query("SET LOCAL statement_timeout = 0")
+            .execute(&mut *conn)
+            .await
+            .context("migration statement timeout")?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(MIGRATION_LOCK)
             .execute(conn)

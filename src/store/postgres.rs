@@ -12,10 +12,11 @@
 //!   answered only after that COMMIT. See [`commit_settings`].
 
 use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
 use super::coalesce::Coalescer;
@@ -87,6 +88,19 @@ impl PostgresStore {
         db_timeout: Duration,
     ) -> Result<Self> {
         let deadline = Deadline::new("PostgreSQL", db_timeout);
+        // The server's side of the deadline: a call cut here sends no cancel, so without
+        // these its statement would run on (holding its locks) until it next writes to the
+        // connection, and a transaction whose client vanished would hold its locks until
+        // the connection closes.
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| Error::InvalidArgument(format!("invalid database URL: {e}")))?
+            .options([
+                ("statement_timeout", db_timeout.as_millis().to_string()),
+                (
+                    "idle_in_transaction_session_timeout",
+                    (db_timeout * 5).as_millis().to_string(),
+                ),
+            ]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(db_timeout)
@@ -97,7 +111,7 @@ impl PostgresStore {
                     Box::pin(async move { deadline.test_released(conn).await })
                 }
             })
-            .connect(url)
+            .connect_with(options)
             .await
             .context("cannot connect to PostgreSQL")?;
         let batches = Some(deadline.clone());

@@ -98,10 +98,13 @@ impl SqliteStore {
             .foreign_keys(true)
             // A shredded data key's bytes are zeroed in the page, not left as free space.
             .pragma("secure_delete", "on");
-        private_files(options.get_filename())?;
+        if !in_memory_or_read_only(url) {
+            private_files(options.get_filename())?;
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
+            .acquire_timeout(db_timeout)
             .connect_with(options.clone())
             .await
             .context("cannot open the SQLite database")?;
@@ -110,6 +113,7 @@ impl SqliteStore {
         let writer_pool = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(0)
+            .acquire_timeout(db_timeout)
             .connect_lazy_with(options.pragma("wal_autocheckpoint", "0"));
         let settings = Arc::new(RowCache::new(row_cache_capacity));
         let writer = Coalescer::start("SQLite setting write", 1, MAX_BATCH, None, {
@@ -396,13 +400,17 @@ async fn run_checkpoints(pool: SqlitePool, alive: Weak<()>) {
     }
 }
 
+/// A database that has no file of its own to make private, or one not to create.
+fn in_memory_or_read_only(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory") || url.contains("mode=ro")
+}
+
 /// The database file, created 0600 before SQLite opens it, and its `-wal` and `-shm`,
 /// which SQLite creates with the database's own mode (it sets it whatever the umask): only
 /// the service's user may read them. Files left broader by an older version are narrowed
 /// to 0600, with a warning.
 fn private_files(db: &std::path::Path) -> Result<()> {
-    let name = db.as_os_str();
-    if name.is_empty() || name == ":memory:" || db.starts_with("file::memory:") {
+    if db.as_os_str().is_empty() {
         return Ok(());
     }
     if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -183,6 +183,12 @@ pub fn test_database_url() -> Option<String> {
         .filter(|u| !u.is_empty())
 }
 
+/// `host:port` of a `postgres://user@host:port/db` URL (to put a proxy in front of).
+pub fn pg_hostport(url: &str) -> String {
+    let rest = url.split_once('@').map_or(url, |(_, r)| r);
+    rest.split_once('/').map_or(rest, |(h, _)| h).to_owned()
+}
+
 /// Create an empty database on the server of `url`; its URL.
 pub async fn fresh_postgres_database(url: &str) -> String {
     use sqlx::Connection;

@@ -88,10 +88,7 @@ async fn soak_two_replicas_with_kills_and_cut_connections() {
     let bin = std::env::var("REPOCRYPT_SOAK_BIN").unwrap_or_else(|_| BIN.to_owned());
 
     let db = common::fresh_postgres_database(&url).await;
-    let hostport = {
-        let rest = db.split_once('@').map_or(db.as_str(), |(_, r)| r);
-        rest.split_once('/').map_or(rest, |(h, _)| h).to_owned()
-    };
+    let hostport = common::pg_hostport(&db);
     let proxy = FaultProxy::start(&hostport);
     let mut root = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut root);

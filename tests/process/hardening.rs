@@ -378,12 +378,9 @@ async fn readyz_fails_while_the_database_is_unreachable_and_recovers() {
         return;
     };
     let database = fresh_postgres_database(&url).await;
-    // postgres://user@HOST:PORT/db → the host and port, to relay to.
-    let rest = database.split_once('@').map(|(_, r)| r).unwrap();
-    let (hostport, db) = rest.split_once('/').unwrap();
-    let relay = crate::common::proxy::FaultProxy::start(hostport);
-    let relayed = relay.rewrite(&database, hostport);
-    assert!(relayed.ends_with(db));
+    let hostport = crate::common::pg_hostport(&database);
+    let relay = crate::common::proxy::FaultProxy::start(&hostport);
+    let relayed = relay.rewrite(&database, &hostport);
     let t = spawn_app_with(|c| c.database_url = relayed.clone()).await;
     let ready = || async { t.send(Method::GET, "/readyz", &[], "").await };
     assert_eq!(ready().await.0, StatusCode::OK);
@@ -941,6 +938,17 @@ fn slow_and_idle_connections_are_closed_after_the_header_timeout() {
         .unwrap();
     assert_eq!(status_of(&read_response(&mut s)), 200);
     closed_within(s, "idle keep-alive");
+    // The half head is a refused request; the quiet keep-alive connection is not.
+    let (status, metrics) = http(
+        &server.addr,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    let refused = metrics
+        .lines()
+        .find(|l| l.starts_with("repocrypt_http_requests_refused_total{reason=\"header_timeout\"}"))
+        .unwrap_or_else(|| panic!("no header_timeout series:\n{metrics}"));
+    assert!(refused.ends_with(" 1"), "{refused}");
 }
 
 #[test]
