@@ -547,7 +547,12 @@ impl Config {
             "database_url",
             default_database_url(&data_dir),
         ));
+        let db_timeout_given = layers.find_value("db_timeout").is_ok();
         let mut config: Config = layers.extract().map_err(figment_error)?;
+        if !db_timeout_given && config.db_timeout >= config.request_timeout {
+            // A short request timeout brings the default database deadline inside it.
+            config.db_timeout = config.request_timeout / 2;
+        }
         config.root_key = std::env::var(crate::keys::ROOT_KEY_ENV)
             .ok()
             .map(SecretString::from);

@@ -19,6 +19,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use std::time::Instant;
+
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::deadline::Deadline;
@@ -36,6 +38,8 @@ const QUEUE: usize = 4096;
 struct Call<K, V> {
     item: K,
     reply: oneshot::Sender<Result<V>>,
+    /// When its caller stops waiting (with a deadline): its batch is cut then.
+    until: Option<Instant>,
 }
 
 /// The callers' side of a coalescer. Dropping it stops its workers once the queue is
@@ -44,6 +48,8 @@ pub(crate) struct Coalescer<K, V> {
     queue: mpsc::Sender<Call<K, V>>,
     /// What the workers do, for the error a caller gets when they are gone.
     name: &'static str,
+    /// How long a caller waits, when it has a deadline.
+    limit: Option<std::time::Duration>,
 }
 
 impl<K: Send + 'static, V: Send + 'static> Coalescer<K, V> {
@@ -67,14 +73,22 @@ impl<K: Send + 'static, V: Send + 'static> Coalescer<K, V> {
             };
             tokio::spawn(worker.work(calls.clone()));
         }
-        Coalescer { queue, name }
+        Coalescer {
+            queue,
+            name,
+            limit: deadline.as_ref().map(Deadline::limit),
+        }
     }
 
     /// Queue `item` and wait for its result.
     pub(crate) async fn call(&self, item: K) -> Result<V> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Call { item, reply })
+            .send(Call {
+                item,
+                reply,
+                until: self.limit.map(|limit| Instant::now() + limit),
+            })
             .await
             .map_err(|_| self.stopped())?;
         // The sender is dropped unanswered only if the batch's task died (a panic) or the
@@ -112,6 +126,9 @@ impl<K: Send + 'static, V: Send + 'static> Worker<K, V> {
             if taken == 0 {
                 return; // the store is gone
             }
+            // Cut when the last of its callers stops waiting (each waits from its own
+            // call, not from the batch's start).
+            let until = batch.iter().filter_map(|c| c.until).max();
             let (items, replies): (Vec<K>, Vec<_>) = batch
                 .drain(..)
                 .filter(|c| !c.reply.is_closed())
@@ -120,7 +137,7 @@ impl<K: Send + 'static, V: Send + 'static> Worker<K, V> {
             if items.is_empty() {
                 continue;
             }
-            let results = self.serve(items).await;
+            let results = self.serve(items, until).await;
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(result); // the caller may have gone
             }
@@ -128,24 +145,26 @@ impl<K: Send + 'static, V: Send + 'static> Worker<K, V> {
     }
 
     /// One result per item, whatever happens to the batch.
-    async fn serve(&self, items: Vec<K>) -> Vec<Result<V>> {
+    async fn serve(&self, items: Vec<K>, until: Option<Instant>) -> Vec<Result<V>> {
         let n = items.len();
         let name = self.name;
         let mut task = tokio::spawn((self.run)(items));
-        let outcome = match &self.deadline {
-            None => (&mut task).await,
-            Some(deadline) => match tokio::time::timeout(deadline.limit(), &mut task).await {
-                Ok(outcome) => outcome,
-                Err(_) => {
-                    let errors: Vec<_> = (0..n).map(|_| Err(deadline.missed(name))).collect();
-                    task.abort();
-                    tracing::warn!(
-                        batcher = name, calls = n, limit = ?deadline.limit(),
-                        "a database batch did not answer within db_timeout and was cut"
-                    );
-                    return errors;
+        let outcome = match (&self.deadline, until) {
+            (Some(deadline), Some(until)) => {
+                match tokio::time::timeout_at(until.into(), &mut task).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        let errors: Vec<_> = (0..n).map(|_| Err(deadline.missed(name))).collect();
+                        task.abort();
+                        tracing::warn!(
+                            batcher = name, calls = n, limit = ?deadline.limit(),
+                            "a database batch did not answer within db_timeout and was cut"
+                        );
+                        return errors;
+                    }
                 }
-            },
+            }
+            _ => (&mut task).await,
         };
         match outcome {
             Ok(results) if results.len() == n => results,
@@ -247,7 +266,7 @@ mod tests {
                 }) as BoxFuture<'static, _>
             })
         };
-        let deadline = Deadline::new("PostgreSQL", Duration::from_millis(100));
+        let deadline = Deadline::new("PostgreSQL", Duration::from_millis(500));
         let c = Arc::new(Coalescer::start("test", 1, 8, Some(deadline), run));
         // The hung batch holds the only worker; a call queued behind it whose caller gives
         // up before the batch forms must not run when the worker is free again.
