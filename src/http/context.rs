@@ -172,9 +172,18 @@ async fn detached(
 ) -> Response {
     let (answer, answered) = tokio::sync::oneshot::channel();
     let in_flight = InFlight::start();
+    let id = line.id.clone();
     tokio::spawn(async move {
         let _in_flight = in_flight;
+        // A panic (a bug) still leaves the request's line, as a 500.
+        let mut unanswered = Unanswered {
+            state: &state,
+            line: &line,
+            route,
+            armed: true,
+        };
         let response = routed(&state, route, req, next, &line).await;
+        unanswered.armed = false;
         // Logged once the answer is handed over (or found no one to take it).
         let (status, failure) = line.status_of(&response);
         let response = line.finish_response(response);
@@ -185,7 +194,10 @@ async fn detached(
         Ok(response) => response,
         // The task panicked (a bug): its connection gets a clean error.
         Err(_) => {
-            WebError::from(Error::Internal("the request's task ended".into())).into_response()
+            let mut response =
+                WebError::from(Error::Internal("the request's task ended".into())).into_response();
+            id.set_on(&mut response);
+            response
         }
     }
 }
@@ -340,7 +352,18 @@ struct Unanswered<'a> {
 
 impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
-        if self.armed {
+        if !self.armed {
+            return;
+        }
+        if std::thread::panicking() {
+            // Not a client gone: the handler panicked (a bug), and its answer is a 500.
+            let failure = Failure {
+                code: "RC.500000",
+                detail: "the request's handler panicked".into(),
+            };
+            self.line
+                .record(self.state, self.route, 500, Some(&failure), false);
+        } else {
             self.line
                 .record(self.state, self.route, CLIENT_CLOSED, None, true);
         }
