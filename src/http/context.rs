@@ -148,17 +148,28 @@ pub async fn request_context(
         .await;
     }
     let line = Line::new(id, method, matched, start);
-    // Until the answer is there: if hyper drops this future (the client went away), the
-    // guard writes the line.
+    let response = guarded(&state, route, req, next, &line).await;
+    line.finish(&state, route, response, false)
+}
+
+/// [`routed`], with a guard that writes the request's line if the work is dropped before
+/// its answer (hyper drops a read whose client went away) or panics (a bug: a 500).
+async fn guarded(
+    state: &AppState,
+    route: Option<&'static Route>,
+    req: Request,
+    next: Next,
+    line: &Line,
+) -> Response {
     let mut unanswered = Unanswered {
-        state: &state,
-        line: &line,
+        state,
+        line,
         route,
         armed: true,
     };
-    let response = routed(&state, route, req, next, &line).await;
+    let response = routed(state, route, req, next, line).await;
     unanswered.armed = false;
-    line.finish(&state, route, response, false)
+    response
 }
 
 /// A write, in a task of its own: it runs to its end even when the client has gone, and
@@ -175,15 +186,7 @@ async fn detached(
     let id = line.id.clone();
     tokio::spawn(async move {
         let _in_flight = in_flight;
-        // A panic (a bug) still leaves the request's line, as a 500.
-        let mut unanswered = Unanswered {
-            state: &state,
-            line: &line,
-            route,
-            armed: true,
-        };
-        let response = routed(&state, route, req, next, &line).await;
-        unanswered.armed = false;
+        let response = guarded(&state, route, req, next, &line).await;
         // Logged once the answer is handed over (or found no one to take it).
         let (status, failure) = line.status_of(&response);
         let response = line.finish_response(response);

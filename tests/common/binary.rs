@@ -32,6 +32,12 @@ impl Server {
 
     /// [`Server::start`] of another build of the binary (a release build, say).
     pub fn start_binary(bin: &str, env: &[(&str, &str)]) -> Server {
+        Server::try_start_binary(bin, env).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// [`Server::start_binary`], or why the server did not come up (it exited before
+    /// listening: its log).
+    pub fn try_start_binary(bin: &str, env: &[(&str, &str)]) -> Result<Server, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
         let mut cmd = command_of(bin, dir.path(), env, &["serve", "--listen", "127.0.0.1:0"]);
@@ -46,9 +52,17 @@ impl Server {
             .trim()
             .strip_prefix("repocrypt listening on ")
             .and_then(|url| url.split_once("://"))
-            .map(|(_scheme, addr)| addr.to_owned())
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
-        Server { dir, addr, child }
+            .map(|(_scheme, addr)| addr.to_owned());
+        match addr {
+            Some(addr) => Ok(Server { dir, addr, child }),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log =
+                    std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+                Err(format!("unexpected first line: {line:?}; the log:\n{log}"))
+            }
+        }
     }
 
     pub fn pid(&self) -> u32 {

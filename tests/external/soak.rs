@@ -105,9 +105,25 @@ async fn soak_two_replicas_with_kills_and_cut_connections() {
     ];
     let start_replica = {
         let (bin, server_env) = (bin.clone(), server_env.clone());
+        // As a supervisor would (systemd's Restart=always): a replica started while its
+        // database is unreachable (a reset under way) exits at once; start it again.
         move || {
             let env: Vec<(&str, &str)> = server_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            Server::start_binary(&bin, &env)
+            let mut tries = 0;
+            loop {
+                match Server::try_start_binary(&bin, &env) {
+                    Ok(server) => return server,
+                    Err(why) if tries < 20 => {
+                        tries += 1;
+                        eprintln!(
+                            "soak: a replica did not start (try {tries}), again in 250 ms: {}",
+                            why.lines().next().unwrap_or("")
+                        );
+                        std::thread::sleep(Duration::from_millis(250));
+                    }
+                    Err(why) => panic!("a replica did not start in 20 tries: {why}"),
+                }
+            }
         }
     };
     let mut replicas = [start_replica(), start_replica()];

@@ -10,9 +10,19 @@ use std::process::{Child, Command, Stdio};
 
 use crate::common::binary::{self, Client, BIN};
 
+/// A server killed when dropped, so that a failing assertion leaves no process behind.
+struct Serving(Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `repocrypt serve` in `dir` under umask 000 (so that nothing is private by accident),
 /// its log in `dir/server.log`; the child and its address once it listens.
-fn serve_with_open_umask(dir: &Path) -> (Child, String) {
+fn serve_with_open_umask(dir: &Path) -> (Serving, String) {
     let log = std::fs::File::create(dir.join("server.log")).unwrap();
     let mut cmd = Command::new("sh");
     cmd.args([
@@ -29,10 +39,10 @@ fn serve_with_open_umask(dir: &Path) -> (Child, String) {
         }
     }
     let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let child = Serving(child);
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
     let addr = line
         .trim()
         .rsplit_once("://")
@@ -77,11 +87,11 @@ fn log_with(dir: &Path, needle: &str) -> String {
     }
 }
 
-fn stop(mut child: Child) {
+fn stop(mut child: Serving) {
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status();
-    let _ = child.wait();
+    let _ = child.0.wait();
 }
 
 #[tokio::test]
