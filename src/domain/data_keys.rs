@@ -177,7 +177,9 @@ mod tests {
     #[test]
     fn a_refused_key_is_forgotten_at_once() {
         let clock = Arc::new(ManualClock::at_unix(1_000));
-        let cache = ReleasedKeys::new(Duration::from_secs(10), 100, clock.clone());
+        // Room for every entry in whichever shard the hash puts it (the capacity is split
+        // across shards: a small one evicts by chance, and the counts below would vary).
+        let cache = ReleasedKeys::new(Duration::from_secs(10), 100_000, clock.clone());
         let key = DataKey::from_bytes([1; 32]);
         for i in 1..=20 {
             let cmk = if i % 2 == 0 { "even" } else { "odd" };
