@@ -419,7 +419,9 @@ impl Service {
                 })
             }
             Err(e) if names_key(&e, &job.target_key_id) => Ok(Step::TargetRefused(e.to_string())),
-            Err(e @ (Error::Store(_) | Error::Internal(_))) => Err(e),
+            // An outage is not the repository's failure: the job stops, gives its lease
+            // back and is resumed (by `serve`'s sweep) once the KMS answers again.
+            Err(e @ (Error::Store(_) | Error::Internal(_) | Error::KmsUnavailable(_))) => Err(e),
             Err(e) => {
                 let recorded = self
                     .store

@@ -307,14 +307,12 @@ impl Line {
             state.metrics.record_client_closed(operation);
         }
         let micros = elapsed.as_micros() as u64;
+        // Written only when true (an absent Option field is not recorded).
+        let closed = client_closed.then_some(true);
         match failure {
-            Some(f) if client_closed => tracing::error!(
-                request_id = %id, method = %method, route = %path, status, latency_us = micros,
-                client_closed, error_code = f.code, detail = %f.detail, "request failed"
-            ),
             Some(f) => tracing::error!(
                 request_id = %id, method = %method, route = %path, status, latency_us = micros,
-                error_code = f.code, detail = %f.detail, "request failed"
+                client_closed = closed, error_code = f.code, detail = %f.detail, "request failed"
             ),
             None => {
                 if tracing::enabled!(tracing::Level::INFO)
@@ -327,17 +325,10 @@ impl Line {
                         client_closed,
                     )
                 {
-                    if client_closed {
-                        tracing::info!(
-                            request_id = %id, method = %method, route = %path, status,
-                            latency_us = micros, client_closed, "request"
-                        )
-                    } else {
-                        tracing::info!(
-                            request_id = %id, method = %method, route = %path, status,
-                            latency_us = micros, "request"
-                        )
-                    }
+                    tracing::info!(
+                        request_id = %id, method = %method, route = %path, status,
+                        latency_us = micros, client_closed = closed, "request"
+                    )
                 }
             }
         }

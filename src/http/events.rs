@@ -73,8 +73,9 @@ pub async fn events(
         Some(value) => last_event_id(value)?,
     };
     // Subscribed before the first read, so that nothing the follower reads meanwhile
-    // goes unnoticed; the first read now, so a database that is down is a 503, not an
-    // empty stream.
+    // goes unnoticed; the first read now, so that a backlog the database must give (older
+    // than the events in memory) is a 503 when it is down, not an empty stream. A stream
+    // from the latest event, or from one still in memory, begins without it.
     let mut changed = feed.subscribe();
     changed.borrow_and_update();
     let first = feed.after(after).await?;

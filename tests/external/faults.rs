@@ -32,6 +32,9 @@ const BOUND: Duration = Duration::from_secs(5);
 /// From the fault's end to every operation succeeding again.
 const RECOVERY: Duration = Duration::from_secs(5);
 
+/// How long each fault lasts at least.
+const HOLD: Duration = Duration::from_secs(3);
+
 const FAULTS: [Fault; 4] = [
     Fault::Latency(Duration::from_millis(30)),
     Fault::Blackhole,
@@ -83,10 +86,17 @@ impl Dependency {
                 (ShowTenantSetting, Unavailable),
                 (ListCmkRepositories, Unavailable),
                 (Shred, Unavailable),
+                (CreateRewrap, Unavailable),
+                (ShowRewrap, Unavailable),
+                // A new stream from the latest event begins from memory; its events come
+                // once the database answers again (the open stream's check, at the end).
+                (Events, Served),
             ],
             // GET setting answers with the last known key state (README, "When the KMS is
             // slow or down"); a PUT naming the key, a grant, a key list and a new data key
-            // need the KMS; a release may come from the cache of unwrapped keys.
+            // need the KMS; a release may come from the cache of unwrapped keys; a rewrap
+            // asks the KMS for its target key, unless the tenant's job is running already
+            // (then that job is answered).
             Dependency::Kms => vec![
                 (ShowSetting, Served),
                 (UpdateSetting, Unavailable),
@@ -99,6 +109,9 @@ impl Dependency {
                 (ShowTenantSetting, Served),
                 (ListCmkRepositories, Either),
                 (Shred, Served),
+                (CreateRewrap, Either),
+                (ShowRewrap, Served),
+                (Events, Served),
             ],
             // Tokens validated before are trusted for iam_cache_ttl (README, "Using an
             // external IAM"); a token never seen needs Keystone.
@@ -113,6 +126,9 @@ impl Dependency {
                 (ShowTenantSetting, Served),
                 (ListCmkRepositories, Served),
                 (Shred, Served),
+                (CreateRewrap, Served),
+                (ShowRewrap, Served),
+                (Events, Served),
             ],
         }
     }
@@ -147,13 +163,23 @@ enum Kind {
     ListCmkRepositories,
     /// DELETE data-key of a repository registered for it in the set-up.
     Shred,
+    /// POST rewrap: 202 a new job, or 200 the job already running.
+    CreateRewrap,
+    /// GET rewrap/{job_id} of the latest job.
+    ShowRewrap,
+    /// A new events stream (its status; the stream is then closed).
+    Events,
 }
 
 impl Kind {
     fn writes(self) -> bool {
         matches!(
             self,
-            Kind::UpdateSetting | Kind::CreateGrant | Kind::Register
+            Kind::UpdateSetting
+                | Kind::CreateGrant
+                | Kind::Register
+                | Kind::Shred
+                | Kind::CreateRewrap
         )
     }
 }
@@ -175,6 +201,8 @@ struct Answer {
     status: u16,
     code: String,
     took: Duration,
+    /// The JSON body (`Null` for an events stream, which is not read).
+    body: Value,
 }
 
 impl Answer {
@@ -192,24 +220,33 @@ impl Answer {
 }
 
 async fn send(addr: String, req: Req) -> Answer {
-    let mut headers = vec![
-        ("X-Auth-Token".to_owned(), req.token),
-        ("X-Request-Id".to_owned(), req.id.clone()),
-    ];
-    let body = req.body.map(|b| {
-        headers.push(("Content-Type".to_owned(), "application/json".to_owned()));
-        serde_json::to_vec(&b).unwrap()
-    });
+    let mut builder = reqwest::Client::new()
+        .request(req.method, format!("http://{addr}{}", req.path))
+        .header("X-Auth-Token", req.token)
+        .header("X-Request-Id", req.id.clone());
+    if let Some(b) = req.body {
+        builder = builder
+            .header("Content-Type", "application/json")
+            .body(serde_json::to_vec(&b).unwrap());
+    }
     let start = Instant::now();
-    let client = Client::new(&addr);
-    let sent = client.send(req.method, &req.path, &headers, body);
-    let (status, code) = match tokio::time::timeout(Duration::from_secs(20), sent).await {
-        Ok(reply) => {
-            let json: Value = serde_json::from_str(&reply.text).unwrap_or(Value::Null);
-            let code = json["error_code"].as_str().unwrap_or("").to_owned();
-            (reply.status, code)
+    let stream = req.kind == Kind::Events;
+    let sent = async move {
+        let resp = builder.send().await.expect("request");
+        let status = resp.status().as_u16();
+        // A stream that began is not read: its status is the answer.
+        if stream && status == 200 {
+            return (status, Value::Null);
         }
-        Err(_) => (0, "no answer within 20 s".to_owned()),
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    };
+    let (status, code, body) = match tokio::time::timeout(Duration::from_secs(20), sent).await {
+        Ok((status, json)) => {
+            let code = json["error_code"].as_str().unwrap_or("").to_owned();
+            (status, code, json)
+        }
+        Err(_) => (0, "no answer within 20 s".to_owned(), Value::Null),
     };
     Answer {
         kind: req.kind,
@@ -217,6 +254,97 @@ async fn send(addr: String, req: Req) -> Answer {
         status,
         code,
         took: start.elapsed(),
+        body,
+    }
+}
+
+/// A storage node following the tenant's events stream through every fault, as
+/// EventSource does: on an end or an error it reconnects (every 200 ms until it is
+/// answered) with `Last-Event-ID`.
+struct Follower {
+    seen: std::sync::Arc<std::sync::Mutex<Followed>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Followed {
+    /// Every event received, in order.
+    events: Vec<Value>,
+    /// Streams that began.
+    streams: u64,
+    /// Streams that ended without the chunked encoding's end (an error mid-stream).
+    unclean: u64,
+}
+
+impl Follower {
+    async fn start(addr: &str, tenant: &str, token: &str) -> Follower {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Followed::default()));
+        let url = format!("http://{addr}/v4/repo-encryption/events?tenant_id={tenant}");
+        let (token, into) = (token.to_owned(), seen.clone());
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut last: Option<String> = None;
+            loop {
+                let mut req = http.get(&url).header("X-Auth-Token", &token);
+                if let Some(id) = &last {
+                    req = req.header("Last-Event-ID", id);
+                }
+                let mut resp = match req.send().await {
+                    Ok(r) if r.status() == 200 => r,
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                };
+                into.lock().unwrap().streams += 1;
+                let mut buf = String::new();
+                loop {
+                    match resp.chunk().await {
+                        Ok(Some(bytes)) => {
+                            buf.push_str(std::str::from_utf8(&bytes).expect("UTF-8 events"));
+                            while let Some(end) = buf.find("\n\n") {
+                                let block: String = buf.drain(..end + 2).collect();
+                                for line in block.lines() {
+                                    if let Some(data) = line.strip_prefix("data: ") {
+                                        let event: Value = serde_json::from_str(data).unwrap();
+                                        last = Some(event["id"].to_string());
+                                        into.lock().unwrap().events.push(event);
+                                    }
+                                }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            into.lock().unwrap().unclean += 1;
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        let follower = Follower { seen, task };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while follower.seen.lock().unwrap().streams == 0 {
+            assert!(Instant::now() < deadline, "the events stream never began");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        follower
+    }
+
+    /// The events received of type `kind`: their `field`.
+    fn of(&self, kind: &str, field: &str) -> Vec<i64> {
+        let seen = self.seen.lock().unwrap();
+        seen.events
+            .iter()
+            .filter(|e| e["type"] == kind)
+            .map(|e| e[field].as_i64().unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -246,6 +374,12 @@ struct Case {
     to_shred: Vec<u64>,
     /// Every shred sent: request id → repository id.
     shredded: HashMap<String, u64>,
+    /// PUTs of the setting sent (each names the other key than the last).
+    puts: u64,
+    /// Every rewrap job answered, first seen first.
+    jobs: Vec<String>,
+    /// Follows the events stream from the end of the set-up.
+    follower: Option<Follower>,
     table: String,
 }
 
@@ -279,13 +413,16 @@ impl Case {
                 Method::PUT,
                 setting,
                 self.admin.clone(),
-                // Each PUT names one of the two keys in turn: the setting shows which
-                // write was last.
-                Some(json!({
-                    "encryption_type": "KMS",
-                    "cmk_key_id": self.key_ids[(self.seq % 2) as usize],
-                    "default_encryption_enabled": true,
-                })),
+                // Each PUT names the other key than the last: the setting shows which
+                // write was last, and a rewrap has work.
+                {
+                    self.puts += 1;
+                    Some(json!({
+                        "encryption_type": "KMS",
+                        "cmk_key_id": self.key_ids[(self.puts % 2) as usize],
+                        "default_encryption_enabled": true,
+                    }))
+                },
             ),
             Kind::ShowGrant => (Method::GET, self.api("kms-grant"), self.admin.clone(), None),
             Kind::CreateGrant => (
@@ -342,6 +479,22 @@ impl Case {
                 let path = self.api(&format!("repositories/{repo}/data-key"));
                 (Method::DELETE, path, self.service.clone(), None)
             }
+            Kind::CreateRewrap => (Method::POST, self.api("rewrap"), self.admin.clone(), None),
+            Kind::ShowRewrap => {
+                let job = self.jobs.last().expect("a job started in the set-up");
+                (
+                    Method::GET,
+                    self.api(&format!("rewrap/{job}")),
+                    self.admin.clone(),
+                    None,
+                )
+            }
+            Kind::Events => (
+                Method::GET,
+                "/v4/repo-encryption/events".to_owned(),
+                self.service.clone(),
+                None,
+            ),
         };
         Req {
             kind,
@@ -369,6 +522,15 @@ impl Case {
         let answers =
             futures_util::future::join_all(reqs.into_iter().map(|r| send(addr.clone(), r))).await;
         for a in &answers {
+            if a.kind == Kind::CreateRewrap && a.ok() {
+                let job = a.body["job_id"].as_str().expect("a job id").to_owned();
+                if !self.jobs.contains(&job) {
+                    self.jobs.push(job);
+                }
+                if a.status == 200 {
+                    continue; // the running job answered: nothing was written
+                }
+            }
             if a.kind.writes() {
                 self.writes.insert(a.id.clone(), a.status);
             }
@@ -396,9 +558,23 @@ impl Case {
     async fn inject(&mut self, fault: Fault) {
         let ops = self.dependency.operations();
         let kinds: Vec<Kind> = ops.iter().map(|(k, _)| *k).collect();
+        // A rewrap of every repository runs into the fault: the other key, then the job.
+        for kind in [Kind::UpdateSetting, Kind::CreateRewrap] {
+            let a = self.round(&[kind]).await;
+            assert!(
+                a[0].ok(),
+                "before {}: {kind:?} {}",
+                fault.name(),
+                a[0].text()
+            );
+        }
         self.proxy.set(fault);
+        let began = Instant::now();
         let answers = self.round(&kinds).await;
         self.record(&fault.name(), &answers);
+        // Long enough for the running rewrap to meet the fault too (a reset fails a KMS
+        // call at once, its retries included).
+        tokio::time::sleep(HOLD.saturating_sub(began.elapsed())).await;
         for (a, (_, under)) in answers.iter().zip(&ops) {
             let what = format!(
                 "{} {} {}: {:?} answered {} in {:?}\n{}",
@@ -458,17 +634,33 @@ impl Case {
     /// The audit trail against what was sent and answered; the request log against the
     /// audit trail.
     async fn check_audit(&mut self) {
+        self.check_jobs().await;
         let lines = self.cli(&["audit", "list", "--tenant", &self.tenant.clone()]);
         let mut audited: HashMap<String, Vec<Value>> = HashMap::new();
+        // What the rewrap runners wrote (under the request id of the job's POST).
+        let mut rewrapped = 0;
         for line in lines.lines() {
             let record: Value = serde_json::from_str(line).unwrap();
-            if let Some(id) = record["request_id"].as_str() {
-                audited.entry(id.to_owned()).or_default().push(record);
+            match record["action"].as_str().unwrap() {
+                "repository.rewrap" => rewrapped += 1,
+                "repository.rewrap_failed" => panic!("a repository failed its rewrap: {record}"),
+                "rewrap.finish" => {}
+                _ => {
+                    if let Some(id) = record["request_id"].as_str() {
+                        audited.entry(id.to_owned()).or_default().push(record);
+                    }
+                }
             }
         }
         for (id, records) in &audited {
             let Some(status) = self.writes.get(id) else {
-                continue; // the set-up's
+                // Only writes are audited; a rewrap POST that joined a running job is not
+                // one. (Records without our prefix are the set-up's commands.)
+                assert!(
+                    !id.starts_with("fault-"),
+                    "{id} is not a write but was audited: {records:?}"
+                );
+                continue;
             };
             assert!(
                 (200..300).contains(status) || *status == 503,
@@ -513,6 +705,7 @@ impl Case {
                 self.writes.get(id)
             );
         }
+        self.check_events(rewrapped).await;
         // The setting is the last one audited.
         let last = lines
             .lines()
@@ -541,6 +734,93 @@ impl Case {
                 "{id} is audited but not in the request log"
             );
         }
+    }
+
+    /// Every rewrap job ends, and succeeds: an outage of a dependency stops a job (to be
+    /// resumed), it never fails a repository.
+    async fn check_jobs(&mut self) {
+        let http = Client::new(&self.server.addr);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for job in self.jobs.clone() {
+            let path = self.api(&format!("rewrap/{job}"));
+            loop {
+                let (status, shown) = http.call(Method::GET, &path, &self.admin, None).await;
+                assert_eq!(status, 200, "{shown}");
+                if shown["state"] != "running" {
+                    assert_eq!(shown["state"], "succeeded", "{shown}");
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "still running: {shown}\n{}",
+                    self.server.log()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        self.table.push_str(&format!(
+            "{:<10} {:<9} {:<20} {:<20} {:<14} {:>6}\n",
+            self.dependency.name(),
+            self.database,
+            "after every fault",
+            "rewrap jobs",
+            format!("{} succeeded", self.jobs.len()),
+            ""
+        ));
+    }
+
+    /// The events stream followed through every fault: each change once, in order, none
+    /// missing: a shredded repository's event for each repository that answers 410, a
+    /// rewrapped repository's for each `repository.rewrap` record.
+    async fn check_events(&mut self, rewrapped: usize) {
+        let follower = self.follower.as_ref().expect("followed");
+        let shredded: std::collections::BTreeSet<i64> = {
+            let http = Client::new(&self.server.addr);
+            let mut gone = std::collections::BTreeSet::new();
+            for repo in self.shredded.values() {
+                let path = self.api(&format!("repositories/{repo}/data-key"));
+                let (status, _) = http.call(Method::GET, &path, &self.service, None).await;
+                if status == 410 {
+                    gone.insert(*repo as i64);
+                }
+            }
+            gone
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let heard = follower.of("data_key_shredded", "repo_id");
+            let moved = follower.of("repository_rewrapped", "repo_id");
+            if (heard.len() >= shredded.len() && moved.len() >= rewrapped)
+                || Instant::now() > deadline
+            {
+                let unique: std::collections::BTreeSet<i64> = heard.iter().copied().collect();
+                assert_eq!(unique.len(), heard.len(), "a shred heard twice: {heard:?}");
+                assert_eq!(unique, shredded, "shreds heard / repositories shredded");
+                assert_eq!(moved.len(), rewrapped, "rewraps heard / audited");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let seen = follower.seen.lock().unwrap();
+        let ids: Vec<i64> = seen
+            .events
+            .iter()
+            .map(|e| e["id"].as_i64().unwrap())
+            .collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "event ids out of order: {ids:?}"
+        );
+        assert_eq!(seen.unclean, 0, "an events stream broke off mid-way");
+        self.table.push_str(&format!(
+            "{:<10} {:<9} {:<20} {:<20} {:<14} {:>6}\n",
+            self.dependency.name(),
+            self.database,
+            "after every fault",
+            "open events stream",
+            format!("{} events", seen.events.len()),
+            format!("{} str", seen.streams)
+        ));
     }
 
     fn finish(&self) {
@@ -651,11 +931,19 @@ async fn start(dependency: Dependency, database: &'static str, test: &str) -> Op
         registrations: HashMap::new(),
         to_shred: Vec::new(),
         shredded: HashMap::new(),
+        puts: 0,
+        jobs: Vec::new(),
+        follower: None,
         table: String::new(),
     };
     // The set-up, through the API: a grant, a setting, repository 1; then one round of
     // every operation, which must all succeed (and warm the caches the README promises).
-    for kind in [Kind::CreateGrant, Kind::UpdateSetting, Kind::Register] {
+    for kind in [
+        Kind::CreateGrant,
+        Kind::UpdateSetting,
+        Kind::Register,
+        Kind::CreateRewrap,
+    ] {
         let answers = case.round(&[kind]).await;
         assert!(
             answers[0].ok(),
@@ -672,6 +960,9 @@ async fn start(dependency: Dependency, database: &'static str, test: &str) -> Op
             case.to_shred.push(repo);
         }
     }
+    // From here on every shred and rewrap must reach the stream.
+    let follower = Follower::start(&case.server.addr, &case.tenant, &case.service).await;
+    case.follower = Some(follower);
     let kinds: Vec<Kind> = dependency.operations().iter().map(|(k, _)| *k).collect();
     let answers = case.round(&kinds).await;
     case.record("pass", &answers);
