@@ -19,14 +19,13 @@
 # those in the warmed rotation: within the default cache of 50,000 settings), BENCH_PG_URL (unset: SQLite only),
 # BENCH_BROKER_REPOS (10000 repositories in the key broker's part), BENCH_BROKER_RATE (2000,
 # its open-loop releases/s),
-# BENCH_PARTS ("sqlite postgres broker keystone large": which parts to run; postgres needs
+# BENCH_PARTS ("sqlite postgres broker keystone large logdisk": which parts to run; postgres needs
 # BENCH_PG_URL; keystone needs tests/keystone/install.sh's venv (or REPOCRYPT_KEYSTONE_VENV);
 # "ratio" is a focused check of GET setting's ratio alone, with every round shown:
-# BENCH_PARTS=ratio BENCH_ROUNDS=5 scripts/bench.sh).
+# BENCH_PARTS=ratio BENCH_ROUNDS=5 scripts/bench.sh; "logdisk" is durable PUT with the access
+# log written to the database's disk, see below).
 # BENCH_SERVER_LOG (/dev/null): where the servers' logs go. They log as in production (one
-# access line per request), but at 50,000 lines a second a log file on the database's
-# disk fills the page cache and delays the WAL's fsyncs (PUT p99 100 ms instead of 8 ms,
-# see docs/performance.md); set a path to measure that.
+# access line per request); the "logdisk" part measures a log on the database's disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
@@ -49,7 +48,7 @@ if ! command -v wrk >/dev/null; then
     log "installing wrk (Debian)"
     apt-get install -y wrk >/dev/null || { log "need wrk: apt-get install wrk"; exit 1; }
 fi
-parts="${BENCH_PARTS:-sqlite postgres broker keystone large}"
+parts="${BENCH_PARTS:-sqlite postgres broker keystone large logdisk}"
 part() { [[ " $parts " == *" $1 "* ]]; }
 oha="$repo/target/bench-tools/bin/oha"
 # Only the open loop on one tenant of the sqlite and postgres parts uses oha.
@@ -249,6 +248,65 @@ if part ratio; then
         printf '| %s | %s | %s | %s | %s | %s |\n' "$round" "$brps" "$rps" "$p99" "$bad" "$ratio"
     done
     printf '\nmedian ratio: %s\n' "$(printf '%s' "$ratios" | awk 'NF' | median)"
+fi
+
+# ---- durable PUT with the access log on the database's disk ------------------------------------
+# What a server under systemd or with 2>file does for hours: its log on the same disk as the
+# WAL. For each destination (a file: 2>file; a pipe to a file: 2> >(cat >file)), a fresh
+# server on the 1,000-tenant data: BENCH_LOG_ROUNDS (3) interleaved rounds of GET setting
+# (wrk -t1 -c64, baseline then repocrypt: the log's volume), then durable PUT at 32
+# connections; with the log lines dropped (/metrics) and the log's size.
+# BENCH_LOG_WRITEBACK ("true false"): the values of log_writeback to compare;
+# BENCH_LOG_DESTS ("file pipe"); BENCH_LOG_REPEAT (2): times the whole sequence runs, so
+# that each row is measured more than once, interleaved with the others.
+if part logdisk; then
+    setting="/v4/tenants/$tenant/repo-encryption/setting"
+    printf '\n## Durable PUT with the access log on the database disk: %s GET rounds (wrk -t1 -c64, %s), then PUT (wrk -t2 -c32, %s)\n\n' \
+        "${BENCH_LOG_ROUNDS:-3}" "$duration" "$duration"
+    printf '| log to | log_writeback | GET ratio (median) | PUT rps | PUT p50 ms | PUT p99 ms | non-2xx | log MiB | lines dropped |\n|---|---|---|---|---|---|---|---|---|\n'
+    for _ in $(seq "${BENCH_LOG_REPEAT:-2}"); do
+    for dest in ${BENCH_LOG_DESTS:-file pipe}; do
+        for wb in ${BENCH_LOG_WRITEBACK:-true false}; do
+            logfile="$small/server-$dest-$wb.log"
+            rm -f "$logfile"
+            port="$(free_port)"
+            wbenv=(REPOCRYPT_LOG_WRITEBACK="$wb")
+            if [ "$dest" = file ]; then
+                env REPOCRYPT_RATE_LIMIT_PER_TENANT=0 REPOCRYPT_RATE_LIMIT_PER_CREDENTIAL=0 "${wbenv[@]}" \
+                    REPOCRYPT_DATA_DIR="$small" "$bin" serve --listen "127.0.0.1:$port" \
+                    >"$work/logdisk.out" 2>"$logfile" &
+            else
+                env REPOCRYPT_RATE_LIMIT_PER_TENANT=0 REPOCRYPT_RATE_LIMIT_PER_CREDENTIAL=0 "${wbenv[@]}" \
+                    REPOCRYPT_DATA_DIR="$small" "$bin" serve --listen "127.0.0.1:$port" \
+                    >"$work/logdisk.out" 2> >(cat >"$logfile") &
+            fi
+            pid=$!
+            pids+=("$pid")
+            rc_addr="127.0.0.1:$port"
+            for _ in $(seq 100); do
+                grep -q listening "$work/logdisk.out" 2>/dev/null && break
+                sleep 0.1
+            done
+            ensure_baseline "$rc_addr"
+            ratios=""
+            for round in $(seq "${BENCH_LOG_ROUNDS:-3}"); do
+                log "[logdisk $dest $wb] GET round $round"
+                read -r brps _ _ _ < <(wrk_t=1 wrk_c=64 wrk_run "http://$base_addr$setting")
+                read -r rps _ _ _ < <(wrk_t=1 wrk_c=64 wrk_run "http://$rc_addr$setting" -H "X-Auth-Token: $token")
+                ratios+="$(awk -v a="$rps" -v b="$brps" 'BEGIN {printf "%.3f", a / b}')"$'\n'
+            done
+            log "[logdisk $dest $wb] PUT"
+            read -r prps pp50 pp99 pbad < <(wrk_run "http://$rc_addr$setting" -s "$work/put.lua")
+            dropped="$(curl -s "http://$rc_addr/metrics" | awk '/^repocrypt_log_lines_dropped_total/ {print $2}')"
+            kill "$pid"; wait "$pid" 2>/dev/null || true
+            sleep 0.5
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$dest" "$wb" \
+                "$(printf '%s' "$ratios" | awk 'NF' | median)" "$prps" "$pp50" "$pp99" "$pbad" \
+                "$(du -m "$logfile" | cut -f1)" "${dropped:-?}"
+            rm -f "$logfile"
+        done
+    done
+    done
 fi
 
 if part postgres && [ -n "${BENCH_PG_URL:-}" ]; then

@@ -642,7 +642,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Serve => "info",
         _ => "warn",
     };
-    crate::telemetry::init(config.log.as_deref(), default_log, config.log_format);
+    crate::telemetry::init(
+        config.log.as_deref(),
+        default_log,
+        config.log_format,
+        config.log_writeback,
+    );
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
     // `token issue` needs only the root key, not the database.
@@ -1002,6 +1007,8 @@ async fn serve(app: App) -> Result<()> {
         "repocrypt started"
     );
     warn_if_shared(&app.config.data_dir);
+    // A log piped to a reader that writes it to this disk is written back as it goes.
+    crate::telemetry::sync_filesystem_of(&app.config.data_dir);
     print_line(&format!("repocrypt listening on {scheme}://{local}"))?;
     if app.config.iam == crate::config::IamBackend::Keystone {
         // The service's own login (and Keystone's first validation, which loads its policy

@@ -236,6 +236,14 @@ pub struct ConfigArgs {
     /// Log format [default: text].
     #[arg(long, env = "REPOCRYPT_LOG_FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
+    /// Have the kernel write the log out as it goes (a log file: its own pages; a pipe: the data directory's file system), so that it never holds up the database's fsyncs [default: true].
+    #[arg(
+        long,
+        env = "REPOCRYPT_LOG_WRITEBACK",
+        global = true,
+        value_name = "BOOL"
+    )]
+    pub log_writeback: Option<bool>,
     /// Requests per second one tenant may make (a token bucket holding two seconds' worth); 0 turns it off [default: 1000].
     #[arg(
         long,
@@ -391,6 +399,7 @@ pub struct Config {
     pub iam_timeout: Duration,
     pub log: Option<String>,
     pub log_format: LogFormat,
+    pub log_writeback: bool,
     pub rate_limit_per_tenant: u32,
     pub rate_limit_per_credential: u32,
     pub max_connections: usize,
@@ -447,6 +456,7 @@ impl Default for Config {
             iam_timeout: DEFAULT_IAM_TIMEOUT,
             log: None,
             log_format: LogFormat::Text,
+            log_writeback: true,
             rate_limit_per_tenant: DEFAULT_RATE_LIMIT_PER_TENANT,
             rate_limit_per_credential: DEFAULT_RATE_LIMIT_PER_CREDENTIAL,
             max_connections: 1024,
@@ -1134,6 +1144,7 @@ mod tests {
             iam_timeout: Some(Duration::from_secs(1)),
             log: Some("info".into()),
             log_format: Some(LogFormat::Json),
+            log_writeback: Some(false),
             rate_limit_per_tenant: Some(1),
             rate_limit_per_credential: Some(1),
             max_connections: Some(1),

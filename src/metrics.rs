@@ -483,6 +483,17 @@ impl Metrics {
                 "repocrypt_rate_limited_total{{scope=\"{scope}\"}} {count}"
             );
         }
+        header(
+            &mut out,
+            "repocrypt_log_lines_dropped_total",
+            "counter",
+            "Log lines dropped because the log's output (stderr) could not keep up.",
+        );
+        let _ = writeln!(
+            out,
+            "repocrypt_log_lines_dropped_total {}",
+            crate::telemetry::dropped_lines()
+        );
         out
     }
 }
@@ -657,7 +668,7 @@ mod tests {
                 samples += 1;
             }
         }
-        assert_eq!(types.len(), 11, "{text}");
+        assert_eq!(types.len(), 12, "{text}");
         assert!(samples > 0);
     }
 

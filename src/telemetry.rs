@@ -4,16 +4,34 @@
 //! a second, one system call per access line, and the two worker threads contending for
 //! stderr's lock, cost a fifth of a GET. They go to an in-memory buffer instead, which a
 //! thread of its own writes out at least every [`FLUSH_EVERY`] (or as soon as it holds
-//! [`FLUSH_AT`] bytes). Nothing is dropped: a logger that finds the buffer at
-//! [`BUFFER_LIMIT`] (stderr blocked, a full pipe) waits for it to drain, as it would have
-//! waited on stderr itself. [`flush`] writes out what is buffered; the binary calls it
-//! before it exits, and a panic calls it before the panic's own message.
+//! [`FLUSH_AT`] bytes). A logger never waits for the output: a line that finds the buffer at
+//! [`BUFFER_LIMIT`] (stderr blocked, a full pipe, a disk that cannot keep up) is dropped,
+//! counted ([`dropped_lines`], `repocrypt_log_lines_dropped_total` in `/metrics`) and
+//! reported by a `WARN` line in the log where the loss happened, so that a stalled log can
+//! never stall a request. [`flush`] writes out what is buffered; the binary calls it before
+//! it exits, and a panic calls it before the panic's own message.
+//!
+//! The log must not hold up the database either. Left to the kernel, a log written at
+//! megabytes a second sits in the page cache until its pages are 30 s old
+//! (`vm.dirty_expire_centisecs`) and is then written back in one burst, which a WAL `fsync` on
+//! the same disk waits behind (a durable PUT's p99 went from 12 to 40–50 ms). So after every
+//! [`WRITEBACK_EVERY`] bytes of log, a thread of its own ([`Writeback`]) has the kernel write
+//! the log out now, a little at a time: when stderr is a regular file (`2>file`, a unit's
+//! `StandardError=file:`) by `posix_fadvise(DONTNEED)` on it (starts the writeback of its dirty
+//! pages and drops those already written); when it is a pipe (to `tee`, a supervisor, a
+//! journal) whose reader writes a file we cannot name, by `syncfs` of the data directory's
+//! file system, once `serve` has named it ([`sync_filesystem_of`]). Neither is ever waited for
+//! by a logger or by the log's writer (docs/performance.md, "Durable PUT with the access log on
+//! the database's disk").
 //!
 //! Why not `tracing-appender`'s non-blocking writer and `tracing`'s formatter for the
 //! access line: docs/performance.md, 2026-12-01 (11% fewer GETs a second, and 16% more
 //! instructions a GET; no flush after which logging goes on, no fallback without a thread).
 
 use std::io::{IsTerminal, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileTypeExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -26,11 +44,13 @@ use crate::config::LogFormat;
 pub const FLUSH_EVERY: Duration = Duration::from_millis(20);
 /// The buffer is written out early once it holds this much.
 pub const FLUSH_AT: usize = 64 * 1024;
-/// Loggers wait (rather than grow the buffer or drop lines) beyond this.
+/// Lines are dropped (and counted) rather than grow the buffer beyond this.
 pub const BUFFER_LIMIT: usize = 4 * 1024 * 1024;
+/// The log's writeback is started after each this much of it written.
+pub const WRITEBACK_EVERY: usize = 1024 * 1024;
 
 /// Install the global subscriber. `filter` falls back to `default` when unset.
-pub fn init(filter: Option<&str>, default: &str, format: LogFormat) {
+pub fn init(filter: Option<&str>, default: &str, format: LogFormat, writeback: bool) {
     let mut filter =
         EnvFilter::try_new(filter.unwrap_or(default)).unwrap_or_else(|_| EnvFilter::new(default));
     // At TRACE the AWS SDK's orchestrator logs every operation's output with `Debug`,
@@ -44,7 +64,7 @@ pub fn init(filter: Option<&str>, default: &str, format: LogFormat) {
     let ansi = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(Sink::global())
+        .with_writer(Sink::global(writeback))
         .with_ansi(ansi)
         .with_target(false);
     let installed = match format {
@@ -142,6 +162,26 @@ thread_local! {
     static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Lines dropped since the process started because the log's output could not keep up.
+pub fn dropped_lines() -> u64 {
+    GLOBAL
+        .get()
+        .map_or(0, |sink| sink.dropped.load(Ordering::Relaxed))
+}
+
+/// The line that reports `n` lines dropped, in the log's format.
+fn dropped_notice(n: u64) -> Vec<u8> {
+    let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
+    let message = "log lines dropped: the log's output did not keep up";
+    match ACCESS_FORMAT.get() {
+        Some(LogFormat::Json) => format!(
+            "{{\"timestamp\":\"{now}\",\"level\":\"WARN\",\"fields\":{{\"message\":\"{message}\",\"dropped\":{n}}}}}\n"
+        ),
+        _ => format!("{now}  WARN {message} dropped={n}\n"),
+    }
+    .into_bytes()
+}
+
 /// Write out every buffered line now (before the process exits).
 pub fn flush() {
     if let Some(sink) = GLOBAL.get() {
@@ -158,6 +198,147 @@ pub struct Sink<W> {
     full: Condvar,
     /// Signalled when the buffer was written out.
     drained: Condvar,
+    /// Lines dropped, since the start.
+    dropped: AtomicU64,
+    /// The log's writeback, for the global sink.
+    writeback: Option<&'static Writeback>,
+}
+
+/// Has the kernel write the log out as it goes, from a thread of its own (see the module's
+/// doc): the log's writer counts what it wrote ([`Writeback::wrote`]) and wakes the thread
+/// after each [`WRITEBACK_EVERY`] bytes; wakings while it works are merged into one.
+pub struct Writeback {
+    state: Mutex<WritebackState>,
+    wake: Condvar,
+}
+
+struct WritebackState {
+    /// What to write back: `None` until known (a pipe before `serve` names its directory).
+    target: Option<Target>,
+    /// Written since the thread was last woken.
+    unsynced: usize,
+    /// Set when the thread has work.
+    due: bool,
+    /// Times the thread did its work (for the tests).
+    runs: u64,
+}
+
+enum Target {
+    /// The log's own file: `posix_fadvise(DONTNEED)` on it.
+    File(std::fs::File),
+    /// A file on the file system to sync (`syncfs`): the data directory.
+    FileSystem(std::fs::File),
+}
+
+impl Target {
+    fn write_back(&self) {
+        // A failure (a file system without it) leaves the kernel's own schedule.
+        match self {
+            Target::File(file) => {
+                let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
+            }
+            Target::FileSystem(dir) => {
+                let _ = rustix::fs::syncfs(dir);
+            }
+        }
+    }
+}
+
+impl Writeback {
+    /// The writeback of a sink writing to `out`, and its thread; `None` without a thread.
+    fn start(out: &impl std::os::fd::AsFd) -> Option<&'static Writeback> {
+        let file = out
+            .as_fd()
+            .try_clone_to_owned()
+            .ok()
+            .map(std::fs::File::from);
+        let regular = file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .is_some_and(|m| m.file_type().is_file());
+        let writeback: &'static Writeback = Box::leak(Box::new(Writeback {
+            state: Mutex::new(WritebackState {
+                target: file.filter(|_| regular).map(Target::File),
+                unsynced: 0,
+                due: false,
+                runs: 0,
+            }),
+            wake: Condvar::new(),
+        }));
+        std::thread::Builder::new()
+            .name("log-writeback".into())
+            .spawn(move || writeback.run())
+            .ok()?;
+        Some(writeback)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, WritebackState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn run(&self) {
+        loop {
+            let mut state = self
+                .wake
+                .wait_while(self.lock(), |s| !s.due)
+                .unwrap_or_else(|p| p.into_inner());
+            state.due = false;
+            // Done outside the lock: the log's writer only ever takes it to count.
+            let target = state.target.take();
+            drop(state);
+            if let Some(target) = &target {
+                target.write_back();
+            }
+            let mut state = self.lock();
+            if state.target.is_none() {
+                state.target = target;
+            }
+            state.runs += 1;
+        }
+    }
+
+    /// `n` more bytes of log written.
+    fn wrote(&self, n: usize) {
+        let mut state = self.lock();
+        state.unsynced += n;
+        if state.unsynced >= WRITEBACK_EVERY && state.target.is_some() {
+            state.unsynced = 0;
+            state.due = true;
+            self.wake.notify_one();
+        }
+    }
+
+    /// When the log is not a file of its own: sync the file system of `dir` instead.
+    fn name_file_system(&self, dir: &std::path::Path) {
+        let mut state = self.lock();
+        if matches!(state.target, Some(Target::File(_))) {
+            return;
+        }
+        if let Ok(dir) = std::fs::File::open(dir) {
+            state.target = Some(Target::FileSystem(dir));
+        }
+    }
+}
+
+/// `serve`'s data directory: when the log goes to a pipe (whose reader may write it to the
+/// same disk), the log's writeback syncs this directory's file system after every
+/// [`WRITEBACK_EVERY`] bytes of log. Nothing when stderr is a file (its own writeback is
+/// started instead), a terminal or /dev/null.
+pub fn sync_filesystem_of(dir: &std::path::Path) {
+    let writeback = GLOBAL.get().and_then(|sink| sink.writeback);
+    let Some(writeback) = writeback else {
+        return;
+    };
+    let piped = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .map(std::fs::File::from)
+        .and_then(|f| f.metadata().ok())
+        .is_some_and(|m| m.file_type().is_fifo() || m.file_type().is_socket());
+    if piped {
+        writeback.name_file_system(dir);
+    }
 }
 
 struct State<W> {
@@ -169,13 +350,19 @@ struct State<W> {
     writing: bool,
     /// Set when there is no writer thread: each logger writes out what it appended.
     synchronous: bool,
+    /// Lines dropped since the last write-out (reported at its end).
+    unreported: u64,
     out: Option<W>,
 }
 
 impl<W: Write + Send + 'static> Sink<W> {
     /// A sink writing to `out`, and its writer thread (which lives as long as the process).
     pub fn start(out: W) -> &'static Self {
-        let sink = Self::leak(out);
+        Self::start_with(out, None)
+    }
+
+    fn start_with(out: W, writeback: Option<&'static Writeback>) -> &'static Self {
+        let sink = Self::leak(out, writeback);
         let spawned = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || loop {
@@ -193,17 +380,20 @@ impl<W: Write + Send + 'static> Sink<W> {
         sink
     }
 
-    fn leak(out: W) -> &'static Self {
+    fn leak(out: W, writeback: Option<&'static Writeback>) -> &'static Self {
         Box::leak(Box::new(Sink {
             state: Mutex::new(State {
                 buf: Vec::with_capacity(FLUSH_AT),
                 spare: Vec::with_capacity(FLUSH_AT),
                 writing: false,
                 synchronous: false,
+                unreported: 0,
                 out: Some(out),
             }),
             full: Condvar::new(),
             drained: Condvar::new(),
+            dropped: AtomicU64::new(0),
+            writeback,
         }))
     }
 
@@ -218,18 +408,27 @@ impl<W: Write + Send + 'static> Sink<W> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Append one formatted line (or part of one: a logger's single `write_all`).
+    /// Append one formatted line (a logger's single `write_all`), or drop it when the
+    /// buffer is full.
     pub fn append(&self, bytes: &[u8]) {
         let mut state = self.lock();
-        while state.buf.len() >= BUFFER_LIMIT {
-            state = self.drained.wait(state).unwrap_or_else(|p| p.into_inner());
+        if state.synchronous {
+            // Each logger writes out its own: it waits for another's write under way, then
+            // writes this line (and any appended meanwhile), in order.
+            while state.buf.len() >= BUFFER_LIMIT {
+                state = self.drained.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
+            state.buf.extend_from_slice(bytes);
+            self.write_out(state);
+            return;
+        }
+        if !state.buf.is_empty() && state.buf.len() + bytes.len() > BUFFER_LIMIT {
+            state.unreported += 1;
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
         }
         state.buf.extend_from_slice(bytes);
-        if state.synchronous {
-            // Waits for another logger's write under way, then writes this line (and any
-            // appended meanwhile), in order.
-            self.write_out(state);
-        } else if state.buf.len() >= FLUSH_AT {
+        if state.buf.len() >= FLUSH_AT {
             self.full.notify_one();
         }
     }
@@ -254,10 +453,18 @@ impl<W: Write + Send + 'static> Sink<W> {
         let Some(mut out) = state.out.take() else {
             return;
         };
+        // The lines dropped came after all of these (they found the buffer full).
+        let unreported = std::mem::take(&mut state.unreported);
         state.writing = true;
         drop(state);
+        if unreported > 0 {
+            full.extend_from_slice(&dropped_notice(unreported));
+        }
         // Where stderr itself fails there is nowhere left to report it.
         let _ = out.write_all(&full).and_then(|()| out.flush());
+        if let Some(writeback) = self.writeback {
+            writeback.wrote(full.len());
+        }
         full.clear();
         let mut state = self.lock();
         state.spare = full;
@@ -269,9 +476,12 @@ impl<W: Write + Send + 'static> Sink<W> {
 }
 
 impl Sink<std::io::Stderr> {
-    fn global() -> StderrBuffer {
+    fn global(writeback: bool) -> StderrBuffer {
         let sink = *GLOBAL.get_or_init(|| {
-            let sink = Sink::start(std::io::stderr());
+            let writeback = writeback
+                .then(|| Writeback::start(&std::io::stderr()))
+                .flatten();
+            let sink = Sink::start_with(std::io::stderr(), writeback);
             let previous = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
                 sink.flush();
@@ -477,7 +687,7 @@ mod tests {
     #[test]
     fn without_a_writer_thread_each_logger_writes_its_line_at_once() {
         let out = Recorder::default();
-        let sink = Sink::leak(out.clone());
+        let sink = Sink::leak(out.clone(), None);
         sink.write_synchronously();
         sink.append(b"one\n");
         assert_eq!(seen(&out), b"one\n", "written before append returned");
@@ -511,37 +721,118 @@ mod tests {
         assert_eq!(seen(&out), b"last words\n");
     }
 
+    fn runs(writeback: &Writeback) -> u64 {
+        writeback.lock().runs
+    }
+
+    fn wait_for_runs(writeback: &Writeback, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while runs(writeback) < n {
+            assert!(Instant::now() < deadline, "the writeback did not run");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     #[test]
-    fn a_blocked_output_holds_loggers_back_instead_of_dropping_or_growing() {
+    fn a_log_file_is_written_back_after_every_mebibyte_not_before() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = std::fs::File::create(dir.path().join("log")).expect("file");
+        let writeback = Writeback::start(&file).expect("a thread");
+        assert!(matches!(writeback.lock().target, Some(Target::File(_))));
+        writeback.wrote(WRITEBACK_EVERY - 1);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(runs(writeback), 0, "ran before a MiB was written");
+        writeback.wrote(1);
+        wait_for_runs(writeback, 1);
+        writeback.wrote(3 * WRITEBACK_EVERY);
+        wait_for_runs(writeback, 2);
+        // The target survives its use.
+        assert!(writeback.lock().target.is_some());
+    }
+
+    #[test]
+    fn a_pipe_is_written_back_only_once_its_file_system_is_named() {
+        let (_reader, pipe) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let writeback = Writeback::start(&pipe).expect("a thread");
+        assert!(writeback.lock().target.is_none(), "a socket is not a file");
+        writeback.wrote(2 * WRITEBACK_EVERY);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(runs(writeback), 0, "nothing to write back yet");
+        let dir = tempfile::tempdir().expect("dir");
+        writeback.name_file_system(dir.path());
+        assert!(matches!(
+            writeback.lock().target,
+            Some(Target::FileSystem(_))
+        ));
+        writeback.wrote(WRITEBACK_EVERY);
+        wait_for_runs(writeback, 1);
+    }
+
+    #[test]
+    fn a_log_file_keeps_its_own_writeback_when_a_directory_is_named() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = std::fs::File::create(dir.path().join("log")).expect("file");
+        let writeback = Writeback::start(&file).expect("a thread");
+        writeback.name_file_system(dir.path());
+        assert!(matches!(writeback.lock().target, Some(Target::File(_))));
+    }
+
+    #[test]
+    fn a_blocked_output_drops_and_counts_lines_instead_of_holding_loggers_back() {
         let out = Recorder::default();
         let sink = Sink::start(out.clone());
         let gate = out.gate.lock().expect("gate"); // the output blocks from here on
-        let line = vec![b'x'; 1024];
-        let writers: Vec<_> = (0..4)
-            .map(|_| {
-                let line = line.clone();
-                std::thread::spawn(move || {
-                    for _ in 0..2 * BUFFER_LIMIT / line.len() {
-                        sink.append(&line);
-                    }
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_millis(200));
-        let held = sink.lock().buf.len();
-        assert!(
-            held <= BUFFER_LIMIT + line.len() * 4,
-            "buffer grew to {held}"
-        );
-        assert!(
-            writers.iter().any(|w| !w.is_finished()),
-            "loggers did not wait"
-        );
-        drop(gate);
-        for w in writers {
-            w.join().expect("writer");
+        let line = vec![b'x'; 1023]
+            .into_iter()
+            .chain([b'\n'])
+            .collect::<Vec<u8>>();
+        let per_logger = 2 * BUFFER_LIMIT / line.len();
+        let (done, finished) = std::sync::mpsc::channel();
+        for _ in 0..4 {
+            let (line, done) = (line.clone(), done.clone());
+            std::thread::spawn(move || {
+                for _ in 0..per_logger {
+                    sink.append(&line);
+                }
+                let _ = done.send(());
+            });
         }
+        for _ in 0..4 {
+            assert!(
+                finished.recv_timeout(Duration::from_secs(10)).is_ok(),
+                "a logger waited for the blocked output"
+            );
+        }
+        let held = sink.lock().buf.len();
+        assert!(held <= BUFFER_LIMIT, "buffer grew to {held}");
+        drop(gate);
         sink.flush();
-        assert_eq!(seen(&out).len(), 4 * 2 * BUFFER_LIMIT, "lines were lost");
+        let written = seen(&out);
+        let text = String::from_utf8(written).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        let kept = lines.iter().filter(|l| l.starts_with('x')).count() as u64;
+        let dropped = sink.dropped.load(Ordering::Relaxed);
+        assert!(dropped > 0, "nothing dropped");
+        assert_eq!(
+            kept + dropped,
+            4 * per_logger as u64,
+            "lines lost uncounted"
+        );
+        // Each loss is reported where it happened, and the reports add up.
+        let reported: u64 = lines
+            .iter()
+            .filter_map(|l| l.split_once("WARN log lines dropped"))
+            .map(|(_, rest)| {
+                let n = rest.rsplit_once("dropped=").expect("a count").1;
+                n.parse::<u64>().expect("a number")
+            })
+            .sum();
+        assert_eq!(reported, dropped, "{} reports", lines.len() - kept as usize);
+        // Once the output drains, lines are kept again.
+        sink.append(b"after\n");
+        sink.flush();
+        assert!(String::from_utf8(seen(&out))
+            .expect("utf-8")
+            .ends_with("after\n"));
     }
 }

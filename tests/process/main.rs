@@ -13,6 +13,7 @@ mod events;
 mod files;
 mod git_seal;
 mod hardening;
+mod logs;
 mod repositories;
 mod rewrap;
 mod secrets;
