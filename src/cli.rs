@@ -1007,8 +1007,11 @@ async fn serve(app: App) -> Result<()> {
         "repocrypt started"
     );
     warn_if_shared(&app.config.data_dir);
-    // A log piped to a reader that writes it to this disk is written back as it goes.
-    crate::telemetry::sync_filesystem_of(&app.config.data_dir);
+    // A log piped to a reader that may write it to the database's disk is written back
+    // as it goes (SQLite: the WAL's fsyncs are this process's own).
+    if let Some(dir) = crate::store::sqlite::database_dir(&app.config.database_url) {
+        crate::telemetry::sync_filesystem_of(&dir);
+    }
     print_line(&format!("repocrypt listening on {scheme}://{local}"))?;
     if app.config.iam == crate::config::IamBackend::Keystone {
         // The service's own login (and Keystone's first validation, which loads its policy

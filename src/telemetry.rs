@@ -14,15 +14,17 @@
 //! The log must not hold up the database either. Left to the kernel, a log written at
 //! megabytes a second sits in the page cache until its pages are 30 s old
 //! (`vm.dirty_expire_centisecs`) and is then written back in one burst, which a WAL `fsync` on
-//! the same disk waits behind (a durable PUT's p99 went from 12 to 40–50 ms). So after every
+//! the same disk waits behind (a durable PUT's p99 went from 14–19 to 32–63 ms). So after every
 //! [`WRITEBACK_EVERY`] bytes of log, a thread of its own ([`Writeback`]) has the kernel write
 //! the log out now, a little at a time: when stderr is a regular file (`2>file`, a unit's
 //! `StandardError=file:`) by `posix_fadvise(DONTNEED)` on it (starts the writeback of its dirty
-//! pages and drops those already written); when it is a pipe (to `tee`, a supervisor, a
-//! journal) whose reader writes a file we cannot name, by `syncfs` of the data directory's
-//! file system, once `serve` has named it ([`sync_filesystem_of`]). Neither is ever waited for
+//! pages and drops those already written); when it is a pipe or a socket (to `tee`, a
+//! supervisor, journald) whose reader writes a file we cannot name, by `syncfs` of the file
+//! system of the SQLite database, once `serve` has named its directory
+//! ([`sync_filesystem_of`]); at most one every [`WRITEBACK_PAUSE`]. Neither is ever waited for
 //! by a logger or by the log's writer (docs/performance.md, "Durable PUT with the access log on
-//! the database's disk").
+//! the database's disk"). Without a writer thread (it could not be started) each logger
+//! writes its own line and does wait for stderr.
 //!
 //! Why not `tracing-appender`'s non-blocking writer and `tracing`'s formatter for the
 //! access line: docs/performance.md, 2026-12-01 (11% fewer GETs a second, and 16% more
@@ -32,7 +34,7 @@ use std::io::{IsTerminal, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
@@ -48,6 +50,11 @@ pub const FLUSH_AT: usize = 64 * 1024;
 pub const BUFFER_LIMIT: usize = 4 * 1024 * 1024;
 /// The log's writeback is started after each this much of it written.
 pub const WRITEBACK_EVERY: usize = 1024 * 1024;
+/// ... but not more often than this.
+pub const WRITEBACK_PAUSE: Duration = Duration::from_millis(250);
+/// Longest the exit's [`flush`] waits for a write of the log already under way (a stderr
+/// nobody reads would otherwise hold the process for ever).
+pub const EXIT_FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// Install the global subscriber. `filter` falls back to `default` when unset.
 pub fn init(filter: Option<&str>, default: &str, format: LogFormat, writeback: bool) {
@@ -182,10 +189,11 @@ fn dropped_notice(n: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Write out every buffered line now (before the process exits).
+/// Write out every buffered line now (before the process exits), unless stderr has been
+/// blocked for [`EXIT_FLUSH_WAIT`].
 pub fn flush() {
     if let Some(sink) = GLOBAL.get() {
-        sink.flush();
+        sink.flush_within(EXIT_FLUSH_WAIT);
     }
 }
 
@@ -206,7 +214,8 @@ pub struct Sink<W> {
 
 /// Has the kernel write the log out as it goes, from a thread of its own (see the module's
 /// doc): the log's writer counts what it wrote ([`Writeback::wrote`]) and wakes the thread
-/// after each [`WRITEBACK_EVERY`] bytes; wakings while it works are merged into one.
+/// after each [`WRITEBACK_EVERY`] bytes; wakings while it works are merged into the next
+/// run, at most one every [`WRITEBACK_PAUSE`].
 pub struct Writeback {
     state: Mutex<WritebackState>,
     wake: Condvar,
@@ -214,7 +223,7 @@ pub struct Writeback {
 
 struct WritebackState {
     /// What to write back: `None` until known (a pipe before `serve` names its directory).
-    target: Option<Target>,
+    target: Option<Arc<Target>>,
     /// Written since the thread was last woken.
     unsynced: usize,
     /// Set when the thread has work.
@@ -258,7 +267,7 @@ impl Writeback {
             .is_some_and(|m| m.file_type().is_file());
         let writeback: &'static Writeback = Box::leak(Box::new(Writeback {
             state: Mutex::new(WritebackState {
-                target: file.filter(|_| regular).map(Target::File),
+                target: file.filter(|_| regular).map(|f| Arc::new(Target::File(f))),
                 unsynced: 0,
                 due: false,
                 runs: 0,
@@ -283,17 +292,17 @@ impl Writeback {
                 .wait_while(self.lock(), |s| !s.due)
                 .unwrap_or_else(|p| p.into_inner());
             state.due = false;
-            // Done outside the lock: the log's writer only ever takes it to count.
-            let target = state.target.take();
+            state.runs += 1;
+            let target = state.target.clone();
+            // Done outside the lock: the log's writer only ever takes it to count (a MiB
+            // written meanwhile sets `due` again, and the next run follows this one).
             drop(state);
-            if let Some(target) = &target {
+            let began = std::time::Instant::now();
+            if let Some(target) = target {
                 target.write_back();
             }
-            let mut state = self.lock();
-            if state.target.is_none() {
-                state.target = target;
-            }
-            state.runs += 1;
+            // At most a few a second, however fast the log goes.
+            std::thread::sleep(WRITEBACK_PAUSE.saturating_sub(began.elapsed()));
         }
     }
 
@@ -311,19 +320,19 @@ impl Writeback {
     /// When the log is not a file of its own: sync the file system of `dir` instead.
     fn name_file_system(&self, dir: &std::path::Path) {
         let mut state = self.lock();
-        if matches!(state.target, Some(Target::File(_))) {
+        if matches!(state.target.as_deref(), Some(Target::File(_))) {
             return;
         }
         if let Ok(dir) = std::fs::File::open(dir) {
-            state.target = Some(Target::FileSystem(dir));
+            state.target = Some(Arc::new(Target::FileSystem(dir)));
         }
     }
 }
 
-/// `serve`'s data directory: when the log goes to a pipe (whose reader may write it to the
-/// same disk), the log's writeback syncs this directory's file system after every
-/// [`WRITEBACK_EVERY`] bytes of log. Nothing when stderr is a file (its own writeback is
-/// started instead), a terminal or /dev/null.
+/// The SQLite database's directory, from `serve`: when the log goes to a pipe or a socket
+/// (whose reader may write it to the same disk), the log's writeback syncs this
+/// directory's file system after every [`WRITEBACK_EVERY`] bytes of log. Nothing when stderr
+/// is a file (its own writeback is started instead), a terminal or /dev/null.
 pub fn sync_filesystem_of(dir: &std::path::Path) {
     let writeback = GLOBAL.get().and_then(|sink| sink.writeback);
     let Some(writeback) = writeback else {
@@ -422,7 +431,11 @@ impl<W: Write + Send + 'static> Sink<W> {
             self.write_out(state);
             return;
         }
-        if !state.buf.is_empty() && state.buf.len() + bytes.len() > BUFFER_LIMIT {
+        // Once one line is dropped, every line is until the buffer is taken: the report of
+        // the loss, at the buffer's end, is then where the loss happened.
+        if state.unreported > 0
+            || (!state.buf.is_empty() && state.buf.len() + bytes.len() > BUFFER_LIMIT)
+        {
             state.unreported += 1;
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -437,6 +450,19 @@ impl<W: Write + Send + 'static> Sink<W> {
     pub fn flush(&self) {
         let state = self.lock();
         self.write_out(state);
+    }
+
+    /// [`flush`](Self::flush), unless a write under way has not ended within `wait` (stderr
+    /// blocked): then nothing (what is buffered stays there).
+    pub fn flush_within(&self, wait: Duration) {
+        let state = self.lock();
+        let (state, waited) = self
+            .drained
+            .wait_timeout_while(state, wait, |s| s.writing)
+            .unwrap_or_else(|p| p.into_inner());
+        if !waited.timed_out() {
+            self.write_out(state);
+        }
     }
 
     /// Take the buffer, write it out without holding the lock (loggers go on appending to
@@ -483,8 +509,10 @@ impl Sink<std::io::Stderr> {
                 .flatten();
             let sink = Sink::start_with(std::io::stderr(), writeback);
             let previous = std::panic::take_hook();
+            // A panicking task must not hang on a stuck stderr (its worker thread would
+            // be lost to the server): the hook's flush does not wait for the writer.
             std::panic::set_hook(Box::new(move |info| {
-                sink.flush();
+                sink.flush_within(Duration::ZERO);
                 previous(info);
             }));
             sink
@@ -734,11 +762,56 @@ mod tests {
     }
 
     #[test]
+    fn after_a_drop_every_line_is_dropped_until_the_report_so_it_marks_the_place() {
+        let out = Recorder::default();
+        let sink = Sink::leak(out.clone(), None); // no writer thread: nothing drains by itself
+        sink.append(&vec![b'a'; BUFFER_LIMIT - 10]);
+        sink.append(b"too long to fit\n"); // dropped
+        sink.append(b"fits\n"); // would fit, but comes after the loss
+        assert_eq!(sink.dropped.load(Ordering::Relaxed), 2);
+        sink.flush();
+        sink.append(b"after\n");
+        sink.flush();
+        let text = String::from_utf8(seen(&out)).expect("utf-8");
+        let tail = text.trim_start_matches('a');
+        assert!(tail.contains("WARN log lines dropped"), "{tail}");
+        assert!(tail.trim_end().ends_with("dropped=2\nafter"), "{tail}");
+        assert!(!tail.contains("fits"), "{tail}");
+    }
+
+    #[test]
+    fn the_panic_and_exit_flushes_do_not_wait_for_a_blocked_output() {
+        let out = Recorder::default();
+        let sink = Sink::start(out.clone());
+        let gate = out.gate.lock().expect("gate");
+        sink.append(b"one\n");
+        sink.full.notify_one();
+        // Wait for the writer to be inside the blocked write.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !sink.lock().writing {
+            assert!(Instant::now() < deadline, "the writer never began");
+            sink.full.notify_one();
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        sink.append(b"two\n");
+        let began = Instant::now();
+        sink.flush_within(Duration::ZERO);
+        sink.flush_within(Duration::from_millis(100));
+        assert!(began.elapsed() < Duration::from_secs(2), "a flush waited");
+        drop(gate);
+        sink.flush();
+        assert_eq!(seen(&out), b"one\ntwo\n");
+    }
+
+    #[test]
     fn a_log_file_is_written_back_after_every_mebibyte_not_before() {
         let dir = tempfile::tempdir().expect("dir");
         let file = std::fs::File::create(dir.path().join("log")).expect("file");
         let writeback = Writeback::start(&file).expect("a thread");
-        assert!(matches!(writeback.lock().target, Some(Target::File(_))));
+        assert!(matches!(
+            writeback.lock().target.as_deref(),
+            Some(Target::File(_))
+        ));
         writeback.wrote(WRITEBACK_EVERY - 1);
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(runs(writeback), 0, "ran before a MiB was written");
@@ -761,7 +834,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         writeback.name_file_system(dir.path());
         assert!(matches!(
-            writeback.lock().target,
+            writeback.lock().target.as_deref(),
             Some(Target::FileSystem(_))
         ));
         writeback.wrote(WRITEBACK_EVERY);
@@ -774,7 +847,10 @@ mod tests {
         let file = std::fs::File::create(dir.path().join("log")).expect("file");
         let writeback = Writeback::start(&file).expect("a thread");
         writeback.name_file_system(dir.path());
-        assert!(matches!(writeback.lock().target, Some(Target::File(_))));
+        assert!(matches!(
+            writeback.lock().target.as_deref(),
+            Some(Target::File(_))
+        ));
     }
 
     #[test]

@@ -989,6 +989,13 @@ impl Kms for AwsKms {
                 Some("NotFoundException") => Error::CmkGone {
                     key_id: old.key_id.clone(),
                 },
+                // Permanent, not an outage: a key policy without kms:ReEncrypt* (a rewrap
+                // records it as the repository's failure instead of retrying for ever).
+                Some("AccessDeniedException") => Error::KeyRefused {
+                    key_id: old.key_id.clone(),
+                    state: "not usable by this service (AWS KMS denied access: the key policy must allow kms:ReEncryptFrom and kms:ReEncryptTo)",
+                    code: old.state.code(),
+                },
                 _ => unavailable(e, "ReEncrypt"),
             })?;
         out.ciphertext_blob()

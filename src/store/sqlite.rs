@@ -401,6 +401,21 @@ async fn run_checkpoints(pool: SqlitePool, alive: Weak<()>) {
 }
 
 /// A database that has no file of its own to make private, or one not to create.
+/// The directory of the SQLite database file `url` names, when it names a file the
+/// service writes (not an in-memory or read-only database).
+pub fn database_dir(url: &str) -> Option<std::path::PathBuf> {
+    if !url.starts_with("sqlite:") || in_memory_or_read_only(url) {
+        return None;
+    }
+    let options = SqliteConnectOptions::from_str(url).ok()?;
+    let dir = options.get_filename().parent()?;
+    Some(if dir.as_os_str().is_empty() {
+        ".".into()
+    } else {
+        dir.to_owned()
+    })
+}
+
 fn in_memory_or_read_only(url: &str) -> bool {
     url.contains(":memory:") || url.contains("mode=memory") || url.contains("mode=ro")
 }
@@ -460,6 +475,23 @@ fn private_files(db: &std::path::Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_database_directory_is_known_only_for_a_file_the_service_writes() {
+        let dir = |url: &str| database_dir(url).map(|d| d.display().to_string());
+        assert_eq!(
+            dir("sqlite:///var/lib/repocrypt/repocrypt.db").as_deref(),
+            Some("/var/lib/repocrypt")
+        );
+        assert_eq!(
+            dir("sqlite://data/repocrypt.db?mode=rwc").as_deref(),
+            Some("data")
+        );
+        assert_eq!(dir("sqlite://repocrypt.db").as_deref(), Some("."));
+        assert_eq!(dir("sqlite::memory:"), None);
+        assert_eq!(dir("sqlite://x.db?mode=ro"), None);
+        assert_eq!(dir("postgres://u@h/db"), None);
+    }
     use crate::store::all_fail;
 
     #[test]
