@@ -50,7 +50,7 @@ pub const FLUSH_AT: usize = 64 * 1024;
 pub const BUFFER_LIMIT: usize = 4 * 1024 * 1024;
 /// The log's writeback is started after each this much of it written.
 pub const WRITEBACK_EVERY: usize = 1024 * 1024;
-/// ... but not more often than this.
+/// ... and a file system's sync not more often than this.
 pub const WRITEBACK_PAUSE: Duration = Duration::from_millis(250);
 /// Longest the exit's [`flush`] waits for a write of the log already under way (a stderr
 /// nobody reads would otherwise hold the process for ever).
@@ -215,7 +215,7 @@ pub struct Sink<W> {
 /// Has the kernel write the log out as it goes, from a thread of its own (see the module's
 /// doc): the log's writer counts what it wrote ([`Writeback::wrote`]) and wakes the thread
 /// after each [`WRITEBACK_EVERY`] bytes; wakings while it works are merged into the next
-/// run, at most one every [`WRITEBACK_PAUSE`].
+/// run (a file system's sync: at most one every [`WRITEBACK_PAUSE`]).
 pub struct Writeback {
     state: Mutex<WritebackState>,
     wake: Condvar,
@@ -300,9 +300,12 @@ impl Writeback {
             let began = std::time::Instant::now();
             if let Some(target) = target {
                 target.write_back();
+                // A file system's sync at most a few times a second, however fast the log
+                // goes (the log's own file is cheap to advise: no pause).
+                if matches!(*target, Target::FileSystem(_)) {
+                    std::thread::sleep(WRITEBACK_PAUSE.saturating_sub(began.elapsed()));
+                }
             }
-            // At most a few a second, however fast the log goes.
-            std::thread::sleep(WRITEBACK_PAUSE.saturating_sub(began.elapsed()));
         }
     }
 
