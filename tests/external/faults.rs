@@ -540,17 +540,16 @@ impl Case {
 
     fn record(&mut self, fault: &str, answers: &[Answer]) {
         for a in answers {
-            let line = format!(
-                "{:<10} {:<9} {:<20} {:<20} {:<14} {:>6}\n",
-                self.dependency.name(),
-                self.database,
-                fault,
-                format!("{:?}", a.kind),
-                a.text(),
-                a.took.as_millis()
-            );
-            self.table.push_str(&line);
+            let (kind, ms) = (format!("{:?}", a.kind), a.took.as_millis().to_string());
+            self.row(fault, &kind, &a.text(), &ms);
         }
+    }
+
+    /// One line of the table, for this case.
+    fn row(&mut self, fault: &str, operation: &str, answer: &str, last: &str) {
+        let (dependency, database) = (self.dependency.name(), self.database);
+        let line = row([dependency, database, fault, operation, answer, last]);
+        self.table.push_str(&line);
     }
 
     /// One fault: every operation within `BOUND` with its documented answer; then the
@@ -601,16 +600,9 @@ impl Case {
         loop {
             let answers = self.round(&kinds).await;
             if answers.iter().all(Answer::ok) {
-                let took = healed.elapsed();
-                self.table.push_str(&format!(
-                    "{:<10} {:<9} {:<20} {:<20} {:<14} {:>6}\n",
-                    self.dependency.name(),
-                    self.database,
-                    format!("{} ended", fault.name()),
-                    "every operation",
-                    "ok again",
-                    took.as_millis()
-                ));
+                let took = healed.elapsed().as_millis().to_string();
+                let ended = format!("{} ended", fault.name());
+                self.row(&ended, "every operation", "ok again", &took);
                 break;
             }
             let failing: Vec<String> = answers
@@ -758,15 +750,8 @@ impl Case {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        self.table.push_str(&format!(
-            "{:<10} {:<9} {:<20} {:<20} {:<14} {:>6}\n",
-            self.dependency.name(),
-            self.database,
-            "after every fault",
-            "rewrap jobs",
-            format!("{} succeeded", self.jobs.len()),
-            ""
-        ));
+        let succeeded = format!("{} succeeded", self.jobs.len());
+        self.row("after every fault", "rewrap jobs", &succeeded, "");
     }
 
     /// The events stream followed through every fault: each change once, in order, none
@@ -812,22 +797,23 @@ impl Case {
             "event ids out of order: {ids:?}"
         );
         assert_eq!(seen.unclean, 0, "an events stream broke off mid-way");
-        self.table.push_str(&format!(
-            "{:<10} {:<9} {:<20} {:<20} {:<14} {:>6}\n",
-            self.dependency.name(),
-            self.database,
-            "after every fault",
-            "open events stream",
+        let (events, streams) = (
             format!("{} events", seen.events.len()),
-            format!("{} str", seen.streams)
-        ));
+            format!("{} str", seen.streams),
+        );
+        drop(seen);
+        self.row("after every fault", "open events stream", &events, &streams);
     }
 
     fn finish(&self) {
-        let header = format!(
-            "{:<10} {:<9} {:<20} {:<20} {:<14} {:>6}\n",
-            "dependency", "database", "fault", "operation", "answer", "ms"
-        );
+        let header = row([
+            "dependency",
+            "database",
+            "fault",
+            "operation",
+            "answer",
+            "ms",
+        ]);
         let table = format!("{header}{}", self.table);
         println!("{table}");
         let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
@@ -837,6 +823,11 @@ impl Case {
         ));
         std::fs::write(file, &table).unwrap();
     }
+}
+
+/// One line of the table.
+fn row([dependency, database, fault, operation, answer, last]: [&str; 6]) -> String {
+    format!("{dependency:<10} {database:<9} {fault:<20} {operation:<20} {answer:<14} {last:>6}\n")
 }
 
 /// Set up `dependency` behind a proxy, on `database`; `None` (with the reason printed)
