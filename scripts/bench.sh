@@ -21,8 +21,8 @@
 # its open-loop releases/s),
 # BENCH_PARTS ("sqlite postgres broker keystone large logdisk": which parts to run; postgres needs
 # BENCH_PG_URL; keystone needs tests/keystone/install.sh's venv (or REPOCRYPT_KEYSTONE_VENV);
-# "ratio" is a focused check of GET setting's ratio alone, with every round shown:
-# BENCH_PARTS=ratio BENCH_ROUNDS=5 scripts/bench.sh; "logdisk" is durable PUT with the access
+# "ratio" is a focused check of GET setting's ratio alone, with every round shown, for wrk
+# -t1 -c64 and -t2 -c32 (BENCH_RATIO_SHAPES): BENCH_PARTS=ratio BENCH_ROUNDS=5 scripts/bench.sh; "logdisk" is durable PUT with the access
 # log written to the database's disk, see below).
 # BENCH_SERVER_LOG (/dev/null): where the servers' logs go. They log as in production (one
 # access line per request); the "logdisk" part measures a log on the database's disk.
@@ -230,24 +230,34 @@ printf 'commit: %s\n' "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 part sqlite && bench_store sqlite "$small"
 
 # ---- GET setting's ratio alone, every round shown ----------------------------------------------
+# For each wrk shape of BENCH_RATIO_SHAPES ("1x64 2x32": threads x connections), interleaved
+# rounds of baseline then repocrypt.
 if part ratio; then
     start_server repocrypt-ratio "$small"
     rc_addr="$addr"
     setting="/v4/tenants/$tenant/repo-encryption/setting"
     ensure_baseline "$rc_addr"
-    printf '\n## GET setting alone: closed loop, %s connections, %s per run, %s interleaved rounds\n\n' \
-        "$conns" "$duration" "$rounds"
-    printf '| round | baseline rps | repocrypt rps | p99 ms | non-2xx | ratio |\n|---|---|---|---|---|---|\n'
-    ratios=""
+    shapes="${BENCH_RATIO_SHAPES:-1x64 2x32}"
+    printf '\n## GET setting alone: closed loop, wrk %s, %s per run, %s interleaved rounds\n\n' \
+        "$shapes" "$duration" "$rounds"
+    printf '| round | wrk | baseline rps | repocrypt rps | p99 ms | non-2xx | ratio |\n|---|---|---|---|---|---|---|\n'
+    declare -A shape_ratios=()
     for round in $(seq "$rounds"); do
-        log "[ratio] round $round/$rounds"
-        read -r brps _ _ _ < <(wrk_run "http://$base_addr$setting")
-        read -r rps _ p99 bad < <(wrk_run "http://$rc_addr$setting" -H "X-Auth-Token: $token")
-        ratio="$(awk -v a="$rps" -v b="$brps" 'BEGIN {printf "%.3f", a / b}')"
-        ratios+="$ratio"$'\n'
-        printf '| %s | %s | %s | %s | %s | %s |\n' "$round" "$brps" "$rps" "$p99" "$bad" "$ratio"
+        for shape in $shapes; do
+            log "[ratio] round $round/$rounds, wrk $shape"
+            wrk_t="${shape%x*}" wrk_c="${shape#*x}"
+            read -r brps _ _ _ < <(wrk_run "http://$base_addr$setting")
+            read -r rps _ p99 bad < <(wrk_run "http://$rc_addr$setting" -H "X-Auth-Token: $token")
+            ratio="$(awk -v a="$rps" -v b="$brps" 'BEGIN {printf "%.3f", a / b}')"
+            shape_ratios[$shape]+="$ratio"$'\n'
+            printf '| %s | -t%s -c%s | %s | %s | %s | %s | %s |\n' "$round" "$wrk_t" "$wrk_c" "$brps" "$rps" "$p99" "$bad" "$ratio"
+        done
     done
-    printf '\nmedian ratio: %s\n' "$(printf '%s' "$ratios" | awk 'NF' | median)"
+    unset wrk_t wrk_c
+    printf '\n'
+    for shape in $shapes; do
+        printf 'median ratio, wrk %s: %s\n' "$shape" "$(printf '%s' "${shape_ratios[$shape]}" | awk 'NF' | median)"
+    done
 fi
 
 # ---- durable PUT with the access log on the database's disk ------------------------------------

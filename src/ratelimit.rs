@@ -74,7 +74,7 @@ impl RateLimiter {
     pub fn check_at(&self, key: impl Hash, now: Instant) -> Result<(), u64> {
         let hash = self.buckets.hash(key);
         let shard = self.buckets.at(index_of(hash));
-        let mut shard = match shard.lock() {
+        let mut shard = match shard.write() {
             Ok(s) => s,
             // A panic while holding the lock cannot leave a bucket half-written in a way
             // that matters; keep limiting rather than failing requests.

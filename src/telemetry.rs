@@ -364,6 +364,9 @@ struct State<W> {
     synchronous: bool,
     /// Lines dropped since the last write-out (reported at its end).
     unreported: u64,
+    /// Set once the writer thread was woken for the buffer being filled: each wake is a
+    /// system call, and loggers appending before the thread runs need not repeat it.
+    signalled: bool,
     out: Option<W>,
 }
 
@@ -400,6 +403,7 @@ impl<W: Write + Send + 'static> Sink<W> {
                 writing: false,
                 synchronous: false,
                 unreported: 0,
+                signalled: false,
                 out: Some(out),
             }),
             full: Condvar::new(),
@@ -444,7 +448,8 @@ impl<W: Write + Send + 'static> Sink<W> {
             return;
         }
         state.buf.extend_from_slice(bytes);
-        if state.buf.len() >= FLUSH_AT {
+        if state.buf.len() >= FLUSH_AT && !state.signalled {
+            state.signalled = true;
             self.full.notify_one();
         }
     }
@@ -479,6 +484,7 @@ impl<W: Write + Send + 'static> Sink<W> {
         }
         let spare = std::mem::take(&mut state.spare);
         let mut full = std::mem::replace(&mut state.buf, spare);
+        state.signalled = false;
         let Some(mut out) = state.out.take() else {
             return;
         };
@@ -715,6 +721,27 @@ mod tests {
         assert!(writes <= 2, "{writes} writes for 100 lines");
     }
 
+    /// Four threads each append `line` `times` times; fails with `why` unless all four are
+    /// done within 10 s.
+    fn four_loggers(sink: &'static Sink<Recorder>, line: &[u8], times: usize, why: &str) {
+        let (done, finished) = std::sync::mpsc::channel();
+        for _ in 0..4 {
+            let (line, done) = (line.to_vec(), done.clone());
+            std::thread::spawn(move || {
+                for _ in 0..times {
+                    sink.append(&line);
+                }
+                let _ = done.send(());
+            });
+        }
+        for _ in 0..4 {
+            assert!(
+                finished.recv_timeout(Duration::from_secs(10)).is_ok(),
+                "{why}"
+            );
+        }
+    }
+
     #[test]
     fn without_a_writer_thread_each_logger_writes_its_line_at_once() {
         let out = Recorder::default();
@@ -724,22 +751,12 @@ mod tests {
         assert_eq!(seen(&out), b"one\n", "written before append returned");
         // Twice the buffer limit, from four loggers: none of them waits for ever.
         let line = vec![b'x'; 1024];
-        let (done, finished) = std::sync::mpsc::channel();
-        for _ in 0..4 {
-            let (line, done) = (line.clone(), done.clone());
-            std::thread::spawn(move || {
-                for _ in 0..BUFFER_LIMIT / 2 / line.len() {
-                    sink.append(&line);
-                }
-                let _ = done.send(());
-            });
-        }
-        for _ in 0..4 {
-            assert!(
-                finished.recv_timeout(Duration::from_secs(10)).is_ok(),
-                "a logger blocked: nothing writes the buffer out"
-            );
-        }
+        four_loggers(
+            sink,
+            &line,
+            BUFFER_LIMIT / 2 / line.len(),
+            "a logger blocked: nothing writes the buffer out",
+        );
         assert_eq!(seen(&out).len(), 4 + 2 * BUFFER_LIMIT, "lines were lost");
     }
 
@@ -866,22 +883,12 @@ mod tests {
             .chain([b'\n'])
             .collect::<Vec<u8>>();
         let per_logger = 2 * BUFFER_LIMIT / line.len();
-        let (done, finished) = std::sync::mpsc::channel();
-        for _ in 0..4 {
-            let (line, done) = (line.clone(), done.clone());
-            std::thread::spawn(move || {
-                for _ in 0..per_logger {
-                    sink.append(&line);
-                }
-                let _ = done.send(());
-            });
-        }
-        for _ in 0..4 {
-            assert!(
-                finished.recv_timeout(Duration::from_secs(10)).is_ok(),
-                "a logger waited for the blocked output"
-            );
-        }
+        four_loggers(
+            sink,
+            &line,
+            per_logger,
+            "a logger waited for the blocked output",
+        );
         let held = sink.lock().buf.len();
         assert!(held <= BUFFER_LIMIT, "buffer grew to {held}");
         drop(gate);

@@ -681,32 +681,46 @@ impl VerdictCache {
         }
     }
 
-    fn shard(&self, key: &Digest32) -> &Mutex<lru::LruCache<Digest32, (Verdict, Instant)>> {
+    fn index(key: &Digest32) -> usize {
         // The key is a hash already: its first bytes pick the shard.
         let first = u64::from_le_bytes([
             key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7],
         ]);
-        self.shards.at(crate::shards::index_of(first))
+        crate::shards::index_of(first)
     }
 
+    /// A hit takes its shard shared (see `crate::shards`).
     fn get(&self, key: &Digest32, now: Instant) -> Option<Verdict> {
+        let index = Self::index(key);
         let found = {
-            let mut shard = self.shard(key).lock().ok()?;
-            match shard.get(key) {
-                Some((verdict, until)) if now < *until => Some(verdict.clone()),
-                Some(_) => {
-                    shard.pop(key);
-                    None
+            let shard = self.shards.read(index)?;
+            shard.peek(key).map(|(verdict, until)| {
+                let recent = crate::shards::is_most_recent(&shard, key);
+                ((now < *until).then(|| verdict.clone()), recent)
+            })
+        };
+        let found = match found {
+            Some((Some(verdict), recent)) => {
+                if !recent {
+                    crate::shards::promote(&self.shards, index, |m| m, key);
                 }
-                None => None,
+                Some(verdict)
             }
+            // Past its time: of no further use.
+            Some((None, _)) => {
+                if let Some(mut shard) = self.shards.write(index) {
+                    shard.pop(key);
+                }
+                None
+            }
+            None => None,
         };
         self.shards.count(found.is_some());
         found
     }
 
     fn put(&self, key: Digest32, verdict: Verdict, until: Instant) {
-        if let Ok(mut shard) = self.shard(&key).lock() {
+        if let Some(mut shard) = self.shards.write(Self::index(&key)) {
             shard.put(key, (verdict, until));
         }
     }

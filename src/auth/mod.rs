@@ -75,17 +75,23 @@ impl VerifiedTokens {
         }
     }
 
-    fn shard(&self, token: &str) -> &std::sync::Mutex<lru::LruCache<String, Identity>> {
-        self.shards.at(self.shards.index(token))
-    }
-
+    /// A hit takes its shard shared (see `crate::shards`): every request of a client
+    /// reusing its token looks up the same entry.
     fn get(&self, token: &str) -> Option<Identity> {
-        let mut shard = self.shard(token).lock().ok()?;
-        shard.get(token).cloned()
+        let index = self.shards.index(token);
+        let (identity, recent) = {
+            let shard = self.shards.read(index)?;
+            let identity = shard.peek(token).cloned()?;
+            (identity, crate::shards::is_most_recent(&shard, token))
+        };
+        if !recent {
+            crate::shards::promote(&self.shards, index, |m| m, token);
+        }
+        Some(identity)
     }
 
     fn put(&self, token: &str, identity: &Identity) {
-        if let Ok(mut shard) = self.shard(token).lock() {
+        if let Some(mut shard) = self.shards.write(self.shards.index(token)) {
             shard.put(token.to_owned(), identity.clone());
         }
     }

@@ -8,14 +8,14 @@
 //! the kill switch; [`ReleasedKeys::forget_key`] also drops a refused key's entries at
 //! once, so they do not linger in memory. Bounded: least recently used first out.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
 use super::repository::{DataKey, RepoId};
 use crate::clock::Clock;
-use crate::shards::{per_shard, Shards};
+use crate::shards::{is_most_recent, per_shard, promote, Shards};
 
 struct Entry {
     cmk_key_id: String,
@@ -51,8 +51,12 @@ impl ReleasedKeys {
         }
     }
 
-    fn shard(&self, tenant: &str, repo_id: RepoId) -> &std::sync::Mutex<Shard> {
-        self.shards.at(self.shards.index((tenant, repo_id)))
+    fn index(&self, tenant: &str, repo_id: RepoId) -> usize {
+        self.shards.index((tenant, repo_id))
+    }
+
+    fn shard(&self, tenant: &str, repo_id: RepoId) -> Option<RwLockWriteGuard<'_, Shard>> {
+        self.shards.write(self.index(tenant, repo_id))
     }
 
     /// The key unwrapped from exactly this CMK and wrapped key, within the TTL.
@@ -67,18 +71,30 @@ impl ReleasedKeys {
             return None;
         }
         let now = self.clock.monotonic();
-        let mut shard = self.shard(tenant, repo_id).lock().ok()?;
+        let index = self.index(tenant, repo_id);
         let key = (tenant.to_owned(), repo_id);
-        let hit = match shard.get(&key) {
-            Some(e)
-                if e.cmk_key_id == cmk_key_id
+        // A hit takes its shard shared (see `crate::shards`).
+        let found = {
+            let shard = self.shards.read(index)?;
+            shard.peek(&key).map(|e| {
+                let usable = e.cmk_key_id == cmk_key_id
                     && e.wrapped == wrapped
-                    && now.saturating_duration_since(e.at) < self.ttl =>
-            {
-                Some(e.key.clone())
+                    && now.saturating_duration_since(e.at) < self.ttl;
+                (usable.then(|| e.key.clone()), is_most_recent(&shard, &key))
+            })
+        };
+        let hit = match found {
+            Some((Some(data_key), recent)) => {
+                if !recent {
+                    promote(&self.shards, index, |m| m, &key);
+                }
+                Some(data_key)
             }
-            Some(_) => {
-                shard.pop(&key);
+            // Rewrapped, or past the TTL: of no further use.
+            Some((None, _)) => {
+                if let Some(mut shard) = self.shards.write(index) {
+                    shard.pop(&key);
+                }
                 None
             }
             None => None,
@@ -100,7 +116,7 @@ impl ReleasedKeys {
         if self.ttl.is_zero() {
             return;
         }
-        if let Ok(mut shard) = self.shard(tenant, repo_id).lock() {
+        if let Some(mut shard) = self.shard(tenant, repo_id) {
             shard.put(
                 (tenant.to_owned(), repo_id),
                 Entry {
@@ -115,7 +131,7 @@ impl ReleasedKeys {
 
     /// Drop one repository's key (it was shredded).
     pub fn forget(&self, tenant: &str, repo_id: RepoId) {
-        if let Ok(mut shard) = self.shard(tenant, repo_id).lock() {
+        if let Some(mut shard) = self.shard(tenant, repo_id) {
             shard.pop(&(tenant.to_owned(), repo_id));
         }
     }
@@ -124,7 +140,7 @@ impl ReleasedKeys {
     /// tenant), when the KMS or the grant refuses them.
     pub fn forget_key(&self, tenant: &str, cmk_key_id: Option<&str>) {
         for i in 0..crate::shards::SHARDS {
-            if let Ok(mut shard) = self.shards.at(i).lock() {
+            if let Some(mut shard) = self.shards.write(i) {
                 let gone: Vec<_> = shard
                     .iter()
                     .filter(|((t, _), e)| {

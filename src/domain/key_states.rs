@@ -19,7 +19,7 @@
 //! older answer never replaces a newer one.
 
 use std::cell::RefCell;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
@@ -29,7 +29,7 @@ use super::types::KeyState;
 use crate::clock::Clock;
 #[cfg(test)]
 use crate::shards::SHARDS;
-use crate::shards::{per_shard, Shards};
+use crate::shards::{is_most_recent, per_shard, promote, Shards};
 
 #[derive(Debug)]
 struct Entry {
@@ -122,28 +122,56 @@ impl KeyStateCache {
         self.clock.monotonic()
     }
 
-    fn shard(&self, key: &str) -> &Mutex<Shard> {
-        self.shards.at(self.shards.index(key))
+    /// `key`'s shard, exclusive.
+    fn shard(&self, key: &str) -> Option<RwLockWriteGuard<'_, Shard>> {
+        self.shards.write(self.shards.index(key))
     }
 
+    /// What an entry read at `now` is worth.
+    fn classify(&self, entry: &Entry, now: Instant) -> Lookup {
+        let (ttl, age) = (self.ttl, now.saturating_duration_since(entry.at));
+        if ttl.is_zero() || age >= ttl {
+            Lookup::Stale(entry.state)
+        } else if age >= ttl / 4 * 3 && !entry.refreshing {
+            Lookup::Refresh(entry.state)
+        } else {
+            Lookup::Fresh(entry.state)
+        }
+    }
+
+    /// A hit takes its shard shared (see `crate::shards`); only the lookup that hands out
+    /// a refresh takes it exclusive, to claim it.
     pub fn lookup(&self, tenant: &str, key_id: &str) -> Lookup {
-        let (ttl, now) = (self.ttl, self.now());
+        let now = self.now();
         let out = with_key(tenant, key_id, |key| {
-            let Ok(mut shard) = self.shard(key).lock() else {
+            let index = self.shards.index(key);
+            let (out, recent) = {
+                let Some(shard) = self.shards.read(index) else {
+                    return Lookup::Unknown;
+                };
+                let Some(entry) = shard.peek(key) else {
+                    return Lookup::Unknown;
+                };
+                (self.classify(entry, now), is_most_recent(&shard, key))
+            };
+            if !matches!(out, Lookup::Refresh(_)) {
+                if !recent {
+                    promote(&self.shards, index, |m| m, key);
+                }
+                return out;
+            }
+            // Claim the refresh, unless another lookup did since (or the entry changed).
+            let Some(mut shard) = self.shards.write(index) else {
                 return Lookup::Unknown;
             };
             let Some(entry) = shard.get_mut(key) else {
                 return Lookup::Unknown;
             };
-            let age = now.saturating_duration_since(entry.at);
-            if ttl.is_zero() || age >= ttl {
-                Lookup::Stale(entry.state)
-            } else if age >= ttl / 4 * 3 && !entry.refreshing {
+            let out = self.classify(entry, now);
+            if matches!(out, Lookup::Refresh(_)) {
                 entry.refreshing = true;
-                Lookup::Refresh(entry.state)
-            } else {
-                Lookup::Fresh(entry.state)
             }
+            out
         });
         self.shards
             .count(matches!(out, Lookup::Fresh(_) | Lookup::Refresh(_)));
@@ -163,7 +191,7 @@ impl KeyStateCache {
     ) -> Option<Option<KeyState>> {
         let key = format!("{tenant}\0{key_id}");
         let state = info.map(|i| i.key_state);
-        let mut shard = self.shard(&key).lock().ok()?;
+        let mut shard = self.shard(&key)?;
         if shard
             .peek(&key)
             .is_some_and(|e| e.at > read_at || e.floor.is_some_and(|floor| read_at < floor))
@@ -193,7 +221,7 @@ impl KeyStateCache {
         let now = self.now();
         let aged = now.checked_sub(self.ttl.max(Duration::from_millis(1)));
         let key = format!("{tenant}\0{key_id}");
-        let Ok(mut shard) = self.shard(&key).lock() else {
+        let Some(mut shard) = self.shard(&key) else {
             return;
         };
         match shard.peek_mut(&key) {
@@ -230,7 +258,7 @@ impl KeyStateCache {
     /// A refresh ahead of the TTL failed: let a later lookup try again.
     pub fn refresh_failed(&self, tenant: &str, key_id: &str) {
         with_key(tenant, key_id, |key| {
-            if let Ok(mut shard) = self.shard(key).lock() {
+            if let Some(mut shard) = self.shard(key) {
                 if let Some(entry) = shard.peek_mut(key) {
                     entry.refreshing = false;
                 }
@@ -241,7 +269,7 @@ impl KeyStateCache {
     /// Keep serving what is known of a key for another TTL (the KMS is unreachable).
     pub fn touch(&self, tenant: &str, key_id: &str) {
         with_key(tenant, key_id, |key| {
-            if let Ok(mut shard) = self.shard(key).lock() {
+            if let Some(mut shard) = self.shard(key) {
                 if let Some(entry) = shard.get_mut(key) {
                     entry.at = self.now();
                     entry.refreshing = false;
@@ -334,7 +362,7 @@ mod tests {
         let (c, _) = cache(60, SHARDS * 2);
         let same_shard: Vec<String> = (0..10_000)
             .map(|i| i.to_string())
-            .filter(|k| std::ptr::eq(c.shard(&format!("t\0{k}")), c.shard("t\0a")))
+            .filter(|k| c.shards.index(format!("t\0{k}").as_str()) == c.shards.index("t\0a"))
             .take(2)
             .collect();
         c.put("t", "a", info(KeyState::Enabled), c.now());

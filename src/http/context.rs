@@ -42,27 +42,41 @@ pub const CLIENT_CLOSED: u16 = 499;
 /// The id of the current request, as sent back in `X-Request-Id`: 1..=128 visible ASCII
 /// characters.
 #[derive(Debug, Clone)]
-pub struct RequestId(HeaderValue);
+pub struct RequestId(Repr);
+
+/// A generated id is kept as its digits (cloned without allocating, made a header value
+/// once, on the answer); a caller's is kept as the header value it came in.
+#[derive(Debug, Clone)]
+enum Repr {
+    Generated([u8; 32]),
+    Echoed(HeaderValue),
+}
 
 impl RequestId {
     pub fn as_str(&self) -> &str {
         // Only ever built from visible ASCII (see `usable` and `new_request_id`).
-        self.0.to_str().unwrap_or_default()
+        match &self.0 {
+            Repr::Generated(digits) => std::str::from_utf8(digits).unwrap_or_default(),
+            Repr::Echoed(value) => value.to_str().unwrap_or_default(),
+        }
     }
 
     /// The caller's `X-Request-Id` when usable, else a new one.
     pub fn of(headers: &HeaderMap) -> RequestId {
         match headers.get(REQUEST_ID_HEADER) {
-            Some(v) if usable(v) => RequestId(v.clone()),
+            Some(v) if usable(v) => RequestId(Repr::Echoed(v.clone())),
             _ => new_request_id(),
         }
     }
 
     /// Send it back in `X-Request-Id`.
     pub fn set_on(&self, response: &mut Response) {
-        response
-            .headers_mut()
-            .insert(REQUEST_ID_HEADER, self.0.clone());
+        let value = match &self.0 {
+            Repr::Echoed(value) => value.clone(),
+            #[allow(clippy::expect_used)] // hex digits are a valid header value
+            Repr::Generated(digits) => HeaderValue::from_bytes(digits).expect("hex digits"),
+        };
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
 }
 
@@ -82,8 +96,7 @@ pub fn new_request_id() -> RequestId {
     for (i, d) in digits.iter_mut().enumerate() {
         *d = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
     }
-    #[allow(clippy::expect_used)] // hex digits are a valid header value
-    RequestId(HeaderValue::from_bytes(&digits).expect("hex digits"))
+    RequestId(Repr::Generated(digits))
 }
 
 /// What one route's [`request_context`] layer knows.

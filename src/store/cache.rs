@@ -9,7 +9,7 @@
 
 use lru::LruCache;
 
-use crate::shards::{per_shard, Shards};
+use crate::shards::{is_most_recent, per_shard, promote, Shards};
 
 struct Shard<V> {
     generation: u64,
@@ -41,19 +41,28 @@ impl<V: Clone> RowCache<V> {
         }
     }
 
-    /// The cached row, or a ticket to read the database with.
+    /// The cached row, or a ticket to read the database with. A hit takes its shard
+    /// shared (see `crate::shards`).
     pub fn get(&self, key: &str) -> Result<V, Ticket> {
         let shard = self.shards.index(key);
-        let found = match self.shards.at(shard).lock() {
-            Ok(mut s) if self.enabled => match s.map.get(key) {
-                Some(v) => Ok(v.clone()),
+        let found = match self.shards.read(shard) {
+            Some(s) if self.enabled => match s.map.peek(key) {
+                Some(v) => Ok((v.clone(), is_most_recent(&s.map, key))),
                 None => Err(s.generation),
             },
-            Ok(s) => Err(s.generation),
-            Err(_) => Err(u64::MAX),
+            Some(s) => Err(s.generation),
+            None => Err(u64::MAX),
         };
         self.shards.count(found.is_ok());
-        found.map_err(|generation| Ticket { shard, generation })
+        match found {
+            Ok((value, recent)) => {
+                if !recent {
+                    promote(&self.shards, shard, |s| &mut s.map, key);
+                }
+                Ok(value)
+            }
+            Err(generation) => Err(Ticket { shard, generation }),
+        }
     }
 
     /// Store what was read with `ticket`, unless a write finished since.
@@ -61,7 +70,7 @@ impl<V: Clone> RowCache<V> {
         if !self.enabled {
             return;
         }
-        if let Ok(mut s) = self.shards.at(ticket.shard).lock() {
+        if let Some(mut s) = self.shards.write(ticket.shard) {
             if s.generation == ticket.generation {
                 s.map.put(key.to_owned(), value);
             }
@@ -70,7 +79,7 @@ impl<V: Clone> RowCache<V> {
 
     /// A write to `key` has committed: forget it, and refuse fills that began before.
     pub fn invalidate(&self, key: &str) {
-        if let Ok(mut s) = self.shards.at(self.shards.index(key)).lock() {
+        if let Some(mut s) = self.shards.write(self.shards.index(key)) {
             s.generation = s.generation.wrapping_add(1);
             s.map.pop(key);
         }
@@ -80,7 +89,7 @@ impl<V: Clone> RowCache<V> {
     /// refuse every fill that began before (in any shard: the keys are spread over all).
     pub fn invalidate_prefix(&self, prefix: &str) {
         for index in 0..crate::shards::SHARDS {
-            if let Ok(mut s) = self.shards.at(index).lock() {
+            if let Some(mut s) = self.shards.write(index) {
                 s.generation = s.generation.wrapping_add(1);
                 let keys: Vec<String> = s
                     .map
@@ -99,7 +108,7 @@ impl<V: Clone> RowCache<V> {
     /// that began before.
     pub fn clear(&self) {
         for i in 0..crate::shards::SHARDS {
-            if let Ok(mut s) = self.shards.at(i).lock() {
+            if let Some(mut s) = self.shards.write(i) {
                 s.generation = s.generation.wrapping_add(1);
                 s.map.clear();
             }
