@@ -9,8 +9,9 @@
 //! LRU's recency is then updated after the read, by [`promote`]: never when the entry is
 //! already the most recent one (the hot entry of a busy tenant), and only when the shard
 //! is free at that moment. So single-threaded use is exactly least recently used, and
-//! under contention an entry may miss a promotion (the hit that held the shard promotes
-//! its own entry); a hit never waits for one.
+//! under contention an entry may miss a promotion (overlapping hits may all skip theirs);
+//! a hit never waits for one. Hits still wait behind a change of the shard (a fill, an
+//! invalidation, a refresh claimed, an expired entry removed), which holds it briefly.
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};

@@ -709,7 +709,10 @@ impl VerdictCache {
             // Past its time: of no further use.
             Some((None, _)) => {
                 if let Some(mut shard) = self.shards.write(index) {
-                    shard.pop(key);
+                    // Unless a validation put a fresh verdict since.
+                    if shard.peek(key).is_some_and(|(_, until)| now >= *until) {
+                        shard.pop(key);
+                    }
                 }
                 None
             }

@@ -74,13 +74,18 @@ impl ReleasedKeys {
         let index = self.index(tenant, repo_id);
         let key = (tenant.to_owned(), repo_id);
         // A hit takes its shard shared (see `crate::shards`).
+        let usable = |e: &Entry| {
+            e.cmk_key_id == cmk_key_id
+                && e.wrapped == wrapped
+                && now.saturating_duration_since(e.at) < self.ttl
+        };
         let found = {
             let shard = self.shards.read(index)?;
             shard.peek(&key).map(|e| {
-                let usable = e.cmk_key_id == cmk_key_id
-                    && e.wrapped == wrapped
-                    && now.saturating_duration_since(e.at) < self.ttl;
-                (usable.then(|| e.key.clone()), is_most_recent(&shard, &key))
+                (
+                    usable(e).then(|| e.key.clone()),
+                    is_most_recent(&shard, &key),
+                )
             })
         };
         let hit = match found {
@@ -90,10 +95,13 @@ impl ReleasedKeys {
                 }
                 Some(data_key)
             }
-            // Rewrapped, or past the TTL: of no further use.
+            // Rewrapped, or past the TTL: of no further use (unless another release
+            // put a fresh one since).
             Some((None, _)) => {
                 if let Some(mut shard) = self.shards.write(index) {
-                    shard.pop(&key);
+                    if shard.peek(&key).is_some_and(|e| !usable(e)) {
+                        shard.pop(&key);
+                    }
                 }
                 None
             }
