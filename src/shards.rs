@@ -6,7 +6,7 @@
 //! requests of one busy tenant all hit the same entries of the same shard, and with an
 //! exclusive lock two worker threads took turns on it, one of them asleep in the kernel
 //! at every turn (`docs/performance.md`, "Hot entries without a lock to wait on"). The
-//! LRU's recency is then updated after the read, by [`promote`]: never when the entry is
+//! LRU's recency is then updated after the read, by `promote`: never when the entry is
 //! already the most recent one (the hot entry of a busy tenant), and only when the shard
 //! is free at that moment. So single-threaded use is exactly least recently used, and
 //! under contention an entry may miss a promotion (overlapping hits may all skip theirs);
@@ -98,8 +98,53 @@ impl<T> Shards<T> {
     }
 }
 
+/// A shard that is, or holds, a least-recently-used map (what [`Shards::peek`] looks in).
+pub trait Lru {
+    type K: Hash + Eq;
+    type V;
+    fn lru(&self) -> &LruCache<Self::K, Self::V>;
+    fn lru_mut(&mut self) -> &mut LruCache<Self::K, Self::V>;
+}
+
+impl<K: Hash + Eq, V> Lru for LruCache<K, V> {
+    type K = K;
+    type V = V;
+    fn lru(&self) -> &LruCache<K, V> {
+        self
+    }
+    fn lru_mut(&mut self) -> &mut LruCache<K, V> {
+        self
+    }
+}
+
+impl<T: Lru> Shards<T> {
+    /// A lookup of `key` in shard `index` under its shared lock: `look` sees the shard and
+    /// the entry (if any) and returns the answer and whether it used the entry. A used
+    /// entry is then made most recent, by [`promote`] (`None`: the shard is poisoned).
+    pub fn peek<Q, R>(
+        &self,
+        index: usize,
+        key: &Q,
+        look: impl FnOnce(&T, Option<&T::V>) -> (R, bool),
+    ) -> Option<R>
+    where
+        T::K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (answer, promote_it) = {
+            let shard = self.read(index)?;
+            let (answer, used) = look(&shard, shard.lru().peek(key));
+            (answer, used && !is_most_recent(shard.lru(), key))
+        };
+        if promote_it {
+            promote(self, index, key);
+        }
+        Some(answer)
+    }
+}
+
 /// Whether `key` is `map`'s most recently used entry (then a hit need not promote it).
-pub fn is_most_recent<K, Q, V>(map: &LruCache<K, V>, key: &Q) -> bool
+fn is_most_recent<K, Q, V>(map: &LruCache<K, V>, key: &Q) -> bool
 where
     K: Borrow<Q> + Hash + Eq,
     Q: Eq + ?Sized,
@@ -108,18 +153,14 @@ where
 }
 
 /// After a hit under [`Shards::read`]: make `key` the most recently used entry of shard
-/// `index`'s map (`lru` finds it in the shard), unless another thread holds the shard now.
-pub fn promote<T, K, Q, V>(
-    shards: &Shards<T>,
-    index: usize,
-    lru: impl FnOnce(&mut T) -> &mut LruCache<K, V>,
-    key: &Q,
-) where
-    K: Borrow<Q> + Hash + Eq,
+/// `index`, unless another thread holds the shard now.
+fn promote<T: Lru, Q>(shards: &Shards<T>, index: usize, key: &Q)
+where
+    T::K: Borrow<Q>,
     Q: Hash + Eq + ?Sized,
 {
     if let Ok(mut shard) = shards.at(index).try_write() {
-        lru(&mut shard).promote(key);
+        shard.lru_mut().promote(key);
     }
 }
 
@@ -138,11 +179,11 @@ mod tests {
         }
         assert!(is_most_recent(&map, &3) && !is_most_recent(&map, &1));
         drop(map);
-        promote(&shards, 0, |m| m, &1);
+        promote(&shards, 0, &1);
         assert!(is_most_recent(&shards.read(0).unwrap(), &1));
         // Held by another reader: the promotion is skipped, not waited for.
         let held = shards.read(0).unwrap();
-        promote(&shards, 0, |m| m, &2);
+        promote(&shards, 0, &2);
         drop(held);
         assert!(is_most_recent(&shards.read(0).unwrap(), &1));
         // 1 was promoted, so 2 is the least recent and makes room.

@@ -692,22 +692,16 @@ impl VerdictCache {
     /// A hit takes its shard shared (see `crate::shards`).
     fn get(&self, key: &Digest32, now: Instant) -> Option<Verdict> {
         let index = Self::index(key);
-        let found = {
-            let shard = self.shards.read(index)?;
-            shard.peek(key).map(|(verdict, until)| {
-                let recent = crate::shards::is_most_recent(&shard, key);
-                ((now < *until).then(|| verdict.clone()), recent)
-            })
-        };
+        // Some(Some(verdict)): a hit; Some(None): a verdict past its time.
+        let found = self.shards.peek(index, key, |_, entry| match entry {
+            Some((verdict, until)) if now < *until => (Some(Some(verdict.clone())), true),
+            Some(_) => (Some(None), false),
+            None => (None, false),
+        })?;
         let found = match found {
-            Some((Some(verdict), recent)) => {
-                if !recent {
-                    crate::shards::promote(&self.shards, index, |m| m, key);
-                }
-                Some(verdict)
-            }
+            Some(Some(verdict)) => Some(verdict),
             // Past its time: of no further use.
-            Some((None, _)) => {
+            Some(None) => {
                 if let Some(mut shard) = self.shards.write(index) {
                     // Unless a validation put a fresh verdict since.
                     if shard.peek(key).is_some_and(|(_, until)| now >= *until) {

@@ -79,15 +79,13 @@ impl VerifiedTokens {
     /// reusing its token looks up the same entry.
     fn get(&self, token: &str) -> Option<Identity> {
         let index = self.shards.index(token);
-        let (identity, recent) = {
-            let shard = self.shards.read(index)?;
-            let identity = shard.peek(token).cloned()?;
-            (identity, crate::shards::is_most_recent(&shard, token))
-        };
-        if !recent {
-            crate::shards::promote(&self.shards, index, |m| m, token);
-        }
-        Some(identity)
+        self.shards
+            .peek(index, token, |_, found| {
+                let identity = found.cloned();
+                let used = identity.is_some();
+                (identity, used)
+            })
+            .flatten()
     }
 
     fn put(&self, token: &str, identity: &Identity) {

@@ -15,7 +15,7 @@ use lru::LruCache;
 
 use super::repository::{DataKey, RepoId};
 use crate::clock::Clock;
-use crate::shards::{is_most_recent, per_shard, promote, Shards};
+use crate::shards::{per_shard, Shards};
 
 struct Entry {
     cmk_key_id: String,
@@ -79,25 +79,17 @@ impl ReleasedKeys {
                 && e.wrapped == wrapped
                 && now.saturating_duration_since(e.at) < self.ttl
         };
-        let found = {
-            let shard = self.shards.read(index)?;
-            shard.peek(&key).map(|e| {
-                (
-                    usable(e).then(|| e.key.clone()),
-                    is_most_recent(&shard, &key),
-                )
-            })
-        };
+        // Some(Some(key)): a hit; Some(None): an entry of no further use.
+        let found = self.shards.peek(index, &key, |_, entry| match entry {
+            Some(e) if usable(e) => (Some(Some(e.key.clone())), true),
+            Some(_) => (Some(None), false),
+            None => (None, false),
+        })?;
         let hit = match found {
-            Some((Some(data_key), recent)) => {
-                if !recent {
-                    promote(&self.shards, index, |m| m, &key);
-                }
-                Some(data_key)
-            }
+            Some(Some(data_key)) => Some(data_key),
             // Rewrapped, or past the TTL: of no further use (unless another release
             // put a fresh one since).
-            Some((None, _)) => {
+            Some(None) => {
                 if let Some(mut shard) = self.shards.write(index) {
                     if shard.peek(&key).is_some_and(|e| !usable(e)) {
                         shard.pop(&key);

@@ -29,7 +29,7 @@ use super::types::KeyState;
 use crate::clock::Clock;
 #[cfg(test)]
 use crate::shards::SHARDS;
-use crate::shards::{is_most_recent, per_shard, promote, Shards};
+use crate::shards::{per_shard, Shards};
 
 #[derive(Debug)]
 struct Entry {
@@ -145,19 +145,18 @@ impl KeyStateCache {
         let now = self.now();
         let out = with_key(tenant, key_id, |key| {
             let index = self.shards.index(key);
-            let (out, recent) = {
-                let Some(shard) = self.shards.read(index) else {
-                    return Lookup::Unknown;
-                };
-                let Some(entry) = shard.peek(key) else {
-                    return Lookup::Unknown;
-                };
-                (self.classify(entry, now), is_most_recent(&shard, key))
+            let out = self.shards.peek(index, key, |_, entry| match entry {
+                None => (Lookup::Unknown, false),
+                Some(entry) => {
+                    let out = self.classify(entry, now);
+                    let used = !matches!(out, Lookup::Refresh(_));
+                    (out, used)
+                }
+            });
+            let Some(out) = out else {
+                return Lookup::Unknown;
             };
             if !matches!(out, Lookup::Refresh(_)) {
-                if !recent {
-                    promote(&self.shards, index, |m| m, key);
-                }
                 return out;
             }
             // Claim the refresh, unless another lookup did since (or the entry changed).

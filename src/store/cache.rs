@@ -9,11 +9,22 @@
 
 use lru::LruCache;
 
-use crate::shards::{is_most_recent, per_shard, promote, Shards};
+use crate::shards::{per_shard, Lru, Shards};
 
 struct Shard<V> {
     generation: u64,
     map: LruCache<String, V>,
+}
+
+impl<V> Lru for Shard<V> {
+    type K = String;
+    type V = V;
+    fn lru(&self) -> &LruCache<String, V> {
+        &self.map
+    }
+    fn lru_mut(&mut self) -> &mut LruCache<String, V> {
+        &mut self.map
+    }
 }
 
 pub struct RowCache<V> {
@@ -45,24 +56,15 @@ impl<V: Clone> RowCache<V> {
     /// shared (see `crate::shards`).
     pub fn get(&self, key: &str) -> Result<V, Ticket> {
         let shard = self.shards.index(key);
-        let found = match self.shards.read(shard) {
-            Some(s) if self.enabled => match s.map.peek(key) {
-                Some(v) => Ok((v.clone(), is_most_recent(&s.map, key))),
-                None => Err(s.generation),
-            },
-            Some(s) => Err(s.generation),
-            None => Err(u64::MAX),
-        };
+        let found = self
+            .shards
+            .peek(shard, key, |s, found| match found {
+                Some(v) if self.enabled => (Ok(v.clone()), true),
+                _ => (Err(s.generation), false),
+            })
+            .unwrap_or(Err(u64::MAX));
         self.shards.count(found.is_ok());
-        match found {
-            Ok((value, recent)) => {
-                if !recent {
-                    promote(&self.shards, shard, |s| &mut s.map, key);
-                }
-                Ok(value)
-            }
-            Err(generation) => Err(Ticket { shard, generation }),
-        }
+        found.map_err(|generation| Ticket { shard, generation })
     }
 
     /// Store what was read with `ticket`, unless a write finished since.
