@@ -71,8 +71,8 @@ pub struct SettingReport {
     pub setting: Option<Setting>,
     /// The state of the setting's key now; `None` without a key, or when the key is gone.
     pub key_state: Option<KeyState>,
-    pub region: String,
-    pub region_type: String,
+    pub region: std::sync::Arc<str>,
+    pub region_type: std::sync::Arc<str>,
 }
 
 /// What `GET /v4/tenant/setting` answers.

@@ -23,8 +23,9 @@ pub struct Service {
     pub(super) rewraps: super::rewrap::RunningHere,
     /// Where the key-state changes this process sees are reported (`domain::events`).
     pub(super) watch: KeyWatch,
-    region: String,
-    region_type: String,
+    /// Shared with every report (a GET's answer clones no string for them).
+    region: Arc<str>,
+    region_type: Arc<str>,
     default_permit_public: PermitPublic,
 }
 
@@ -51,8 +52,8 @@ impl Service {
             released,
             rewraps: Default::default(),
             cache: Arc::new(cache),
-            region,
-            region_type,
+            region: region.into(),
+            region_type: region_type.into(),
             default_permit_public: PermitPublic::Deny,
         }
     }

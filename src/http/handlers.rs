@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, SchemaType, Type};
@@ -25,6 +25,10 @@ use crate::domain::{
 
 pub(super) type ApiResult<T> = Result<T, WebError>;
 
+/// `Content-Type` of a JSON answer: a static header value, which costs no allocation (one
+/// made from a `&str` copies it for each answer).
+pub(super) const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+
 /// A JSON answer serialized into a buffer sized for the API's answers (a few hundred
 /// bytes), where `Json` starts at 128 bytes and grows twice.
 pub struct JsonBody<T>(pub T);
@@ -33,7 +37,7 @@ impl<T: serde::Serialize> IntoResponse for JsonBody<T> {
     fn into_response(self) -> axum::response::Response {
         let mut body = Vec::with_capacity(512);
         match serde_json::to_writer(&mut body, &self.0) {
-            Ok(()) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            Ok(()) => ([(header::CONTENT_TYPE, APPLICATION_JSON)], body).into_response(),
             Err(e) => {
                 WebError::from(Error::Internal(format!("encode the answer: {e}"))).into_response()
             }
@@ -160,18 +164,18 @@ pub async fn update_setting(
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<JsonBody<SettingView>> {
+) -> ApiResult<Response> {
     let tenant = path_tenant(path)?;
     caller.authorize_write(&tenant)?;
     require_json(&headers)?;
     let body = body_bytes(body, state.limits.max_body_bytes)?;
     check_json_depth(&body, state.limits.json_max_depth)?;
     let patch = parse_setting_patch(&body)?;
-    let view = state
+    let report = state
         .service
         .update_setting(&actor(&caller, &request_id), &caller.tenant_id, patch)
         .await?;
-    Ok(JsonBody(view.into()))
+    Ok(JsonBody(SettingView::from(&report)).into_response())
 }
 
 /// Obtain the repository encryption configuration of the current tenant.
@@ -196,11 +200,11 @@ pub async fn show_setting(
     State(state): State<AppState>,
     Caller(caller): Caller,
     path: Result<Path<String>, PathRejection>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     let tenant = path_tenant(path)?;
     caller.authorize_read(&tenant)?;
-    let view: SettingView = state.service.show_setting(&caller.tenant_id).await?.into();
-    Ok((StatusCode::ACCEPTED, JsonBody(view)))
+    let report = state.service.show_setting(&caller.tenant_id).await?;
+    Ok((StatusCode::ACCEPTED, JsonBody(SettingView::from(&report))).into_response())
 }
 
 /// Create the KMS authorization the current tenant delegates to this service.
@@ -438,7 +442,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 
 pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/json")],
+        [(header::CONTENT_TYPE, APPLICATION_JSON)],
         state.openapi.clone(),
     )
 }

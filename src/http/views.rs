@@ -10,51 +10,52 @@ use crate::domain::{
     RewrapState, SettingReport, TenantId, TenantSetting,
 };
 
-/// Response of PUT and GET `/v4/tenants/{tenant_id}/repo-encryption/setting`.
+/// Response of PUT and GET `/v4/tenants/{tenant_id}/repo-encryption/setting`, borrowed
+/// from the report it answers (encoding it copies no string first).
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct SettingView {
+pub struct SettingView<'a> {
     /// Record id, assigned on first write; absent for a tenant that never wrote a setting.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 2147483647, format = Int64, nullable = false)]
     pub id: Option<i64>,
     #[schema(min_length = 1, max_length = 1000)]
-    pub tenant_id: String,
+    pub tenant_id: &'a str,
     /// `KMS`, `normal`, or null for a tenant that never configured anything.
     #[schema(value_type = Option<EncryptionTypeOut>)]
     pub encryption_type: Option<EncryptionType>,
     pub default_encryption_enabled: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(min_length = 1, max_length = 1000, nullable = false)]
-    pub cmk_key_name: Option<String>,
+    pub cmk_key_name: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(min_length = 1, max_length = 1000, nullable = false)]
-    pub cmk_key_id: Option<String>,
+    pub cmk_key_id: Option<&'a str>,
     /// Current state of the key in KMS: 1 to be activated, 2 enabled, 3 disabled,
     /// 4 pending deletion, 5 pending import.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<KeyStateCode>, nullable = false)]
     pub key_state: Option<KeyState>,
     #[schema(min_length = 1, max_length = 1000)]
-    pub region: String,
+    pub region: &'a str,
     #[schema(min_length = 1, max_length = 1000)]
-    pub region_type: String,
+    pub region_type: &'a str,
 }
 
-impl From<SettingReport> for SettingView {
-    fn from(report: SettingReport) -> Self {
+impl<'a> From<&'a SettingReport> for SettingView<'a> {
+    fn from(report: &'a SettingReport) -> Self {
         let setting = report.setting.as_ref();
         SettingView {
             id: setting.map(|s| s.id),
-            tenant_id: report.tenant_id.as_str().to_owned(),
+            tenant_id: report.tenant_id.as_str(),
             encryption_type: setting.and_then(|s| s.encryption_type),
             default_encryption_enabled: setting.is_some_and(|s| s.default_encryption_enabled),
-            cmk_key_name: setting.and_then(|s| s.cmk_key_name.clone()),
-            cmk_key_id: setting.and_then(|s| s.cmk_key_id.clone()),
+            cmk_key_name: setting.and_then(|s| s.cmk_key_name.as_deref()),
+            cmk_key_id: setting.and_then(|s| s.cmk_key_id.as_deref()),
             key_state: setting
                 .and_then(|s| s.cmk_key_id.as_ref())
                 .and(report.key_state),
-            region: report.region,
-            region_type: report.region_type,
+            region: &report.region,
+            region_type: &report.region_type,
         }
     }
 }

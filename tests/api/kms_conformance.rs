@@ -193,14 +193,13 @@ async fn story(kms: Arc<dyn Kms>, store: Arc<dyn Store>, caps: Caps) -> Vec<Stri
         )
         .expect("patch")
     };
-    let view = SettingView::from(
-        service
-            .update_setting(&me, &a, select(&id))
-            .await
-            .expect("A selects its key"),
-    );
-    assert_eq!(view.cmk_key_id.as_deref(), Some(id.as_str()));
-    assert_eq!(view.cmk_key_name.as_deref(), Some("alpha"));
+    let report = service
+        .update_setting(&me, &a, select(&id))
+        .await
+        .expect("A selects its key");
+    let view = SettingView::from(&report);
+    assert_eq!(view.cmk_key_id, Some(id.as_str()));
+    assert_eq!(view.cmk_key_name, Some("alpha"));
     assert_eq!(view.key_state, Some(KeyState::Enabled));
     let theirs = service.update_setting(&me, &b, select(&id)).await;
     let unknown = service.update_setting(&me, &b, select("no-such-key")).await;
@@ -360,13 +359,12 @@ async fn aws_kms_conformance() {
             .as_bytes(),
     )
     .expect("patch");
-    let view = SettingView::from(
-        service
-            .update_setting(&actor(), &a, patch)
-            .await
-            .expect("by ARN"),
-    );
-    assert_eq!(view.cmk_key_id.as_deref(), Some(id.as_str()));
+    let report = service
+        .update_setting(&actor(), &a, patch)
+        .await
+        .expect("by ARN");
+    let view = SettingView::from(&report);
+    assert_eq!(view.cmk_key_id, Some(id.as_str()));
     assert_eq!(view.key_state, Some(KeyState::Enabled));
     // AWS-managed keys belong to nobody (and are not even looked up); aliases follow AWS's
     // rules before any key is created.
