@@ -16,14 +16,17 @@
 //! - a read is simply abandoned, and a drop guard writes its line with status 499 (nothing
 //!   was done) and `client_closed=true`. It costs a GET no task and no allocation.
 
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::header::CONNECTION;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::future::BoxFuture;
+use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
 
 use super::error::{Failure, WebError};
@@ -99,12 +102,82 @@ pub fn new_request_id() -> RequestId {
     RequestId(Repr::Generated(digits))
 }
 
-/// What one route's [`request_context`] layer knows.
+/// What one route's [`RequestContextLayer`] knows.
 #[derive(Clone)]
-pub struct RouteContext {
-    pub state: AppState,
+struct RouteContext {
+    state: AppState,
     /// `None` for the fallbacks: no route, or a method the route does not have.
-    pub route: Option<&'static Route>,
+    route: Option<&'static Route>,
+}
+
+/// The layer of each route and fallback: request id, the request timeout, metrics and the
+/// access log (the module's documentation says what it does with each request). A Tower
+/// layer of its own rather than `axum::middleware::from_fn`, which boxes the rest of the
+/// route's stack again, and that stack's future, for every request.
+#[derive(Clone)]
+pub struct RequestContextLayer(RouteContext);
+
+impl RequestContextLayer {
+    pub fn new(state: AppState, route: Option<&'static Route>) -> Self {
+        RequestContextLayer(RouteContext { state, route })
+    }
+}
+
+impl<S> Layer<S> for RequestContextLayer {
+    type Service = RequestContext<S>;
+
+    fn layer(&self, inner: S) -> RequestContext<S> {
+        RequestContext {
+            context: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// A route's stack (what its handler is reached through) under [`RequestContextLayer`].
+#[derive(Clone)]
+pub struct RequestContext<S> {
+    context: RouteContext,
+    inner: S,
+}
+
+/// The rest of a route's stack, as [`RequestContext`] calls it.
+pub trait RouteStack:
+    Service<Request, Error = Infallible, Response: IntoResponse, Future: Send> + Clone + Send + 'static
+{
+}
+
+impl<S> RouteStack for S where
+    S: Service<Request, Error = Infallible, Response: IntoResponse, Future: Send>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
+impl<S: RouteStack> Service<Request> for RequestContext<S> {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    /// Always ready: the inner stack is made ready (axum's always is) when it is called.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let context = self.context.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move { Ok(request_context(context, req, inner).await) })
+    }
+}
+
+/// Hand the request to the rest of its route's stack.
+async fn run<S: RouteStack>(inner: S, req: Request) -> Response {
+    match inner.oneshot(req).await {
+        Ok(response) => response.into_response(),
+        Err(never) => match never {},
+    }
 }
 
 /// Writes running in their own task (see the module's documentation).
@@ -138,12 +211,11 @@ fn can_write(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// The layer of each route and fallback: request id, the request timeout, metrics and the
-/// access log.
-pub async fn request_context(
-    State(RouteContext { state, route }): State<RouteContext>,
+/// What [`RequestContext`] does with a request.
+async fn request_context<S: RouteStack>(
+    RouteContext { state, route }: RouteContext,
     mut req: Request,
-    next: Next,
+    inner: S,
 ) -> Response {
     let id = RequestId::of(req.headers());
     req.extensions_mut().insert(id.clone());
@@ -155,23 +227,23 @@ pub async fn request_context(
             state,
             route,
             req,
-            next,
+            inner,
             Line::new(id, method, matched, start),
         )
         .await;
     }
     let line = Line::new(id, method, matched, start);
-    let response = guarded(&state, route, req, next, &line).await;
+    let response = guarded(&state, route, req, inner, &line).await;
     line.finish(&state, route, response, false)
 }
 
 /// [`routed`], with a guard that writes the request's line if the work is dropped before
 /// its answer (hyper drops a read whose client went away) or panics (a bug: a 500).
-async fn guarded(
+async fn guarded<S: RouteStack>(
     state: &AppState,
     route: Option<&'static Route>,
     req: Request,
-    next: Next,
+    inner: S,
     line: &Line,
 ) -> Response {
     let mut unanswered = Unanswered {
@@ -180,18 +252,18 @@ async fn guarded(
         route,
         armed: true,
     };
-    let response = routed(state, route, req, next, line).await;
+    let response = routed(state, route, req, inner, line).await;
     unanswered.armed = false;
     response
 }
 
 /// A write, in a task of its own: it runs to its end even when the client has gone, and
 /// its line says so.
-async fn detached(
+async fn detached<S: RouteStack>(
     state: AppState,
     route: Option<&'static Route>,
     req: Request,
-    next: Next,
+    inner: S,
     line: Line,
 ) -> Response {
     let (answer, answered) = tokio::sync::oneshot::channel();
@@ -199,7 +271,7 @@ async fn detached(
     let id = line.id.clone();
     tokio::spawn(async move {
         let _in_flight = in_flight;
-        let response = guarded(&state, route, req, next, &line).await;
+        let response = guarded(&state, route, req, inner, &line).await;
         // Logged once the answer is handed over (or found no one to take it).
         let (status, failure) = line.status_of(&response);
         let response = line.finish_response(response);
@@ -219,11 +291,11 @@ async fn detached(
 }
 
 /// The routed work of a request, within the request timeout.
-async fn routed(
+async fn routed<S: RouteStack>(
     state: &AppState,
     route: Option<&'static Route>,
     req: Request,
-    next: Next,
+    inner: S,
     line: &Line,
 ) -> Response {
     // Logs below `info` inside the request carry its id; the access line names it itself,
@@ -233,11 +305,11 @@ async fn routed(
     let work = async {
         if route.is_some_and(Route::is_api) {
             match verify_signature(state, req).await {
-                Ok(req) => next.run(req).await,
+                Ok(req) => run(inner, req).await,
                 Err(refused) => refused,
             }
         } else {
-            next.run(req).await
+            run(inner, req).await
         }
     };
     match crate::clock::within(line.start, limit, work.instrument(span)).await {
@@ -363,7 +435,9 @@ impl Drop for Unanswered<'_> {
             return;
         }
         if std::thread::panicking() {
-            // Not a client gone: the handler panicked (a bug), and its answer is a 500.
+            // Not a client gone: the handler panicked (a bug). Logged and counted as a 500;
+            // no answer is sent (nothing catches the panic), the client sees its
+            // connection close.
             let failure = Failure {
                 code: "RC.500000",
                 detail: "the request's handler panicked".into(),

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
-use axum::{middleware, Router};
+use axum::Router;
 
 use crate::auth::Authenticator;
 use crate::clock::Clock;
@@ -108,15 +108,7 @@ pub fn router(deps: Deps) -> Router {
     }));
     // Each route, and each fallback, has its own request-context layer, which knows the
     // route: what the request is counted as and whether its signature is checked.
-    let context = |route| {
-        middleware::from_fn_with_state(
-            context::RouteContext {
-                state: state.clone(),
-                route,
-            },
-            context::request_context,
-        )
-    };
+    let context = |route| context::RequestContextLayer::new(state.clone(), route);
     let mut router = Router::new();
     for route in &routes::ROUTES {
         router = router.route(
