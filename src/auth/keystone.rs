@@ -317,14 +317,14 @@ impl KeystoneAuth {
         } else {
             (domain.as_str(), token.user.id.clone())
         };
-        Ok(Identity {
+        Ok(Arc::new(Identity {
             tenant_id: TenantId::parse(tenant_id)
                 .map_err(|_| Failure::Refused(Refusal::BadDomain))?,
             user_id,
             user_name: token.user.name,
             role,
             expires_at,
-        })
+        }))
     }
 
     /// Whether a token is scoped where the platform's own principals are: `iam_project` of
@@ -532,7 +532,7 @@ impl KeystoneAuth {
 
 #[async_trait]
 impl Authenticator for KeystoneAuth {
-    async fn authenticate_token(&self, token: &str) -> Result<Identity> {
+    async fn authenticate_token(&self, token: &str) -> Result<Arc<Identity>> {
         let key = digest(token);
         let now = self.clock.monotonic();
         let cached = self
@@ -570,7 +570,7 @@ impl Authenticator for KeystoneAuth {
         outcome
     }
 
-    async fn authenticate_signature(&self, request: &SignedRequest<'_>) -> Result<Identity> {
+    async fn authenticate_signature(&self, request: &SignedRequest<'_>) -> Result<Arc<Identity>> {
         super::verify_signature(&self.signatures, request).await
     }
 
@@ -661,7 +661,7 @@ impl From<Failure> for Error {
     }
 }
 
-type Verdict = std::result::Result<Identity, Failure>;
+type Verdict = std::result::Result<Arc<Identity>, Failure>;
 type Digest32 = [u8; 32];
 
 fn digest(token: &str) -> Digest32 {

@@ -21,10 +21,11 @@ use token::TokenCodec;
 /// Turns a credential into an identity.
 #[async_trait]
 pub trait Authenticator: Send + Sync + 'static {
-    /// An `X-Auth-Token`.
-    async fn authenticate_token(&self, token: &str) -> Result<Identity>;
+    /// An `X-Auth-Token`. (The identity is shared with the provider's cache: a request
+    /// with a known token copies none of its strings.)
+    async fn authenticate_token(&self, token: &str) -> Result<Arc<Identity>>;
     /// A request signed with an access key / secret key (`Authorization: SDK-HMAC-SHA256 …`).
-    async fn authenticate_signature(&self, request: &SignedRequest<'_>) -> Result<Identity>;
+    async fn authenticate_signature(&self, request: &SignedRequest<'_>) -> Result<Arc<Identity>>;
     /// Whatever the identity provider depends on answers, for `/readyz`.
     async fn ping(&self) -> Result<()> {
         Ok(())
@@ -64,7 +65,7 @@ const VERIFIED_TOKENS: usize = 8192;
 /// every use. Only verified tokens enter, so forged ones cannot fill it; it is bounded
 /// (least recently used first out), about 400 bytes an entry.
 struct VerifiedTokens {
-    shards: crate::shards::Shards<lru::LruCache<String, Identity>>,
+    shards: crate::shards::Shards<lru::LruCache<String, Arc<Identity>>>,
 }
 
 impl VerifiedTokens {
@@ -77,7 +78,7 @@ impl VerifiedTokens {
 
     /// A hit takes its shard shared (see `crate::shards`): every request of a client
     /// reusing its token looks up the same entry.
-    fn get(&self, token: &str) -> Option<Identity> {
+    fn get(&self, token: &str) -> Option<Arc<Identity>> {
         let index = self.shards.index(token);
         self.shards
             .peek(index, token, |_, found| {
@@ -88,7 +89,7 @@ impl VerifiedTokens {
             .flatten()
     }
 
-    fn put(&self, token: &str, identity: &Identity) {
+    fn put(&self, token: &str, identity: &Arc<Identity>) {
         if let Some(mut shard) = self.shards.write(self.shards.index(token)) {
             shard.put(token.to_owned(), identity.clone());
         }
@@ -97,13 +98,13 @@ impl VerifiedTokens {
 
 #[async_trait]
 impl Authenticator for LocalAuth {
-    async fn authenticate_token(&self, token: &str) -> Result<Identity> {
+    async fn authenticate_token(&self, token: &str) -> Result<Arc<Identity>> {
         let now = self.clock.unix_seconds();
         let outcome = match self.verified.get(token) {
             Some(identity) if identity.expires_at <= now => Err(crate::domain::Error::TokenExpired),
             Some(identity) => Ok(identity),
             None => {
-                let outcome = self.codec.verify(token, now);
+                let outcome = self.codec.verify(token, now).map(Arc::new);
                 if let Ok(identity) = &outcome {
                     self.verified.put(token, identity);
                 }
@@ -114,7 +115,7 @@ impl Authenticator for LocalAuth {
         outcome
     }
 
-    async fn authenticate_signature(&self, request: &SignedRequest<'_>) -> Result<Identity> {
+    async fn authenticate_signature(&self, request: &SignedRequest<'_>) -> Result<Arc<Identity>> {
         verify_signature(&self.signatures, request).await
     }
 }
@@ -123,15 +124,15 @@ impl Authenticator for LocalAuth {
 async fn verify_signature(
     signatures: &SignatureVerifier,
     request: &SignedRequest<'_>,
-) -> Result<Identity> {
-    let outcome = signatures.verify(request).await;
+) -> Result<Arc<Identity>> {
+    let outcome = signatures.verify(request).await.map(Arc::new);
     trace_outcome("signature", &outcome);
     outcome
 }
 
 /// At trace level, who a credential turned out to be, or why it was refused: never the
 /// credential itself (`tests/process/secrets.rs` checks).
-fn trace_outcome(method: &'static str, outcome: &Result<Identity>) {
+fn trace_outcome(method: &'static str, outcome: &Result<Arc<Identity>>) {
     match outcome {
         Ok(id) => tracing::trace!(
             method,

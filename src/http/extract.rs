@@ -2,6 +2,7 @@
 //! request signatures. Never logs the credential itself.
 
 use std::hash::Hash;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Request};
@@ -19,7 +20,7 @@ use crate::domain::{Error, Identity};
 pub const AUTH_TOKEN_HEADER: &str = "x-auth-token";
 
 /// The authenticated caller of a `/v4` operation.
-pub struct Caller(pub Identity);
+pub struct Caller(pub Arc<Identity>);
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = WebError;
@@ -78,7 +79,7 @@ fn admit(state: &AppState, identity: &Identity, credential: impl Hash) -> Result
 
 /// The identity behind a verified request signature.
 #[derive(Clone)]
-struct SignedIdentity(Identity);
+struct SignedIdentity(Arc<Identity>);
 
 /// Verifies `Authorization: SDK-HMAC-SHA256 …` on requests that carry no `X-Auth-Token`
 /// (a token takes precedence). The body (at most 64 KiB) is read to check its hash, then
