@@ -125,8 +125,8 @@ pub fn access_line(
 /// the client went away before its answer.
 type AccessFields<'a> = (&'a str, &'a str, &'a str, u16, u64, bool);
 
-/// Formats the line by copying its parts rather than through `fmt` (which cost a GET 5% of
-/// its throughput at `-t2 -c32`: docs/performance.md, "The access line's cost"); the bytes
+/// Formats the line by copying its parts rather than through `fmt` (which cost a GET about 7%
+/// of its throughput at `-t2 -c32`: docs/performance.md, "The access line's cost"); the bytes
 /// are those of `tracing`'s own formatter (tested).
 fn format_access(
     line: &mut Vec<u8>,
