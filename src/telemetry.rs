@@ -111,7 +111,9 @@ pub fn access_line(
             return false;
         };
         line.clear();
-        let now = timestamp(std::time::SystemTime::now());
+        let Some(now) = timestamp(std::time::SystemTime::now()) else {
+            return false;
+        };
         let fields = (request_id, method, route, status, latency_us, client_closed);
         let written = format_access(&mut line, *format, &now, fields).is_ok();
         if written {
@@ -182,32 +184,58 @@ fn format_access(
     }
 }
 
-/// `2026-11-23T19:29:03.328174Z`: RFC 3339 in UTC with microseconds, as
-/// `humantime::format_rfc3339_micros` writes it (tested), which each thread runs once a
-/// second: the rest of the second only writes the six digits of its microseconds.
+/// The length of [`timestamp`]'s answer.
 const TIMESTAMP_LEN: usize = 27;
 
-fn timestamp(at: std::time::SystemTime) -> [u8; TIMESTAMP_LEN] {
-    let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+/// Where [`timestamp`] has humantime write (no allocation).
+#[derive(Default)]
+struct Timestamp {
+    digits: [u8; TIMESTAMP_LEN],
+    len: usize,
+}
+
+impl std::fmt::Write for Timestamp {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let room = self.digits.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        room.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// `2026-11-23T19:29:03.328174Z`: RFC 3339 in UTC with microseconds, as
+/// `humantime::format_rfc3339_micros` writes it (tested), which each thread runs once a
+/// second: the rest of the second only writes the six digits of its microseconds. `None`
+/// for a time humantime cannot write (before 1970, after 9999): the caller then leaves the
+/// line to `tracing`.
+fn timestamp(at: std::time::SystemTime) -> Option<[u8; TIMESTAMP_LEN]> {
+    let since = at.duration_since(std::time::UNIX_EPOCH).ok()?;
     let second = since.as_secs();
-    let mut out = SECOND.with(|cached| match cached.get() {
+    let mut out = match SECOND.with(std::cell::Cell::get) {
         Some((s, digits)) if s == second => digits,
         _ => {
-            let mut digits = [0u8; TIMESTAMP_LEN];
-            let written = humantime::format_rfc3339_micros(at).to_string();
-            if let Some(whole) = written.as_bytes().get(..TIMESTAMP_LEN) {
-                digits.copy_from_slice(whole);
+            let mut written = Timestamp::default();
+            // Fails for a year past 9999 (humantime's `fmt::Error`) or a longer answer
+            // (`fmt::Write`, not `io::Write`, whose `write!` panics on a `fmt::Error`).
+            std::fmt::write(
+                &mut written,
+                format_args!("{}", humantime::format_rfc3339_micros(at)),
+            )
+            .ok()?;
+            if written.len != TIMESTAMP_LEN {
+                return None;
             }
-            cached.set(Some((second, digits)));
-            digits
+            SECOND.with(|cached| cached.set(Some((second, written.digits))));
+            written.digits
         }
-    });
+    };
     let mut micros = since.subsec_micros();
     for digit in out[20..26].iter_mut().rev() {
         *digit = b'0' + (micros % 10) as u8;
         micros /= 10;
     }
-    out
+    Some(out)
 }
 
 thread_local! {
@@ -692,19 +720,23 @@ mod tests {
                     463,
                     client_closed,
                 );
-                let mut ours = Vec::new();
-                format_access(&mut ours, format, AT.as_bytes(), fields).expect("format");
-                let ours = String::from_utf8(ours).expect("utf-8");
-                assert_eq!(ours, tracing_line(format, fields), "{format:?}");
+                for (status, latency_us) in [(202, 463), (0, 0), (u16::MAX, u64::MAX)] {
+                    let fields = (fields.0, fields.1, fields.2, status, latency_us, fields.5);
+                    let mut ours = Vec::new();
+                    format_access(&mut ours, format, AT.as_bytes(), fields).expect("format");
+                    let ours = String::from_utf8(ours).expect("utf-8");
+                    assert_eq!(ours, tracing_line(format, fields), "{format:?}");
+                }
             }
         }
     }
 
     #[test]
     fn the_access_line_timestamp_is_rfc3339_with_microseconds() {
-        let now = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+        let now = timestamp(std::time::SystemTime::now()).expect("a time humantime writes");
+        let now = std::str::from_utf8(&now).expect("utf-8");
         assert_eq!(now.len(), AT.len(), "{now}");
-        assert!(humantime::parse_rfc3339(&now).is_ok(), "{now}");
+        assert!(humantime::parse_rfc3339(now).is_ok(), "{now}");
     }
 
     /// The once-a-second timestamp is humantime's, to the microsecond, also within one
@@ -727,7 +759,7 @@ mod tests {
             for micros in [0, 1, 9, 10, 328_174, 999_999, 5, 123_456] {
                 let at = UNIX_EPOCH + Duration::from_secs(s) + Duration::from_micros(micros);
                 let expected = humantime::format_rfc3339_micros(at).to_string();
-                let ours = timestamp(at);
+                let ours = timestamp(at).expect("a time humantime writes");
                 assert_eq!(
                     std::str::from_utf8(&ours),
                     Ok(expected.as_str()),
@@ -735,6 +767,10 @@ mod tests {
                 );
             }
         }
+        // Beyond what humantime writes: no timestamp (the line is left to tracing), no panic.
+        let year_10000 = UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+        assert_eq!(timestamp(year_10000), None);
+        assert_eq!(timestamp(UNIX_EPOCH - Duration::from_secs(1)), None);
     }
 
     fn seen(r: &Recorder) -> Vec<u8> {
