@@ -136,7 +136,11 @@ fn format_access(
     now: &[u8],
     (request_id, method, route, status, latency_us, client_closed): AccessFields<'_>,
 ) -> std::io::Result<()> {
-    let mut numbers = itoa::Buffer::new();
+    let (mut status_digits, mut latency_digits) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let (status, latency_us) = (
+        status_digits.format(status).as_bytes(),
+        latency_digits.format(latency_us).as_bytes(),
+    );
     match format {
         LogFormat::Text => {
             for part in [
@@ -148,12 +152,12 @@ fn format_access(
                 b" route=",
                 route.as_bytes(),
                 b" status=",
-                numbers.format(status).as_bytes(),
+                status,
+                b" latency_us=",
+                latency_us,
             ] {
                 line.extend_from_slice(part);
             }
-            line.extend_from_slice(b" latency_us=");
-            line.extend_from_slice(numbers.format(latency_us).as_bytes());
             if client_closed {
                 line.extend_from_slice(b" client_closed=true");
             }
@@ -171,10 +175,9 @@ fn format_access(
             serde_json::to_writer(&mut *line, method)?;
             line.extend_from_slice(b",\"route\":");
             serde_json::to_writer(&mut *line, route)?;
-            line.extend_from_slice(b",\"status\":");
-            line.extend_from_slice(numbers.format(status).as_bytes());
-            line.extend_from_slice(b",\"latency_us\":");
-            line.extend_from_slice(numbers.format(latency_us).as_bytes());
+            for part in [b",\"status\":", status, b",\"latency_us\":", latency_us] {
+                line.extend_from_slice(part);
+            }
             if client_closed {
                 line.extend_from_slice(b",\"client_closed\":true");
             }
