@@ -279,6 +279,10 @@ if part logdisk; then
         for wb in ${BENCH_LOG_WRITEBACK:-true false}; do
             logfile="$small/server-$dest-$wb.log"
             rm -f "$logfile"
+            # Each case starts from a disk with nothing of the harness's own left to write
+            # (the database just loaded, the previous run's files just deleted, the last
+            # case's log): what is measured is this server's log against its WAL.
+            sync
             port="$(free_port)"
             wbenv=(REPOCRYPT_LOG_WRITEBACK="$wb")
             if [ "$dest" = file ]; then
