@@ -1030,6 +1030,7 @@ async fn serve(app: App) -> Result<()> {
         limits: app.config.limits(),
         tls,
         metrics: app.metrics.clone(),
+        connection_threads: app.config.connection_threads(),
     };
     // Rewrap jobs left running (by a process that died, or by `repo rewrap` without
     // `--wait`) are taken up now and whenever their lease expires.

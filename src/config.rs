@@ -268,6 +268,14 @@ pub struct ConfigArgs {
         value_name = "N"
     )]
     pub max_connections: Option<usize>,
+    /// Threads that serve connections, each on its own event loop and each connection on one of them from start to end [default: twice the cores].
+    #[arg(
+        long,
+        env = "REPOCRYPT_CONNECTION_THREADS",
+        global = true,
+        value_name = "N"
+    )]
+    pub connection_threads: Option<usize>,
     /// Longest time a request may take, reading its body included (408 after) [default: 10s].
     #[arg(long, env = "REPOCRYPT_REQUEST_TIMEOUT", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(serialize_with = "duration::serialize_option")]
@@ -403,6 +411,8 @@ pub struct Config {
     pub rate_limit_per_tenant: u32,
     pub rate_limit_per_credential: u32,
     pub max_connections: usize,
+    /// `None`: twice the cores ([`Config::connection_threads`]).
+    pub connection_threads: Option<usize>,
     #[serde(with = "duration")]
     pub request_timeout: Duration,
     #[serde(with = "duration")]
@@ -460,6 +470,7 @@ impl Default for Config {
             rate_limit_per_tenant: DEFAULT_RATE_LIMIT_PER_TENANT,
             rate_limit_per_credential: DEFAULT_RATE_LIMIT_PER_CREDENTIAL,
             max_connections: 1024,
+            connection_threads: None,
             request_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             max_body_bytes: crate::domain::MAX_BODY_BYTES,
@@ -595,6 +606,9 @@ impl Config {
             }
         };
         in_range("max_connections", self.max_connections, 1, 1_000_000)?;
+        if let Some(n) = self.connection_threads {
+            in_range("connection_threads", n, 1, 1024)?;
+        }
         in_range(
             "max_body_bytes",
             self.max_body_bytes,
@@ -728,6 +742,16 @@ impl Config {
         // The password is checked where it is needed, by `serve` (admin commands share the
         // settings but authenticate nobody).
         Ok(())
+    }
+
+    /// The threads that serve connections: as set, or twice the cores the process may use
+    /// (two when that is unknown). With the service sharing its cores with other processes,
+    /// a connection thread preempted by one of them holds up only its own share of the
+    /// connections (docs/performance.md, "Connections on threads of their own").
+    pub fn connection_threads(&self) -> usize {
+        self.connection_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(2, |n| n.get().saturating_mul(2).min(1024))
+        })
     }
 
     pub fn limits(&self) -> Limits {
@@ -1047,6 +1071,8 @@ mod tests {
         assert!(err("max_token_bytes = 40000\n").contains("max_token_bytes"));
         assert!(err("json_max_depth = 129\n").contains("json_max_depth"));
         assert!(err("max_connections = 0\n").contains("max_connections"));
+        assert!(err("connection_threads = 0\n").contains("connection_threads"));
+        assert!(err("connection_threads = 1025\n").contains("connection_threads"));
         assert!(err("request_timeout = \"10m\"\n").contains("request_timeout"));
         assert!(err("header_read_timeout = \"0s\"\n").contains("header_read_timeout"));
         assert!(err("tls_key = \"k.pem\"\n").contains("tls_cert and tls_key go together"));
@@ -1148,6 +1174,7 @@ mod tests {
             rate_limit_per_tenant: Some(1),
             rate_limit_per_credential: Some(1),
             max_connections: Some(1),
+            connection_threads: Some(1),
             request_timeout: Some(Duration::from_secs(1)),
             header_read_timeout: Some(Duration::from_secs(1)),
             max_body_bytes: Some(1024),

@@ -438,6 +438,7 @@ async fn https_with_a_ca_file() {
         limits: Limits::default(),
         tls: Some(tls),
         metrics: Default::default(),
+        connection_threads: 2,
     };
     tokio::spawn(serve(listener, app, options, std::future::pending()));
 

@@ -976,6 +976,45 @@ fn connections_beyond_the_limit_wait_for_a_free_slot() {
     assert_eq!(status_of(&read_response(&mut third)), 200);
 }
 
+#[test]
+fn connections_are_spread_over_the_connection_threads() {
+    let server = binary::Server::start(&[("REPOCRYPT_CONNECTION_THREADS", "3")]);
+    let threads = || {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", server.pid())).unwrap();
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+            .filter(|name| name.starts_with("connections-"))
+            .count()
+    };
+    // The threads start with the accept loop, just after the server says it listens: once
+    // it has answered, they are there.
+    let (status, _) = http(
+        &server.addr,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        threads(),
+        3,
+        "the setting names how many threads serve connections"
+    );
+    // Six keep-alive connections open at once, each answered, then each answered again on
+    // the same connection (served where it was first placed).
+    let mut open: Vec<TcpStream> = (0..6)
+        .map(|_| TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    for _ in 0..2 {
+        for c in &mut open {
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+        }
+        for c in &mut open {
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            assert_eq!(status_of(&read_response(c)), 200);
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_client_that_stops_reading_loses_its_connection() {
     use tokio::io::AsyncWriteExt;
