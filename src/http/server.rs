@@ -180,8 +180,10 @@ pub async fn serve(
     while writes_in_flight() > 0 && tokio::time::Instant::now() < stop_by {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // What is left on the connection threads (nothing, unless the wait above ran out) is
-    // dropped as their event loops stop.
+    // What is left on the connection threads is dropped as their event loops stop: writes
+    // the wait above gave up on, and whatever their requests spawned (a rewrap job started
+    // through the API, a key-state refresh, the database pool's and the HTTP clients' own
+    // tasks).
     let _ = tokio::task::spawn_blocking(move || threads.stop()).await;
     Ok(())
 }
@@ -195,10 +197,11 @@ pub async fn serve(
 /// or any neighbour), a worker the kernel preempts takes the connections queued on it
 /// along, and the workers' stealing from each other costs wake-ups and cache lines that
 /// each request pays. With twice as many threads as cores, each with its own connections,
-/// GET setting did 1.1-1.2x the requests per second of two work-stealing workers
-/// (docs/performance.md, "Connections on threads of their own"). Tasks a request spawns
-/// (a write that runs on after its client has gone, a cache refresh) run on its thread;
-/// the process's own background work stays on the main runtime.
+/// GET setting did 1.1-1.3x the requests per second of two work-stealing workers in the
+/// same rounds (docs/performance.md, "Connections on threads of their own"). Tasks a
+/// request spawns (a write that runs on after its client has gone, a cache refresh, a
+/// rewrap job started through the API) run on its thread; the background work the process
+/// starts itself (checkpoints, the rewrap sweep, the event feed) stays on the main runtime.
 struct ConnectionThreads {
     threads: Vec<ConnectionThread>,
     /// Where the search for the least busy thread starts next: ties go round.
