@@ -1004,6 +1004,7 @@ async fn serve(app: App) -> Result<()> {
         data_dir = %app.config.data_dir.display(),
         limits = ?app.config.limits(),
         rate_limits = ?app.config.rate_limits(),
+        connection_threads = app.config.connection_threads(),
         "repocrypt started"
     );
     warn_if_shared(&app.config.data_dir);

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod home;
 pub mod http;
 pub mod keys;
 pub mod kms;

@@ -39,6 +39,7 @@ use super::{trace_outcome, Authenticator};
 use crate::clock::Clock;
 use crate::domain::ports::CacheStats;
 use crate::domain::{Error, Identity, Result, Role, TenantId};
+use crate::home::Home;
 use crate::metrics::{CallOutcome, IamCall, Metrics};
 use crate::shards::Shards;
 
@@ -79,6 +80,9 @@ pub struct KeystoneSettings {
 /// credentials, as in `local` mode (Keystone verifies no SDK-HMAC-SHA256 signature).
 pub struct KeystoneAuth {
     http: reqwest::Client,
+    /// Where `http`'s connections live (`crate::home`): each call to Keystone is polled
+    /// within it.
+    home: Home,
     /// `{url}/auth/tokens?nocatalog`
     issue_url: String,
     /// `{url}/auth/tokens?nocatalog&allow_expired=1`
@@ -96,6 +100,11 @@ pub struct KeystoneAuth {
 }
 
 impl KeystoneAuth {
+    /// Send a request to Keystone, its connection opened within the home runtime.
+    async fn send(&self, request: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
+        self.home.within(request.send()).await
+    }
+
     pub fn new(
         settings: KeystoneSettings,
         signatures: SignatureVerifier,
@@ -130,6 +139,7 @@ impl KeystoneAuth {
         let base = settings.url.trim_end_matches('/');
         Ok(KeystoneAuth {
             http,
+            home: Home::here(),
             issue_url: format!("{base}/auth/tokens?nocatalog"),
             validate_url: format!("{base}/auth/tokens?nocatalog&allow_expired=1"),
             settings,
@@ -210,11 +220,12 @@ impl KeystoneAuth {
         for attempt in 0..2 {
             let started = Instant::now();
             let answer = self
-                .http
-                .get(&self.validate_url)
-                .header("x-auth-token", service.header.clone())
-                .header("x-subject-token", subject.clone())
-                .send()
+                .send(
+                    self.http
+                        .get(&self.validate_url)
+                        .header("x-auth-token", service.header.clone())
+                        .header("x-subject-token", subject.clone()),
+                )
                 .await;
             let answer = match answer {
                 Ok(response) => read_answer(response).await,
@@ -447,11 +458,12 @@ impl KeystoneAuth {
         );
         let started = Instant::now();
         let answer = self
-            .http
-            .post(&self.issue_url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.as_bytes().to_vec())
-            .send()
+            .send(
+                self.http
+                    .post(&self.issue_url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.as_bytes().to_vec()),
+            )
             .await;
         let (outcome, result) = match answer {
             Err(e) => (CallOutcome::Unavailable, Err(unreachable(&e))),
@@ -579,11 +591,12 @@ impl Authenticator for KeystoneAuth {
         let check = async {
             let service = self.service_token(None).await?;
             let answer = self
-                .http
-                .get(&self.validate_url)
-                .header("x-auth-token", service.header.clone())
-                .header("x-subject-token", service.header.clone())
-                .send()
+                .send(
+                    self.http
+                        .get(&self.validate_url)
+                        .header("x-auth-token", service.header.clone())
+                        .header("x-subject-token", service.header.clone()),
+                )
                 .await
                 .map_err(|e| Failure::Unavailable(unreachable(&e)))?;
             match answer.status().as_u16() {

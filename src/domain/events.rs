@@ -26,6 +26,7 @@ use super::repository::RepoId;
 use super::service::Service;
 use super::types::{KeyState, TenantId};
 use crate::clock::Clock;
+use crate::home::Home;
 
 /// How often a process reads the events other processes wrote.
 pub const POLL_EVERY: Duration = Duration::from_millis(100);
@@ -305,6 +306,8 @@ impl EventFeed {
 pub struct KeyWatch {
     store: Arc<dyn Store>,
     wake: Arc<Notify>,
+    /// Where [`changed_later`](Self::changed_later) runs (`crate::home`).
+    home: Home,
 }
 
 impl KeyWatch {
@@ -312,6 +315,7 @@ impl KeyWatch {
         KeyWatch {
             store,
             wake: Arc::new(Notify::new()),
+            home: Home::here(),
         }
     }
 
@@ -364,8 +368,9 @@ impl KeyWatch {
         }
     }
 
-    /// [`changed`](Self::changed), in a task of its own (outside a runtime: not at all;
-    /// the next process to see the change records it). `previous` `None`: this process
+    /// [`changed`](Self::changed), in a task of its own on the runtime the watch was made
+    /// on (made outside a runtime: not at all; the next process to see the change records
+    /// it). `previous` `None`: this process
     /// knew nothing of the key, or saw no change: the state is compared with the last one
     /// an event recorded, which another process may have changed since.
     pub fn changed_later(
@@ -375,11 +380,8 @@ impl KeyWatch {
         previous: Option<Option<KeyState>>,
         now: Option<KeyState>,
     ) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let (watch, tenant, key_id) = (self.clone(), tenant.clone(), key_id.to_owned());
-        runtime.spawn(async move {
+        self.home.spawn(async move {
             watch.changed(&tenant, &key_id, previous, now).await;
         });
     }

@@ -275,14 +275,16 @@ impl Service {
         outcome
     }
 
-    /// Claim and run the job in the background, unless this process runs it already or
-    /// another runner holds it.
+    /// Claim and run the job in the background, on the service's home runtime (not the
+    /// connection thread of the request that started it), unless this process runs it
+    /// already or another runner holds it.
     pub fn spawn_rewrap(self: &Arc<Self>, job: RewrapJob) {
         if job.state != RewrapState::Running || !self.rewraps.insert(&job.job_id) {
             return;
         }
         let service = self.clone();
-        tokio::spawn(async move {
+        let job_id = job.job_id.clone();
+        let started = self.home.spawn(async move {
             match service.claim_rewrap(&job.job_id).await {
                 Ok(Some(lease)) => {
                     tracing::info!(tenant = %job.tenant_id, job_id = %job.job_id, "rewrap job running");
@@ -295,6 +297,9 @@ impl Service {
             }
             service.rewraps.remove(&job.job_id);
         });
+        if !started {
+            self.rewraps.remove(&job_id);
+        }
     }
 
     /// Run every running job that no runner holds (jobs of a process that died, or started

@@ -9,6 +9,7 @@ use super::key_states::{KeyStateCache, Lookup};
 use super::model::*;
 use super::ports::{CacheStats, JoinedKey, KeyInfo, Kms, Store};
 use super::types::*;
+use crate::home::Home;
 
 /// How often an update is retried when the key id changed under it.
 const MAX_UPDATE_ATTEMPTS: usize = 8;
@@ -27,6 +28,9 @@ pub struct Service {
     region: Arc<str>,
     region_type: Arc<str>,
     default_permit_public: PermitPublic,
+    /// The runtime the service was made on, where the tasks it starts run (`crate::home`):
+    /// in `serve` the main one, not the connection thread of the request that asked.
+    pub(super) home: Home,
 }
 
 /// The KMS answer for the key a PUT will store, fetched before the transaction.
@@ -55,6 +59,7 @@ impl Service {
             region: region.into(),
             region_type: region_type.into(),
             default_permit_public: PermitPublic::Deny,
+            home: Home::here(),
         }
     }
 
@@ -184,35 +189,36 @@ impl Service {
     }
 
     /// Ask the KMS for a key's state in the background and cache the answer, so that the
-    /// request that found the entry late in its TTL does not wait for it. Outside a
-    /// tokio runtime (never the case in `serve`) the entry just ages to its TTL.
+    /// request that found the entry late in its TTL does not wait for it. A service made
+    /// outside a tokio runtime (never the case in `serve`) lets the entry age to its TTL.
     pub(super) fn refresh_key_state(&self, tenant: &TenantId, key_id: &str) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.cache.refresh_failed(tenant.as_str(), key_id);
-            return;
-        };
         let (kms, cache, watch) = (self.kms.clone(), self.cache.clone(), self.watch.clone());
-        let (tenant, key_id) = (tenant.clone(), key_id.to_owned());
-        runtime.spawn(async move {
-            let read_at = cache.now();
-            match kms.describe_key(&tenant, &key_id).await {
-                Ok(info) => {
-                    let now = info.as_ref().map(|i| i.key_state);
-                    // A refresh is of a key in use: compare with the recorded state too.
-                    let previous = cache.put(tenant.as_str(), &key_id, info.as_ref(), read_at);
-                    watch.changed(&tenant, &key_id, previous, now).await;
-                }
-                Err(e) => {
-                    tracing::debug!(
-                        tenant = %tenant,
-                        key_id,
-                        error = %e.internal_detail().unwrap_or("unknown"),
-                        "refreshing a key state ahead of its TTL failed"
-                    );
-                    cache.refresh_failed(tenant.as_str(), &key_id);
+        let refresh = {
+            let (tenant, key_id) = (tenant.clone(), key_id.to_owned());
+            async move {
+                let read_at = cache.now();
+                match kms.describe_key(&tenant, &key_id).await {
+                    Ok(info) => {
+                        let now = info.as_ref().map(|i| i.key_state);
+                        // A refresh is of a key in use: compare with the recorded state too.
+                        let previous = cache.put(tenant.as_str(), &key_id, info.as_ref(), read_at);
+                        watch.changed(&tenant, &key_id, previous, now).await;
+                    }
+                    Err(e) => {
+                        tracing::debug!(
+                            tenant = %tenant,
+                            key_id,
+                            error = %e.internal_detail().unwrap_or("unknown"),
+                            "refreshing a key state ahead of its TTL failed"
+                        );
+                        cache.refresh_failed(tenant.as_str(), &key_id);
+                    }
                 }
             }
-        });
+        };
+        if !self.home.spawn(refresh) {
+            self.cache.refresh_failed(tenant.as_str(), key_id);
+        }
     }
 
     fn report(

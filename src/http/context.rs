@@ -190,10 +190,10 @@ pub fn writes_in_flight() -> usize {
 }
 
 /// Counts one write task while it lives.
-struct InFlight;
+pub(super) struct InFlight;
 
 impl InFlight {
-    fn start() -> InFlight {
+    pub(super) fn start() -> InFlight {
         WRITES_IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
         InFlight
     }

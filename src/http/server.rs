@@ -112,7 +112,10 @@ pub async fn serve(
         .max_header_size(limits.max_header_bytes)
         .keep_alive(true);
     let http = Arc::new(http);
-    let mut threads = ConnectionThreads::start(options.connection_threads)?;
+    // Within the graceful shutdown's wait: how long a thread whose `serve` was dropped
+    // keeps running the writes in flight before it stops.
+    let linger = limits.request_timeout + Duration::from_secs(1);
+    let mut threads = ConnectionThreads::start(options.connection_threads, linger)?;
     tokio::pin!(shutdown);
     loop {
         // At the connection limit, stop accepting: new clients wait in the listen queue
@@ -172,7 +175,7 @@ pub async fn serve(
     }
     drop(listener);
     // Idle connections close at once; busy ones after their current response.
-    let stop_by = tokio::time::Instant::now() + limits.request_timeout + Duration::from_secs(1);
+    let stop_by = tokio::time::Instant::now() + linger;
     let _ = tokio::time::timeout_at(stop_by, graceful.shutdown()).await;
     // Writes whose clients have gone run on in their own tasks (`http::context`): let them
     // end (each within the request timeout), so none is cut off between its audit record
@@ -180,10 +183,10 @@ pub async fn serve(
     while writes_in_flight() > 0 && tokio::time::Instant::now() < stop_by {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // What is left on the connection threads is dropped as their event loops stop: writes
-    // the wait above gave up on, and whatever their requests spawned (a rewrap job started
-    // through the API, a key-state refresh, the database pool's and the HTTP clients' own
-    // tasks).
+    // What is left on the connection threads is dropped as their event loops stop: the
+    // writes the wait above gave up on. What requests started beyond their answer (a
+    // rewrap job, a key-state refresh) and the connections of the database pool and of the
+    // HTTP clients are the main runtime's (`crate::home`), and carry on.
     let _ = tokio::task::spawn_blocking(move || threads.stop()).await;
     Ok(())
 }
@@ -198,10 +201,12 @@ pub async fn serve(
 /// along, and the workers' stealing from each other costs wake-ups and cache lines that
 /// each request pays. With twice as many threads as cores, each with its own connections,
 /// GET setting did 1.1-1.3x the requests per second of two work-stealing workers in the
-/// same rounds (docs/performance.md, "Connections on threads of their own"). Tasks a
-/// request spawns (a write that runs on after its client has gone, a cache refresh, a
-/// rewrap job started through the API) run on its thread; the background work the process
-/// starts itself (checkpoints, the rewrap sweep, the event feed) stays on the main runtime.
+/// same rounds (docs/performance.md, "Connections on threads of their own"). A write that
+/// runs on after its client has gone runs on its connection's thread. What else a request
+/// starts (a key-state refresh, a rewrap job) and the connections it opens to the database,
+/// the KMS or Keystone belong to the main runtime (`crate::home`), so that no thread's
+/// delay holds up the calls of the others, as does the background work the process starts
+/// itself (checkpoints, the rewrap sweep, the event feed).
 struct ConnectionThreads {
     threads: Vec<ConnectionThread>,
     /// Where the search for the least busy thread starts next: ties go round.
@@ -212,12 +217,20 @@ struct ConnectionThread {
     runtime: tokio::runtime::Handle,
     /// Connections it serves now.
     open: Arc<AtomicUsize>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
 }
 
+/// The blocking pool of each connection thread's runtime. Nothing a request does on its
+/// thread blocks (the database and HTTP clients, and their name lookups, are the main
+/// runtime's), so a few threads are plenty where tokio's default is 512 per runtime.
+const CONNECTION_BLOCKING_THREADS: usize = 4;
+
 impl ConnectionThreads {
-    fn start(count: usize) -> io::Result<ConnectionThreads> {
+    /// `count` threads (at least one). A thread told to [`stop`](Self::stop) stops at
+    /// once; one whose `ConnectionThreads` was dropped without (a `serve` future dropped)
+    /// first lets the writes in flight end, for at most `linger`.
+    fn start(count: usize, linger: Duration) -> io::Result<ConnectionThreads> {
         let mut threads = ConnectionThreads {
             threads: Vec::with_capacity(count),
             next: 0,
@@ -225,22 +238,29 @@ impl ConnectionThreads {
         for i in 0..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .max_blocking_threads(CONNECTION_BLOCKING_THREADS)
                 .build()?;
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let handle = runtime.handle().clone();
+            // "connection-1023" is the longest name Linux keeps whole (15 bytes).
             let thread = std::thread::Builder::new()
-                .name(format!("connections-{i}"))
+                .name(format!("connection-{i}"))
                 .spawn(move || {
                     runtime.block_on(async {
-                        let _ = stopped.await;
+                        if stopped.await.is_err() {
+                            let until = tokio::time::Instant::now() + linger;
+                            while writes_in_flight() > 0 && tokio::time::Instant::now() < until {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                        }
                     });
                     runtime.shutdown_timeout(Duration::from_millis(100));
                 })?;
             threads.threads.push(ConnectionThread {
                 runtime: handle,
                 open: Arc::default(),
-                stop: Some(stop),
-                thread: Some(thread),
+                stop,
+                thread,
             });
         }
         Ok(threads)
@@ -270,16 +290,17 @@ impl ConnectionThreads {
     }
 
     /// Stop the event loops and wait for the threads.
-    fn stop(mut self) {
-        for t in &mut self.threads {
-            if let Some(stop) = t.stop.take() {
-                let _ = stop.send(());
-            }
-        }
-        for t in &mut self.threads {
-            if let Some(thread) = t.thread.take() {
-                let _ = thread.join();
-            }
+    fn stop(self) {
+        let threads: Vec<_> = self
+            .threads
+            .into_iter()
+            .map(|t| {
+                let _ = t.stop.send(());
+                t.thread
+            })
+            .collect();
+        for thread in threads {
+            let _ = thread.join();
         }
     }
 }
@@ -638,7 +659,7 @@ mod tests {
 
     #[test]
     fn a_connection_goes_to_the_thread_with_the_fewest_open() {
-        let mut threads = ConnectionThreads::start(3).unwrap();
+        let mut threads = ConnectionThreads::start(3, Duration::ZERO).unwrap();
         let set = |t: &ConnectionThreads, open: [usize; 3]| {
             for (thread, n) in t.threads.iter().zip(open) {
                 thread.open.store(n, Ordering::Relaxed);
@@ -657,7 +678,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_is_served_on_its_thread_and_counted_while_it_lasts() {
-        let mut threads = ConnectionThreads::start(2).unwrap();
+        let mut threads = ConnectionThreads::start(2, Duration::ZERO).unwrap();
         let open = |t: &ConnectionThreads| -> Vec<usize> {
             t.threads
                 .iter()
@@ -671,14 +692,14 @@ mod tests {
             let _ = started.send(name);
             let _ = ended.await;
         });
-        assert_eq!(on.await.unwrap().as_deref(), Some("connections-0"));
+        assert_eq!(on.await.unwrap().as_deref(), Some("connection-0"));
         assert_eq!(open(&threads), [1, 0]);
         // The next one goes to the idle thread.
         let (started, on) = tokio::sync::oneshot::channel();
         threads.spawn(async move {
             let _ = started.send(std::thread::current().name().map(str::to_owned));
         });
-        assert_eq!(on.await.unwrap().as_deref(), Some("connections-1"));
+        assert_eq!(on.await.unwrap().as_deref(), Some("connection-1"));
         let _ = end.send(());
         let deadline = Instant::now() + Duration::from_secs(5);
         while open(&threads) != [0, 0] {
@@ -692,6 +713,25 @@ mod tests {
         tokio::task::spawn_blocking(move || threads.stop())
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn threads_dropped_without_a_stop_let_the_writes_in_flight_end_first() {
+        let mut threads = ConnectionThreads::start(1, Duration::from_secs(10)).unwrap();
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let (started, running) = tokio::sync::oneshot::channel();
+        threads.spawn(async move {
+            let _write = super::super::context::InFlight::start();
+            let _ = started.send(());
+            // Longer than the 100 ms a stopping runtime gives its tasks.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let _ = done.send("committed");
+        });
+        running.await.unwrap();
+        // As when a `serve` future is dropped: no stop, no graceful shutdown.
+        drop(threads);
+        let outcome = tokio::time::timeout(Duration::from_secs(10), finished).await;
+        assert_eq!(outcome.unwrap().ok(), Some("committed"));
     }
 
     #[test]

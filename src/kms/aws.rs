@@ -16,10 +16,20 @@ use async_trait::async_trait;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
+use aws_sdk_kms::config::ConfigBag;
 pub use aws_sdk_kms::config::Credentials;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::types::{KeyState as AwsKeyState, OriginType, Tag};
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
+    SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_runtime_api::client::runtime_components::{
+    RuntimeComponents, RuntimeComponentsBuilder,
+};
 use serde_json::json;
 
 use super::{KeyInfo, KeyOrigin, Kms, MIN_PENDING_DAYS};
@@ -27,6 +37,7 @@ use crate::domain::ports::Store;
 use crate::domain::{
     Actor, DataKey, EncryptionContext, Error, GeneratedKey, KeyState, RepoId, Result, TenantId,
 };
+use crate::home::Home;
 
 /// The tag that binds a key to a tenant.
 pub const TENANT_TAG: &str = "repocrypt:tenant";
@@ -109,6 +120,62 @@ struct Owned {
     state: KeyState,
 }
 
+/// The SDK's HTTP client, its connections opened and driven on the home runtime
+/// (`crate::home`) whichever connection thread makes the call.
+#[derive(Debug)]
+struct AtHome {
+    client: SharedHttpClient,
+    home: Home,
+}
+
+impl HttpClient for AtHome {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        SharedHttpConnector::new(AtHomeConnector {
+            connector: self.client.http_connector(settings, components),
+            home: self.home.clone(),
+        })
+    }
+
+    fn validate_base_client_config(
+        &self,
+        components: &RuntimeComponentsBuilder,
+        cfg: &ConfigBag,
+    ) -> std::result::Result<(), BoxError> {
+        self.client.validate_base_client_config(components, cfg)
+    }
+
+    fn validate_final_config(
+        &self,
+        components: &RuntimeComponents,
+        cfg: &ConfigBag,
+    ) -> std::result::Result<(), BoxError> {
+        self.client.validate_final_config(components, cfg)
+    }
+
+    fn connector_metadata(
+        &self,
+    ) -> Option<aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata> {
+        self.client.connector_metadata()
+    }
+}
+
+#[derive(Debug)]
+struct AtHomeConnector {
+    connector: SharedHttpConnector,
+    home: Home,
+}
+
+impl HttpConnector for AtHomeConnector {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let (connector, home) = (self.connector.clone(), self.home.clone());
+        HttpConnectorFuture::new(async move { home.within(connector.call(request)).await })
+    }
+}
+
 impl AwsKms {
     /// Build the client, with credentials from the standard AWS chain. Nothing is sent
     /// until the first call.
@@ -131,9 +198,12 @@ impl AwsKms {
         store: Arc<dyn Store>,
         credentials: Option<Credentials>,
     ) -> Result<AwsKms> {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::Ring))
-            .build_https();
+        let http = SharedHttpClient::new(AtHome {
+            client: aws_smithy_http_client::Builder::new()
+                .tls_provider(Provider::Rustls(CryptoMode::Ring))
+                .build_https(),
+            home: Home::here(),
+        });
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(settings.timeout)
             .operation_attempt_timeout(settings.timeout)

@@ -27,6 +27,7 @@ use crate::clock::Clock;
 use crate::domain::{
     Error, Grant, PermitPublic, RepoForRelease, RepoId, Result, Setting, TenantId,
 };
+use crate::home::Home;
 use crate::store::StoredKey;
 
 use super::dialect::postgres as dialect;
@@ -59,6 +60,9 @@ const MAX_WRITE_BATCH: usize = 48;
 pub struct PostgresStore {
     /// Every call's (`store::deadline`).
     deadline: Deadline,
+    /// Where the pool's connections live (`crate::home`): every call is polled within it,
+    /// so that a connection a request opens is not tied to that request's thread.
+    home: Home,
     pool: PgPool,
     clock: Arc<dyn Clock>,
     settings: Coalescer<TenantId, Option<Setting>>,
@@ -117,6 +121,7 @@ impl PostgresStore {
         let batches = Some(deadline.clone());
         let store = PostgresStore {
             deadline,
+            home: Home::here(),
             settings: Coalescer::start(
                 "PostgreSQL setting read",
                 READERS,
@@ -190,7 +195,7 @@ impl PostgresStore {
         call: &'static str,
         work: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
-        self.deadline.bound(call, work).await
+        self.deadline.bound(call, self.home.within(work)).await
     }
 
     // ---- the reads `store::sql` leaves to the backend: coalesced -------------------

@@ -979,12 +979,28 @@ fn connections_beyond_the_limit_wait_for_a_free_slot() {
 #[test]
 fn connections_are_spread_over_the_connection_threads() {
     let server = binary::Server::start(&[("REPOCRYPT_CONNECTION_THREADS", "3")]);
-    let threads = || {
+    // Each connection thread by name, with how often it has slept and been woken (an idle
+    // event loop sleeps until one of its connections has something to read).
+    let threads = || -> std::collections::BTreeMap<String, u64> {
         let tasks = std::fs::read_dir(format!("/proc/{}/task", server.pid())).unwrap();
         tasks
-            .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
-            .filter(|name| name.starts_with("connections-"))
-            .count()
+            .filter_map(|t| {
+                let dir = t.unwrap().path();
+                let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+                let name = name.trim().to_owned();
+                if !name.starts_with("connection-") {
+                    return None;
+                }
+                let status = std::fs::read_to_string(dir.join("status")).ok()?;
+                let woken = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some((name, woken))
+            })
+            .collect()
     };
     // The threads start with the accept loop, just after the server says it listens: once
     // it has answered, they are there.
@@ -993,10 +1009,11 @@ fn connections_are_spread_over_the_connection_threads() {
         "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(status, 200);
+    let before = threads();
     assert_eq!(
-        threads(),
+        before.len(),
         3,
-        "the setting names how many threads serve connections"
+        "the setting names how many threads serve connections: {before:?}"
     );
     // Six keep-alive connections open at once, each answered, then each answered again on
     // the same connection (served where it was first placed).
@@ -1012,6 +1029,14 @@ fn connections_are_spread_over_the_connection_threads() {
             c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             assert_eq!(status_of(&read_response(c)), 200);
         }
+    }
+    // Every thread took a share: each was woken to serve one.
+    let after = threads();
+    for (name, woken) in &before {
+        assert!(
+            after[name] > *woken,
+            "{name} served none of six connections: before {before:?}, after {after:?}"
+        );
     }
 }
 
