@@ -410,13 +410,21 @@ EOF
         br[register]+="$(wrk_run "http://$rc_addr$repos" -s "$work/register.lua")"$'\n'
         br[put]+="$(wrk_run "http://$rc_addr/v4/tenants/$btenant/repo-encryption/setting" -s "$work/put-broker.lua")"$'\n'
         # The released keys of the earlier round have expired by now (the closed-loop
-        # runs take more than the TTL): each round starts cold.
+        # runs take more than the TTL): each round starts cold. The same open loop against
+        # the baseline is the floor of this machine and load generator at that rate; the
+        # two take turns at going first, so that neither always follows the PUTs.
+        ol_run() { # ADDR: rate p50 p99 p99.9 errors requests, of one open-loop run
+            "$loadgen" --url "http://$1/v4/tenants/{tenant}/repo-encryption/repositories/{repo}/data-key" \
+                --tokens "$work/repos-broker.txt" --rate "$broker_rate" --duration "$duration" \
+                --connections "$conns" >"$work/lg.json"
+            python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["rate"], r["p50_ms"], r["p99_ms"], r["p999_ms"], r["errors"], r["requests"], end=" ")' "$work/lg.json"
+        }
+        if [ $((round % 2)) -eq 0 ]; then br[rotate-base]+="$(ol_run "$rbase_addr")"$'\n'; fi
         d0="$(kms_calls decrypt)" k0="$(kms_calls describe_key)"
-        "$loadgen" --url "http://$rc_addr/v4/tenants/{tenant}/repo-encryption/repositories/{repo}/data-key" \
-            --tokens "$work/repos-broker.txt" --rate "$broker_rate" --duration "$duration" \
-            --connections "$conns" >"$work/lg.json"
+        br[rotate]+="$(ol_run "$rc_addr") "
         d1="$(kms_calls decrypt)" k1="$(kms_calls describe_key)"
-        br[rotate]+="$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["rate"], r["p50_ms"], r["p99_ms"], r["p999_ms"], r["errors"], r["requests"], end=" ")' "$work/lg.json") $((d1 - d0)) $((k1 - k0))"$'\n'
+        br[rotate]+="$((d1 - d0)) $((k1 - k0))"$'\n'
+        if [ $((round % 2)) -eq 1 ]; then br[rotate-base]+="$(ol_run "$rbase_addr")"$'\n'; fi
     done
     bcol() { printf '%s' "${br[$1]}" | awk -v c="$2" 'NF{print $c}' | median; }
     bsum() { printf '%s' "${br[$1]}" | awk -v c="$2" 'NF{s+=$c} END{print s+0}'; }
@@ -441,6 +449,10 @@ EOF
     printf '%s' "${br[rotate]}" | awk 'NF {n++; printf "| %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", n, $1, $2, $3, $4, $5, $6, $7, $8}'
     printf '| median | %s | %s | %s | %s | %s (sum) | | | |\n' "$(bcol rotate 1)" "$(bcol rotate 2)" \
         "$(bcol rotate 3)" "$(bcol rotate 4)" "$(bsum rotate 5)"
+    printf '| baseline, same rounds (median) | %s | %s | %s | %s | %s (sum) | | | |\n' "$(bcol rotate-base 1)" \
+        "$(bcol rotate-base 2)" "$(bcol rotate-base 3)" "$(bcol rotate-base 4)" "$(bsum rotate-base 5)"
+    printf '\nThe baseline'"'"'s p99 by round (its floor on this machine at this rate): %s\n' \
+        "$(printf '%s' "${br[rotate-base]}" | awk 'NF{printf "%s%s", sep, $3; sep=", "}')"
     printf '\nrepocrypt (broker) resident memory: %s MiB now, %s MiB peak\n' "$(rss_mib "$rc_pid")" "$(hwm_mib "$rc_pid")"
     kill "$rc_pid"
     wait "$rc_pid" 2>/dev/null || true

@@ -18,43 +18,78 @@
 //! own, talked to over channels); the row caches and the local KMS, which are memory.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::runtime::Handle;
 
 /// A handle on the runtime a part was built on; none outside a runtime.
 #[derive(Clone, Debug, Default)]
-pub struct Home(Option<tokio::runtime::Handle>);
+pub struct Home(Option<Handle>);
 
 impl Home {
-    /// The runtime this is called on (none when called outside one: then
-    /// [`within`](Self::within) just polls, and [`spawn`](Self::spawn) drops the task).
+    /// The runtime this is called on (none when called outside one: then the part uses
+    /// whichever runtime it is called on, as `tokio::spawn` would).
     pub fn here() -> Home {
-        Home(tokio::runtime::Handle::try_current().ok())
+        Home(Handle::try_current().ok())
     }
 
-    /// Run `work` where it is awaited, but with the home runtime as the current one while
-    /// it is polled: the sockets it opens register with the home runtime's event loop, and
-    /// the tasks and timers it starts are the home runtime's.
-    pub async fn within<F: Future>(&self, work: F) -> F::Output {
-        let Some(home) = &self.0 else {
-            return work.await;
-        };
-        let mut work = std::pin::pin!(work);
-        std::future::poll_fn(|cx| {
-            let _home = home.enter();
-            work.as_mut().poll(cx)
-        })
-        .await
+    /// `work`, run where it is awaited but with the home runtime as the current one while
+    /// it is polled and when it is dropped (done, or cut short by a deadline or a client
+    /// gone): the sockets it opens register with the home runtime's event loop, and the
+    /// tasks and timers it starts, a pooled connection's return among them, are the home
+    /// runtime's.
+    pub fn within<F: Future>(&self, work: F) -> Within<F> {
+        Within {
+            home: self.0.clone(),
+            work: Some(work),
+        }
     }
 
-    /// Run `task` on the home runtime, whichever thread asks. `false` when there is no
-    /// home runtime (the task is dropped).
+    /// Run `task` on the home runtime (none: on the current one), whichever thread asks.
+    /// `false` when there is no runtime at all: the task is dropped.
     pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) -> bool {
-        match &self.0 {
+        match self.0.clone().or_else(|| Handle::try_current().ok()) {
             Some(home) => {
                 home.spawn(task);
                 true
             }
             None => false,
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// See [`Home::within`].
+    pub struct Within<F> {
+        home: Option<Handle>,
+        #[pin]
+        work: Option<F>,
+    }
+
+    impl<F> PinnedDrop for Within<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            let _home = this.home.as_ref().map(Handle::enter);
+            this.work.set(None);
+        }
+    }
+}
+
+impl<F: Future> Future for Within<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let mut this = self.project();
+        let _home = this.home.as_ref().map(Handle::enter);
+        // Polled again after it completed: it never completes again (as `Fuse`).
+        let Some(work) = this.work.as_mut().as_pin_mut() else {
+            return Poll::Pending;
+        };
+        let done = std::task::ready!(work.poll(cx));
+        // What the work held (a pooled connection) is given back here, at home too.
+        this.work.set(None);
+        Poll::Ready(done)
     }
 }
 
@@ -129,6 +164,42 @@ mod tests {
         assert_eq!(read.unwrap().unwrap(), b'x');
     }
 
+    /// Spawns, when dropped, a task that reports the thread it runs on (as sqlx's pooled
+    /// connection does to give itself back).
+    struct SpawnsOnDrop(Option<tokio::sync::oneshot::Sender<Option<String>>>);
+
+    impl Drop for SpawnsOnDrop {
+        fn drop(&mut self) {
+            if let Some(report) = self.0.take() {
+                tokio::spawn(async move {
+                    let _ = report.send(thread_name().await);
+                });
+            }
+        }
+    }
+
+    #[test]
+    fn what_is_dropped_within_unfinished_drops_on_the_home_runtime() {
+        let (_main, home) = home_and_other();
+        let other = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let on = other.block_on(async {
+            let (report, reported) = tokio::sync::oneshot::channel();
+            let held = SpawnsOnDrop(Some(report));
+            // Cut short, as a deadline or a client gone cuts a database call.
+            let work = home.within(async move {
+                let _held = held;
+                std::future::pending::<()>().await
+            });
+            let cut = tokio::time::timeout(std::time::Duration::from_millis(10), work).await;
+            assert!(cut.is_err());
+            reported.await.unwrap()
+        });
+        assert_eq!(on.as_deref(), Some("home-worker"));
+    }
+
     #[test]
     fn outside_a_runtime_there_is_no_home() {
         let home = Home::here();
@@ -137,5 +208,13 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(other.block_on(home.within(async { 7 })), 7);
+        // Asked within a runtime, a part made outside one uses that runtime.
+        let (ran, done) = tokio::sync::oneshot::channel();
+        other.block_on(async {
+            assert!(home.spawn(async move {
+                let _ = ran.send(());
+            }));
+            done.await.unwrap();
+        });
     }
 }

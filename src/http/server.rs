@@ -221,15 +221,16 @@ struct ConnectionThread {
     thread: std::thread::JoinHandle<()>,
 }
 
-/// The blocking pool of each connection thread's runtime. Nothing a request does on its
-/// thread blocks (the database and HTTP clients, and their name lookups, are the main
-/// runtime's), so a few threads are plenty where tokio's default is 512 per runtime.
+/// The blocking pool of each connection thread's runtime. What a request does on its
+/// thread hardly ever blocks (the database and HTTP clients, and their name lookups, are the
+/// main runtime's), so a few threads are plenty where tokio's default is 512 per runtime.
 const CONNECTION_BLOCKING_THREADS: usize = 4;
 
 impl ConnectionThreads {
     /// `count` threads (at least one). A thread told to [`stop`](Self::stop) stops at
     /// once; one whose `ConnectionThreads` was dropped without (a `serve` future dropped)
-    /// first lets the writes in flight end, for at most `linger`.
+    /// first lets the process's writes in flight end, for at most `linger` (or until the
+    /// process exits: those writes need the main runtime, whose database calls they make).
     fn start(count: usize, linger: Duration) -> io::Result<ConnectionThreads> {
         let mut threads = ConnectionThreads {
             threads: Vec::with_capacity(count),

@@ -171,8 +171,7 @@ struct AtHomeConnector {
 
 impl HttpConnector for AtHomeConnector {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        let (connector, home) = (self.connector.clone(), self.home.clone());
-        HttpConnectorFuture::new(async move { home.within(connector.call(request)).await })
+        HttpConnectorFuture::new(self.home.within(self.connector.call(request)))
     }
 }
 
@@ -1077,6 +1076,54 @@ impl Kms for AwsKms {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reports the thread a task it spawns runs on, as the SDK's hyper client spawns the
+    /// task of each connection it opens.
+    #[derive(Debug)]
+    struct SpawnsAConnectionTask(Arc<std::sync::Mutex<Option<String>>>);
+
+    impl HttpConnector for SpawnsAConnectionTask {
+        fn call(&self, _request: HttpRequest) -> HttpConnectorFuture {
+            let seen = self.0.clone();
+            HttpConnectorFuture::new(async move {
+                let on = tokio::spawn(async { std::thread::current().name().map(str::to_owned) })
+                    .await
+                    .ok()
+                    .flatten();
+                *seen.lock().unwrap_or_else(|e| e.into_inner()) = on;
+                Err(
+                    aws_smithy_runtime_api::client::result::ConnectorError::other(
+                        "no network in this test".into(),
+                        None,
+                    ),
+                )
+            })
+        }
+    }
+
+    #[test]
+    fn the_sdk_opens_its_connections_on_the_home_runtime() {
+        let main = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("home-worker")
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let connector = AtHomeConnector {
+            connector: SharedHttpConnector::new(SpawnsAConnectionTask(seen.clone())),
+            home: main.block_on(async { Home::here() }),
+        };
+        // A connection thread's runtime makes the call.
+        let connection_thread = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let answer = connection_thread.block_on(connector.call(HttpRequest::empty()));
+        assert!(answer.is_err());
+        let on = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(on.as_deref(), Some("home-worker"));
+    }
 
     #[test]
     fn every_aws_state_maps_to_an_api_state() {
