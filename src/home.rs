@@ -14,8 +14,13 @@
 //! ([`spawn`](Home::spawn)). The request's task still runs on its connection thread; only
 //! what it opens and spawns belongs to the home runtime, whose idle workers wake it.
 //!
-//! Not wrapped: SQLite, which opens no socket (sqlx gives each connection a thread of its
-//! own, talked to over channels); the row caches and the local KMS, which are memory.
+//! SQLite opens no socket (sqlx gives each connection a thread of its own, talked to over
+//! channels), but its pool is as shared: the reads a request makes of it are
+//! [`run`](Home::run) at home as tasks of their own, so that a pooled connection goes back
+//! to the pool when its query is done, not when the asking connection thread is next
+//! scheduled (with four pooled connections and four connection threads on two cores, that
+//! wait made cold reads 7x slower at the 99th percentile: docs/performance.md). Not
+//! wrapped: the row caches and the local KMS, which are memory.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -43,6 +48,26 @@ impl Home {
         Within {
             home: self.0.clone(),
             work: Some(work),
+        }
+    }
+
+    /// Run `work` as a task of its own on the home runtime (none: here, inline) and wait
+    /// for its answer here. Unlike [`within`](Self::within), nothing of it waits for the
+    /// asking thread: a pooled connection it takes is given back as soon as the work is
+    /// done, however long the asking thread then takes to be scheduled. The work runs to
+    /// its end even if the asker stops waiting. `None`: the home runtime is shutting down
+    /// and the work was dropped. A panic in the work is the asker's.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
+        let Some(home) = self.0.as_ref() else {
+            return Some(work.await);
+        };
+        match home.spawn(work).await {
+            Ok(done) => Some(done),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => None,
         }
     }
 
@@ -93,14 +118,14 @@ impl<F: Future> Future for Within<F> {
     }
 }
 
+/// Runtimes for tests of what runs where: a home (one worker, named `home-worker`) and a
+/// stand-in for a connection thread (single-threaded, on the calling thread).
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod test_runtimes {
+    use super::Home;
 
-    use super::*;
-
-    /// A home runtime, whose one worker is named `home-worker`.
-    fn home_and_other() -> (tokio::runtime::Runtime, Home) {
+    pub(crate) fn home() -> (tokio::runtime::Runtime, Home) {
         let main = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("home-worker")
@@ -111,17 +136,58 @@ mod tests {
         (main, home)
     }
 
+    pub(crate) fn connection_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::test_runtimes::{connection_thread, home as home_and_other};
+    use super::*;
+
     async fn thread_name() -> Option<String> {
         std::thread::current().name().map(str::to_owned)
     }
 
     #[test]
+    fn what_is_run_runs_at_home_to_its_end_and_its_panic_is_the_askers() {
+        let (main, home) = home_and_other();
+        let other = connection_thread();
+        let ran = other.block_on(home.run(thread_name()));
+        assert_eq!(ran.flatten().as_deref(), Some("home-worker"));
+        // The asker stops waiting at once: the work still ends, at home.
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let asked = home.run(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let _ = done.send(thread_name().await);
+        });
+        other.block_on(async {
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(1), asked).await;
+        });
+        let finished = main.block_on(finished).unwrap();
+        assert_eq!(finished.as_deref(), Some("home-worker"));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            other.block_on(home.run(async { panic!("at home") }))
+        }));
+        assert!(panicked.is_err());
+        // Without a home, inline.
+        let inline = other.block_on(Home::default().run(thread_name()));
+        assert_eq!(
+            inline.flatten(),
+            std::thread::current().name().map(str::to_owned)
+        );
+    }
+
+    #[test]
     fn what_is_spawned_within_runs_on_the_home_runtime() {
         let (_main, home) = home_and_other();
-        let other = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let other = connection_thread();
         let (inside, outside) = other.block_on(async {
             let inside = home
                 .within(async { tokio::spawn(thread_name()).await })
@@ -138,10 +204,7 @@ mod tests {
         let (main, home) = home_and_other();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let other = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let other = connection_thread();
         let stream =
             other.block_on(home.within(async { tokio::net::TcpStream::connect(addr).await }));
         let stream = stream.unwrap();
@@ -181,10 +244,7 @@ mod tests {
     #[test]
     fn what_is_dropped_within_unfinished_drops_on_the_home_runtime() {
         let (_main, home) = home_and_other();
-        let other = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let other = connection_thread();
         let on = other.block_on(async {
             let (report, reported) = tokio::sync::oneshot::channel();
             let held = SpawnsOnDrop(Some(report));

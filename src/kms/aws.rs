@@ -1103,22 +1103,14 @@ mod tests {
 
     #[test]
     fn the_sdk_opens_its_connections_on_the_home_runtime() {
-        let main = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("home-worker")
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let (_main, home) = crate::home::test_runtimes::home();
         let seen = Arc::new(std::sync::Mutex::new(None));
         let connector = AtHomeConnector {
             connector: SharedHttpConnector::new(SpawnsAConnectionTask(seen.clone())),
-            home: main.block_on(async { Home::here() }),
+            home,
         };
         // A connection thread's runtime makes the call.
-        let connection_thread = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let connection_thread = crate::home::test_runtimes::connection_thread();
         let answer = connection_thread.block_on(connector.call(HttpRequest::empty()));
         assert!(answer.is_err());
         let on = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();

@@ -42,6 +42,8 @@ struct Fake {
     login_delay_ms: AtomicU64,
     /// Refuse the current service token (as if revoked) until the next login.
     refuse_service: AtomicBool,
+    /// TCP connections accepted.
+    connections: AtomicU64,
 }
 
 fn iso(unix: u64) -> String {
@@ -106,6 +108,10 @@ async fn harness(adjust: impl FnOnce(&mut repocrypt::config::Config)) -> Harness
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let counted = fake.clone();
+    let listener = axum::serve::ListenerExt::tap_io(listener, move |_| {
+        counted.connections.fetch_add(1, Ordering::SeqCst);
+    });
     tokio::spawn(async move { axum::serve(listener, router).await });
     let t = spawn_app_with(|c| {
         c.iam = IamBackend::Keystone;
@@ -264,6 +270,38 @@ async fn a_zero_ttl_asks_keystone_every_time() {
         );
     }
     assert_eq!(h.validations(), 3);
+}
+
+/// A connection to Keystone belongs to the app's runtime (`crate::home`), not to the
+/// runtime of the request that opened it: after a request answered on a thread of its own
+/// (as `serve`'s connection threads are), whose runtime then stops, the next request, from
+/// another such thread, uses the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_to_keystone_outlives_the_thread_whose_request_opened_it() {
+    let h = harness(|c| c.iam_cache_ttl = Duration::ZERO).await;
+    for name in ["alice", "bob", "carol"] {
+        let token = h.token(name, TENANT_A, &["admin"], false, 3600);
+        let router = h.t.router.clone();
+        let status = tokio::task::spawn_blocking(move || {
+            let thread = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            thread.block_on(async {
+                let headers = [("x-auth-token", token.as_str())];
+                let path = setting_path(TENANT_A);
+                crate::common::send_to(router, axum::http::Method::GET, &path, &headers, "")
+                    .await
+                    .0
+            })
+            // The thread's runtime stops here, and with it whatever was spawned on it.
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    assert_eq!(h.validations(), 3);
+    assert_eq!(h.fake.connections.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
