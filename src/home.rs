@@ -15,11 +15,12 @@
 //! what it opens and spawns belongs to the home runtime, whose idle workers wake it.
 //!
 //! SQLite opens no socket (sqlx gives each connection a thread of its own, talked to over
-//! channels), but its pool is as shared: the reads a request makes of it are
-//! [`run`](Home::run) at home as tasks of their own, so that a pooled connection goes back
-//! to the pool when its query is done, not when the asking connection thread is next
-//! scheduled (with four pooled connections and four connection threads on two cores, that
-//! wait made cold reads 7x slower at the 99th percentile: docs/performance.md). Not
+//! channels), but its pool of four readers is shared by every thread: the reads on a
+//! request's path that miss the row caches (a setting, a grant, a key, a repository, an
+//! access key's credential) are [`run`](Home::run) at home as tasks of their own, so that
+//! a pooled connection goes back to the pool when its query is done, not when the asking
+//! connection thread is next scheduled (docs/performance.md, "Cold reads at home"). The
+//! other SQLite calls (writes, lists, audit) are awaited where they are asked. Not
 //! wrapped: the row caches and the local KMS, which are memory.
 
 use std::future::Future;
@@ -54,9 +55,10 @@ impl Home {
     /// Run `work` as a task of its own on the home runtime (none: here, inline) and wait
     /// for its answer here. Unlike [`within`](Self::within), nothing of it waits for the
     /// asking thread: a pooled connection it takes is given back as soon as the work is
-    /// done, however long the asking thread then takes to be scheduled. The work runs to
-    /// its end even if the asker stops waiting. `None`: the home runtime is shutting down
-    /// and the work was dropped. A panic in the work is the asker's.
+    /// done, however long the asking thread then takes to be scheduled. If the asker stops
+    /// waiting, the work is cut (dropped at home, at its next turn there). `None`: the home
+    /// runtime is shutting down and the work was dropped. A panic in the work is the
+    /// asker's.
     pub async fn run<T: Send + 'static>(
         &self,
         work: impl Future<Output = T> + Send + 'static,
@@ -64,7 +66,8 @@ impl Home {
         let Some(home) = self.0.as_ref() else {
             return Some(work.await);
         };
-        match home.spawn(work).await {
+        let mut task = CutOnDrop(home.spawn(work));
+        match (&mut task.0).await {
             Ok(done) => Some(done),
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => None,
@@ -81,6 +84,15 @@ impl Home {
             }
             None => false,
         }
+    }
+}
+
+/// A task of [`Home::run`]'s, aborted if its asker stops waiting (a no-op once it ended).
+struct CutOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for CutOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -150,28 +162,40 @@ mod tests {
 
     use super::test_runtimes::{connection_thread, home as home_and_other};
     use super::*;
+    use std::time::Duration;
 
     async fn thread_name() -> Option<String> {
         std::thread::current().name().map(str::to_owned)
     }
 
     #[test]
-    fn what_is_run_runs_at_home_to_its_end_and_its_panic_is_the_askers() {
+    fn what_is_run_runs_at_home_is_cut_there_and_its_panic_is_the_askers() {
         let (main, home) = home_and_other();
         let other = connection_thread();
         let ran = other.block_on(home.run(thread_name()));
         assert_eq!(ran.flatten().as_deref(), Some("home-worker"));
-        // The asker stops waiting at once: the work still ends, at home.
-        let (done, finished) = tokio::sync::oneshot::channel();
+        // The asker stops waiting: the work is cut, and dropped at home.
+        struct Dropped(Option<tokio::sync::oneshot::Sender<Option<String>>>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                let on = std::thread::current().name().map(str::to_owned);
+                let _ = self.0.take().unwrap().send(on);
+            }
+        }
+        let (done, dropped) = tokio::sync::oneshot::channel();
         let asked = home.run(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            let _ = done.send(thread_name().await);
+            let _held = Dropped(Some(done));
+            std::future::pending::<()>().await;
         });
         other.block_on(async {
-            let _ = tokio::time::timeout(std::time::Duration::from_millis(1), asked).await;
+            let cut = tokio::time::timeout(Duration::from_millis(20), asked).await;
+            assert!(cut.is_err());
         });
-        let finished = main.block_on(finished).unwrap();
-        assert_eq!(finished.as_deref(), Some("home-worker"));
+        let dropped_on = main
+            .block_on(async { tokio::time::timeout(Duration::from_secs(5), dropped).await })
+            .expect("the work was not cut")
+            .unwrap();
+        assert_eq!(dropped_on.as_deref(), Some("home-worker"));
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             other.block_on(home.run(async { panic!("at home") }))
         }));

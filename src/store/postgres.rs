@@ -28,7 +28,7 @@ use crate::domain::{
     Error, Grant, PermitPublic, RepoForRelease, RepoId, Result, Setting, TenantId,
 };
 use crate::home::Home;
-use crate::store::StoredKey;
+use crate::store::{Credential, StoredKey};
 
 use super::dialect::postgres as dialect;
 
@@ -244,6 +244,11 @@ impl PostgresStore {
     /// Nothing cached: every replica reads the grant (and a release reads it with the
     /// repository), so a grant or a withdrawal is seen by all at once.
     fn repositories_written(&self, _tenant: &TenantId) {}
+
+    /// Not cached: a revoked key stops at once on every replica.
+    async fn read_credential(&self, access_key: &str) -> Result<Option<Credential>> {
+        sql::credentials::get(&self.pool, access_key).await
+    }
 
     /// Every replica reads the row: a shred on one is seen by all at once.
     async fn read_repository_for_release(

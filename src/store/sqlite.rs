@@ -21,7 +21,7 @@ use crate::domain::{
     Error, Grant, PermitPublic, RepoForRelease, RepoId, Result, Setting, TenantId,
 };
 use crate::home::Home;
-use crate::store::StoredKey;
+use crate::store::{Credential, StoredKey};
 
 use super::dialect::sqlite as dialect;
 
@@ -43,7 +43,7 @@ pub const DEFAULT_ROW_CACHE_CAPACITY: usize = 50_000;
 
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// Where the reads a request makes run (`crate::home`, [`Self::at_home`]).
+    /// Where the reads that miss the row caches run (`crate::home`, [`Self::at_home`]).
     home: Home,
     clock: Arc<dyn Clock>,
     /// The setting writer: one connection that commits concurrent PUTs together.
@@ -172,21 +172,24 @@ impl SqliteStore {
         work.await
     }
 
-    /// One read of the pool, the row cache missed, run on the home runtime as a task of its
-    /// own ([`Home::run`]): its connection goes back to the pool (a ping to the connection's
+    /// A read of the pool (given to `read`) run on the home runtime as a task of its own
+    /// ([`Home::run`]): its connection goes back to the pool (a ping to the connection's
     /// thread, then the idle queue) as soon as the query is done. Awaited on a connection
     /// thread, the connection would come back only once that thread was next scheduled,
-    /// twice over (for the query's answer, then for the task sqlx spawns to return it), and
-    /// the pool's four connections would be held by the threads' queues instead of the
-    /// queries: at 5,000 cold reads a second, p99 89 ms instead of 12 (docs/performance.md).
-    async fn at_home<T: Send + 'static>(
-        &self,
-        what: &'static str,
-        read: impl std::future::Future<Output = Result<T>> + Send + 'static,
-    ) -> Result<T> {
-        match self.home.run(read).await {
+    /// twice over (for the query's answer, then for the task sqlx spawns to give it back),
+    /// and the pool's four connections would be held by the threads' queues rather than by
+    /// the queries (docs/performance.md, "Cold reads at home"). The read is cut if the
+    /// asker stops waiting.
+    async fn at_home<T, F>(&self, read: impl FnOnce(SqlitePool) -> F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        match self.home.run(read(self.pool.clone())).await {
             Some(done) => done,
-            None => Err(sqlx::Error::PoolClosed).context(what),
+            None => Err(Error::Store(
+                "the runtime the store was opened on has stopped".to_owned(),
+            )),
         }
     }
 
@@ -197,9 +200,9 @@ impl SqliteStore {
             Ok(cached) => return Ok(cached),
             Err(ticket) => ticket,
         };
-        let (pool, id) = (self.pool.clone(), tenant.as_str().to_owned());
+        let id = tenant.as_str().to_owned();
         let row = self
-            .at_home("read setting", async move {
+            .at_home(|pool| async move {
                 sqlx::query(sql!(format!(
                     "SELECT {} FROM encryption_settings WHERE tenant_id = $1",
                     sql::settings::COLUMNS
@@ -225,9 +228,9 @@ impl SqliteStore {
             Err(ticket) => ticket,
         };
         // The key's tenant is the setting's (the join says so): one tenant_id column.
-        let (pool, id) = (self.pool.clone(), tenant.as_str().to_owned());
+        let id = tenant.as_str().to_owned();
         let row = self
-            .at_home("read setting", async move {
+            .at_home(|pool| async move {
                 sqlx::query(
                     "SELECT s.id, s.tenant_id, s.encryption_type, s.default_encryption_enabled,
                             s.cmk_key_id, s.cmk_key_name, k.key_id, k.alias, k.key_state,
@@ -240,7 +243,7 @@ impl SqliteStore {
                 .bind(id)
                 .fetch_optional(&pool)
                 .await
-                .context("read setting")
+                .context("read setting with key")
             })
             .await?;
         let Some(row) = row else {
@@ -272,9 +275,9 @@ impl SqliteStore {
             Ok(ticket) => ticket,
         };
         let read_at = self.clock.monotonic();
-        let (pool, id) = (self.pool.clone(), tenant.as_str().to_owned());
+        let id = tenant.as_str().to_owned();
         let row = self
-            .at_home("read grant", async move {
+            .at_home(|pool| async move {
                 sqlx::query("SELECT granted_by, granted_at FROM kms_grants WHERE tenant_id = $1")
                     .bind(id)
                     .fetch_optional(&pool)
@@ -293,11 +296,16 @@ impl SqliteStore {
     }
 
     async fn read_permit_public(&self, tenant: &TenantId) -> Result<Option<PermitPublic>> {
-        let row = sqlx::query("SELECT permit_public FROM tenants WHERE tenant_id = $1")
-            .bind(tenant.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .context("read tenant")?;
+        let id = tenant.as_str().to_owned();
+        let row = self
+            .at_home(|pool| async move {
+                sqlx::query("SELECT permit_public FROM tenants WHERE tenant_id = $1")
+                    .bind(id)
+                    .fetch_optional(&pool)
+                    .await
+                    .context("read tenant")
+            })
+            .await?;
         Ok(row
             .as_ref()
             .map(sql::grants::permit_from_row)
@@ -306,16 +314,29 @@ impl SqliteStore {
     }
 
     async fn read_key(&self, tenant: &TenantId, key_id: &str) -> Result<Option<StoredKey>> {
-        let row = sqlx::query(sql!(format!(
-            "SELECT {} FROM kms_keys WHERE tenant_id = $1 AND key_id = $2",
-            sql::keys::COLUMNS
-        )))
-        .bind(tenant.as_str())
-        .bind(key_id)
-        .fetch_optional(&self.pool)
-        .await
-        .context("read key")?;
+        let (id, key_id) = (tenant.as_str().to_owned(), key_id.to_owned());
+        let row = self
+            .at_home(|pool| async move {
+                sqlx::query(sql!(format!(
+                    "SELECT {} FROM kms_keys WHERE tenant_id = $1 AND key_id = $2",
+                    sql::keys::COLUMNS
+                )))
+                .bind(id)
+                .bind(key_id)
+                .fetch_optional(&pool)
+                .await
+                .context("read key")
+            })
+            .await?;
         row.as_ref().map(sql::keys::from_row).transpose()
+    }
+
+    /// An access key's credential, for every signed request: not cached (a revoked key
+    /// must stop at once), so read at home like a row-cache miss.
+    async fn read_credential(&self, access_key: &str) -> Result<Option<Credential>> {
+        let access_key = access_key.to_owned();
+        self.at_home(|pool| async move { sql::credentials::get(&pool, &access_key).await })
+            .await
     }
 
     /// A write outside the setting writer (a grant, a bulk load) committed.
@@ -350,9 +371,9 @@ impl SqliteStore {
             Err(cached) => Ok(cached),
             Ok(ticket) => {
                 let read_at = self.clock.monotonic();
-                let (pool, tenant) = (self.pool.clone(), tenant.clone());
+                let tenant = tenant.clone();
                 let found = self
-                    .at_home("read repository", async move {
+                    .at_home(|pool| async move {
                         sql::repositories::get_for_release(&pool, &tenant, repo_id).await
                     })
                     .await?;

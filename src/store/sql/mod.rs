@@ -14,8 +14,8 @@
 //! - the store type `Backend` (the parent's `SqliteStore` or `PostgresStore`) with fields
 //!   `pool`, `clock` and `writer`, and the reads each database serves its own way
 //!   (`read_setting`, `read_setting_with_key`, `read_grant`, `read_permit_public`,
-//!   `read_key`, `read_repository_for_release`: SQLite from its row cache, PostgreSQL
-//!   coalesced or direct), the cache hooks (`tenant_written`, `repository_written`,
+//!   `read_key`, `read_repository_for_release`, `read_credential`: SQLite from its row
+//!   cache or, missing it, on the main runtime, PostgreSQL coalesced or direct), the cache hooks (`tenant_written`, `repository_written`,
 //!   `repositories_written`, `row_cache_stats`), and what a shred leaves to clean
 //!   (`after_shred`: SQLite truncates its WAL).
 //!
@@ -593,7 +593,7 @@ impl CredentialStore for Backend {
     }
 
     async fn credential_get(&self, access_key: &str) -> Result<Option<Credential>> {
-        self.bounded("credential_get", credentials::get(&self.pool, access_key))
+        self.bounded("credential_get", self.read_credential(access_key))
             .await
     }
 
