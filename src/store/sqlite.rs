@@ -564,10 +564,11 @@ mod tests {
     #[test]
     fn a_cold_read_gives_its_connection_back_while_the_asking_thread_is_busy() {
         #![allow(clippy::unwrap_used)]
-        let (home, _) = crate::home::test_runtimes::home();
+        // The store is opened on the main runtime, which becomes its home.
+        let (main, _) = crate::home::test_runtimes::home();
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/t.db", dir.path().display());
-        let store = home
+        let store = main
             .block_on(SqliteStore::open(
                 &url,
                 Arc::new(crate::clock::SystemClock),
