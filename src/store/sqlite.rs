@@ -8,7 +8,9 @@ use std::str::FromStr;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+};
 use sqlx::Row as _;
 
 use super::cache::{RowCache, Ticket};
@@ -193,6 +195,24 @@ impl SqliteStore {
         }
     }
 
+    /// The row `query` selects for `tenant` (its one parameter, `$1`), read at home.
+    async fn tenant_row(
+        &self,
+        query: &'static str,
+        what: &'static str,
+        tenant: &TenantId,
+    ) -> Result<Option<SqliteRow>> {
+        let id = tenant.as_str().to_owned();
+        self.at_home(move |pool| async move {
+            sqlx::query(query)
+                .bind(id)
+                .fetch_optional(&pool)
+                .await
+                .context(what)
+        })
+        .await
+    }
+
     // ---- the reads `store::sql` leaves to the backend: through the row cache ---------
 
     async fn read_setting(&self, tenant: &TenantId) -> Result<Option<Setting>> {
@@ -200,19 +220,11 @@ impl SqliteStore {
             Ok(cached) => return Ok(cached),
             Err(ticket) => ticket,
         };
-        let id = tenant.as_str().to_owned();
-        let row = self
-            .at_home(|pool| async move {
-                sqlx::query(sql!(format!(
-                    "SELECT {} FROM encryption_settings WHERE tenant_id = $1",
-                    sql::settings::COLUMNS
-                )))
-                .bind(id)
-                .fetch_optional(&pool)
-                .await
-                .context("read setting")
-            })
-            .await?;
+        let query = sql!(format!(
+            "SELECT {} FROM encryption_settings WHERE tenant_id = $1",
+            sql::settings::COLUMNS
+        ));
+        let row = self.tenant_row(query, "read setting", tenant).await?;
         let setting = row.as_ref().map(sql::settings::from_row).transpose()?;
         self.settings.fill(tenant.as_str(), ticket, setting.clone());
         Ok(setting)
@@ -228,23 +240,14 @@ impl SqliteStore {
             Err(ticket) => ticket,
         };
         // The key's tenant is the setting's (the join says so): one tenant_id column.
-        let id = tenant.as_str().to_owned();
+        let query = "SELECT s.id, s.tenant_id, s.encryption_type, s.default_encryption_enabled,
+                    s.cmk_key_id, s.cmk_key_name, k.key_id, k.alias, k.key_state,
+                    k.deletion_at
+             FROM encryption_settings s
+             LEFT JOIN kms_keys k ON k.key_id = s.cmk_key_id AND k.tenant_id = s.tenant_id
+             WHERE s.tenant_id = $1";
         let row = self
-            .at_home(|pool| async move {
-                sqlx::query(
-                    "SELECT s.id, s.tenant_id, s.encryption_type, s.default_encryption_enabled,
-                            s.cmk_key_id, s.cmk_key_name, k.key_id, k.alias, k.key_state,
-                            k.deletion_at
-                     FROM encryption_settings s
-                     LEFT JOIN kms_keys k
-                       ON k.key_id = s.cmk_key_id AND k.tenant_id = s.tenant_id
-                     WHERE s.tenant_id = $1",
-                )
-                .bind(id)
-                .fetch_optional(&pool)
-                .await
-                .context("read setting with key")
-            })
+            .tenant_row(query, "read setting with key", tenant)
             .await?;
         let Some(row) = row else {
             self.settings.fill(tenant.as_str(), ticket, None);
@@ -275,16 +278,8 @@ impl SqliteStore {
             Ok(ticket) => ticket,
         };
         let read_at = self.clock.monotonic();
-        let id = tenant.as_str().to_owned();
-        let row = self
-            .at_home(|pool| async move {
-                sqlx::query("SELECT granted_by, granted_at FROM kms_grants WHERE tenant_id = $1")
-                    .bind(id)
-                    .fetch_optional(&pool)
-                    .await
-                    .context("read grant")
-            })
-            .await?;
+        let query = "SELECT granted_by, granted_at FROM kms_grants WHERE tenant_id = $1";
+        let row = self.tenant_row(query, "read grant", tenant).await?;
         let grant = row
             .map(|r| sql::grants::grant_from_row(tenant, &r))
             .transpose()?;
@@ -296,16 +291,8 @@ impl SqliteStore {
     }
 
     async fn read_permit_public(&self, tenant: &TenantId) -> Result<Option<PermitPublic>> {
-        let id = tenant.as_str().to_owned();
-        let row = self
-            .at_home(|pool| async move {
-                sqlx::query("SELECT permit_public FROM tenants WHERE tenant_id = $1")
-                    .bind(id)
-                    .fetch_optional(&pool)
-                    .await
-                    .context("read tenant")
-            })
-            .await?;
+        let query = "SELECT permit_public FROM tenants WHERE tenant_id = $1";
+        let row = self.tenant_row(query, "read tenant", tenant).await?;
         Ok(row
             .as_ref()
             .map(sql::grants::permit_from_row)

@@ -15,9 +15,10 @@
 //!   `pool`, `clock` and `writer`, and the reads each database serves its own way
 //!   (`read_setting`, `read_setting_with_key`, `read_grant`, `read_permit_public`,
 //!   `read_key`, `read_repository_for_release`, `read_credential`: SQLite from its row
-//!   cache or, missing it, on the main runtime, PostgreSQL coalesced or direct), the cache hooks (`tenant_written`, `repository_written`,
-//!   `repositories_written`, `row_cache_stats`), and what a shred leaves to clean
-//!   (`after_shred`: SQLite truncates its WAL).
+//!   cache or, missing it, on the main runtime; PostgreSQL coalesced or direct), the cache
+//!   hooks (`tenant_written`, `repository_written`, `repositories_written`,
+//!   `row_cache_stats`), and what a shred leaves to clean (`after_shred`: SQLite truncates
+//!   its WAL).
 //!
 //! One file per aggregate: settings (and their group commit), grants and tenants,
 //! projects, audit, local-KMS keys, credentials; and the migrations and bulk loads.
